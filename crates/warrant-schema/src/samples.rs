@@ -1,0 +1,278 @@
+//! One sample of every record and union branch, with every optional field
+//! both set and unset somewhere. The golden vectors, the Python check and
+//! the benchmarks all use these, so they are part of the public API.
+
+use std::collections::BTreeMap;
+
+use crate::types::*;
+
+pub const INSTANCE_ID: &str = "6f1c2b9e-4d0a-4c7e-9a51-0d2f3b8c7e11";
+pub const PROPOSED_AT: TimestampMillis = 1_795_000_000_000;
+
+fn envelope(event_id: &str, offset_ms: i64, submitted_by: &str, body: EventBody) -> Envelope {
+    Envelope {
+        event_id: event_id.to_owned(),
+        instance_id: INSTANCE_ID.to_owned(),
+        recorded_at: PROPOSED_AT + offset_ms,
+        submitted_by: submitted_by.to_owned(),
+        body,
+    }
+}
+
+pub fn action() -> Action {
+    Action {
+        kind: "service.restart".to_owned(),
+        target: "prod/payments/api".to_owned(),
+        parameters: BTreeMap::from([
+            ("reason".to_owned(), "memory leak, p99 > 2s".to_owned()),
+            ("strategy".to_owned(), "rolling".to_owned()),
+        ]),
+    }
+}
+
+/// The SHA-256 of the JCS form of [`action`], as computed by Python's
+/// `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`.
+pub const ACTION_DIGEST: &str = "78a07f2ff9440dd82e55eb205ed9fb4928d80b291b34532957c322406816fdd4";
+
+pub fn requirement() -> Requirement {
+    Requirement {
+        rule_id: "prod-restarts".to_owned(),
+        approvals_required: 2,
+        approver_roles: vec!["sre".to_owned(), "payments-oncall".to_owned()],
+        override_roles: vec!["incident-commander".to_owned()],
+        required_signals: vec!["opa".to_owned(), "change-calendar".to_owned()],
+        review: ReviewMode::Always,
+        decision_timeout_ms: 3_600_000,
+        grant_ttl_ms: 900_000,
+        max_executions: 1,
+    }
+}
+
+pub fn action_proposed() -> ActionProposed {
+    ActionProposed {
+        action: action(),
+        action_digest: ACTION_DIGEST.to_owned(),
+        proposer: Proposer {
+            principal: "agent:remediator".to_owned(),
+            kind: ProposerKind::Agent,
+            model: Some("gpt-ops-7".to_owned()),
+        },
+        context_refs: vec![
+            ContextRef {
+                uri: "https://grafana.example/d/payments?from=now-1h".to_owned(),
+                digest: Some("sha256:9f2c".to_owned()),
+                note: Some("p99 latency panel".to_owned()),
+            },
+            ContextRef {
+                uri: "runbook://payments/restart".to_owned(),
+                digest: None,
+                note: None,
+            },
+        ],
+        rationale: Some("heap grows 40 MB/min since deploy 1.42; a restart resets it".to_owned()),
+        requirement: requirement(),
+        ruleset: RulesetRef {
+            version: "2026-11-01".to_owned(),
+            digest: "5b0e5f2a8c1d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f".to_owned(),
+        },
+    }
+}
+
+/// A realistic history of one instance: proposal, two signals, two
+/// approvals, a claim and its report; then one of each remaining branch.
+pub fn envelopes() -> Vec<(&'static str, Envelope)> {
+    vec![
+        (
+            "action_proposed",
+            envelope(
+                "0b7d6a3e-1f2c-4e5d-8a9b-0c1d2e3f4a01",
+                0,
+                "svc:remediator",
+                EventBody::ActionProposed(Box::new(action_proposed())),
+            ),
+        ),
+        (
+            "signal_allow",
+            envelope(
+                "0b7d6a3e-1f2c-4e5d-8a9b-0c1d2e3f4a02",
+                1_000,
+                "policy:opa",
+                EventBody::PolicySignalRecorded(PolicySignalRecorded {
+                    source: "opa".to_owned(),
+                    verdict: SignalVerdict::Allow,
+                    reasons: vec![],
+                    policy_ref: PolicyRef {
+                        id: "restarts.rego".to_owned(),
+                        version: "17".to_owned(),
+                    },
+                }),
+            ),
+        ),
+        (
+            "signal_pause",
+            envelope(
+                "0b7d6a3e-1f2c-4e5d-8a9b-0c1d2e3f4a03",
+                2_000,
+                "policy:calendar",
+                EventBody::PolicySignalRecorded(PolicySignalRecorded {
+                    source: "change-calendar".to_owned(),
+                    verdict: SignalVerdict::Pause,
+                    reasons: vec![
+                        "inside payments freeze window".to_owned(),
+                        "ask the IC".to_owned(),
+                    ],
+                    policy_ref: PolicyRef {
+                        id: "freeze".to_owned(),
+                        version: "2026.11".to_owned(),
+                    },
+                }),
+            ),
+        ),
+        (
+            "decision_approve",
+            envelope(
+                "0b7d6a3e-1f2c-4e5d-8a9b-0c1d2e3f4a04",
+                60_000,
+                "reviewer:alice",
+                EventBody::DecisionRecorded(DecisionRecorded {
+                    reviewer: Reviewer {
+                        principal: "alice".to_owned(),
+                        roles: vec!["sre".to_owned()],
+                    },
+                    verdict: DecisionVerdict::Approve,
+                    justification: "leak confirmed in heap profile".to_owned(),
+                    scope: Scope {
+                        constraints: BTreeMap::from([(
+                            "region".to_owned(),
+                            "eu-west-1".to_owned(),
+                        )]),
+                        not_after: Some(PROPOSED_AT + 600_000),
+                        max_executions: Some(1),
+                    },
+                    evidence_refs: vec!["https://pprof.example/heap/123".to_owned()],
+                }),
+            ),
+        ),
+        (
+            "decision_approve_unscoped",
+            envelope(
+                "0b7d6a3e-1f2c-4e5d-8a9b-0c1d2e3f4a05",
+                90_000,
+                "reviewer:bob",
+                EventBody::DecisionRecorded(DecisionRecorded {
+                    reviewer: Reviewer {
+                        principal: "bob".to_owned(),
+                        roles: vec!["payments-oncall".to_owned(), "sre".to_owned()],
+                    },
+                    verdict: DecisionVerdict::Approve,
+                    justification: String::new(),
+                    scope: Scope::default(),
+                    evidence_refs: vec![],
+                }),
+            ),
+        ),
+        (
+            "execution_requested",
+            envelope(
+                "0b7d6a3e-1f2c-4e5d-8a9b-0c1d2e3f4a06",
+                120_000,
+                "svc:deployer",
+                EventBody::ExecutionRequested(ExecutionRequested {
+                    executor: "svc:deployer".to_owned(),
+                    action_digest: ACTION_DIGEST.to_owned(),
+                }),
+            ),
+        ),
+        (
+            "execution_reported",
+            envelope(
+                "0b7d6a3e-1f2c-4e5d-8a9b-0c1d2e3f4a07",
+                180_000,
+                "svc:deployer",
+                EventBody::ExecutionReported(ExecutionReported {
+                    grant_id: "9a8b7c6d-5e4f-5a3b-8c2d-1e0f9a8b7c6d".to_owned(),
+                    outcome: ExecutionOutcome::Succeeded,
+                    detail: Some("3/3 pods restarted".to_owned()),
+                    result_digest: Some("sha256:77aa".to_owned()),
+                }),
+            ),
+        ),
+        (
+            "decision_override",
+            envelope(
+                "0b7d6a3e-1f2c-4e5d-8a9b-0c1d2e3f4a08",
+                200_000,
+                "reviewer:carol",
+                EventBody::DecisionRecorded(DecisionRecorded {
+                    reviewer: Reviewer {
+                        principal: "carol".to_owned(),
+                        roles: vec!["incident-commander".to_owned()],
+                    },
+                    verdict: DecisionVerdict::Override,
+                    justification: "SEV1, customer payments failing".to_owned(),
+                    scope: Scope {
+                        constraints: BTreeMap::new(),
+                        not_after: None,
+                        max_executions: Some(2),
+                    },
+                    evidence_refs: vec![],
+                }),
+            ),
+        ),
+        (
+            "deadline_reached",
+            envelope(
+                "0b7d6a3e-1f2c-4e5d-8a9b-0c1d2e3f4a09",
+                3_600_001,
+                "warrant:sweeper",
+                EventBody::DeadlineReached(DeadlineReached {
+                    deadline: DeadlineKind::Decision,
+                }),
+            ),
+        ),
+        (
+            "proposal_withdrawn",
+            envelope(
+                "0b7d6a3e-1f2c-4e5d-8a9b-0c1d2e3f4a0a",
+                300_000,
+                "svc:remediator",
+                EventBody::ProposalWithdrawn(ProposalWithdrawn {
+                    reason: Some("leak fixed by config push".to_owned()),
+                }),
+            ),
+        ),
+        (
+            "proposal_withdrawn_no_reason",
+            envelope(
+                "0b7d6a3e-1f2c-4e5d-8a9b-0c1d2e3f4a0b",
+                301_000,
+                "svc:remediator",
+                EventBody::ProposalWithdrawn(ProposalWithdrawn { reason: None }),
+            ),
+        ),
+    ]
+}
+
+pub fn proposal_submitted() -> ProposalSubmitted {
+    let proposed = action_proposed();
+    ProposalSubmitted {
+        instance_id: Some(INSTANCE_ID.to_owned()),
+        action: proposed.action,
+        proposer: proposed.proposer,
+        context_refs: proposed.context_refs,
+        rationale: proposed.rationale,
+    }
+}
+
+pub fn signal_submitted() -> SignalSubmitted {
+    SignalSubmitted {
+        instance_id: INSTANCE_ID.to_owned(),
+        source: "opa".to_owned(),
+        verdict: SignalVerdict::Deny,
+        reasons: vec!["target is in a frozen namespace".to_owned()],
+        policy_ref: PolicyRef {
+            id: "restarts.rego".to_owned(),
+            version: "18".to_owned(),
+        },
+    }
+}

@@ -1,0 +1,249 @@
+//! Rust mirrors of the records in `schemas/*.avsc`.
+//!
+//! Field names and order follow the `.avsc` files exactly; the union branch
+//! order of [`EventBody`] follows the `body` union of `envelope.avsc`. Every
+//! type denies unknown fields, so a field added to a schema but not here (or
+//! the other way round) fails the round-trip tests instead of being dropped.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch (`timestamp-millis`).
+pub type TimestampMillis = i64;
+
+/// One event on `warrant.log`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub event_id: String,
+    pub instance_id: String,
+    pub recorded_at: TimestampMillis,
+    pub submitted_by: String,
+    pub body: EventBody,
+}
+
+/// The `body` union. Variant order is the union's branch order: changing it
+/// changes the bytes on the wire, which the golden vectors catch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventBody {
+    ActionProposed(Box<ActionProposed>),
+    PolicySignalRecorded(PolicySignalRecorded),
+    DecisionRecorded(DecisionRecorded),
+    ExecutionRequested(ExecutionRequested),
+    ExecutionReported(ExecutionReported),
+    DeadlineReached(DeadlineReached),
+    ProposalWithdrawn(ProposalWithdrawn),
+}
+
+impl EventBody {
+    /// The record name of the union branch, as an auditor reads it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::ActionProposed(_) => "ActionProposed",
+            EventBody::PolicySignalRecorded(_) => "PolicySignalRecorded",
+            EventBody::DecisionRecorded(_) => "DecisionRecorded",
+            EventBody::ExecutionRequested(_) => "ExecutionRequested",
+            EventBody::ExecutionReported(_) => "ExecutionReported",
+            EventBody::DeadlineReached(_) => "DeadlineReached",
+            EventBody::ProposalWithdrawn(_) => "ProposalWithdrawn",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionProposed {
+    pub action: Action,
+    pub action_digest: String,
+    pub proposer: Proposer,
+    pub context_refs: Vec<ContextRef>,
+    pub rationale: Option<String>,
+    pub requirement: Requirement,
+    pub ruleset: RulesetRef,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    pub kind: String,
+    pub target: String,
+    pub parameters: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proposer {
+    pub principal: String,
+    pub kind: ProposerKind,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ProposerKind {
+    Agent,
+    Service,
+    Human,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextRef {
+    pub uri: String,
+    pub digest: Option<String>,
+    pub note: Option<String>,
+}
+
+/// The rule resolved at proposal time (SPEC §3), copied into the event so the
+/// fold never looks rules up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requirement {
+    pub rule_id: String,
+    pub approvals_required: i32,
+    pub approver_roles: Vec<String>,
+    pub override_roles: Vec<String>,
+    pub required_signals: Vec<String>,
+    pub review: ReviewMode,
+    pub decision_timeout_ms: i64,
+    pub grant_ttl_ms: i64,
+    pub max_executions: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReviewMode {
+    Always,
+    UnlessAllSignalsAllow,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesetRef {
+    pub version: String,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySignalRecorded {
+    pub source: String,
+    pub verdict: SignalVerdict,
+    pub reasons: Vec<String>,
+    pub policy_ref: PolicyRef,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SignalVerdict {
+    Allow,
+    Pause,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRef {
+    pub id: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRecorded {
+    pub reviewer: Reviewer,
+    pub verdict: DecisionVerdict,
+    pub justification: String,
+    pub scope: Scope,
+    pub evidence_refs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reviewer {
+    pub principal: String,
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DecisionVerdict {
+    Approve,
+    Reject,
+    Override,
+}
+
+/// What a reviewer allows: the fold narrows the grant to the most
+/// restrictive of all counted decisions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scope {
+    pub constraints: BTreeMap<String, String>,
+    pub not_after: Option<TimestampMillis>,
+    pub max_executions: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionRequested {
+    pub executor: String,
+    pub action_digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionReported {
+    pub grant_id: String,
+    pub outcome: ExecutionOutcome,
+    pub detail: Option<String>,
+    pub result_digest: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ExecutionOutcome {
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadlineReached {
+    pub deadline: DeadlineKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeadlineKind {
+    Decision,
+    Grant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposalWithdrawn {
+    pub reason: Option<String>,
+}
+
+/// Value of a record on the ingress topic `warrant.proposals`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposalSubmitted {
+    pub instance_id: Option<String>,
+    pub action: Action,
+    pub proposer: Proposer,
+    pub context_refs: Vec<ContextRef>,
+    pub rationale: Option<String>,
+}
+
+/// Value of a record on the ingress topic `warrant.signals`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalSubmitted {
+    pub instance_id: String,
+    pub source: String,
+    pub verdict: SignalVerdict,
+    pub reasons: Vec<String>,
+    pub policy_ref: PolicyRef,
+}
