@@ -1,0 +1,829 @@
+//! The fold: one event in, one history entry out (SPEC §5).
+//!
+//! [`step`] is the whole rule book. It reads nothing but its arguments, so
+//! the projector, intake and the auditors' replay compute the same records
+//! from the same log. Each event kind has one function below, and each is a
+//! `match` on the status with no wildcard arm, so adding a status forces a
+//! decision everywhere.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+use warrant_schema::{
+    ActionProposed, DeadlineKind, DecisionRecorded, DecisionVerdict, Envelope, EventBody,
+    ExecutionOutcome, ExecutionReported, ExecutionRequested, PolicySignalRecorded, ReviewMode,
+    Scope, SignalVerdict, TimestampMillis,
+};
+
+use crate::digest::action_digest;
+use crate::record::*;
+
+/// Namespace of the v5 UUIDs the fold derives (grant ids).
+const GRANT_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c52_9e0b_4d7a_8c61_2f4e_9b0d_7a35);
+
+/// One record from the log, as the fold sees it.
+#[derive(Debug, Clone)]
+pub struct LogEvent<'a> {
+    pub position: LogPosition,
+    /// The record value exactly as on the log; the hash chain commits to it.
+    pub bytes: &'a [u8],
+    /// The decoded envelope, or why the bytes are not one.
+    pub decoded: Result<Envelope, String>,
+}
+
+impl<'a> LogEvent<'a> {
+    /// Decode `bytes` with the wire codec. Decoding is pure, so it may live
+    /// on either side of the fold's boundary; callers that already decoded
+    /// build a `LogEvent` directly.
+    pub fn decode(position: LogPosition, bytes: &'a [u8]) -> Self {
+        LogEvent {
+            position,
+            bytes,
+            decoded: warrant_schema::decode::<Envelope>(bytes).map_err(|e| error_chain(&e)),
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Fold one event into an instance: the new state and exactly one entry.
+pub fn step(mut state: InstanceState, event: LogEvent<'_>) -> (InstanceState, HistoryEntry) {
+    let seq = state.entries + 1;
+    let (outcome, envelope) = match event.decoded {
+        Err(reason) => (refuse(RefusalCode::Malformed, reason), None),
+        Ok(envelope) => (decide(&mut state, &envelope, seq), Some(envelope)),
+    };
+    let hash = chain_hash(&state.head, event.bytes, &outcome);
+    state.entries = seq;
+    state.head = hash;
+    let entry = HistoryEntry {
+        seq,
+        recorded_at: envelope.as_ref().map(|e| e.recorded_at),
+        position: event.position,
+        event: envelope,
+        outcome,
+        hash,
+    };
+    (state, entry)
+}
+
+/// Fold a whole sequence from the beginning.
+pub fn fold<'a>(
+    instance_id: &str,
+    events: impl IntoIterator<Item = LogEvent<'a>>,
+) -> (InstanceState, Vec<HistoryEntry>) {
+    let mut state = InstanceState::new(instance_id);
+    let mut history = Vec::new();
+    for event in events {
+        let (next, entry) = step(state, event);
+        state = next;
+        history.push(entry);
+    }
+    (state, history)
+}
+
+/// The grant id for a granted `ExecutionRequested`: derived from the event,
+/// so every fold of the log names the same grant.
+pub fn grant_id(instance_id: &str, event_id: &str) -> String {
+    Uuid::new_v5(
+        &GRANT_NAMESPACE,
+        format!("{instance_id}/{event_id}").as_bytes(),
+    )
+    .to_string()
+}
+
+fn refuse(code: RefusalCode, reason: impl Into<String>) -> Outcome {
+    Outcome::Refused {
+        code,
+        reason: reason.into(),
+    }
+}
+
+fn decide(state: &mut InstanceState, envelope: &Envelope, seq: u64) -> Outcome {
+    if envelope.instance_id != state.instance_id {
+        return refuse(
+            RefusalCode::Malformed,
+            format!(
+                "envelope names instance {} but was keyed {}",
+                envelope.instance_id, state.instance_id
+            ),
+        );
+    }
+    if !state.seen_event_ids.insert(envelope.event_id.clone()) {
+        return refuse(
+            RefusalCode::Duplicate,
+            format!("event {} was already recorded", envelope.event_id),
+        );
+    }
+    let at = envelope.recorded_at;
+    match (&mut state.phase, &envelope.body) {
+        (Phase::Unproposed, EventBody::ActionProposed(proposed)) => {
+            match on_proposed(envelope, proposed) {
+                Ok((instance, outcome)) => {
+                    state.phase = Phase::Proposed(Box::new(instance));
+                    outcome
+                }
+                Err(refusal) => refusal,
+            }
+        }
+        (Phase::Unproposed, body) => refuse(
+            RefusalCode::UnknownInstance,
+            format!("{} before any ActionProposed", body.kind()),
+        ),
+        (Phase::Proposed(_), EventBody::ActionProposed(_)) => refuse(
+            RefusalCode::AlreadyProposed,
+            "the instance was already proposed",
+        ),
+        (Phase::Proposed(instance), EventBody::PolicySignalRecorded(signal)) => {
+            on_signal(instance, at, seq, signal)
+        }
+        (Phase::Proposed(instance), EventBody::DecisionRecorded(decision)) => {
+            on_decision(instance, at, seq, decision)
+        }
+        (Phase::Proposed(instance), EventBody::ExecutionRequested(request)) => {
+            let grant_id = grant_id(&state.instance_id, &envelope.event_id);
+            on_execution_requested(instance, at, seq, request, grant_id)
+        }
+        (Phase::Proposed(instance), EventBody::ExecutionReported(report)) => {
+            on_execution_reported(instance, at, seq, report)
+        }
+        (Phase::Proposed(instance), EventBody::DeadlineReached(deadline)) => {
+            on_deadline(instance, at, deadline.deadline)
+        }
+        (Phase::Proposed(instance), EventBody::ProposalWithdrawn(_)) => {
+            on_withdrawn(instance, &envelope.submitted_by)
+        }
+    }
+}
+
+impl Instance {
+    /// Move to `next` and say so.
+    fn transition(&mut self, next: Status, effect: Option<Effect>) -> Outcome {
+        let from = self.status.name();
+        self.status = next;
+        Outcome::Applied {
+            from: Some(from),
+            to: self.status.name(),
+            effect,
+        }
+    }
+
+    /// Applied without a status change.
+    fn recorded(&self, effect: Option<Effect>) -> Outcome {
+        let status = self.status.name();
+        Outcome::Applied {
+            from: Some(status),
+            to: status,
+            effect,
+        }
+    }
+
+    fn is_proposer(&self, principal: &str) -> bool {
+        principal == self.proposal.proposer.principal || principal == self.proposal.submitted_by
+    }
+
+    fn decision_expired(&self, at: TimestampMillis) -> bool {
+        at > self.proposal.decision_deadline
+    }
+
+    /// Where a paused instance stands given its signals (SPEC §5, Signals).
+    fn paused_status_from_signals(&self, at: TimestampMillis) -> Status {
+        let requirement = &self.proposal.requirement;
+        if self
+            .signals
+            .values()
+            .any(|s| s.verdict == SignalVerdict::Deny)
+        {
+            return Status::Blocked;
+        }
+        let all_required_reported = requirement
+            .required_signals
+            .iter()
+            .all(|source| self.signals.contains_key(source));
+        if !all_required_reported {
+            return Status::AwaitingSignals;
+        }
+        let all_allow = self
+            .signals
+            .values()
+            .all(|s| s.verdict == SignalVerdict::Allow);
+        match requirement.review {
+            ReviewMode::UnlessAllSignalsAllow
+                if all_allow && !requirement.required_signals.is_empty() =>
+            {
+                Status::Authorized(self.authorization(
+                    at,
+                    Authority::Rule {
+                        rule_id: requirement.rule_id.clone(),
+                    },
+                    None,
+                ))
+            }
+            ReviewMode::UnlessAllSignalsAllow | ReviewMode::Always => Status::AwaitingDecision,
+        }
+    }
+
+    /// The effective scope of all counted decisions plus `extra`, capped by
+    /// the rule. Conflicts were refused before anything was counted.
+    fn authorization(
+        &self,
+        at: TimestampMillis,
+        authority: Authority,
+        extra: Option<&Scope>,
+    ) -> Authorization {
+        let requirement = &self.proposal.requirement;
+        let mut scope = EffectiveScope {
+            constraints: BTreeMap::new(),
+            not_after: at.saturating_add(requirement.grant_ttl_ms),
+            max_executions: u32::try_from(requirement.max_executions).unwrap_or(0),
+        };
+        for decided in self.approvals.values().map(|c| &c.scope).chain(extra) {
+            if let Some(not_after) = decided.not_after {
+                scope.not_after = scope.not_after.min(not_after);
+            }
+            if let Some(max) = decided.max_executions {
+                scope.max_executions = scope.max_executions.min(u32::try_from(max).unwrap_or(0));
+            }
+            for (key, value) in &decided.constraints {
+                scope.constraints.insert(key.clone(), value.clone());
+            }
+        }
+        Authorization {
+            authorized_at: at,
+            authority,
+            scope,
+        }
+    }
+
+    /// The first constraint `scope` sets differently from a counted approval.
+    fn conflicting_constraint(&self, scope: &Scope) -> Option<String> {
+        self.approvals.iter().find_map(|(principal, counted)| {
+            scope.constraints.iter().find_map(|(key, value)| {
+                match counted.scope.constraints.get(key) {
+                    Some(other) if other != value => Some(format!(
+                        "constraint {key}={value} conflicts with {key}={other} approved by {principal}"
+                    )),
+                    Some(_) | None => None,
+                }
+            })
+        })
+    }
+
+    fn open_grants(&self) -> usize {
+        self.grants.iter().filter(|g| g.report.is_none()).count()
+    }
+}
+
+fn has_any_role(roles: &[String], permitted: &[String]) -> bool {
+    roles.iter().any(|role| permitted.contains(role))
+}
+
+fn already_final(status: StatusName) -> Outcome {
+    refuse(
+        RefusalCode::AlreadyFinal,
+        format!("the instance is already {status}"),
+    )
+}
+
+fn on_proposed(
+    envelope: &Envelope,
+    proposed: &ActionProposed,
+) -> Result<(Instance, Outcome), Outcome> {
+    let computed = action_digest(&proposed.action);
+    if proposed.action_digest != computed {
+        return Err(refuse(
+            RefusalCode::Malformed,
+            format!(
+                "action_digest {} is not the digest of the action ({computed})",
+                proposed.action_digest
+            ),
+        ));
+    }
+    let requirement = &proposed.requirement;
+    if requirement.approvals_required < 1
+        || requirement.approver_roles.is_empty()
+        || requirement.override_roles.is_empty()
+        || requirement.max_executions < 1
+        || requirement.decision_timeout_ms < 1
+        || requirement.grant_ttl_ms < 1
+    {
+        return Err(refuse(
+            RefusalCode::Malformed,
+            format!(
+                "requirement of rule {} cannot be satisfied",
+                requirement.rule_id
+            ),
+        ));
+    }
+    let status = if requirement.required_signals.is_empty() {
+        Status::AwaitingDecision
+    } else {
+        Status::AwaitingSignals
+    };
+    let instance = Instance {
+        proposal: Proposal {
+            proposed_at: envelope.recorded_at,
+            submitted_by: envelope.submitted_by.clone(),
+            action: proposed.action.clone(),
+            action_digest: proposed.action_digest.clone(),
+            proposer: proposed.proposer.clone(),
+            context_refs: proposed.context_refs.clone(),
+            rationale: proposed.rationale.clone(),
+            requirement: requirement.clone(),
+            ruleset: proposed.ruleset.clone(),
+            decision_deadline: envelope
+                .recorded_at
+                .saturating_add(requirement.decision_timeout_ms),
+        },
+        status,
+        signals: BTreeMap::new(),
+        approvals: BTreeMap::new(),
+        grants: Vec::new(),
+        violations: Vec::new(),
+    };
+    let outcome = Outcome::Applied {
+        from: None,
+        to: instance.status.name(),
+        effect: None,
+    };
+    Ok((instance, outcome))
+}
+
+/// Signals carry no scope: when they authorize by rule, the grant window
+/// starts at the signal's `recorded_at`.
+fn on_signal(
+    instance: &mut Instance,
+    at: TimestampMillis,
+    seq: u64,
+    signal: &PolicySignalRecorded,
+) -> Outcome {
+    let standing = StandingSignal {
+        verdict: signal.verdict,
+        seq,
+    };
+    match &instance.status {
+        Status::Completed(_)
+        | Status::Failed(_)
+        | Status::Rejected { .. }
+        | Status::Expired { .. }
+        | Status::Withdrawn => already_final(instance.status.name()),
+        Status::Authorized(_) | Status::Executing(_) => {
+            instance.signals.insert(signal.source.clone(), standing);
+            instance.recorded(Some(Effect::SignalAfterDecision))
+        }
+        Status::AwaitingSignals | Status::AwaitingDecision | Status::Blocked => {
+            instance.signals.insert(signal.source.clone(), standing);
+            let next = instance.paused_status_from_signals(at);
+            let effect = next.authorization().cloned().map(Effect::Authorized);
+            instance.transition(next, effect)
+        }
+    }
+}
+
+fn on_decision(
+    instance: &mut Instance,
+    at: TimestampMillis,
+    seq: u64,
+    decision: &DecisionRecorded,
+) -> Outcome {
+    match decision.verdict {
+        DecisionVerdict::Approve => on_approve(instance, at, seq, decision),
+        DecisionVerdict::Override => on_override(instance, at, seq, decision),
+        DecisionVerdict::Reject => on_reject(instance, decision),
+    }
+}
+
+fn on_approve(
+    instance: &mut Instance,
+    at: TimestampMillis,
+    seq: u64,
+    decision: &DecisionRecorded,
+) -> Outcome {
+    let principal = &decision.reviewer.principal;
+    let requirement = &instance.proposal.requirement;
+    match &instance.status {
+        Status::Completed(_)
+        | Status::Failed(_)
+        | Status::Rejected { .. }
+        | Status::Expired { .. }
+        | Status::Withdrawn => already_final(instance.status.name()),
+        Status::Authorized(_) | Status::Executing(_) => {
+            refuse(RefusalCode::NotPaused, "the instance is already authorized")
+        }
+        Status::AwaitingSignals | Status::AwaitingDecision | Status::Blocked
+            if instance.is_proposer(principal) =>
+        {
+            refuse(
+                RefusalCode::SelfApproval,
+                format!("{principal} proposed this action"),
+            )
+        }
+        Status::AwaitingSignals | Status::AwaitingDecision | Status::Blocked
+            if !has_any_role(&decision.reviewer.roles, &requirement.approver_roles) =>
+        {
+            refuse(
+                RefusalCode::RoleNotPermitted,
+                format!("{principal} holds none of {:?}", requirement.approver_roles),
+            )
+        }
+        Status::AwaitingSignals | Status::AwaitingDecision | Status::Blocked
+            if instance.decision_expired(at) =>
+        {
+            refuse(RefusalCode::Expired, "the decision deadline has passed")
+        }
+        Status::AwaitingSignals => refuse(
+            RefusalCode::SignalsPending,
+            "required policy signals have not all reported",
+        ),
+        Status::Blocked => refuse(RefusalCode::Blocked, "a DENY signal stands"),
+        Status::AwaitingDecision => {
+            if instance.approvals.contains_key(principal) {
+                return instance.recorded(Some(Effect::ApprovalAlreadyCounted {
+                    principal: principal.clone(),
+                }));
+            }
+            if let Some(conflict) = instance.conflicting_constraint(&decision.scope) {
+                return refuse(RefusalCode::ConflictingScope, conflict);
+            }
+            instance.approvals.insert(
+                principal.clone(),
+                CountedDecision {
+                    seq,
+                    scope: decision.scope.clone(),
+                },
+            );
+            let distinct = u32::try_from(instance.approvals.len()).unwrap_or(u32::MAX);
+            let required = u32::try_from(requirement.approvals_required).unwrap_or(1);
+            if distinct >= required {
+                let authorization = instance.authorization(
+                    at,
+                    Authority::Quorum {
+                        approvers: instance.approvals.keys().cloned().collect(),
+                    },
+                    None,
+                );
+                instance.transition(
+                    Status::Authorized(authorization.clone()),
+                    Some(Effect::Authorized(authorization)),
+                )
+            } else {
+                instance.recorded(Some(Effect::ApprovalCounted {
+                    principal: principal.clone(),
+                    distinct,
+                    required,
+                }))
+            }
+        }
+    }
+}
+
+fn on_override(
+    instance: &mut Instance,
+    at: TimestampMillis,
+    _seq: u64,
+    decision: &DecisionRecorded,
+) -> Outcome {
+    let principal = &decision.reviewer.principal;
+    let requirement = &instance.proposal.requirement;
+    match &instance.status {
+        Status::Completed(_)
+        | Status::Failed(_)
+        | Status::Rejected { .. }
+        | Status::Expired { .. }
+        | Status::Withdrawn => already_final(instance.status.name()),
+        Status::Authorized(_) | Status::Executing(_) => {
+            refuse(RefusalCode::NotPaused, "the instance is already authorized")
+        }
+        Status::AwaitingSignals | Status::AwaitingDecision | Status::Blocked => {
+            if instance.is_proposer(principal) {
+                return refuse(
+                    RefusalCode::SelfApproval,
+                    format!("{principal} proposed this action"),
+                );
+            }
+            if !has_any_role(&decision.reviewer.roles, &requirement.override_roles) {
+                return refuse(
+                    RefusalCode::RoleNotPermitted,
+                    format!("{principal} holds none of {:?}", requirement.override_roles),
+                );
+            }
+            if decision.justification.trim().is_empty() {
+                return refuse(
+                    RefusalCode::JustificationRequired,
+                    "an override needs a justification",
+                );
+            }
+            if instance.decision_expired(at) {
+                return refuse(RefusalCode::Expired, "the decision deadline has passed");
+            }
+            if let Some(conflict) = instance.conflicting_constraint(&decision.scope) {
+                return refuse(RefusalCode::ConflictingScope, conflict);
+            }
+            let authorization = instance.authorization(
+                at,
+                Authority::Override {
+                    principal: principal.clone(),
+                    justification: decision.justification.clone(),
+                },
+                Some(&decision.scope),
+            );
+            instance.transition(
+                Status::Authorized(authorization.clone()),
+                Some(Effect::Authorized(authorization)),
+            )
+        }
+    }
+}
+
+fn on_reject(instance: &mut Instance, decision: &DecisionRecorded) -> Outcome {
+    let principal = &decision.reviewer.principal;
+    let requirement = &instance.proposal.requirement;
+    let permitted = has_any_role(&decision.reviewer.roles, &requirement.approver_roles)
+        || has_any_role(&decision.reviewer.roles, &requirement.override_roles);
+    match &instance.status {
+        Status::Completed(_)
+        | Status::Failed(_)
+        | Status::Rejected { .. }
+        | Status::Expired { .. }
+        | Status::Withdrawn => already_final(instance.status.name()),
+        Status::Executing(_) => refuse(
+            RefusalCode::NotPaused,
+            "an execution is open; it must be reported first",
+        ),
+        Status::AwaitingSignals
+        | Status::AwaitingDecision
+        | Status::Blocked
+        | Status::Authorized(_)
+            if !permitted =>
+        {
+            refuse(
+                RefusalCode::RoleNotPermitted,
+                format!("{principal} holds no approver or override role"),
+            )
+        }
+        Status::AwaitingSignals
+        | Status::AwaitingDecision
+        | Status::Blocked
+        | Status::Authorized(_) => instance.transition(
+            Status::Rejected {
+                by: principal.clone(),
+            },
+            None,
+        ),
+    }
+}
+
+fn on_execution_requested(
+    instance: &mut Instance,
+    at: TimestampMillis,
+    seq: u64,
+    request: &ExecutionRequested,
+    grant_id: String,
+) -> Outcome {
+    match &instance.status {
+        Status::Completed(_)
+        | Status::Failed(_)
+        | Status::Rejected { .. }
+        | Status::Expired { .. }
+        | Status::Withdrawn => already_final(instance.status.name()),
+        Status::AwaitingSignals | Status::AwaitingDecision | Status::Blocked => refuse(
+            RefusalCode::NotAuthorized,
+            format!("the instance is paused ({})", instance.status.name()),
+        ),
+        Status::Authorized(authorization) | Status::Executing(authorization) => {
+            let scope = &authorization.scope;
+            if at > scope.not_after {
+                return refuse(
+                    RefusalCode::Expired,
+                    format!("the grant window closed at {}", scope.not_after),
+                );
+            }
+            if instance.grants.len() >= scope.max_executions as usize {
+                return refuse(
+                    RefusalCode::NoExecutionsLeft,
+                    format!("all {} executions were granted", scope.max_executions),
+                );
+            }
+            if request.action_digest != instance.proposal.action_digest {
+                return refuse(
+                    RefusalCode::DigestMismatch,
+                    format!(
+                        "presented {} but {} was authorized",
+                        request.action_digest, instance.proposal.action_digest
+                    ),
+                );
+            }
+            let authorization = authorization.clone();
+            let issued = IssuedGrant {
+                grant_id: grant_id.clone(),
+                action_digest: instance.proposal.action_digest.clone(),
+                scope: authorization.scope.clone(),
+                not_after: authorization.scope.not_after,
+            };
+            instance.grants.push(Grant {
+                grant_id,
+                executor: request.executor.clone(),
+                granted_at: at,
+                granted_seq: seq,
+                report: None,
+            });
+            instance.transition(
+                Status::Executing(authorization),
+                Some(Effect::GrantIssued(issued)),
+            )
+        }
+    }
+}
+
+fn on_execution_reported(
+    instance: &mut Instance,
+    at: TimestampMillis,
+    seq: u64,
+    report: &ExecutionReported,
+) -> Outcome {
+    let Some(index) = instance
+        .grants
+        .iter()
+        .position(|g| g.grant_id == report.grant_id)
+    else {
+        // Something ran that Warrant never granted: record it, whatever the status.
+        instance.violations.push(Violation {
+            kind: ViolationKind::UngrantedExecution,
+            seq,
+            grant_id: report.grant_id.clone(),
+            reported_at: at,
+        });
+        return Outcome::Violation {
+            violation: ViolationKind::UngrantedExecution,
+            reason: format!(
+                "grant {} was never issued for this instance",
+                report.grant_id
+            ),
+        };
+    };
+    let already_reported = instance.grants[index].report.is_some();
+    match &instance.status {
+        Status::Completed(_)
+        | Status::Failed(_)
+        | Status::Rejected { .. }
+        | Status::Expired { .. }
+        | Status::Withdrawn => already_final(instance.status.name()),
+        Status::AwaitingSignals
+        | Status::AwaitingDecision
+        | Status::Blocked
+        | Status::Authorized(_)
+            if already_reported =>
+        {
+            refuse(
+                RefusalCode::Duplicate,
+                format!("grant {} was already reported", report.grant_id),
+            )
+        }
+        Status::Executing(_) if already_reported => refuse(
+            RefusalCode::Duplicate,
+            format!("grant {} was already reported", report.grant_id),
+        ),
+        // An open grant exists only while Executing; kept total all the same.
+        Status::AwaitingSignals
+        | Status::AwaitingDecision
+        | Status::Blocked
+        | Status::Authorized(_) => {
+            close_grant(instance, index, at, seq, report);
+            instance.recorded(Some(Effect::ExecutionClosed {
+                grant_id: report.grant_id.clone(),
+                outcome: report.outcome,
+            }))
+        }
+        Status::Executing(authorization) => {
+            let authorization = authorization.clone();
+            close_grant(instance, index, at, seq, report);
+            let executions_left =
+                instance.grants.len() < authorization.scope.max_executions as usize;
+            let next = if instance.open_grants() > 0 {
+                Status::Executing(authorization)
+            } else if executions_left && at <= authorization.scope.not_after {
+                Status::Authorized(authorization)
+            } else {
+                match report.outcome {
+                    ExecutionOutcome::Succeeded => Status::Completed(authorization),
+                    ExecutionOutcome::Failed => Status::Failed(authorization),
+                }
+            };
+            instance.transition(
+                next,
+                Some(Effect::ExecutionClosed {
+                    grant_id: report.grant_id.clone(),
+                    outcome: report.outcome,
+                }),
+            )
+        }
+    }
+}
+
+fn close_grant(
+    instance: &mut Instance,
+    index: usize,
+    at: TimestampMillis,
+    seq: u64,
+    report: &ExecutionReported,
+) {
+    if let Some(grant) = instance.grants.get_mut(index) {
+        grant.report = Some(GrantReport {
+            outcome: report.outcome,
+            reported_at: at,
+            seq,
+        });
+    }
+}
+
+fn on_deadline(instance: &mut Instance, at: TimestampMillis, deadline: DeadlineKind) -> Outcome {
+    match (&instance.status, deadline) {
+        (
+            Status::Completed(_)
+            | Status::Failed(_)
+            | Status::Rejected { .. }
+            | Status::Expired { .. }
+            | Status::Withdrawn,
+            _,
+        ) => already_final(instance.status.name()),
+        (
+            Status::AwaitingSignals | Status::AwaitingDecision | Status::Blocked,
+            DeadlineKind::Decision,
+        ) => {
+            if instance.decision_expired(at) {
+                instance.transition(Status::Expired { deadline }, None)
+            } else {
+                refuse(
+                    RefusalCode::Early,
+                    format!(
+                        "the decision deadline is {}",
+                        instance.proposal.decision_deadline
+                    ),
+                )
+            }
+        }
+        (
+            Status::AwaitingSignals | Status::AwaitingDecision | Status::Blocked,
+            DeadlineKind::Grant,
+        ) => refuse(RefusalCode::Early, "no grant window is open yet"),
+        (Status::Authorized(authorization), DeadlineKind::Grant) => {
+            if at > authorization.scope.not_after {
+                instance.transition(Status::Expired { deadline }, None)
+            } else {
+                refuse(
+                    RefusalCode::Early,
+                    format!(
+                        "the grant window closes at {}",
+                        authorization.scope.not_after
+                    ),
+                )
+            }
+        }
+        (Status::Authorized(_), DeadlineKind::Decision) => {
+            refuse(RefusalCode::Early, "the decision was made in time")
+        }
+        (Status::Executing(_), DeadlineKind::Decision | DeadlineKind::Grant) => {
+            refuse(RefusalCode::Early, "an execution is open")
+        }
+    }
+}
+
+fn on_withdrawn(instance: &mut Instance, submitted_by: &str) -> Outcome {
+    match &instance.status {
+        Status::Completed(_)
+        | Status::Failed(_)
+        | Status::Rejected { .. }
+        | Status::Expired { .. }
+        | Status::Withdrawn => already_final(instance.status.name()),
+        Status::Executing(_) => refuse(
+            RefusalCode::NotPaused,
+            "an execution is open; it must be reported first",
+        ),
+        Status::AwaitingSignals
+        | Status::AwaitingDecision
+        | Status::Blocked
+        | Status::Authorized(_) => {
+            if instance.is_proposer(submitted_by) {
+                instance.transition(Status::Withdrawn, None)
+            } else {
+                refuse(
+                    RefusalCode::RoleNotPermitted,
+                    format!("only the proposer may withdraw, not {submitted_by}"),
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "fold_tests.rs"]
+mod tests;

@@ -1,0 +1,20 @@
+//! Warrant's rule book: the authority semantics of SPEC §4 and §5.
+//!
+//! This crate owns the answer to "may this action run, and who said so". It
+//! holds the ruleset (parse, validate, resolve), the action digest, and the
+//! fold that turns an instance's ordered events into its execution record,
+//! each entry chained by SHA-256.
+//!
+//! It must never do IO: no clock, file, environment, network or randomness
+//! (`clippy.toml` bans the usual suspects), so that the projector, intake and
+//! the auditors' replay compute byte-identical records from the same log.
+
+mod digest;
+mod fold;
+mod record;
+mod ruleset;
+
+pub use digest::{action_digest, canonical_action_json, sha256_hex};
+pub use fold::{fold, grant_id, step, LogEvent};
+pub use record::*;
+pub use ruleset::{Rule, Ruleset, RulesetError};

@@ -1,0 +1,454 @@
+//! The authority rules (SPEC §4): a versioned YAML file that says, for each
+//! kind of action on each target, who must approve and under which limits.
+//!
+//! Loading is where mistakes are caught: a ruleset that could leave an action
+//! without a rule, a rule nobody can satisfy, or a field nobody reads is
+//! refused with an error that names the rule. Resolution is then total.
+
+use serde::Deserialize;
+use warrant_schema::{Action, Requirement, ReviewMode, RulesetRef};
+
+use crate::digest::sha256_hex;
+
+/// A validated ruleset, ready to resolve actions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    version: String,
+    digest: String,
+    rules: Vec<Rule>,
+}
+
+/// One rule. Matching is on `action.kind` (exact, or a glob with `*` and
+/// `?`) and on `target` (a prefix); the first matching rule wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub id: String,
+    pub kind_pattern: String,
+    pub target_prefix: String,
+    pub requirement: Requirement,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RulesetError {
+    #[error("ruleset is not valid YAML of the expected shape: {0}")]
+    Yaml(#[source] serde_yaml::Error),
+    #[error("rule #{index} ({id}): {message}")]
+    InvalidRule {
+        index: usize,
+        id: String,
+        message: String,
+    },
+    #[error("ruleset has no rules")]
+    NoRules,
+    #[error("rule id {0:?} is used twice")]
+    DuplicateRuleId(String),
+    #[error("rule {rule:?}: approvals_required must be at least 1, got {got}")]
+    ApprovalsRequired { rule: String, got: i32 },
+    #[error("rule {rule:?}: {field} must name at least one role")]
+    EmptyRoles { rule: String, field: &'static str },
+    #[error("rule {rule:?}: {field} must be positive, got {got}")]
+    NotPositive {
+        rule: String,
+        field: &'static str,
+        got: i64,
+    },
+    #[error("rule {rule:?}: review unless_all_signals_allow needs at least one required signal, or nothing would ever be reviewed")]
+    UnreviewedWithoutSignals { rule: String },
+    #[error("ruleset has no catch-all rule (kind \"*\" and no target prefix) as its last rule, so some action could match nothing")]
+    NoCatchAll,
+    #[error("rule {rule:?} can never match: the catch-all rule {catch_all:?} comes before it")]
+    Unreachable { rule: String, catch_all: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesetFile {
+    version: String,
+    rules: Vec<serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    id: String,
+    #[serde(rename = "match", default)]
+    matches: MatchFile,
+    approvals_required: i32,
+    approver_roles: Vec<String>,
+    override_roles: Vec<String>,
+    #[serde(default)]
+    required_signals: Vec<String>,
+    #[serde(default)]
+    review: ReviewFile,
+    decision_timeout_ms: i64,
+    grant_ttl_ms: i64,
+    #[serde(default = "one")]
+    max_executions: i32,
+}
+
+fn one() -> i32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchFile {
+    #[serde(default = "any_kind")]
+    kind: String,
+    #[serde(default)]
+    target: String,
+}
+
+impl Default for MatchFile {
+    fn default() -> Self {
+        MatchFile {
+            kind: any_kind(),
+            target: String::new(),
+        }
+    }
+}
+
+fn any_kind() -> String {
+    "*".to_owned()
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum ReviewFile {
+    #[default]
+    Always,
+    UnlessAllSignalsAllow,
+}
+
+impl Ruleset {
+    /// Parse and validate ruleset text. The digest is the SHA-256 of exactly
+    /// these bytes, so an auditor can match the text on `warrant.rulesets`.
+    pub fn parse(text: &[u8]) -> Result<Ruleset, RulesetError> {
+        let file: RulesetFile = serde_yaml::from_slice(text).map_err(RulesetError::Yaml)?;
+        if file.rules.is_empty() {
+            return Err(RulesetError::NoRules);
+        }
+        let mut rules: Vec<Rule> = Vec::with_capacity(file.rules.len());
+        for (index, value) in file.rules.into_iter().enumerate() {
+            let id = value
+                .get("id")
+                .and_then(|id| id.as_str())
+                .unwrap_or("<no id>")
+                .to_owned();
+            let rule: RuleFile =
+                serde_yaml::from_value(value).map_err(|e| RulesetError::InvalidRule {
+                    index: index + 1,
+                    id,
+                    message: e.to_string(),
+                })?;
+            if rules.iter().any(|known| known.id == rule.id) {
+                return Err(RulesetError::DuplicateRuleId(rule.id));
+            }
+            rules.push(validate(rule)?);
+        }
+        let catch_all = rules.iter().position(Rule::is_catch_all);
+        match catch_all {
+            None => return Err(RulesetError::NoCatchAll),
+            Some(at) if at + 1 < rules.len() => {
+                return Err(RulesetError::Unreachable {
+                    rule: rules[at + 1].id.clone(),
+                    catch_all: rules[at].id.clone(),
+                })
+            }
+            Some(_) => {}
+        }
+        Ok(Ruleset {
+            version: file.version,
+            digest: sha256_hex(text),
+            rules,
+        })
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Lowercase hex SHA-256 of the ruleset's bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// What an `ActionProposed` records as the ruleset in force.
+    pub fn reference(&self) -> RulesetRef {
+        RulesetRef {
+            version: self.version.clone(),
+            digest: self.digest.clone(),
+        }
+    }
+
+    /// The first rule that matches. Total: loading guaranteed a catch-all.
+    pub fn resolve(&self, action: &Action) -> &Rule {
+        let last = self.rules.len() - 1;
+        self.rules
+            .iter()
+            .find(|rule| rule.matches(action))
+            .unwrap_or(&self.rules[last])
+    }
+}
+
+impl Rule {
+    pub fn matches(&self, action: &Action) -> bool {
+        glob_matches(&self.kind_pattern, &action.kind)
+            && action.target.starts_with(&self.target_prefix)
+    }
+
+    fn is_catch_all(&self) -> bool {
+        self.kind_pattern.chars().all(|c| c == '*') && self.target_prefix.is_empty()
+    }
+}
+
+fn validate(rule: RuleFile) -> Result<Rule, RulesetError> {
+    let id = rule.id;
+    if rule.approvals_required < 1 {
+        return Err(RulesetError::ApprovalsRequired {
+            rule: id,
+            got: rule.approvals_required,
+        });
+    }
+    for (field, roles) in [
+        ("approver_roles", &rule.approver_roles),
+        ("override_roles", &rule.override_roles),
+    ] {
+        if roles.iter().all(|role| role.trim().is_empty()) {
+            return Err(RulesetError::EmptyRoles { rule: id, field });
+        }
+    }
+    for (field, value) in [
+        ("decision_timeout_ms", rule.decision_timeout_ms),
+        ("grant_ttl_ms", rule.grant_ttl_ms),
+        ("max_executions", i64::from(rule.max_executions)),
+    ] {
+        if value <= 0 {
+            return Err(RulesetError::NotPositive {
+                rule: id,
+                field,
+                got: value,
+            });
+        }
+    }
+    let review = match rule.review {
+        ReviewFile::Always => ReviewMode::Always,
+        ReviewFile::UnlessAllSignalsAllow if rule.required_signals.is_empty() => {
+            return Err(RulesetError::UnreviewedWithoutSignals { rule: id })
+        }
+        ReviewFile::UnlessAllSignalsAllow => ReviewMode::UnlessAllSignalsAllow,
+    };
+    Ok(Rule {
+        kind_pattern: rule.matches.kind,
+        target_prefix: rule.matches.target,
+        requirement: Requirement {
+            rule_id: id.clone(),
+            approvals_required: rule.approvals_required,
+            approver_roles: rule.approver_roles,
+            override_roles: rule.override_roles,
+            required_signals: rule.required_signals,
+            review,
+            decision_timeout_ms: rule.decision_timeout_ms,
+            grant_ttl_ms: rule.grant_ttl_ms,
+            max_executions: rule.max_executions,
+        },
+        id,
+    })
+}
+
+/// `*` matches any run of characters (dots included), `?` exactly one.
+fn glob_matches(pattern: &str, text: &str) -> bool {
+    let pattern: Vec<char> = pattern.chars().collect();
+    let text: Vec<char> = text.chars().collect();
+    let (mut p, mut t) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                backtrack = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == '?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match backtrack {
+                Some((star, matched)) => {
+                    p = star + 1;
+                    t = matched + 1;
+                    backtrack = Some((star, matched + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+version: "2026-11-01"
+rules:
+  - id: payments-prod
+    match: { kind: "payments.*", target: "prod/" }
+    approvals_required: 2
+    approver_roles: [payments-approver]
+    override_roles: [incident-commander]
+    required_signals: [opa]
+    decision_timeout_ms: 3600000
+    grant_ttl_ms: 900000
+  - id: low-risk
+    match: { kind: "cache.flush" }
+    approvals_required: 1
+    approver_roles: [sre]
+    override_roles: [sre-lead]
+    required_signals: [opa]
+    review: unless_all_signals_allow
+    decision_timeout_ms: 600000
+    grant_ttl_ms: 60000
+    max_executions: 3
+  - id: everything-else
+    approvals_required: 1
+    approver_roles: [sre]
+    override_roles: [incident-commander]
+    decision_timeout_ms: 86400000
+    grant_ttl_ms: 900000
+"#;
+
+    fn action(kind: &str, target: &str) -> Action {
+        Action {
+            kind: kind.to_owned(),
+            target: target.to_owned(),
+            parameters: BTreeMap::new(),
+        }
+    }
+
+    fn error_of(text: &str) -> String {
+        match Ruleset::parse(text.as_bytes()) {
+            Ok(_) => panic!("ruleset should have been refused"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let rules = Ruleset::parse(EXAMPLE.as_bytes()).expect("valid");
+        assert_eq!(
+            rules.resolve(&action("payments.refund", "prod/eu")).id,
+            "payments-prod"
+        );
+        assert_eq!(
+            rules.resolve(&action("payments.refund", "staging/eu")).id,
+            "everything-else"
+        );
+        assert_eq!(
+            rules.resolve(&action("cache.flush", "prod/eu")).id,
+            "low-risk"
+        );
+        assert_eq!(
+            rules.resolve(&action("cache.flushall", "prod/eu")).id,
+            "everything-else"
+        );
+        let low = &rules.resolve(&action("cache.flush", "x")).requirement;
+        assert_eq!(low.review, ReviewMode::UnlessAllSignalsAllow);
+        assert_eq!(low.max_executions, 3);
+    }
+
+    #[test]
+    fn digest_is_sha256_of_the_exact_bytes() {
+        let rules = Ruleset::parse(EXAMPLE.as_bytes()).expect("valid");
+        assert_eq!(rules.digest(), sha256_hex(EXAMPLE.as_bytes()));
+        let reformatted = EXAMPLE.replace("version: ", "version:  ");
+        assert_ne!(
+            Ruleset::parse(reformatted.as_bytes())
+                .expect("valid")
+                .digest(),
+            rules.digest()
+        );
+    }
+
+    #[test]
+    fn a_ruleset_without_a_catch_all_is_refused() {
+        let text = EXAMPLE.replace(
+            "  - id: everything-else\n",
+            "  - id: everything-else\n    match: { target: \"prod/\" }\n",
+        );
+        assert!(error_of(&text).contains("no catch-all"));
+    }
+
+    #[test]
+    fn a_rule_after_the_catch_all_is_refused_by_name() {
+        let text = format!(
+            "{EXAMPLE}  - id: shadowed\n    approvals_required: 1\n    approver_roles: [a]\n    override_roles: [b]\n    decision_timeout_ms: 1\n    grant_ttl_ms: 1\n"
+        );
+        assert!(error_of(&text).contains("\"shadowed\" can never match"));
+    }
+
+    #[test]
+    fn zero_approvals_is_refused_by_rule_name() {
+        let text = EXAMPLE.replace("approvals_required: 2", "approvals_required: 0");
+        assert_eq!(
+            error_of(&text),
+            "rule \"payments-prod\": approvals_required must be at least 1, got 0"
+        );
+    }
+
+    #[test]
+    fn empty_role_lists_are_refused_by_rule_name() {
+        let text = EXAMPLE.replace("override_roles: [sre-lead]", "override_roles: []");
+        assert_eq!(
+            error_of(&text),
+            "rule \"low-risk\": override_roles must name at least one role"
+        );
+        let text = EXAMPLE.replace("approver_roles: [payments-approver]", "approver_roles: []");
+        assert_eq!(
+            error_of(&text),
+            "rule \"payments-prod\": approver_roles must name at least one role"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_naming_the_rule() {
+        let text = EXAMPLE.replace("    max_executions: 3\n", "    max_execution: 3\n");
+        let error = error_of(&text);
+        assert!(
+            error.starts_with("rule #2 (low-risk): unknown field `max_execution`"),
+            "{error}"
+        );
+        let text = format!("{EXAMPLE}owner: nobody\n");
+        assert!(error_of(&text).contains("unknown field `owner`"));
+    }
+
+    #[test]
+    fn unreviewed_rules_need_signals() {
+        let text = EXAMPLE.replace("    required_signals: [opa]\n    review:", "    review:");
+        assert!(error_of(&text).contains("\"low-risk\": review unless_all_signals_allow needs"));
+    }
+
+    #[test]
+    fn duplicate_rule_ids_are_refused() {
+        let text = EXAMPLE.replace("id: low-risk", "id: payments-prod");
+        assert_eq!(error_of(&text), "rule id \"payments-prod\" is used twice");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_matches("*", ""));
+        assert!(glob_matches("payments.*", "payments.refund.partial"));
+        assert!(glob_matches("*.restart", "service.restart"));
+        assert!(glob_matches("a?c", "abc"));
+        assert!(!glob_matches("a?c", "ac"));
+        assert!(glob_matches("a*b*c", "aXXbYYc"));
+        assert!(!glob_matches("a*b*c", "aXXbYY"));
+        assert!(!glob_matches("service.restart", "service.restarts"));
+    }
+}
