@@ -11,10 +11,17 @@
 
 mod digest;
 mod fold;
+mod ledger;
 mod record;
 mod ruleset;
+mod view;
 
 pub use digest::{action_digest, canonical_action_json, sha256_hex};
 pub use fold::{fold, grant_id, step, LogEvent};
+pub use ledger::{Folded, Ledger};
 pub use record::*;
 pub use ruleset::{Rule, Ruleset, RulesetError};
+pub use view::{
+    checkpoint_digest, instance_for_key, DecisionView, EntryView, ExecutionRecord, ProposalView,
+    SignalView, TransitionView, QUARANTINE_INSTANCE,
+};

@@ -1,0 +1,67 @@
+//! Many instances folded in memory, in log order: what replay and the tests
+//! use. The projector keeps the same states in sled instead.
+
+use std::collections::BTreeMap;
+
+use crate::fold::{step, LogEvent};
+use crate::record::{Hash32, HistoryEntry, InstanceState, LogPosition};
+use crate::view::{checkpoint_digest, instance_for_key, ExecutionRecord};
+
+/// One instance's state with its full history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Folded {
+    pub state: InstanceState,
+    pub history: Vec<HistoryEntry>,
+}
+
+impl Folded {
+    pub fn record(&self) -> ExecutionRecord {
+        ExecutionRecord::build(&self.state, &self.history)
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Ledger {
+    instances: BTreeMap<String, Folded>,
+}
+
+impl Ledger {
+    pub fn new() -> Self {
+        Ledger::default()
+    }
+
+    /// Fold one log record into the instance its key names.
+    pub fn apply(&mut self, position: LogPosition, key: Option<&[u8]>, bytes: &[u8]) -> &HistoryEntry {
+        let instance_id = instance_for_key(key);
+        let folded = self.instances.entry(instance_id.clone()).or_insert_with(|| Folded {
+            state: InstanceState::new(instance_id),
+            history: Vec::new(),
+        });
+        let state = std::mem::replace(&mut folded.state, InstanceState::new(String::new()));
+        let (state, entry) = step(state, LogEvent::decode(position, bytes));
+        folded.state = state;
+        folded.history.push(entry);
+        // Just pushed, so the history is not empty.
+        &folded.history[folded.history.len() - 1]
+    }
+
+    pub fn get(&self, instance_id: &str) -> Option<&Folded> {
+        self.instances.get(instance_id)
+    }
+
+    pub fn instances(&self) -> impl Iterator<Item = (&String, &Folded)> {
+        self.instances.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.instances.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+
+    pub fn checkpoint_digest(&self) -> Hash32 {
+        checkpoint_digest(self.instances.iter().map(|(id, f)| (id.as_str(), &f.state.head)))
+    }
+}

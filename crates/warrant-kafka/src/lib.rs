@@ -1,0 +1,237 @@
+//! The one place Warrant talks to Kafka's configuration.
+//!
+//! Every rdkafka client is built here, so the guarantees SPEC §1.7 and §2
+//! rest on are set once: producers are idempotent with `acks=all`, consumers
+//! read `read_committed` and never auto-commit. Topic names live here too,
+//! and [`KafkaArgs::unique_for_tests`] gives each test its own topics.
+//!
+//! Nothing here folds, decodes or decides; it only connects.
+
+use std::time::Duration;
+
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    config::ClientConfig,
+    consumer::{BaseConsumer, Consumer},
+    producer::FutureProducer,
+    types::RDKafkaErrorCode,
+};
+
+pub use rdkafka;
+
+/// Broker address and topic names, as flags and `WARRANT_*` variables.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long = "brokers", env = "WARRANT_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// The authoritative log (SPEC §2).
+    #[arg(long = "log-topic", env = "WARRANT_LOG_TOPIC", default_value = "warrant.log")]
+    pub log_topic: String,
+    /// Ingress topic for proposals (Avro warrant.ProposalSubmitted).
+    #[arg(long = "proposals-topic", env = "WARRANT_PROPOSALS_TOPIC", default_value = "warrant.proposals")]
+    pub proposals_topic: String,
+    /// Ingress topic for policy signals (Avro warrant.SignalSubmitted).
+    #[arg(long = "signals-topic", env = "WARRANT_SIGNALS_TOPIC", default_value = "warrant.signals")]
+    pub signals_topic: String,
+    /// Where invalid ingress records go, with the reason in headers.
+    #[arg(long = "dead-letter-topic", env = "WARRANT_DEAD_LETTER_TOPIC", default_value = "warrant.dead-letter")]
+    pub dead_letter_topic: String,
+    /// Compacted topic of ruleset texts, keyed by digest.
+    #[arg(long = "rulesets-topic", env = "WARRANT_RULESETS_TOPIC", default_value = "warrant.rulesets")]
+    pub rulesets_topic: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create a Kafka {role} for {brokers}")]
+    Client {
+        role: &'static str,
+        brokers: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("cannot read metadata of topic {topic}")]
+    Metadata {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("topic {topic} does not exist or has no partitions")]
+    NoSuchTopic { topic: String },
+    #[error("cannot read the offsets of {topic}/{partition}")]
+    Watermarks {
+        topic: String,
+        partition: i32,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("cannot create topic {topic}: {code}")]
+    CreateTopic { topic: String, code: String },
+    #[error("cannot create topics")]
+    Admin(#[source] rdkafka::error::KafkaError),
+}
+
+impl Default for KafkaArgs {
+    fn default() -> Self {
+        KafkaArgs {
+            brokers: "127.0.0.1:9092".to_owned(),
+            log_topic: "warrant.log".to_owned(),
+            proposals_topic: "warrant.proposals".to_owned(),
+            signals_topic: "warrant.signals".to_owned(),
+            dead_letter_topic: "warrant.dead-letter".to_owned(),
+            rulesets_topic: "warrant.rulesets".to_owned(),
+        }
+    }
+}
+
+/// How long a metadata or watermark request may take before it is an error.
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl KafkaArgs {
+    /// Fresh, randomly named topics on the same broker, so tests never see
+    /// each other's data. Create them with [`KafkaArgs::create_topics`].
+    pub fn unique_for_tests(brokers: &str) -> KafkaArgs {
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let name = |topic: &str| format!("test-{}-{topic}", &run[..12]);
+        KafkaArgs {
+            brokers: brokers.to_owned(),
+            log_topic: name("log"),
+            proposals_topic: name("proposals"),
+            signals_topic: name("signals"),
+            dead_letter_topic: name("dead-letter"),
+            rulesets_topic: name("rulesets"),
+        }
+    }
+
+    /// Settings every client shares.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("socket.keepalive.enable", "true")
+            .set("log_level", "4");
+        config
+    }
+
+    /// The only producer configuration Warrant uses: nothing is acknowledged
+    /// before every in-sync replica has it, and retries never duplicate or
+    /// reorder (SPEC §1.7).
+    pub fn producer(&self) -> Result<FutureProducer, Error> {
+        self.client_config()
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("max.in.flight.requests.per.connection", "5")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", "30000")
+            .set("compression.type", "lz4")
+            .create()
+            .map_err(|source| self.client_error("producer", source))
+    }
+
+    /// A consumer for manually assigned partitions: no group membership, no
+    /// auto commit; the caller stores its own offsets (the projector in sled).
+    pub fn assigned_consumer(&self) -> Result<BaseConsumer, Error> {
+        self.consumer_config("warrant-assigned")
+            .create()
+            .map_err(|source| self.client_error("consumer", source))
+    }
+
+    /// Consumer settings; `group` is required by librdkafka even for manual
+    /// assignment, where it is never used to commit.
+    pub fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("group.id", group)
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "100")
+            .set("queued.max.messages.kbytes", "65536");
+        config
+    }
+
+    pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, Error> {
+        self.client_config()
+            .create()
+            .map_err(|source| self.client_error("admin client", source))
+    }
+
+    /// Create Warrant's topics if missing: `log_partitions` for the log,
+    /// compaction for rulesets (SPEC §2). Existing topics are left alone.
+    pub async fn create_topics(&self, log_partitions: i32) -> Result<(), Error> {
+        let admin = self.admin()?;
+        let compact = [("cleanup.policy", "compact")];
+        let topics = [
+            NewTopic::new(&self.log_topic, log_partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&self.proposals_topic, 3, TopicReplication::Fixed(1)),
+            NewTopic::new(&self.signals_topic, 3, TopicReplication::Fixed(1)),
+            NewTopic::new(&self.dead_letter_topic, 1, TopicReplication::Fixed(1)),
+            NewTopic::new(&self.rulesets_topic, 1, TopicReplication::Fixed(1))
+                .set(compact[0].0, compact[0].1),
+        ];
+        let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+        let results = admin
+            .create_topics(topics.iter(), &options)
+            .await
+            .map_err(Error::Admin)?;
+        for result in results {
+            match result {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(Error::CreateTopic {
+                        topic,
+                        code: code.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn client_error(&self, role: &'static str, source: rdkafka::error::KafkaError) -> Error {
+        Error::Client {
+            role,
+            brokers: self.brokers.clone(),
+            source,
+        }
+    }
+}
+
+/// The partition ids of `topic`, in order.
+pub fn partitions_of<C: Consumer>(consumer: &C, topic: &str) -> Result<Vec<i32>, Error> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|source| Error::Metadata {
+            topic: topic.to_owned(),
+            source,
+        })?;
+    let mut partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    partitions.sort_unstable();
+    if partitions.is_empty() {
+        return Err(Error::NoSuchTopic {
+            topic: topic.to_owned(),
+        });
+    }
+    Ok(partitions)
+}
+
+/// The low and high watermarks (first offset, next offset) of a partition.
+pub fn watermarks<C: Consumer>(consumer: &C, topic: &str, partition: i32) -> Result<(i64, i64), Error> {
+    consumer
+        .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+        .map_err(|source| Error::Watermarks {
+            topic: topic.to_owned(),
+            partition,
+            source,
+        })
+}
