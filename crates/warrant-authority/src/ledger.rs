@@ -31,12 +31,20 @@ impl Ledger {
     }
 
     /// Fold one log record into the instance its key names.
-    pub fn apply(&mut self, position: LogPosition, key: Option<&[u8]>, bytes: &[u8]) -> &HistoryEntry {
+    pub fn apply(
+        &mut self,
+        position: LogPosition,
+        key: Option<&[u8]>,
+        bytes: &[u8],
+    ) -> &HistoryEntry {
         let instance_id = instance_for_key(key);
-        let folded = self.instances.entry(instance_id.clone()).or_insert_with(|| Folded {
-            state: InstanceState::new(instance_id),
-            history: Vec::new(),
-        });
+        let folded = self
+            .instances
+            .entry(instance_id.clone())
+            .or_insert_with(|| Folded {
+                state: InstanceState::new(instance_id),
+                history: Vec::new(),
+            });
         let state = std::mem::replace(&mut folded.state, InstanceState::new(String::new()));
         let (state, entry) = step(state, LogEvent::decode(position, bytes));
         folded.state = state;
@@ -62,6 +70,10 @@ impl Ledger {
     }
 
     pub fn checkpoint_digest(&self) -> Hash32 {
-        checkpoint_digest(self.instances.iter().map(|(id, f)| (id.as_str(), &f.state.head)))
+        checkpoint_digest(
+            self.instances
+                .iter()
+                .map(|(id, f)| (id.as_str(), &f.state.head)),
+        )
     }
 }

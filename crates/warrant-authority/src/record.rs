@@ -355,17 +355,31 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The bytes the hash chain commits to. Reasons are explanations, not
-    /// facts, so rewording one never changes a hash.
+    /// The bytes the hash chain commits to: `applied FROM>TO` (FROM is
+    /// `NONE` for the first), `refused CODE` or `violation KIND`. Reasons are
+    /// explanations, not facts, so rewording one never changes a hash.
     pub fn chain_code(&self) -> String {
+        let mut code = String::with_capacity(48);
+        self.for_each_chain_part(|part| code.push_str(part));
+        code
+    }
+
+    fn for_each_chain_part(&self, mut part: impl FnMut(&str)) {
         match self {
-            Outcome::Applied { from, to, .. } => format!(
-                "applied {}>{}",
-                from.map_or("NONE", StatusName::as_str),
-                to.as_str()
-            ),
-            Outcome::Refused { code, .. } => format!("refused {}", code.as_str()),
-            Outcome::Violation { violation, .. } => format!("violation {}", violation.as_str()),
+            Outcome::Applied { from, to, .. } => {
+                part("applied ");
+                part(from.map_or("NONE", StatusName::as_str));
+                part(">");
+                part(to.as_str());
+            }
+            Outcome::Refused { code, .. } => {
+                part("refused ");
+                part(code.as_str());
+            }
+            Outcome::Violation { violation, .. } => {
+                part("violation ");
+                part(violation.as_str());
+            }
         }
     }
 
@@ -474,6 +488,7 @@ pub fn chain_hash(previous: &Hash32, event_bytes: &[u8], outcome: &Outcome) -> H
     let mut hasher = Sha256::new();
     hasher.update(previous.0);
     hasher.update(event_bytes);
-    hasher.update(outcome.chain_code().as_bytes());
+    // Fed in parts: this runs once per event on the log, so no allocation.
+    outcome.for_each_chain_part(|part| hasher.update(part.as_bytes()));
     Hash32(hasher.finalize().into())
 }

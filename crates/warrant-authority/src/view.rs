@@ -225,8 +225,14 @@ mod tests {
     fn only_canonical_uuid_keys_name_an_instance() {
         let id = "6f1c2b9e-4d0a-4c7e-9a51-0d2f3b8c7e11";
         assert_eq!(instance_for_key(Some(id.as_bytes())), id);
-        assert_eq!(instance_for_key(Some(id.to_uppercase().as_bytes())), QUARANTINE_INSTANCE);
-        assert_eq!(instance_for_key(Some(b"6f1c2b9e4d0a4c7e9a510d2f3b8c7e11")), QUARANTINE_INSTANCE);
+        assert_eq!(
+            instance_for_key(Some(id.to_uppercase().as_bytes())),
+            QUARANTINE_INSTANCE
+        );
+        assert_eq!(
+            instance_for_key(Some(b"6f1c2b9e4d0a4c7e9a510d2f3b8c7e11")),
+            QUARANTINE_INSTANCE
+        );
         assert_eq!(instance_for_key(Some(&[0xff, 0xfe])), QUARANTINE_INSTANCE);
         assert_eq!(instance_for_key(None), QUARANTINE_INSTANCE);
     }
