@@ -24,22 +24,46 @@ pub use rdkafka;
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers.
-    #[arg(long = "brokers", env = "WARRANT_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long = "brokers",
+        env = "WARRANT_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub brokers: String,
     /// The authoritative log (SPEC §2).
-    #[arg(long = "log-topic", env = "WARRANT_LOG_TOPIC", default_value = "warrant.log")]
+    #[arg(
+        long = "log-topic",
+        env = "WARRANT_LOG_TOPIC",
+        default_value = "warrant.log"
+    )]
     pub log_topic: String,
     /// Ingress topic for proposals (Avro warrant.ProposalSubmitted).
-    #[arg(long = "proposals-topic", env = "WARRANT_PROPOSALS_TOPIC", default_value = "warrant.proposals")]
+    #[arg(
+        long = "proposals-topic",
+        env = "WARRANT_PROPOSALS_TOPIC",
+        default_value = "warrant.proposals"
+    )]
     pub proposals_topic: String,
     /// Ingress topic for policy signals (Avro warrant.SignalSubmitted).
-    #[arg(long = "signals-topic", env = "WARRANT_SIGNALS_TOPIC", default_value = "warrant.signals")]
+    #[arg(
+        long = "signals-topic",
+        env = "WARRANT_SIGNALS_TOPIC",
+        default_value = "warrant.signals"
+    )]
     pub signals_topic: String,
     /// Where invalid ingress records go, with the reason in headers.
-    #[arg(long = "dead-letter-topic", env = "WARRANT_DEAD_LETTER_TOPIC", default_value = "warrant.dead-letter")]
+    #[arg(
+        long = "dead-letter-topic",
+        env = "WARRANT_DEAD_LETTER_TOPIC",
+        default_value = "warrant.dead-letter"
+    )]
     pub dead_letter_topic: String,
     /// Compacted topic of ruleset texts, keyed by digest.
-    #[arg(long = "rulesets-topic", env = "WARRANT_RULESETS_TOPIC", default_value = "warrant.rulesets")]
+    #[arg(
+        long = "rulesets-topic",
+        env = "WARRANT_RULESETS_TOPIC",
+        default_value = "warrant.rulesets"
+    )]
     pub rulesets_topic: String,
 }
 
@@ -126,6 +150,9 @@ impl KafkaArgs {
             .set("linger.ms", "1")
             .set("message.timeout.ms", "30000")
             .set("compression.type", "lz4")
+            // The Java client's partitioner, so an instance's key lands in
+            // the same partition whichever client writes it.
+            .set("partitioner", "murmur2_random")
             .create()
             .map_err(|source| self.client_error("producer", source))
     }
@@ -226,7 +253,11 @@ pub fn partitions_of<C: Consumer>(consumer: &C, topic: &str) -> Result<Vec<i32>,
 }
 
 /// The low and high watermarks (first offset, next offset) of a partition.
-pub fn watermarks<C: Consumer>(consumer: &C, topic: &str, partition: i32) -> Result<(i64, i64), Error> {
+pub fn watermarks<C: Consumer>(
+    consumer: &C,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), Error> {
     consumer
         .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
         .map_err(|source| Error::Watermarks {

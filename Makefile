@@ -1,0 +1,24 @@
+# One entry point for routine tasks. The README's two commands are
+# `make demo` and `make test`.
+.PHONY: test demo kafka-up kafka-down bench bench-fold fmt lint
+
+test: ## every test: Rust, Python, and end-to-end against a local Kafka
+	bash scripts/test.sh
+
+demo: ## start Kafka and Warrant, run one instance end to end, print its replayed record
+	bash scripts/demo.sh
+
+kafka-up: ## start the local single-node Kafka and create the topics
+	bash deploy/kafka.sh start
+
+kafka-down: ## stop the local Kafka
+	bash deploy/kafka.sh stop
+
+bench-fold: ## decode + fold + hash throughput (criterion)
+	cargo bench -p warrant-authority --bench fold
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings

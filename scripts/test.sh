@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Every test Warrant has, from a fresh checkout: `make test` runs this and so
+# does CI (.ci/run). It installs what the tests need (the Python check's
+# packages, the Kafka jars), starts a local Kafka for the end-to-end tests,
+# and stops it again unless it was already running.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+VENV="$REPO/.cache/venv"
+step "python test environment ($VENV)"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+# pip is quiet when the requirements are already satisfied.
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+
+step "kafka (deploy/kafka.sh)"
+started_kafka=0
+if ! bash deploy/kafka.sh status >/dev/null 2>&1; then
+  started_kafka=1
+fi
+stop_kafka() {
+  if [ "$started_kafka" = 1 ]; then
+    step "stopping the kafka this run started"
+    bash deploy/kafka.sh stop || true
+  fi
+}
+trap stop_kafka EXIT
+bash deploy/kafka.sh start
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test (unit, property, golden and end-to-end against the local broker)"
+cargo test --workspace
+
+step "python: another team's fastavro reads and writes our wire format"
+"$VENV/bin/python" -m pytest -q tests/python
