@@ -42,7 +42,8 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Start the local broker if it is not running (idempotent), and return its
-/// address. `WARRANT_TEST_BROKERS` points the tests at another broker.
+/// address. `WARRANT_TEST_BROKERS` points the tests at another broker;
+/// `deploy/kafka.sh` honours `WARRANT_KAFKA_PORT` and so does this.
 pub fn ensure_broker() -> Result<String, Error> {
     if let Ok(brokers) = std::env::var("WARRANT_TEST_BROKERS") {
         return Ok(brokers);
@@ -59,7 +60,8 @@ pub fn ensure_broker() -> Result<String, Error> {
             String::from_utf8_lossy(&output.stderr)
         )));
     }
-    Ok("127.0.0.1:9092".to_owned())
+    let port = std::env::var("WARRANT_KAFKA_PORT").unwrap_or_else(|_| "9092".to_owned());
+    Ok(format!("127.0.0.1:{port}"))
 }
 
 /// A running broker and fresh, randomly named topics on it.
