@@ -6,7 +6,9 @@ use warrant_kafka::{partitions_of, watermarks};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripted_records_land_in_order_one_partition_per_instance() {
-    let args = warrant_testkit::fresh_topics(3).await.expect("broker and topics");
+    let args = warrant_testkit::fresh_topics(3)
+        .await
+        .expect("broker and topics");
     let script = warrant_testkit::scripted_history(30);
     let positions = warrant_testkit::produce(&args, script.records.clone())
         .await
