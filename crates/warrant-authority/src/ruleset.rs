@@ -30,7 +30,7 @@ pub struct Rule {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RulesetError {
-    #[error("ruleset is not valid YAML of the expected shape: {0}")]
+    #[error("ruleset is not valid YAML of the expected shape")]
     Yaml(#[source] serde_yaml::Error),
     #[error("rule #{index} ({id}): {message}")]
     InvalidRule {

@@ -1,0 +1,718 @@
+//! The POST endpoints. Each one: authenticate, validate, stamp, append, and
+//! answer only after the append was acknowledged.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use warrant_authority::{action_digest, EntryView, LogPosition, Outcome, RefusalCode};
+use warrant_schema::{
+    Action, ActionProposed, ContextRef, DecisionRecorded, DecisionVerdict, Envelope, EventBody,
+    ExecutionOutcome, ExecutionReported, ExecutionRequested, PolicyRef, PolicySignalRecorded,
+    ProposalWithdrawn, Proposer, ProposerKind, Reviewer, Scope, SignalVerdict,
+};
+
+use super::error::{ApiError, EventRef};
+use super::extract::{
+    instance_id as parse_instance_id, parse_json, truncate, ApiJson, Authenticated, IdempotencyKey,
+    InstanceId, OptionalJson, RawBody,
+};
+use super::AppState;
+use crate::ids;
+use crate::log::{AppendError, Appended};
+use crate::metrics::ClaimLabels;
+use crate::principals::{Caller, Kind};
+use crate::signature::{self, SignatureError};
+
+/// `POST /v1/proposals`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposalRequest {
+    /// Client-chosen instance id: retries with the same id are duplicates.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    pub action: ActionRequest,
+    #[serde(default)]
+    pub proposer: Option<ProposerRequest>,
+    #[serde(default)]
+    pub context_refs: Vec<ContextRef>,
+    #[serde(default)]
+    pub rationale: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    pub kind: String,
+    pub target: String,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// Who is behind the service token. The principal is always the
+/// authenticated one; naming another is refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposerRequest {
+    #[serde(default)]
+    pub principal: Option<String>,
+    pub kind: ProposerKind,
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// `POST /v1/instances/{id}/signals`. The source is the token's, never the
+/// body's; a `source` that differs is refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    pub verdict: SignalVerdict,
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    pub policy_ref: PolicyRef,
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+/// `POST /v1/instances/{id}/decisions`. The reviewer is whoever's key
+/// signed; `instance_id` must repeat the path's, so a signed body cannot be
+/// replayed against another instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRequest {
+    pub instance_id: String,
+    pub verdict: DecisionVerdict,
+    #[serde(default)]
+    pub justification: String,
+    #[serde(default)]
+    pub scope: ScopeRequest,
+    #[serde(default)]
+    pub evidence_refs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeRequest {
+    #[serde(default)]
+    pub constraints: BTreeMap<String, String>,
+    #[serde(default)]
+    pub not_after: Option<i64>,
+    #[serde(default)]
+    pub max_executions: Option<i32>,
+}
+
+/// `POST /v1/instances/{id}/executions`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    pub action_digest: String,
+}
+
+/// `POST /v1/instances/{id}/reports`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    pub grant_id: String,
+    pub outcome: ExecutionOutcome,
+    #[serde(default)]
+    pub detail: Option<String>,
+    #[serde(default)]
+    pub result_digest: Option<String>,
+}
+
+/// `POST /v1/instances/{id}/withdrawal`; the body may be empty.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WithdrawalRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+fn require(caller: &Caller, kind: Kind, what: &str) -> Result<(), ApiError> {
+    if caller.kind == kind {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "wrong_principal_kind",
+            format!(
+                "{} is a {} principal; only {} principals may {what}",
+                caller.principal,
+                caller.kind.as_str(),
+                kind.as_str()
+            ),
+        ))
+    }
+}
+
+fn non_empty(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        Err(ApiError::bad_request(
+            "invalid_field",
+            format!("{field} must not be empty"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The event id of a request: derived from its `Idempotency-Key` when
+/// given, so a retry is a recorded duplicate; random otherwise.
+fn event_id_for(
+    instance_id: &str,
+    endpoint: &str,
+    caller: &Caller,
+    key: &Option<String>,
+) -> String {
+    match key {
+        Some(key) => ids::idempotent_event_id(instance_id, endpoint, &caller.principal, key),
+        None => ids::random(),
+    }
+}
+
+/// Append and map failures: Kafka unavailable is a 503 with `Retry-After`.
+async fn append(state: &AppState, envelope: &Envelope) -> Result<Appended, ApiError> {
+    let kind = envelope.body.kind();
+    match state.log.append(envelope).await {
+        Ok(appended) => {
+            state.metrics.append("http", kind, true);
+            Ok(appended)
+        }
+        Err(AppendError::Encode(error)) => {
+            state.metrics.append("http", kind, false);
+            Err(ApiError::internal(&error))
+        }
+        Err(error) => {
+            state.metrics.append("http", kind, false);
+            tracing::warn!(
+                instance_id = %envelope.instance_id,
+                event_id = %envelope.event_id,
+                event = kind,
+                error = %crate::error_chain(&error),
+                "append not acknowledged"
+            );
+            Err(ApiError::unavailable(
+                "log_unavailable",
+                "the log did not acknowledge the event in time; retry (an Idempotency-Key, or a proposal's instance_id, makes the retry a recorded duplicate if the first attempt did land)",
+            ))
+        }
+    }
+}
+
+/// 404 unless the projector (or this intake, moments ago) knows the instance.
+async fn ensure_known(state: &AppState, instance_id: &str) -> Result<(), ApiError> {
+    if state.recent.contains(instance_id) {
+        return Ok(());
+    }
+    match state.projector.record(instance_id).await {
+        Ok(Some(record)) if record.status.is_some() => Ok(()),
+        Ok(_) => Err(ApiError::not_found(
+            "unknown_instance",
+            format!("no instance {instance_id} has been proposed"),
+        )),
+        Err(error) => {
+            tracing::warn!(instance_id, error = %crate::error_chain(&error), "projector unavailable");
+            Err(ApiError::unavailable(
+                "projector_unavailable",
+                "cannot look the instance up: the projector is unavailable",
+            ))
+        }
+    }
+}
+
+fn envelope(
+    state: &AppState,
+    instance_id: &str,
+    event_id: String,
+    submitted_by: &str,
+    body: EventBody,
+) -> Envelope {
+    Envelope {
+        event_id,
+        instance_id: instance_id.to_owned(),
+        recorded_at: state.clock.now_millis(),
+        submitted_by: submitted_by.to_owned(),
+        body,
+    }
+}
+
+fn accepted(envelope: &Envelope, appended: Appended, mut extra: serde_json::Value) -> Response {
+    let mut body = json!({
+        "instance_id": envelope.instance_id,
+        "event_id": envelope.event_id,
+        "partition": appended.partition,
+        "offset": appended.offset,
+    });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object_mut()) {
+        body.append(extra);
+    }
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
+pub async fn propose(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    IdempotencyKey(key): IdempotencyKey,
+    ApiJson(request): ApiJson<ProposalRequest>,
+) -> Result<Response, ApiError> {
+    require(&caller, Kind::Service, "propose actions")?;
+    let instance_id = match (&request.instance_id, &key) {
+        (Some(text), _) => parse_instance_id(text)?,
+        (None, Some(key)) => ids::idempotent_instance_id(&caller.principal, key),
+        (None, None) => ids::random(),
+    };
+    non_empty("action.kind", &request.action.kind)?;
+    non_empty("action.target", &request.action.target)?;
+    for context in &request.context_refs {
+        non_empty("context_refs[].uri", &context.uri)?;
+    }
+    let proposer = match request.proposer {
+        None => Proposer {
+            principal: caller.principal.clone(),
+            kind: ProposerKind::Service,
+            model: None,
+        },
+        Some(proposer) => {
+            if let Some(named) = proposer
+                .principal
+                .filter(|named| *named != caller.principal)
+            {
+                return Err(ApiError::forbidden(
+                    "principal_mismatch",
+                    format!(
+                        "the token belongs to {}; a proposal cannot be made as {:?}",
+                        caller.principal,
+                        truncate(&named, 80)
+                    ),
+                ));
+            }
+            Proposer {
+                principal: caller.principal.clone(),
+                kind: proposer.kind,
+                model: proposer.model,
+            }
+        }
+    };
+    let action = Action {
+        kind: request.action.kind,
+        target: request.action.target,
+        parameters: request.action.parameters,
+    };
+    let snapshot = state.config.snapshot();
+    let ruleset = &snapshot.ruleset.ruleset;
+    let rule = ruleset.resolve(&action);
+    let digest = action_digest(&action);
+    let body = ActionProposed {
+        action,
+        action_digest: digest.clone(),
+        proposer,
+        context_refs: request.context_refs,
+        rationale: request.rationale,
+        requirement: rule.requirement.clone(),
+        ruleset: ruleset.reference(),
+    };
+    let event_id = ids::proposal_event_id(&instance_id);
+    let envelope = envelope(
+        &state,
+        &instance_id,
+        event_id,
+        &caller.principal,
+        EventBody::ActionProposed(Box::new(body)),
+    );
+    let appended = append(&state, &envelope).await?;
+    state.recent.insert(&instance_id);
+    Ok(accepted(
+        &envelope,
+        appended,
+        json!({
+            "action_digest": digest,
+            "rule_id": rule.id,
+            "ruleset": ruleset.reference(),
+        }),
+    ))
+}
+
+pub async fn signal(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    InstanceId(instance_id): InstanceId,
+    IdempotencyKey(key): IdempotencyKey,
+    ApiJson(request): ApiJson<SignalRequest>,
+) -> Result<Response, ApiError> {
+    require(&caller, Kind::Policy, "report policy signals")?;
+    // Loading guarantees a policy token has a source.
+    let source = caller
+        .source
+        .clone()
+        .unwrap_or_else(|| caller.principal.clone());
+    if let Some(named) = request.source.filter(|named| *named != source) {
+        return Err(ApiError::forbidden(
+            "source_mismatch",
+            format!(
+                "this token reports as source {source:?}, not {:?}",
+                truncate(&named, 80)
+            ),
+        ));
+    }
+    non_empty("policy_ref.id", &request.policy_ref.id)?;
+    ensure_known(&state, &instance_id).await?;
+    let event_id = event_id_for(&instance_id, "signals", &caller, &key);
+    let envelope = envelope(
+        &state,
+        &instance_id,
+        event_id,
+        &caller.principal,
+        EventBody::PolicySignalRecorded(PolicySignalRecorded {
+            source: source.clone(),
+            verdict: request.verdict,
+            reasons: request.reasons,
+            policy_ref: request.policy_ref,
+        }),
+    );
+    let appended = append(&state, &envelope).await?;
+    Ok(accepted(&envelope, appended, json!({ "source": source })))
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    // A header that is not visible ASCII is present but can never be valid.
+    headers
+        .get(name)
+        .map(|value| value.to_str().unwrap_or("\u{fffd}"))
+}
+
+fn signature_error(error: SignatureError) -> ApiError {
+    let code = match error {
+        SignatureError::MissingTimestamp => "missing_timestamp",
+        SignatureError::BadTimestamp => "invalid_timestamp",
+        SignatureError::Stale { .. } => "stale_timestamp",
+        SignatureError::MissingSignature => "missing_signature",
+        SignatureError::BadSignatureFormat => "invalid_signature",
+    };
+    ApiError::unauthorized(code, error.to_string())
+}
+
+pub async fn decide(
+    State(state): State<AppState>,
+    InstanceId(instance_id): InstanceId,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let now_secs = state.clock.now_millis().div_euclid(1000);
+    let timestamp =
+        signature::check_timestamp(header(&headers, signature::TIMESTAMP_HEADER), now_secs)
+            .map_err(signature_error)?;
+    let tags = signature::parse_signatures(header(&headers, signature::SIGNATURE_HEADER))
+        .map_err(signature_error)?;
+    let principals = state.config.snapshot().principals;
+    let named = header(&headers, signature::REVIEWER_HEADER);
+    if let Some(name) = named {
+        if principals.reviewer(name).is_none() {
+            return Err(ApiError::forbidden(
+                "unknown_reviewer",
+                format!("{:?} is not in the reviewer directory", truncate(name, 80)),
+            ));
+        }
+    }
+    let message = signature::signed_message(timestamp, &body);
+    let Some((reviewer, tag)) = tags
+        .iter()
+        .find_map(|tag| principals.signer(&message, tag, named).map(|r| (r, tag)))
+    else {
+        return Err(ApiError::unauthorized(
+            "bad_signature",
+            "the signature matches no reviewer key",
+        ));
+    };
+    let request: DecisionRequest = parse_json(&body)?;
+    if parse_instance_id(&request.instance_id)? != instance_id {
+        return Err(ApiError::bad_request(
+            "instance_mismatch",
+            "the signed body's instance_id differs from the instance in the path",
+        ));
+    }
+    if request.scope.max_executions.is_some_and(|max| max < 1) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "scope.max_executions must be at least 1",
+        ));
+    }
+    if request.scope.not_after.is_some_and(|at| at < 0) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "scope.not_after must be unix milliseconds",
+        ));
+    }
+    ensure_known(&state, &instance_id).await?;
+    let event_id = ids::decision_event_id(&instance_id, &hex::encode(tag));
+    let recorded = Reviewer {
+        principal: reviewer.principal.clone(),
+        roles: reviewer.roles.clone(),
+    };
+    let envelope = envelope(
+        &state,
+        &instance_id,
+        event_id,
+        &format!("reviewer:{}", reviewer.principal),
+        EventBody::DecisionRecorded(DecisionRecorded {
+            reviewer: recorded.clone(),
+            verdict: request.verdict,
+            justification: request.justification,
+            scope: Scope {
+                constraints: request.scope.constraints,
+                not_after: request.scope.not_after,
+                max_executions: request.scope.max_executions,
+            },
+            evidence_refs: request.evidence_refs,
+        }),
+    );
+    let appended = append(&state, &envelope).await?;
+    Ok(accepted(
+        &envelope,
+        appended,
+        json!({ "reviewer": recorded }),
+    ))
+}
+
+fn lowercase_digest(text: &str) -> Result<String, ApiError> {
+    if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_field",
+            "action_digest must be the 64 hex digits of a SHA-256",
+        ))
+    }
+}
+
+pub async fn claim(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    InstanceId(instance_id): InstanceId,
+    IdempotencyKey(key): IdempotencyKey,
+    ApiJson(request): ApiJson<ClaimRequest>,
+) -> Result<Response, ApiError> {
+    require(&caller, Kind::Executor, "ask to execute")?;
+    let digest = lowercase_digest(&request.action_digest)?;
+    ensure_known(&state, &instance_id).await?;
+    let event_id = event_id_for(&instance_id, "executions", &caller, &key);
+    let envelope = envelope(
+        &state,
+        &instance_id,
+        event_id.clone(),
+        &caller.principal,
+        EventBody::ExecutionRequested(ExecutionRequested {
+            executor: caller.principal.clone(),
+            action_digest: digest,
+        }),
+    );
+    let appended = append(&state, &envelope).await?;
+    let event = EventRef {
+        event_id: event_id.clone(),
+        partition: appended.partition,
+        offset: appended.offset,
+    };
+    let position = LogPosition {
+        partition: appended.partition,
+        offset: appended.offset,
+    };
+    let deadline = Instant::now() + state.options.claim_timeout;
+    let entry = match await_entry(&state, &instance_id, position, deadline).await {
+        Ok(entry) => entry,
+        Err(error) => {
+            count_claim(&state, "timeout");
+            return Err(error.with_event(event));
+        }
+    };
+    if entry.event_id.as_deref() != Some(event_id.as_str()) {
+        tracing::error!(
+            instance_id = %instance_id,
+            partition = position.partition,
+            offset = position.offset,
+            expected = %event_id,
+            found = ?entry.event_id,
+            "the projector's entry at this position is another event"
+        );
+        count_claim(&state, "mismatch");
+        return Err(ApiError::unavailable(
+            "projector_inconsistent",
+            "the projector's entry at the request's log position is another event",
+        )
+        .with_event(event));
+    }
+    let mut outcome = entry.outcome;
+    if key.is_some() && outcome.refusal() == Some(RefusalCode::Duplicate) {
+        // A retry: answer what the fold made of the first attempt.
+        if let Some(first) = first_entry(&state, &instance_id, &event_id, entry.seq).await {
+            outcome = first.outcome;
+        }
+    }
+    answer_claim(&state, &instance_id, event, outcome)
+}
+
+/// Wait for the fold's entry at `position`, asking the projector until the
+/// deadline. The request stays on the log either way: the fold decides it.
+async fn await_entry(
+    state: &AppState,
+    instance_id: &str,
+    position: LogPosition,
+    deadline: Instant,
+) -> Result<EntryView, ApiError> {
+    let mut unreachable = false;
+    loop {
+        let asked = Instant::now();
+        let remaining = deadline.saturating_duration_since(asked);
+        if remaining.is_zero() {
+            return Err(if unreachable {
+                ApiError::unavailable(
+                    "projector_unavailable",
+                    "the request is on the log but the projector could not be asked for the fold's answer; the fold still decides it",
+                )
+            } else {
+                ApiError::unavailable(
+                    "fold_pending",
+                    format!(
+                        "the fold has not answered within {} ms; the request is on the log and the fold still decides it",
+                        state.options.claim_timeout.as_millis()
+                    ),
+                )
+            });
+        }
+        match state
+            .projector
+            .entry(instance_id, position, remaining)
+            .await
+        {
+            Ok(Some(entry)) => return Ok(entry),
+            Ok(None) => {
+                unreachable = false;
+                // A projector that answers "not yet" at once must not be hammered.
+                if asked.elapsed() < Duration::from_millis(50) {
+                    tokio::time::sleep(remaining.min(Duration::from_millis(100))).await;
+                }
+            }
+            Err(error) => {
+                unreachable = true;
+                tracing::warn!(instance_id, error = %crate::error_chain(&error), "cannot ask the projector");
+                tokio::time::sleep(remaining.min(Duration::from_millis(200))).await;
+            }
+        }
+    }
+}
+
+/// The first entry of `event_id` in the instance's history, before `seq`.
+async fn first_entry(
+    state: &AppState,
+    instance_id: &str,
+    event_id: &str,
+    seq: u64,
+) -> Option<EntryView> {
+    let record = state.projector.record(instance_id).await.ok()??;
+    record
+        .history
+        .into_iter()
+        .find(|entry| entry.seq < seq && entry.event_id.as_deref() == Some(event_id))
+}
+
+fn count_claim(state: &AppState, answer: &str) {
+    state
+        .metrics
+        .claims
+        .get_or_create(&ClaimLabels {
+            answer: answer.to_owned(),
+        })
+        .inc();
+}
+
+fn answer_claim(
+    state: &AppState,
+    instance_id: &str,
+    event: EventRef,
+    outcome: Outcome,
+) -> Result<Response, ApiError> {
+    if let Some(grant) = outcome.grant() {
+        count_claim(state, "granted");
+        let body = json!({
+            "instance_id": instance_id,
+            "grant_id": grant.grant_id,
+            "action_digest": grant.action_digest,
+            "scope": grant.scope,
+            "not_after": grant.not_after,
+            "event_id": event.event_id,
+            "partition": event.partition,
+            "offset": event.offset,
+        });
+        return Ok((StatusCode::CREATED, Json(body)).into_response());
+    }
+    let (code, message) = match outcome {
+        Outcome::Refused { code, reason } => (code.as_str(), reason),
+        Outcome::Violation { violation, reason } => (violation.as_str(), reason),
+        Outcome::Applied { to, .. } => (
+            "NotGranted",
+            format!("the request was recorded ({to}) but no grant was issued"),
+        ),
+    };
+    count_claim(state, code);
+    Err(ApiError::new(StatusCode::CONFLICT, code, message).with_event(event))
+}
+
+pub async fn report(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    InstanceId(instance_id): InstanceId,
+    IdempotencyKey(key): IdempotencyKey,
+    ApiJson(request): ApiJson<ReportRequest>,
+) -> Result<Response, ApiError> {
+    require(&caller, Kind::Executor, "report executions")?;
+    let grant_id = ids::canonical_instance_id(&request.grant_id).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_grant_id",
+            format!(
+                "{:?} is not a UUID grant id",
+                truncate(&request.grant_id, 80)
+            ),
+        )
+    })?;
+    ensure_known(&state, &instance_id).await?;
+    let event_id = event_id_for(&instance_id, "reports", &caller, &key);
+    let envelope = envelope(
+        &state,
+        &instance_id,
+        event_id,
+        &caller.principal,
+        EventBody::ExecutionReported(ExecutionReported {
+            grant_id,
+            outcome: request.outcome,
+            detail: request.detail,
+            result_digest: request.result_digest,
+        }),
+    );
+    let appended = append(&state, &envelope).await?;
+    Ok(accepted(&envelope, appended, json!({})))
+}
+
+pub async fn withdraw(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    InstanceId(instance_id): InstanceId,
+    IdempotencyKey(key): IdempotencyKey,
+    OptionalJson(request): OptionalJson<WithdrawalRequest>,
+) -> Result<Response, ApiError> {
+    require(&caller, Kind::Service, "withdraw proposals")?;
+    ensure_known(&state, &instance_id).await?;
+    let event_id = event_id_for(&instance_id, "withdrawal", &caller, &key);
+    let envelope = envelope(
+        &state,
+        &instance_id,
+        event_id,
+        &caller.principal,
+        EventBody::ProposalWithdrawn(ProposalWithdrawn {
+            reason: request.reason,
+        }),
+    );
+    let appended = append(&state, &envelope).await?;
+    Ok(accepted(&envelope, appended, json!({})))
+}

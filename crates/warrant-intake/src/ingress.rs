@@ -1,0 +1,666 @@
+//! Kafka ingress: `warrant.proposals` and `warrant.signals` in, envelopes on
+//! `warrant.log` out (SPEC §2), at least once and without Kafka
+//! transactions.
+//!
+//! Records are handled in batches, in order. Each valid record becomes an
+//! envelope whose `event_id` is derived from the record's topic, partition
+//! and offset; each invalid one goes, untouched, to the dead-letter topic
+//! with the reason and its origin in headers. Only when every record of a
+//! batch is acknowledged by Kafka are the offsets stored and committed (the
+//! pattern of rust-rdkafka's `examples/at_least_once.rs`). A crash before
+//! the commit re-delivers the batch; the re-appended envelopes carry the
+//! same event ids and the fold records them as `Duplicate`.
+//!
+//! Known limit: if one append of a batch fails and is retried after a later
+//! record of the same batch was acknowledged, the two land in the other
+//! order. Records of one instance only compete when several signals of the
+//! same instance sit in one batch and Kafka fails in between.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+use warrant_authority::action_digest;
+use warrant_schema::{
+    ActionProposed, Envelope, EventBody, PolicySignalRecorded, ProposalSubmitted, SignalSubmitted,
+};
+
+use crate::config::Shared;
+use crate::http::Clock;
+use crate::ids;
+use crate::log::{log_append, DeadLetter, KafkaLog};
+use crate::metrics::{IngressLabels, Metrics};
+use crate::Error;
+
+/// Largest envelope intake appends: below Kafka's default 1 MB message limit.
+pub const MAX_ENVELOPE_BYTES: usize = 900_000;
+
+/// How ingress runs.
+#[derive(Debug, Clone)]
+pub struct IngressOptions {
+    /// Consumer group id.
+    pub group: String,
+    /// `group.instance.id` (static membership): a restarted intake with the
+    /// same id takes its partitions back at once instead of after the
+    /// session timeout.
+    pub instance_id: Option<String>,
+    /// `submitted_by` of envelopes from the proposals topic.
+    pub proposals_submitted_by: String,
+    /// `submitted_by` of envelopes from the signals topic.
+    pub signals_submitted_by: String,
+    /// Most records handled per batch (per commit).
+    pub batch: usize,
+    /// Testing only: abort the process right after this many appends,
+    /// before their offsets are committed, to prove re-delivery is safe.
+    pub crash_after_appends: Option<u64>,
+}
+
+/// What one ingress record becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Append(Box<Envelope>),
+    DeadLetter(String),
+}
+
+/// Which ingress topic a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Proposals,
+    Signals,
+}
+
+fn non_empty(field: &str, value: &str) -> Result<(), String> {
+    if value.trim().is_empty() {
+        Err(format!("{field} is empty"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Validate one ingress record and build its envelope. Pure: the caller
+/// passes the ruleset in force and the time.
+#[allow(clippy::too_many_arguments)]
+pub fn validate(
+    source: Source,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    value: Option<&[u8]>,
+    ruleset: &warrant_authority::Ruleset,
+    submitted_by: &str,
+    recorded_at: i64,
+) -> Verdict {
+    match build(
+        source,
+        topic,
+        partition,
+        offset,
+        value,
+        ruleset,
+        submitted_by,
+        recorded_at,
+    ) {
+        Ok(envelope) => Verdict::Append(Box::new(envelope)),
+        Err(reason) => Verdict::DeadLetter(reason),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(
+    source: Source,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    value: Option<&[u8]>,
+    ruleset: &warrant_authority::Ruleset,
+    submitted_by: &str,
+    recorded_at: i64,
+) -> Result<Envelope, String> {
+    let value = value
+        .filter(|v| !v.is_empty())
+        .ok_or("empty record value")?;
+    let event_id = ids::ingress_event_id(topic, partition, offset);
+    match source {
+        Source::Proposals => {
+            let submitted: ProposalSubmitted = warrant_schema::decode(value).map_err(|e| {
+                format!(
+                    "not a warrant.ProposalSubmitted: {}",
+                    crate::error_chain(&e)
+                )
+            })?;
+            let instance_id = match &submitted.instance_id {
+                Some(text) => ids::canonical_instance_id(text)
+                    .ok_or_else(|| format!("instance_id {text:?} is not a UUID"))?,
+                None => ids::ingress_instance_id(topic, partition, offset),
+            };
+            non_empty("action.kind", &submitted.action.kind)?;
+            non_empty("action.target", &submitted.action.target)?;
+            non_empty("proposer.principal", &submitted.proposer.principal)?;
+            for context in &submitted.context_refs {
+                non_empty("context_refs[].uri", &context.uri)?;
+            }
+            // Total: loading guaranteed a catch-all rule.
+            let rule = ruleset.resolve(&submitted.action);
+            let digest = action_digest(&submitted.action);
+            Ok(Envelope {
+                event_id,
+                instance_id,
+                recorded_at,
+                submitted_by: submitted_by.to_owned(),
+                body: EventBody::ActionProposed(Box::new(ActionProposed {
+                    action: submitted.action,
+                    action_digest: digest,
+                    proposer: submitted.proposer,
+                    context_refs: submitted.context_refs,
+                    rationale: submitted.rationale,
+                    requirement: rule.requirement.clone(),
+                    ruleset: ruleset.reference(),
+                })),
+            })
+        }
+        Source::Signals => {
+            let submitted: SignalSubmitted = warrant_schema::decode(value).map_err(|e| {
+                format!("not a warrant.SignalSubmitted: {}", crate::error_chain(&e))
+            })?;
+            let instance_id = ids::canonical_instance_id(&submitted.instance_id)
+                .ok_or_else(|| format!("instance_id {:?} is not a UUID", submitted.instance_id))?;
+            non_empty("source", &submitted.source)?;
+            non_empty("policy_ref.id", &submitted.policy_ref.id)?;
+            Ok(Envelope {
+                event_id,
+                instance_id,
+                recorded_at,
+                submitted_by: submitted_by.to_owned(),
+                body: EventBody::PolicySignalRecorded(PolicySignalRecorded {
+                    source: submitted.source,
+                    verdict: submitted.verdict,
+                    reasons: submitted.reasons,
+                    policy_ref: submitted.policy_ref,
+                }),
+            })
+        }
+    }
+}
+
+/// The ingress consumer and what it needs.
+pub struct Ingress {
+    consumer: Arc<StreamConsumer>,
+    log: KafkaLog,
+    config: Shared,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    options: IngressOptions,
+    appended: AtomicU64,
+}
+
+impl std::fmt::Debug for Ingress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingress")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One record of a batch, and what becomes of it.
+struct Item {
+    message: OwnedMessage,
+    /// The encoded envelope, or `None` when the record is dead-lettered.
+    envelope: Option<(Envelope, Vec<u8>)>,
+    reason: Option<String>,
+}
+
+enum Delivered {
+    Done,
+    Stopped,
+}
+
+impl Ingress {
+    /// Subscribe to both ingress topics.
+    pub fn new(
+        log: KafkaLog,
+        config: Shared,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        options: IngressOptions,
+    ) -> Result<Ingress, Error> {
+        let topics = log.topics().clone();
+        let mut client = topics.consumer_config(&options.group);
+        client
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        if let Some(instance_id) = &options.instance_id {
+            client.set("group.instance.id", instance_id);
+        }
+        let consumer: StreamConsumer = client.create().map_err(|source| Error::Consumer {
+            group: options.group.clone(),
+            source,
+        })?;
+        consumer
+            .subscribe(&[&topics.proposals_topic, &topics.signals_topic])
+            .map_err(|source| Error::Consumer {
+                group: options.group.clone(),
+                source,
+            })?;
+        tracing::info!(
+            group = %options.group,
+            proposals = %topics.proposals_topic,
+            signals = %topics.signals_topic,
+            "ingress subscribed"
+        );
+        Ok(Ingress {
+            consumer: Arc::new(consumer),
+            log,
+            config,
+            metrics,
+            clock,
+            options,
+            appended: AtomicU64::new(0),
+        })
+    }
+
+    /// Consume until `shutdown` turns true; the batch in hand is finished
+    /// and committed first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let first = tokio::select! {
+                _ = shutdown.changed() => break,
+                received = self.consumer.recv() => received.map(|m| m.detach()),
+            };
+            let mut messages = Vec::with_capacity(self.options.batch);
+            match first {
+                Ok(message) => messages.push(message),
+                Err(error) => {
+                    tracing::warn!(error = %error, "ingress consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+            // Whatever else is already fetched joins the batch.
+            while messages.len() < self.options.batch {
+                match tokio::time::timeout(Duration::from_millis(5), self.consumer.recv()).await {
+                    Ok(Ok(message)) => messages.push(message.detach()),
+                    Ok(Err(error)) => {
+                        tracing::warn!(error = %error, "ingress consumer error");
+                        break;
+                    }
+                    Err(_elapsed) => break,
+                }
+            }
+            match self.process(messages, &mut shutdown).await {
+                Delivered::Done => {}
+                Delivered::Stopped => {
+                    tracing::info!("ingress stopped before its batch was acknowledged; it will be re-delivered");
+                    return;
+                }
+            }
+        }
+        tracing::info!("ingress stopped");
+    }
+
+    fn item(&self, message: OwnedMessage, ruleset: &warrant_authority::Ruleset, now: i64) -> Item {
+        let topics = self.log.topics();
+        let topic = message.topic();
+        let (source, submitted_by) = if topic == topics.proposals_topic {
+            (Source::Proposals, &self.options.proposals_submitted_by)
+        } else {
+            (Source::Signals, &self.options.signals_submitted_by)
+        };
+        let verdict = validate(
+            source,
+            topic,
+            message.partition(),
+            message.offset(),
+            message.payload(),
+            ruleset,
+            submitted_by,
+            now,
+        );
+        let (envelope, reason) = match verdict {
+            Verdict::DeadLetter(reason) => (None, Some(reason)),
+            Verdict::Append(envelope) => match warrant_schema::encode(envelope.as_ref()) {
+                Ok(bytes) if bytes.len() <= MAX_ENVELOPE_BYTES => (Some((*envelope, bytes)), None),
+                Ok(bytes) => (
+                    None,
+                    Some(format!(
+                        "the envelope would be {} bytes; at most {MAX_ENVELOPE_BYTES} are appended",
+                        bytes.len()
+                    )),
+                ),
+                Err(error) => (
+                    None,
+                    Some(format!(
+                        "cannot encode the envelope: {}",
+                        crate::error_chain(&error)
+                    )),
+                ),
+            },
+        };
+        Item {
+            message,
+            envelope,
+            reason,
+        }
+    }
+
+    async fn process(
+        &self,
+        messages: Vec<OwnedMessage>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Delivered {
+        let ruleset = self.config.snapshot().ruleset;
+        let now = self.clock.now_millis();
+        let items: Vec<Item> = messages
+            .into_iter()
+            .map(|message| self.item(message, &ruleset.ruleset, now))
+            .collect();
+        // Enqueue everything (librdkafka batches it), then wait in order.
+        let mut deliveries = Vec::with_capacity(items.len());
+        for item in &items {
+            deliveries.push(self.enqueue(item).await);
+        }
+        for (item, delivery) in items.iter().zip(deliveries) {
+            let mut result = match delivery {
+                Ok(future) => match future.await {
+                    Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+                    Ok(Err((error, _))) => Err(error),
+                    Err(_canceled) => Err(KafkaError::Canceled),
+                },
+                Err(error) => Err(error),
+            };
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match result {
+                    Ok((partition, offset)) => {
+                        self.delivered(item, partition, offset);
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(
+                            topic = item.message.topic(),
+                            partition = item.message.partition(),
+                            offset = item.message.offset(),
+                            error = %error,
+                            "ingress append not acknowledged; retrying"
+                        );
+                        if let Some((envelope, _)) = &item.envelope {
+                            self.metrics.append("ingress", envelope.body.kind(), false);
+                        }
+                        tokio::select! {
+                            _ = shutdown.changed() => return Delivered::Stopped,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        result = self.send_one(item).await;
+                    }
+                }
+            }
+        }
+        self.commit(&items).await;
+        Delivered::Done
+    }
+
+    /// The record to produce for an item: its envelope on the log, or the
+    /// original key and bytes on the dead-letter topic with their origin.
+    fn record<'a>(&'a self, item: &'a Item) -> FutureRecord<'a, [u8], [u8]> {
+        let message = &item.message;
+        match &item.envelope {
+            Some((envelope, bytes)) => FutureRecord::to(&self.log.topics().log_topic)
+                .key(envelope.instance_id.as_bytes())
+                .payload(bytes.as_slice()),
+            None => {
+                let value = message.payload().unwrap_or_default();
+                let letter = DeadLetter {
+                    reason: item.reason.as_deref().unwrap_or("invalid record"),
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                };
+                let mut record = FutureRecord::to(&self.log.topics().dead_letter_topic)
+                    .payload(value)
+                    .headers(letter.headers());
+                if let Some(key) = message.key() {
+                    record = record.key(key);
+                }
+                record
+            }
+        }
+    }
+
+    /// Put one record in the producer's queue, waiting while it is full.
+    async fn enqueue(&self, item: &Item) -> Result<DeliveryFuture, KafkaError> {
+        let mut record = self.record(item);
+        loop {
+            match self.log.producer().send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+    }
+
+    /// Send one record again and wait for it, at most the produce timeout.
+    async fn send_one(&self, item: &Item) -> Result<(i32, i64), KafkaError> {
+        let future = self.enqueue(item).await?;
+        match tokio::time::timeout(self.log.timeout(), future).await {
+            Ok(Ok(Ok(delivery))) => Ok((delivery.partition, delivery.offset)),
+            Ok(Ok(Err((error, _)))) => Err(error),
+            Ok(Err(_canceled)) => Err(KafkaError::Canceled),
+            Err(_elapsed) => Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageTimedOut,
+            )),
+        }
+    }
+
+    fn delivered(&self, item: &Item, partition: i32, offset: i64) {
+        let message = &item.message;
+        let topic = message.topic().to_owned();
+        match &item.envelope {
+            Some((envelope, _)) => {
+                log_append(envelope, crate::log::Appended { partition, offset });
+                self.metrics.append("ingress", envelope.body.kind(), true);
+                let appended = self.appended.fetch_add(1, Ordering::SeqCst) + 1;
+                if self.options.crash_after_appends == Some(appended) {
+                    tracing::error!(
+                        appended,
+                        "--crash-after-appends reached: aborting before the commit"
+                    );
+                    std::process::abort();
+                }
+                self.metrics
+                    .ingress_records
+                    .get_or_create(&IngressLabels {
+                        topic,
+                        result: "appended",
+                    })
+                    .inc();
+            }
+            None => {
+                tracing::warn!(
+                    topic = message.topic(),
+                    source_partition = message.partition(),
+                    source_offset = message.offset(),
+                    reason = item.reason.as_deref().unwrap_or_default(),
+                    dead_letter_partition = partition,
+                    dead_letter_offset = offset,
+                    "ingress record dead-lettered"
+                );
+                self.metrics
+                    .ingress_records
+                    .get_or_create(&IngressLabels {
+                        topic,
+                        result: "dead_lettered",
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    /// Store the next offset of every partition the batch touched, then
+    /// commit them: everything before them is acknowledged.
+    async fn commit(&self, items: &[Item]) {
+        let mut next: std::collections::BTreeMap<(String, i32), i64> =
+            std::collections::BTreeMap::new();
+        for item in items {
+            let key = (item.message.topic().to_owned(), item.message.partition());
+            let offset = item.message.offset() + 1;
+            let entry = next.entry(key).or_insert(offset);
+            *entry = (*entry).max(offset);
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in &next {
+            if let Err(error) =
+                list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            {
+                tracing::warn!(topic, partition, error = %error, "cannot list an ingress offset");
+            }
+        }
+        if let Err(error) = self.consumer.store_offsets(&list) {
+            // A partition revoked meanwhile: its new owner re-delivers (duplicates).
+            tracing::warn!(error = %error, "cannot store ingress offsets");
+        }
+        let consumer = self.consumer.clone();
+        let committed =
+            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
+                .await;
+        match committed {
+            Ok(Ok(())) => {
+                for ((topic, partition), offset) in &next {
+                    tracing::debug!(topic, partition, offset, "ingress offset committed");
+                }
+            }
+            Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "cannot commit ingress offsets; the batch will be re-delivered")
+            }
+            Err(error) => tracing::warn!(error = %error, "the commit task failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use warrant_authority::Ruleset;
+    use warrant_schema::samples;
+
+    use super::*;
+
+    fn ruleset() -> Ruleset {
+        Ruleset::parse(include_bytes!("../examples/ruleset.yaml")).expect("example ruleset")
+    }
+
+    fn check(source: Source, value: &[u8]) -> Verdict {
+        validate(
+            source,
+            "warrant.proposals",
+            2,
+            41,
+            Some(value),
+            &ruleset(),
+            "kafka:warrant.proposals",
+            7,
+        )
+    }
+
+    #[test]
+    fn a_valid_proposal_is_resolved_and_stamped() {
+        let bytes = warrant_schema::encode(&samples::proposal_submitted()).expect("encodes");
+        let Verdict::Append(envelope) = check(Source::Proposals, &bytes) else {
+            panic!("valid proposal dead-lettered");
+        };
+        assert_eq!(envelope.instance_id, samples::INSTANCE_ID);
+        assert_eq!(
+            envelope.event_id,
+            ids::ingress_event_id("warrant.proposals", 2, 41)
+        );
+        assert_eq!(envelope.recorded_at, 7);
+        assert_eq!(envelope.submitted_by, "kafka:warrant.proposals");
+        let EventBody::ActionProposed(proposed) = &envelope.body else {
+            panic!("not a proposal");
+        };
+        assert_eq!(proposed.action_digest, samples::ACTION_DIGEST);
+        assert_eq!(proposed.requirement.rule_id, "prod-restarts");
+        assert_eq!(proposed.ruleset, ruleset().reference());
+    }
+
+    #[test]
+    fn a_proposal_without_instance_id_gets_one_derived_from_its_position() {
+        let mut submitted = samples::proposal_submitted();
+        submitted.instance_id = None;
+        let bytes = warrant_schema::encode(&submitted).expect("encodes");
+        let Verdict::Append(envelope) = check(Source::Proposals, &bytes) else {
+            panic!("dead-lettered");
+        };
+        assert_eq!(
+            envelope.instance_id,
+            ids::ingress_instance_id("warrant.proposals", 2, 41)
+        );
+    }
+
+    #[test]
+    fn invalid_records_are_dead_lettered_with_a_reason() {
+        let reason = |source, bytes: &[u8]| match check(source, bytes) {
+            Verdict::DeadLetter(reason) => reason,
+            Verdict::Append(_) => panic!("accepted"),
+        };
+        assert!(reason(Source::Proposals, b"garbage").contains("not a warrant.ProposalSubmitted"));
+        assert!(reason(Source::Proposals, b"").contains("empty"));
+        let signal = warrant_schema::encode(&samples::signal_submitted()).expect("encodes");
+        // A signal on the proposals topic: another schema's fingerprint.
+        assert!(reason(Source::Proposals, &signal).contains("unknown writer schema fingerprint"));
+
+        let mut bad_id = samples::proposal_submitted();
+        bad_id.instance_id = Some("nope".to_owned());
+        let bytes = warrant_schema::encode(&bad_id).expect("encodes");
+        assert!(reason(Source::Proposals, &bytes).contains("\"nope\" is not a UUID"));
+
+        let mut empty_kind = samples::proposal_submitted();
+        empty_kind.action.kind = " ".to_owned();
+        let bytes = warrant_schema::encode(&empty_kind).expect("encodes");
+        assert_eq!(reason(Source::Proposals, &bytes), "action.kind is empty");
+
+        let mut no_principal = samples::proposal_submitted();
+        no_principal.proposer.principal = String::new();
+        let bytes = warrant_schema::encode(&no_principal).expect("encodes");
+        assert_eq!(
+            reason(Source::Proposals, &bytes),
+            "proposer.principal is empty"
+        );
+
+        let mut no_source = samples::signal_submitted();
+        no_source.source = String::new();
+        let bytes = warrant_schema::encode(&no_source).expect("encodes");
+        assert_eq!(reason(Source::Signals, &bytes), "source is empty");
+
+        let mut bad_signal_id = samples::signal_submitted();
+        bad_signal_id.instance_id = "00000000-0000-0000-0000-000000000000".to_owned();
+        let bytes = warrant_schema::encode(&bad_signal_id).expect("encodes");
+        assert!(reason(Source::Signals, &bytes).contains("is not a UUID"));
+    }
+
+    #[test]
+    fn a_valid_signal_keeps_its_source() {
+        let bytes = warrant_schema::encode(&samples::signal_submitted()).expect("encodes");
+        let Verdict::Append(envelope) = check(Source::Signals, &bytes) else {
+            panic!("dead-lettered");
+        };
+        let EventBody::PolicySignalRecorded(signal) = &envelope.body else {
+            panic!("not a signal");
+        };
+        assert_eq!(signal.source, "opa");
+        assert_eq!(envelope.instance_id, samples::INSTANCE_ID);
+    }
+}

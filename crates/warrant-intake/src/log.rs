@@ -1,0 +1,220 @@
+//! Appending to the authoritative log: the one trait handlers depend on,
+//! and its Kafka implementation (idempotent producer, `acks=all`).
+//!
+//! An append returns only once Kafka acknowledged the record, or fails; it
+//! never reports success for something that is not on the log (SPEC §1.7).
+//! A delivery that takes longer than the produce timeout is reported as a
+//! failure even though librdkafka may still deliver it later; the caller
+//! answers 503 and a retry with the same derived event id is a duplicate.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use serde::Serialize;
+use warrant_kafka::KafkaArgs;
+use warrant_schema::Envelope;
+
+use crate::config::LoadedRuleset;
+
+/// A boxed `Send` future, so the traits stay object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where an appended record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Appended {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("cannot encode the envelope")]
+    Encode(#[source] warrant_schema::Error),
+    #[error("{topic} did not acknowledge the record within {timeout_ms} ms")]
+    Timeout { topic: String, timeout_ms: u128 },
+    #[error("cannot produce to {topic}")]
+    Kafka {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// Appends envelopes to `warrant.log`, keyed by instance id.
+pub trait LogAppender: Send + Sync + 'static {
+    fn append<'a>(&'a self, envelope: &'a Envelope)
+        -> BoxFuture<'a, Result<Appended, AppendError>>;
+}
+
+/// Intake's producer and the topics it writes.
+#[derive(Clone)]
+pub struct KafkaLog {
+    producer: FutureProducer,
+    topics: KafkaArgs,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaLog")
+            .field("log_topic", &self.topics.log_topic)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Where a dead-lettered record came from and why (SPEC §2); its key and
+/// value are the original ones, untouched.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    pub reason: &'a str,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl DeadLetter<'_> {
+    pub fn headers(&self) -> OwnedHeaders {
+        let partition = self.partition.to_string();
+        let offset = self.offset.to_string();
+        OwnedHeaders::new_with_capacity(4)
+            .insert(Header {
+                key: "warrant.reason",
+                value: Some(self.reason),
+            })
+            .insert(Header {
+                key: "warrant.source.topic",
+                value: Some(self.topic),
+            })
+            .insert(Header {
+                key: "warrant.source.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "warrant.source.offset",
+                value: Some(&offset),
+            })
+    }
+}
+
+impl KafkaLog {
+    pub fn new(args: &KafkaArgs, timeout: Duration) -> Result<KafkaLog, warrant_kafka::Error> {
+        Ok(KafkaLog {
+            producer: args.producer()?,
+            topics: args.clone(),
+            timeout,
+        })
+    }
+
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    pub fn topics(&self) -> &KafkaArgs {
+        &self.topics
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Produce one record and wait for its acknowledgement, at most the
+    /// produce timeout.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<Appended, AppendError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        let send = self.producer.send(record, Timeout::After(self.timeout));
+        match tokio::time::timeout(self.timeout, send).await {
+            Err(_elapsed) => Err(AppendError::Timeout {
+                topic: topic.to_owned(),
+                timeout_ms: self.timeout.as_millis(),
+            }),
+            Ok(Ok(delivery)) => Ok(Appended {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((source, _message))) => Err(AppendError::Kafka {
+                topic: topic.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Publish a ruleset's exact text to the compacted rulesets topic under
+    /// its digest, so an auditor can fetch the rules any instance cites.
+    pub async fn publish_ruleset(&self, loaded: &LoadedRuleset) -> Result<Appended, AppendError> {
+        let digest = loaded.ruleset.digest();
+        let appended = self
+            .produce(
+                &self.topics.rulesets_topic,
+                Some(digest.as_bytes()),
+                &loaded.text,
+                None,
+            )
+            .await?;
+        tracing::info!(
+            topic = %self.topics.rulesets_topic,
+            digest,
+            version = loaded.ruleset.version(),
+            partition = appended.partition,
+            offset = appended.offset,
+            "published ruleset"
+        );
+        Ok(appended)
+    }
+
+    /// Wait up to `timeout` for everything queued to be delivered.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(Timeout::After(timeout))
+    }
+}
+
+impl LogAppender for KafkaLog {
+    fn append<'a>(
+        &'a self,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, Result<Appended, AppendError>> {
+        Box::pin(async move {
+            let bytes = warrant_schema::encode(envelope).map_err(AppendError::Encode)?;
+            let appended = self
+                .produce(
+                    &self.topics.log_topic,
+                    Some(envelope.instance_id.as_bytes()),
+                    &bytes,
+                    None,
+                )
+                .await?;
+            log_append(envelope, appended);
+            Ok(appended)
+        })
+    }
+}
+
+/// The one log line every append writes.
+pub fn log_append(envelope: &Envelope, appended: Appended) {
+    tracing::info!(
+        instance_id = %envelope.instance_id,
+        event_id = %envelope.event_id,
+        event = envelope.body.kind(),
+        submitted_by = %envelope.submitted_by,
+        partition = appended.partition,
+        offset = appended.offset,
+        "appended"
+    );
+}

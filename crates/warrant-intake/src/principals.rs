@@ -1,0 +1,466 @@
+//! Who may do what: the principals file (`--principals`).
+//!
+//! Services, policy engines and executors authenticate with bearer tokens;
+//! only the SHA-256 of each token is kept in memory (the file may hold the
+//! token itself or `token_sha256`), and a presented token is looked up by
+//! its hash, so no comparison ever runs over secret bytes. A policy engine's
+//! token carries its fixed signal `source`. Reviewers sign the decision
+//! webhook with HMAC-SHA256; each has at most two active secrets so a key
+//! can rotate without downtime, and the roles recorded for a decision are
+//! the ones listed here, never the ones in a request.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::signature;
+
+/// Shortest secret or token accepted: anything shorter is guessable.
+pub const MIN_SECRET_LEN: usize = 16;
+/// Active secrets per reviewer: the current one and the one being rotated in.
+pub const MAX_REVIEWER_SECRETS: usize = 2;
+
+/// What a bearer token is allowed to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Proposes actions and withdraws its own proposals.
+    Service,
+    /// Reports policy signals, always under its fixed `source`.
+    Policy,
+    /// Asks to run authorized actions and reports what ran.
+    Executor,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Service => "service",
+            Kind::Policy => "policy",
+            Kind::Executor => "executor",
+        }
+    }
+}
+
+/// The authenticated holder of a bearer token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub principal: String,
+    pub kind: Kind,
+    /// The signal source of a policy engine; `None` for other kinds.
+    pub source: Option<String>,
+}
+
+/// A reviewer from the directory.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Reviewer {
+    pub principal: String,
+    pub roles: Vec<String>,
+    secrets: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Reviewer {
+    // Never print secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reviewer")
+            .field("principal", &self.principal)
+            .field("roles", &self.roles)
+            .field("secrets", &self.secrets.len())
+            .finish()
+    }
+}
+
+impl Reviewer {
+    pub fn secrets(&self) -> impl Iterator<Item = &[u8]> {
+        self.secrets.iter().map(Vec::as_slice)
+    }
+}
+
+/// The loaded, validated principals file.
+#[derive(Clone, Default)]
+pub struct Principals {
+    tokens: BTreeMap<[u8; 32], Caller>,
+    reviewers: BTreeMap<String, Reviewer>,
+}
+
+impl std::fmt::Debug for Principals {
+    // Never print secrets or token hashes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principals")
+            .field("tokens", &self.tokens.len())
+            .field("reviewers", &self.reviewers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrincipalsError {
+    #[error("principals file is not valid YAML of the expected shape: {0}")]
+    Yaml(#[source] serde_yaml::Error),
+    #[error("token #{index} ({principal}): {message}")]
+    Token {
+        index: usize,
+        principal: String,
+        message: String,
+    },
+    #[error("reviewer {principal:?}: {message}")]
+    Reviewer { principal: String, message: String },
+    #[error("the same token is given to {first:?} and {second:?}")]
+    SharedToken { first: String, second: String },
+    #[error("reviewers {first:?} and {second:?} share a secret, so a signature could not tell them apart")]
+    SharedSecret { first: String, second: String },
+    #[error("the principals file defines neither tokens nor reviewers")]
+    Empty,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    tokens: Vec<TokenFile>,
+    #[serde(default)]
+    reviewers: Vec<ReviewerFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    principal: String,
+    kind: Kind,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_sha256: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReviewerFile {
+    principal: String,
+    roles: Vec<String>,
+    secrets: Vec<String>,
+}
+
+fn token_hash(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+impl Principals {
+    /// Parse and validate the principals file. Every mistake is refused at
+    /// load, naming the entry, so a running intake never guesses.
+    pub fn parse(text: &[u8]) -> Result<Principals, PrincipalsError> {
+        let file: File = serde_yaml::from_slice(text).map_err(PrincipalsError::Yaml)?;
+        if file.tokens.is_empty() && file.reviewers.is_empty() {
+            return Err(PrincipalsError::Empty);
+        }
+        let mut principals = Principals::default();
+        for (index, entry) in file.tokens.into_iter().enumerate() {
+            let (hash, caller) = validate_token(index + 1, entry)?;
+            if let Some(first) = principals.tokens.get(&hash) {
+                return Err(PrincipalsError::SharedToken {
+                    first: first.principal.clone(),
+                    second: caller.principal,
+                });
+            }
+            principals.tokens.insert(hash, caller);
+        }
+        let mut secret_owner: BTreeMap<Vec<u8>, String> = BTreeMap::new();
+        for entry in file.reviewers {
+            let reviewer = validate_reviewer(entry)?;
+            if principals.reviewers.contains_key(&reviewer.principal) {
+                return Err(PrincipalsError::Reviewer {
+                    principal: reviewer.principal,
+                    message: "is listed twice".to_owned(),
+                });
+            }
+            for secret in &reviewer.secrets {
+                if let Some(first) = secret_owner.insert(secret.clone(), reviewer.principal.clone())
+                {
+                    if first != reviewer.principal {
+                        return Err(PrincipalsError::SharedSecret {
+                            first,
+                            second: reviewer.principal,
+                        });
+                    }
+                }
+            }
+            principals
+                .reviewers
+                .insert(reviewer.principal.clone(), reviewer);
+        }
+        Ok(principals)
+    }
+
+    /// The caller a bearer token belongs to.
+    pub fn caller(&self, token: &str) -> Option<&Caller> {
+        self.tokens.get(&token_hash(token.as_bytes()))
+    }
+
+    pub fn reviewer(&self, principal: &str) -> Option<&Reviewer> {
+        self.reviewers.get(principal)
+    }
+
+    pub fn reviewers(&self) -> impl Iterator<Item = &Reviewer> {
+        self.reviewers.values()
+    }
+
+    /// Number of tokens and reviewers, for the start-up log line.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.tokens.len(), self.reviewers.len())
+    }
+
+    /// The reviewer whose secret produced `signature` over `message`, trying
+    /// only `only` when given. Every secret is checked with HMAC's constant-
+    /// time comparison.
+    pub fn signer(
+        &self,
+        message: &[u8],
+        signature: &[u8],
+        only: Option<&str>,
+    ) -> Option<&Reviewer> {
+        self.reviewers
+            .values()
+            .filter(|reviewer| only.is_none_or(|name| reviewer.principal == name))
+            .find(|reviewer| {
+                reviewer
+                    .secrets()
+                    .any(|secret| signature::verify(secret, message, signature))
+            })
+    }
+}
+
+fn validate_token(index: usize, entry: TokenFile) -> Result<([u8; 32], Caller), PrincipalsError> {
+    let fail = |message: &str| PrincipalsError::Token {
+        index,
+        principal: entry.principal.clone(),
+        message: message.to_owned(),
+    };
+    if entry.principal.trim().is_empty() {
+        return Err(fail("principal must not be empty"));
+    }
+    let hash = match (&entry.token, &entry.token_sha256) {
+        (Some(token), None) => {
+            if token.len() < MIN_SECRET_LEN {
+                return Err(fail(&format!(
+                    "token must be at least {MIN_SECRET_LEN} characters"
+                )));
+            }
+            token_hash(token.as_bytes())
+        }
+        (None, Some(hex_hash)) => {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(hex_hash.trim(), &mut hash)
+                .map_err(|_| fail("token_sha256 must be 64 hex digits"))?;
+            hash
+        }
+        (Some(_), Some(_)) => return Err(fail("give token or token_sha256, not both")),
+        (None, None) => return Err(fail("needs token or token_sha256")),
+    };
+    let source = match (entry.kind, &entry.source) {
+        (Kind::Policy, Some(source)) if !source.trim().is_empty() => Some(source.clone()),
+        (Kind::Policy, _) => return Err(fail("a policy engine needs a non-empty source")),
+        (Kind::Service | Kind::Executor, None) => None,
+        (Kind::Service | Kind::Executor, Some(_)) => {
+            return Err(fail("only a policy engine has a source"))
+        }
+    };
+    Ok((
+        hash,
+        Caller {
+            principal: entry.principal,
+            kind: entry.kind,
+            source,
+        },
+    ))
+}
+
+fn validate_reviewer(entry: ReviewerFile) -> Result<Reviewer, PrincipalsError> {
+    let fail = |message: String| PrincipalsError::Reviewer {
+        principal: entry.principal.clone(),
+        message,
+    };
+    if entry.principal.trim().is_empty() {
+        return Err(fail("principal must not be empty".to_owned()));
+    }
+    if entry.roles.is_empty() || entry.roles.iter().any(|role| role.trim().is_empty()) {
+        return Err(fail(
+            "needs at least one role, and no empty role".to_owned(),
+        ));
+    }
+    if entry.secrets.is_empty() || entry.secrets.len() > MAX_REVIEWER_SECRETS {
+        return Err(fail(format!(
+            "needs 1 to {MAX_REVIEWER_SECRETS} secrets, has {}",
+            entry.secrets.len()
+        )));
+    }
+    if entry.secrets.iter().any(|s| s.len() < MIN_SECRET_LEN) {
+        return Err(fail(format!(
+            "every secret must be at least {MIN_SECRET_LEN} characters"
+        )));
+    }
+    let distinct: BTreeSet<&String> = entry.secrets.iter().collect();
+    if distinct.len() != entry.secrets.len() {
+        return Err(fail("lists the same secret twice".to_owned()));
+    }
+    Ok(Reviewer {
+        principal: entry.principal.clone(),
+        roles: entry.roles.clone(),
+        secrets: entry
+            .secrets
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../examples/principals.yaml");
+
+    fn error_of(text: &str) -> String {
+        match Principals::parse(text.as_bytes()) {
+            Ok(_) => panic!("should have been refused: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_example_file_loads() {
+        let principals = Principals::parse(EXAMPLE.as_bytes()).expect("example is valid");
+        assert_eq!(principals.counts(), (3, 3));
+        let opa = principals
+            .caller("example-policy-opa-token-0001")
+            .expect("opa token");
+        assert_eq!(opa.principal, "policy:opa");
+        assert_eq!(opa.kind, Kind::Policy);
+        assert_eq!(opa.source.as_deref(), Some("opa"));
+        let remediator = principals
+            .caller("example-service-remediator-token-0001")
+            .expect("service token");
+        assert_eq!(remediator.kind, Kind::Service);
+        assert_eq!(remediator.source, None);
+        assert_eq!(
+            principals
+                .caller("example-executor-deployer-token-0001")
+                .map(|c| c.kind),
+            Some(Kind::Executor)
+        );
+        assert!(principals.caller("example-policy-opa-token-0002").is_none());
+        assert_eq!(
+            principals.reviewer("carol").map(|r| r.roles.clone()),
+            Some(vec!["ic".to_owned()])
+        );
+        assert_eq!(
+            principals.reviewer("alice").map(|r| r.secrets().count()),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn token_hashes_are_accepted_instead_of_tokens() {
+        let hash = hex::encode(token_hash(b"a-token-of-enough-length"));
+        let text = format!(
+            "tokens:\n  - principal: svc:a\n    kind: service\n    token_sha256: \"{hash}\"\n"
+        );
+        let principals = Principals::parse(text.as_bytes()).expect("valid");
+        assert_eq!(
+            principals
+                .caller("a-token-of-enough-length")
+                .map(|c| c.principal.as_str()),
+            Some("svc:a")
+        );
+        assert!(
+            principals.caller(&hash).is_none(),
+            "the hash is not the token"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_refused_by_name() {
+        let token = |extra: &str| {
+            format!("tokens:\n  - principal: p:x\n    kind: policy\n    token: \"0123456789abcdef\"\n{extra}")
+        };
+        assert!(error_of(&token(""))
+            .contains("token #1 (p:x): a policy engine needs a non-empty source"));
+        assert!(
+            error_of("tokens:\n  - principal: s\n    kind: service\n    token: short\n")
+                .contains("at least 16")
+        );
+        assert!(error_of("tokens:\n  - principal: s\n    kind: service\n    token: \"0123456789abcdef\"\n    source: x\n")
+            .contains("only a policy engine has a source"));
+        assert!(error_of(
+            "tokens:\n  - principal: s\n    kind: admin\n    token: \"0123456789abcdef\"\n"
+        )
+        .contains("unknown variant `admin`"));
+        assert!(error_of("tokens:\n  - principal: s\n    kind: service\n")
+            .contains("needs token or token_sha256"));
+        assert!(error_of(
+            "tokens:\n  - {principal: a, kind: service, token: \"0123456789abcdef\"}\n  - {principal: b, kind: executor, token: \"0123456789abcdef\"}\n"
+        )
+        .contains("the same token is given to \"a\" and \"b\""));
+        assert!(
+            error_of("reviewers:\n  - {principal: r, roles: [sre], secrets: [a, b, c]}\n")
+                .contains("needs 1 to 2 secrets, has 3")
+        );
+        assert!(error_of(
+            "reviewers:\n  - {principal: r, roles: [], secrets: [\"0123456789abcdef\"]}\n"
+        )
+        .contains("needs at least one role"));
+        assert!(error_of(
+            "reviewers:\n  - {principal: r, roles: [x], secrets: [\"0123456789abcdef\"]}\n  - {principal: s, roles: [x], secrets: [\"0123456789abcdef\"]}\n"
+        )
+        .contains("share a secret"));
+        assert!(error_of(
+            "reviewers:\n  - {principal: r, roles: [x], secrets: [\"0123456789abcdef\"]}\n  - {principal: r, roles: [x], secrets: [\"0123456789abcdeg\"]}\n"
+        )
+        .contains("listed twice"));
+        assert!(error_of("reviewers: []\nadmins: []\n").contains("unknown field `admins`"));
+        assert!(error_of("{}\n").contains("neither tokens nor reviewers"));
+    }
+
+    #[test]
+    fn the_signer_is_whoever_holds_the_key() {
+        let principals = Principals::parse(EXAMPLE.as_bytes()).expect("valid");
+        let message = b"1700000000.{}";
+        let bob = principals.reviewer("bob").expect("bob");
+        let secret = bob.secrets().next().expect("a secret").to_vec();
+        let mac = signature::sign(&secret, message);
+        assert_eq!(
+            principals
+                .signer(message, &mac, None)
+                .map(|r| r.principal.as_str()),
+            Some("bob")
+        );
+        assert_eq!(
+            principals
+                .signer(message, &mac, Some("bob"))
+                .map(|r| r.principal.as_str()),
+            Some("bob")
+        );
+        assert!(principals.signer(message, &mac, Some("alice")).is_none());
+        assert!(principals.signer(b"1700000000.{ }", &mac, None).is_none());
+        // Both of alice's secrets are active during a rotation.
+        let alice = principals.reviewer("alice").expect("alice");
+        for secret in alice.secrets() {
+            let mac = signature::sign(secret, message);
+            assert_eq!(
+                principals
+                    .signer(message, &mac, None)
+                    .map(|r| r.principal.as_str()),
+                Some("alice")
+            );
+        }
+    }
+
+    #[test]
+    fn debug_output_reveals_no_secret() {
+        let principals = Principals::parse(EXAMPLE.as_bytes()).expect("valid");
+        let shown = format!("{principals:?}");
+        assert!(!shown.contains("example-"), "{shown}");
+    }
+}

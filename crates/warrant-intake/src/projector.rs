@@ -1,0 +1,216 @@
+//! What intake asks the projector, the one materialized view of the fold.
+//! Intake never folds or decides itself: whether an instance exists, what a
+//! claim was answered, and which deadlines are due all come from here.
+//!
+//! The contract (served by warrant-projector):
+//! - `GET {base}/v1/instances/{id}` → 200 [`ExecutionRecord`] or 404;
+//! - `GET {base}/v1/instances/{id}/entries?partition=P&offset=O&wait_ms=N`
+//!   → 200 [`EntryView`] once the entry at that log position is folded and
+//!   committed, or 404 `{"error":{"code":"not_folded"}}` after `wait_ms`;
+//! - `GET {base}/v1/instances?status=S&limit=N&after=ID` → a [`Page`].
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use warrant_authority::{EntryView, ExecutionRecord, LogPosition, StatusName};
+
+use crate::log::BoxFuture;
+
+/// Largest `wait_ms` asked of the projector in one request.
+pub const MAX_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error("the projector at {url} is unreachable")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("the projector answered {status} to {url}")]
+    Status { url: String, status: u16 },
+    #[error("cannot read the projector's answer to {url}")]
+    Body {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("invalid projector url {0}: expected http://host:port (no TLS support is built in)")]
+    Url(String),
+}
+
+/// One line of `GET /v1/instances`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSummary {
+    pub instance_id: String,
+    pub status: Option<StatusName>,
+    #[serde(default)]
+    pub head_hash: Option<String>,
+    #[serde(default)]
+    pub entries: u64,
+}
+
+/// A page of `GET /v1/instances`; `next` is the cursor for the next page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    pub instances: Vec<InstanceSummary>,
+    pub next: Option<String>,
+}
+
+/// The questions intake asks the projector.
+pub trait Projector: Send + Sync + 'static {
+    /// The execution record of an instance, `None` if the view has none.
+    fn record<'a>(
+        &'a self,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ExecutionRecord>, ProjectorError>>;
+
+    /// The history entry at `position`, waiting up to `wait` for the fold to
+    /// reach it; `None` if it has not been folded by then.
+    fn entry<'a>(
+        &'a self,
+        instance_id: &'a str,
+        position: LogPosition,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Option<EntryView>, ProjectorError>>;
+
+    /// One page of instances in `status`, after the cursor.
+    fn list<'a>(
+        &'a self,
+        status: StatusName,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page, ProjectorError>>;
+}
+
+/// The projector over HTTP.
+#[derive(Debug, Clone)]
+pub struct HttpProjector {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl HttpProjector {
+    pub fn new(base: &str, request_timeout: Duration) -> Result<HttpProjector, ProjectorError> {
+        let base = base.trim_end_matches('/').to_owned();
+        // reqwest is built without TLS in this workspace: only plain http.
+        if !base.starts_with("http://") {
+            return Err(ProjectorError::Url(base));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|source| ProjectorError::Unreachable {
+                url: base.clone(),
+                source,
+            })?;
+        Ok(HttpProjector { base, client })
+    }
+
+    /// GET `path` with `query`; `Ok(None)` on 404.
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        timeout: Option<Duration>,
+    ) -> Result<Option<T>, ProjectorError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.client.get(&url).query(query);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ProjectorError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(ProjectorError::Status {
+                url,
+                status: status.as_u16(),
+            });
+        }
+        response
+            .json::<T>()
+            .await
+            .map(Some)
+            .map_err(|source| ProjectorError::Body { url, source })
+    }
+}
+
+/// Path segments we build are UUIDs we validated; still, never let one
+/// change the path.
+fn segment(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect()
+}
+
+impl Projector for HttpProjector {
+    fn record<'a>(
+        &'a self,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ExecutionRecord>, ProjectorError>> {
+        Box::pin(async move {
+            self.get(
+                &format!("/v1/instances/{}", segment(instance_id)),
+                &[],
+                None,
+            )
+            .await
+        })
+    }
+
+    fn entry<'a>(
+        &'a self,
+        instance_id: &'a str,
+        position: LogPosition,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Option<EntryView>, ProjectorError>> {
+        Box::pin(async move {
+            let wait = wait.min(MAX_WAIT);
+            let query = [
+                ("partition", position.partition.to_string()),
+                ("offset", position.offset.to_string()),
+                ("wait_ms", wait.as_millis().to_string()),
+            ];
+            // The projector holds the request up to wait_ms before answering.
+            let timeout = wait + Duration::from_secs(5);
+            self.get(
+                &format!("/v1/instances/{}/entries", segment(instance_id)),
+                &query,
+                Some(timeout),
+            )
+            .await
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        status: StatusName,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page, ProjectorError>> {
+        Box::pin(async move {
+            let mut query = vec![
+                ("status", status.as_str().to_owned()),
+                ("limit", limit.to_string()),
+            ];
+            if let Some(after) = after {
+                query.push(("after", after.to_owned()));
+            }
+            let page: Option<Page> = self.get("/v1/instances", &query, None).await?;
+            Ok(page.unwrap_or(Page {
+                instances: Vec::new(),
+                next: None,
+            }))
+        })
+    }
+}
