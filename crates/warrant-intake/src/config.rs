@@ -96,7 +96,7 @@ mod tests {
 
     #[test]
     fn the_example_ruleset_loads_and_resolves() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ruleset.yaml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/ruleset.yaml");
         let loaded = LoadedRuleset::load(&path).expect("example ruleset is valid");
         assert_eq!(
             loaded.ruleset.digest(),
@@ -109,7 +109,7 @@ mod tests {
         assert_eq!(loaded.ruleset.resolve(&other).id, "everything-else");
         // Every role the example rules name is held by some example reviewer.
         let principals = load_principals(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/principals.yaml"),
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/principals.yaml"),
         )
         .expect("example principals are valid");
         for rule in loaded.ruleset.rules() {

@@ -559,7 +559,8 @@ mod tests {
     use super::*;
 
     fn ruleset() -> Ruleset {
-        Ruleset::parse(include_bytes!("../examples/ruleset.yaml")).expect("example ruleset")
+        Ruleset::parse(include_bytes!("../../../deploy/examples/ruleset.yaml"))
+            .expect("example ruleset")
     }
 
     fn check(source: Source, value: &[u8]) -> Verdict {

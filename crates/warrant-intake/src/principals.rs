@@ -320,7 +320,7 @@ fn validate_reviewer(entry: ReviewerFile) -> Result<Reviewer, PrincipalsError> {
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../examples/principals.yaml");
+    const EXAMPLE: &str = include_str!("../../../deploy/examples/principals.yaml");
 
     fn error_of(text: &str) -> String {
         match Principals::parse(text.as_bytes()) {

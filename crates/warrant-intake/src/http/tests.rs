@@ -214,7 +214,7 @@ pub(crate) struct Harness {
 fn example(name: &str) -> Vec<u8> {
     std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("examples")
+            .join("../../deploy/examples")
             .join(name),
     )
     .expect("example file")

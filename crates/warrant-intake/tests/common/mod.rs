@@ -14,7 +14,7 @@ use warrant_kafka::{partitions_of, watermarks, KafkaArgs};
 
 pub fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
+        .join("../../deploy/examples")
         .join(name)
 }
 
