@@ -332,10 +332,14 @@ rules:
         }
     }
 
+    /// The error and its causes, as an operator would read them.
     fn error_of(text: &str) -> String {
         match Ruleset::parse(text.as_bytes()) {
             Ok(_) => panic!("ruleset should have been refused"),
-            Err(e) => e.to_string(),
+            Err(e) => match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            },
         }
     }
 

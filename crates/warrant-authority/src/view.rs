@@ -204,7 +204,14 @@ impl ExecutionRecord {
                 | EventBody::ProposalWithdrawn(_) => {}
             }
         }
-        self.history.push(EntryView {
+        self.history.push(EntryView::from(entry));
+    }
+}
+
+impl From<&HistoryEntry> for EntryView {
+    fn from(entry: &HistoryEntry) -> Self {
+        let envelope = entry.event.as_ref();
+        EntryView {
             seq: entry.seq,
             recorded_at: entry.recorded_at,
             position: entry.position,
@@ -213,7 +220,7 @@ impl ExecutionRecord {
             submitted_by: envelope.map(|e| e.submitted_by.clone()),
             outcome: entry.outcome.clone(),
             hash: entry.hash,
-        });
+        }
     }
 }
 

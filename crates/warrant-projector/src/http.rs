@@ -1,0 +1,627 @@
+//! The read API: execution records, status queues, the checkpoint, health
+//! and metrics. Every error is `{"error":{"code","message"}}`; a 5xx says
+//! nothing about internals (the cause goes to the log).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use tokio::sync::watch;
+use warrant_authority::{EntryView, LogPosition, StatusName};
+
+use crate::error::Error;
+use crate::error_chain;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::Progress;
+
+/// Page size of `GET /v1/instances` when `limit` is not given.
+pub const DEFAULT_LIMIT: usize = 50;
+/// Largest accepted `limit`.
+pub const MAX_LIMIT: usize = 1000;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    /// Changes after every committed batch; wakes the entry long-poll.
+    pub committed: watch::Receiver<Progress>,
+}
+
+/// The longest a client may ask `GET /v1/instances/{id}/entries` to wait.
+const MAX_ENTRY_WAIT: Duration = Duration::from_secs(30);
+
+/// The HTTP API of the projector.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/instances", get(list_instances))
+        .route("/v1/instances/{id}", get(get_instance))
+        .route("/v1/instances/{id}/entries", get(get_entry))
+        .route("/v1/checkpoint", get(get_checkpoint))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(get_metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), track_latency))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// An API error with a stable code; renders as `{"error":{"code","message"}}`.
+#[derive(Debug)]
+pub enum AppError {
+    NotFound(String),
+    /// The position is not committed yet (the long-poll ran out).
+    NotFolded(String),
+    BadRequest {
+        code: &'static str,
+        message: String,
+    },
+    MethodNotAllowed,
+    /// Logged in full, answered as a bare 500.
+    Internal(Error),
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            AppError::NotFound(message) => (StatusCode::NOT_FOUND, "not_found", message),
+            AppError::NotFolded(message) => (StatusCode::NOT_FOUND, "not_folded", message),
+            AppError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message),
+            AppError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route only answers GET".to_owned(),
+            ),
+            AppError::Internal(error) => {
+                tracing::error!(error = %error_chain(&error), "request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error".to_owned(),
+                )
+            }
+        };
+        let body = serde_json::json!({ "error": { "code": code, "message": message } });
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<Error> for AppError {
+    fn from(error: Error) -> Self {
+        AppError::Internal(error)
+    }
+}
+
+/// `Query` whose rejection is our JSON 400, never axum's plain text.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(AppError::BadRequest {
+                code: "invalid_query",
+                message: rejection.body_text(),
+            }),
+        }
+    }
+}
+
+/// `Path` whose rejection is our JSON 400.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(AppError::BadRequest {
+                code: "invalid_path",
+                message: rejection.body_text(),
+            }),
+        }
+    }
+}
+
+/// Run a store read off the async workers.
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, AppError> {
+    match tokio::task::spawn_blocking(read).await {
+        Ok(result) => result.map_err(AppError::Internal),
+        Err(_) => Err(AppError::Internal(Error::ThreadDied { name: "http read" })),
+    }
+}
+
+/// Note a read that found bad bytes, so the next start rebuilds the view.
+fn note_corruption(store: &Store, error: &AppError) {
+    if let AppError::Internal(Error::Corrupt { what }) = error {
+        store.mark_corrupt(what);
+    }
+}
+
+async fn get_instance(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, AppError> {
+    let store = state.store.clone();
+    let lookup = id.clone();
+    let record = blocking(move || store.record(&lookup))
+        .await
+        .inspect_err(|e| note_corruption(&state.store, e))?;
+    match record {
+        Some(record) => Ok(Json(record).into_response()),
+        None => Err(AppError::NotFound(format!(
+            "no instance {id:?} in the view"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryQuery {
+    partition: String,
+    offset: String,
+    wait_ms: Option<String>,
+}
+
+/// `GET /v1/instances/{id}/entries?partition=P&offset=O&wait_ms=N`: the
+/// history entry the fold made of the record at that log position, once it
+/// is committed. Intake answers an execution request with it, so the grant
+/// or refusal a client sees is the fold's, never intake's own.
+async fn get_entry(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<EntryQuery>,
+) -> Result<Response, AppError> {
+    let invalid = |what: &str, text: &str| AppError::BadRequest {
+        code: "invalid_query",
+        message: format!("{what} must be a non-negative integer, not {text:?}"),
+    };
+    let partition = query
+        .partition
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p >= 0)
+        .ok_or_else(|| invalid("partition", &query.partition))?;
+    let offset = query
+        .offset
+        .parse::<i64>()
+        .ok()
+        .filter(|o| *o >= 0)
+        .ok_or_else(|| invalid("offset", &query.offset))?;
+    let wait = match query.wait_ms.as_deref() {
+        None => Duration::ZERO,
+        Some(text) => {
+            Duration::from_millis(text.parse::<u64>().map_err(|_| invalid("wait_ms", text))?)
+        }
+    }
+    .min(MAX_ENTRY_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    let position = LogPosition { partition, offset };
+    let mut committed = state.committed.clone();
+    loop {
+        // Mark the current value seen before reading the store, so a commit
+        // that lands in between still wakes the wait below.
+        committed.borrow_and_update();
+        let store = state.store.clone();
+        let lookup = id.clone();
+        let found = blocking(move || {
+            let folded = store
+                .offsets()?
+                .get(&partition)
+                .is_some_and(|next| *next > offset);
+            if !folded {
+                return Ok(None);
+            }
+            Ok(Some(store.history(&lookup)?.and_then(|(_, history)| {
+                history
+                    .iter()
+                    .find(|e| e.position == position)
+                    .map(EntryView::from)
+            })))
+        })
+        .await
+        .inspect_err(|e| note_corruption(&state.store, e))?;
+        match found {
+            Some(Some(entry)) => return Ok(Json(entry).into_response()),
+            Some(None) => {
+                return Err(AppError::NotFound(format!(
+                    "the record at {partition}:{offset} is not an event of instance {id:?}"
+                )))
+            }
+            None => {}
+        }
+        match tokio::time::timeout_at(deadline, committed.changed()).await {
+            Ok(Ok(())) => {}
+            // Out of time, or the fold stopped.
+            Ok(Err(_)) | Err(_) => {
+                return Err(AppError::NotFolded(format!(
+                    "{partition}:{offset} is not folded yet"
+                )))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+async fn list_instances(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Response, AppError> {
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(StatusName::parse(text).ok_or_else(|| AppError::BadRequest {
+            code: "invalid_status",
+            message: format!(
+                "unknown status {text:?}; expected one of {}",
+                StatusName::ALL.map(StatusName::as_str).join(", ")
+            ),
+        })?),
+    };
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+            .ok_or_else(|| AppError::BadRequest {
+                code: "invalid_limit",
+                message: format!("limit must be an integer from 1 to {MAX_LIMIT}, not {text:?}"),
+            })?,
+    };
+    let store = state.store.clone();
+    let page = blocking(move || store.list(status, query.after.as_deref(), limit))
+        .await
+        .inspect_err(|e| note_corruption(&state.store, e))?;
+    Ok(Json(page).into_response())
+}
+
+async fn get_checkpoint(State(state): State<AppState>) -> Result<Response, AppError> {
+    let store = state.store.clone();
+    let checkpoint = blocking(move || store.checkpoint())
+        .await
+        .inspect_err(|e| note_corruption(&state.store, e))?;
+    Ok(Json(checkpoint).into_response())
+}
+
+async fn healthz() -> Response {
+    Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+async fn get_metrics(State(state): State<AppState>) -> Result<Response, AppError> {
+    let text = state
+        .metrics
+        .encode()
+        .map_err(|_| AppError::Internal(Error::Metrics))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("no such route".to_owned())
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed
+}
+
+async fn track_latency(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.observe_http(
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use axum::body::Body;
+    use axum::http::{Method, Request as HttpRequest};
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+    use tower::ServiceExt;
+    use warrant_schema::samples;
+
+    use super::*;
+    use crate::testutil::*;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        app: Router,
+        ledger: warrant_authority::Ledger,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let mut log = mixed_log();
+        // Three more instances waiting for a decision, one for signals.
+        for n in [11, 12, 13] {
+            log.extend(history_for(&instance_id(n), 3).iter().map(|e| record(1, e)));
+        }
+        log.extend(
+            history_for(&instance_id(14), 1)
+                .iter()
+                .map(|e| record(1, e)),
+        );
+        fold_into(&store, &log);
+        let app = router(AppState {
+            store,
+            metrics: Arc::new(Metrics::new()),
+            committed: watch::channel(Progress::default()).1,
+        });
+        Fixture {
+            _dir: dir,
+            app,
+            ledger: ledger_of(&log),
+        }
+    }
+
+    async fn call(app: &Router, method: Method, uri: &str) -> (StatusCode, String, Vec<u8>) {
+        let request = HttpRequest::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        (status, content_type, body)
+    }
+
+    async fn get_json(app: &Router, uri: &str) -> (StatusCode, Value) {
+        let (status, content_type, body) = call(app, Method::GET, uri).await;
+        assert_eq!(content_type, "application/json", "{uri}");
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    fn assert_error(body: &Value, code: &str) {
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+        assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
+    }
+
+    #[tokio::test]
+    async fn an_instance_is_served_as_the_shared_execution_record() {
+        let fx = fixture();
+        let (status, body) =
+            get_json(&fx.app, &format!("/v1/instances/{}", samples::INSTANCE_ID)).await;
+        assert_eq!(status, StatusCode::OK);
+        let expected = fx.ledger.get(samples::INSTANCE_ID).unwrap().record();
+        assert_eq!(body, serde_json::to_value(&expected).unwrap());
+        assert_eq!(body["head_hash"], expected.head_hash.to_string());
+    }
+
+    #[tokio::test]
+    async fn a_committed_position_is_answered_with_the_folds_entry() {
+        let fx = fixture();
+        let folded = fx.ledger.get(samples::INSTANCE_ID).unwrap();
+        let entry = &folded.history[1];
+        let uri = format!(
+            "/v1/instances/{}/entries?partition={}&offset={}&wait_ms=10",
+            samples::INSTANCE_ID,
+            entry.position.partition,
+            entry.position.offset
+        );
+        let (status, body) = get_json(&fx.app, &uri).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, serde_json::to_value(EntryView::from(entry)).unwrap());
+
+        // Beyond the committed offsets: not folded (yet), after the wait.
+        let uri = format!(
+            "/v1/instances/{}/entries?partition=0&offset=999999&wait_ms=20",
+            samples::INSTANCE_ID
+        );
+        let (status, body) = get_json(&fx.app, &uri).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"]["code"], "not_folded");
+
+        // Committed, but another instance's record.
+        let uri = format!(
+            "/v1/instances/{}/entries?partition={}&offset={}",
+            instance_id(999),
+            entry.position.partition,
+            entry.position.offset
+        );
+        let (status, body) = get_json(&fx.app, &uri).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"]["code"], "not_found");
+
+        let (status, body) =
+            get_json(&fx.app, "/v1/instances/x/entries?partition=-1&offset=0").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["code"], "invalid_query");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_instance_is_a_json_404() {
+        let fx = fixture();
+        let (status, body) =
+            get_json(&fx.app, &format!("/v1/instances/{}", instance_id(404))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_error(&body, "not_found");
+        let (status, body) = get_json(&fx.app, "/v1/nothing-here").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_error(&body, "not_found");
+    }
+
+    #[tokio::test]
+    async fn bad_list_parameters_are_json_400s() {
+        let fx = fixture();
+        for (uri, code) in [
+            ("/v1/instances?status=PAUSED", "invalid_status"),
+            ("/v1/instances?status=awaiting_decision", "invalid_status"),
+            ("/v1/instances?limit=0", "invalid_limit"),
+            ("/v1/instances?limit=1001", "invalid_limit"),
+            ("/v1/instances?limit=ten", "invalid_limit"),
+            ("/v1/instances?limit=-1", "invalid_limit"),
+            ("/v1/instances?stauts=BLOCKED", "invalid_query"),
+            (
+                "/v1/instances?status=BLOCKED&status=FAILED",
+                "invalid_query",
+            ),
+        ] {
+            let (status, body) = get_json(&fx.app, uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+            assert_error(&body, code);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_queue_pages_by_instance_id() {
+        let fx = fixture();
+        let (status, body) =
+            get_json(&fx.app, "/v1/instances?status=AWAITING_DECISION&limit=2").await;
+        assert_eq!(status, StatusCode::OK);
+        let ids: Vec<&str> = body["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["instance_id"].as_str().unwrap())
+            .collect();
+        // Instance 7 of the mixed log also waits (its Malformed record changed nothing).
+        assert_eq!(ids, [instance_id(7), instance_id(11)]);
+        assert_eq!(body["next"], instance_id(11));
+        let first = &body["instances"][1];
+        assert_eq!(first["status"], "AWAITING_DECISION");
+        assert_eq!(first["entries"], 3);
+        let expected_head = fx
+            .ledger
+            .get(&instance_id(11))
+            .unwrap()
+            .state
+            .head
+            .to_string();
+        assert_eq!(first["head_hash"], expected_head);
+        assert_eq!(first.as_object().unwrap().len(), 4);
+
+        let uri = format!(
+            "/v1/instances?status=AWAITING_DECISION&limit=2&after={}",
+            instance_id(11)
+        );
+        let (_, body) = get_json(&fx.app, &uri).await;
+        assert_eq!(body["instances"].as_array().unwrap().len(), 2);
+        assert_eq!(body["instances"][0]["instance_id"], instance_id(12));
+        assert_eq!(body["instances"][1]["instance_id"], instance_id(13));
+        assert_eq!(body["next"], Value::Null);
+        let (_, body) = get_json(&fx.app, "/v1/instances?status=AWAITING_SIGNALS").await;
+        assert_eq!(body["instances"].as_array().unwrap().len(), 1);
+        assert_eq!(body["instances"][0]["instance_id"], instance_id(14));
+
+        // Without a status: every instance, the default page holds them all.
+        let (_, body) = get_json(&fx.app, "/v1/instances").await;
+        let all = body["instances"].as_array().unwrap();
+        assert_eq!(all.len(), fx.ledger.len());
+        assert!(all
+            .iter()
+            .any(|i| i["instance_id"] == "quarantine" && i["status"].is_null()));
+        assert_eq!(body["next"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn the_checkpoint_names_offsets_count_and_digest() {
+        let fx = fixture();
+        let (status, body) = get_json(&fx.app, "/v1/checkpoint").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["topic"], TOPIC);
+        let mixed = mixed_log().len() as i64;
+        assert_eq!(
+            body["partitions"],
+            serde_json::json!({ "0": mixed, "1": 10 })
+        );
+        assert_eq!(body["instances"], fx.ledger.len() as u64);
+        assert_eq!(body["digest"], fx.ledger.checkpoint_digest().to_string());
+        assert_eq!(body["digest"].as_str().unwrap().len(), 64);
+        assert_eq!(body.as_object().unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn health_metrics_and_methods() {
+        let fx = fixture();
+        let (status, body) = get_json(&fx.app, "/healthz").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["status"], "ok");
+
+        let (status, _, body) = call(&fx.app, Method::POST, "/v1/checkpoint").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_error(
+            &serde_json::from_slice(&body).unwrap(),
+            "method_not_allowed",
+        );
+
+        let (status, content_type, body) = call(&fx.app, Method::GET, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "{content_type}"
+        );
+        let text = String::from_utf8(body).unwrap();
+        assert!(
+            text.contains("warrant_projector_records_folded_total"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warrant_projector_refusals_total{code=\"Malformed\"}"),
+            "{text}"
+        );
+        // The requests above were timed, by route and status.
+        assert!(
+            text.contains("warrant_projector_http_request_duration_seconds_count{route=\"/healthz\",status=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,96 @@
+//! `warrant-projector`: fold `warrant.log` into a sled view and serve it.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// Folds the Warrant log into a local view and serves execution records.
+///
+/// Consumes every partition of the log topic from the offsets stored in its
+/// sled directory, folds each event with the same code as warrant-replay,
+/// and serves:
+///
+///   GET /v1/instances/{id}            the execution record of one instance
+///   GET /v1/instances?status=S&limit=N&after=ID
+///                                     instances by status, paged by id
+///   GET /v1/checkpoint                consumed offsets and a digest of all heads
+///   GET /healthz, GET /metrics
+///
+/// The sled directory is a disposable cache of the log: delete it (with the
+/// projector stopped) and the next start rebuilds it from offset 0.
+#[derive(Debug, Parser)]
+#[command(name = "warrant-projector", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(flatten)]
+    args: warrant_projector::Args,
+    /// Log line format.
+    #[arg(long, env = "WARRANT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot listen for SIGTERM; only SIGINT stops the projector");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.args.config()?;
+    let summary = warrant_projector::run(config, shutdown_signal()).await?;
+    tracing::info!(
+        records = summary.progress.records,
+        batches = summary.progress.batches,
+        caught_up = summary.progress.caught_up,
+        "projector stopped"
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "projector failed");
+            ExitCode::FAILURE
+        }
+    }
+}

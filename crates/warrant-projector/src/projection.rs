@@ -1,0 +1,300 @@
+//! The fold stage: log records in, sealed sled batches out.
+//!
+//! Every record goes through `warrant_authority::step` exactly as replay
+//! folds it; nothing here decides anything. Instance states touched by the
+//! current batch (and recently) are cached, so a hot instance is read and
+//! serialised once per batch, not once per event.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::Arc;
+
+use warrant_authority::{
+    instance_for_key, step, InstanceState, LogEvent, LogPosition, Outcome, RefusalCode, StatusName,
+};
+
+use crate::error::Error;
+use crate::store::{self, StatusCounts, Store};
+
+/// A fixed (unkeyed) hash: it only saves sled reads, so a collision costs a
+/// read and nothing else.
+fn id_hash(id: &[u8]) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(id)
+}
+
+/// What one batch did, for metrics and logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    pub records: u64,
+    /// Records whose bytes did not decode as an `Envelope`.
+    pub malformed: u64,
+    pub violations: u64,
+    pub refusals: BTreeMap<RefusalCode, u64>,
+    /// `recorded_at` of the last decoded event.
+    pub last_recorded_at: Option<i64>,
+}
+
+/// A batch ready to commit: state, history, index, counts and offsets in
+/// one `sled::Batch`.
+#[derive(Debug)]
+pub struct Sealed {
+    /// History runs, index removals, counts and offsets.
+    pub batch: sled::Batch,
+    /// Index keys and the states to store under them, serialised by
+    /// [`Sealed::into_batch`] on the commit thread, off the fold's path.
+    states: Vec<(Vec<u8>, Arc<InstanceState>)>,
+    pub seq: u64,
+    /// Next offset per partition once this batch is committed.
+    pub offsets: BTreeMap<i32, i64>,
+    pub counts: StatusCounts,
+    pub stats: BatchStats,
+}
+
+impl Sealed {
+    /// The complete sled batch: serialises the states into it (and lets go
+    /// of them, so the fold can take them back without a copy).
+    pub fn take_batch(&mut self) -> Result<sled::Batch, Error> {
+        let mut batch = std::mem::take(&mut self.batch);
+        for (key, state) in self.states.drain(..) {
+            batch.insert(key, store::encode_index_value(&state)?);
+        }
+        Ok(batch)
+    }
+}
+
+#[derive(Debug)]
+struct Cached {
+    /// Shared with a sealed batch until the commit thread has encoded it.
+    state: Arc<InstanceState>,
+    /// Status as committed (or about to be, by an earlier sealed batch);
+    /// `None` while the instance has never been written.
+    persisted: Option<Option<StatusName>>,
+    /// Last batch that wrote this instance.
+    last_batch: u64,
+    dirty: bool,
+    /// Entries folded in the open batch, encoded (see `store::push_entry`).
+    run: Vec<u8>,
+    run_first_seq: u64,
+}
+
+/// Folds records into batches. One per consumer; the only writer of the store.
+#[derive(Debug)]
+pub struct Projection {
+    store: Arc<Store>,
+    cache: HashMap<String, Cached>,
+    cache_limit: usize,
+    /// A 64-bit hash of every instance id the store (or a pending batch)
+    /// holds: a miss proves an instance is new without asking sled, whose
+    /// reads wait while the commit thread applies a batch.
+    known: HashSet<u64>,
+    touched: Vec<String>,
+    offsets: BTreeMap<i32, i64>,
+    offsets_dirty: bool,
+    counts: StatusCounts,
+    stats: BatchStats,
+    seq: u64,
+}
+
+impl Projection {
+    /// Continue from what the store has committed.
+    pub fn new(store: Arc<Store>, cache_limit: usize) -> Result<Projection, Error> {
+        let offsets = store.offsets()?;
+        let counts = store.status_counts()?;
+        let mut known = HashSet::new();
+        store.for_each_instance(|id| {
+            known.insert(id_hash(id));
+        })?;
+        let seq = store.applied_seq() + 1;
+        Ok(Projection {
+            store,
+            cache: HashMap::new(),
+            cache_limit,
+            known,
+            touched: Vec::new(),
+            offsets,
+            offsets_dirty: false,
+            counts,
+            stats: BatchStats::default(),
+            seq,
+        })
+    }
+
+    /// Next offset to fold per partition (committed or pending).
+    pub fn offsets(&self) -> &BTreeMap<i32, i64> {
+        &self.offsets
+    }
+
+    /// Where to start a partition that has no stored offset; written with
+    /// the next batch so the checkpoint names every partition.
+    pub fn start_partition(&mut self, partition: i32, offset: i64) {
+        if let std::collections::btree_map::Entry::Vacant(vacant) = self.offsets.entry(partition) {
+            vacant.insert(offset);
+            self.offsets_dirty = true;
+        }
+    }
+
+    /// Records folded into the batch being built.
+    pub fn pending(&self) -> u64 {
+        self.stats.records
+    }
+
+    /// Fold one log record. A record at or before an offset already folded
+    /// is skipped (returns `false`): nothing is applied twice.
+    pub fn apply(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<bool, Error> {
+        if self
+            .offsets
+            .get(&partition)
+            .is_some_and(|next| offset < *next)
+        {
+            tracing::warn!(partition, offset, "record before the folded offset skipped");
+            return Ok(false);
+        }
+        let instance_id = instance_for_key(key);
+        // A record without a value folds as empty bytes: a Malformed refusal.
+        let bytes = value.unwrap_or_default();
+        let event = LogEvent::decode(LogPosition { partition, offset }, bytes);
+        let decoded = event.decoded.is_ok();
+
+        let cached = match self.cache.get_mut(&instance_id) {
+            Some(cached) => cached,
+            None => {
+                let stored = if self.known.insert(id_hash(instance_id.as_bytes())) {
+                    None
+                } else {
+                    self.store.state(&instance_id)?
+                };
+                let (state, persisted) = match stored {
+                    Some(state) => {
+                        let status = state.status();
+                        (state, Some(status))
+                    }
+                    None => (InstanceState::new(instance_id.clone()), None),
+                };
+                self.cache.entry(instance_id.clone()).or_insert(Cached {
+                    state: Arc::new(state),
+                    persisted,
+                    last_batch: 0,
+                    dirty: false,
+                    run: Vec::new(),
+                    run_first_seq: 0,
+                })
+            }
+        };
+        let shared = std::mem::replace(
+            &mut cached.state,
+            Arc::new(InstanceState::new(String::new())),
+        );
+        // Cloned only while a batch being committed still holds it.
+        let state = Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone());
+        let (state, entry) = step(state, event);
+        cached.state = Arc::new(state);
+        cached.last_batch = self.seq;
+        if !cached.dirty {
+            cached.dirty = true;
+            cached.run_first_seq = entry.seq;
+            self.touched.push(instance_id.clone());
+        }
+        store::push_entry(&mut cached.run, entry.position, bytes)?;
+        self.offsets.insert(partition, offset + 1);
+        self.offsets_dirty = true;
+
+        let stats = &mut self.stats;
+        stats.records += 1;
+        if let Some(at) = entry.recorded_at {
+            stats.last_recorded_at = Some(at);
+        }
+        match &entry.outcome {
+            Outcome::Applied { .. } => {}
+            Outcome::Refused { code, reason } => {
+                *stats.refusals.entry(*code).or_default() += 1;
+                if decoded {
+                    tracing::debug!(partition, offset, instance_id = %instance_id, code = code.as_str(), reason = %reason, "event refused");
+                } else {
+                    stats.malformed += 1;
+                    tracing::warn!(partition, offset, instance_id = %instance_id, reason = %reason, "malformed record refused");
+                }
+            }
+            Outcome::Violation { violation, reason } => {
+                stats.violations += 1;
+                tracing::warn!(partition, offset, instance_id = %instance_id, violation = violation.as_str(), reason = %reason, "violation recorded");
+            }
+        }
+        Ok(true)
+    }
+
+    /// Close the batch being built: add the touched states, their summaries
+    /// and index entries, the status counts and the offsets. `None` when
+    /// there is nothing to write.
+    pub fn seal(&mut self) -> Result<Option<Sealed>, Error> {
+        if self.touched.is_empty() && !self.offsets_dirty {
+            return Ok(None);
+        }
+        let mut batch = sled::Batch::default();
+        let mut states = Vec::with_capacity(self.touched.len());
+        for instance_id in self.touched.drain(..) {
+            let Some(cached) = self.cache.get_mut(&instance_id) else {
+                continue;
+            };
+            cached.dirty = false;
+            let run = std::mem::take(&mut cached.run);
+            batch.insert(
+                store::history_run_key(&instance_id, cached.run_first_seq),
+                run,
+            );
+            let status = cached.state.status();
+            states.push((store::index_key(status, &instance_id), cached.state.clone()));
+            match cached.persisted {
+                Some(before) if before == status => {}
+                before => {
+                    if let Some(before) = before {
+                        self.counts.remove(before);
+                        batch.remove(store::index_key(before, &instance_id));
+                    }
+                    self.counts.add(status);
+                    cached.persisted = Some(status);
+                }
+            }
+        }
+        for (status, count) in self.counts.iter() {
+            batch.insert(&store::count_key(status)[..], &count.to_be_bytes()[..]);
+        }
+        for (partition, next) in &self.offsets {
+            batch.insert(&store::offset_key(*partition)[..], &next.to_be_bytes()[..]);
+        }
+        self.offsets_dirty = false;
+        let sealed = Sealed {
+            batch,
+            states,
+            seq: self.seq,
+            offsets: self.offsets.clone(),
+            counts: self.counts,
+            stats: std::mem::take(&mut self.stats),
+        };
+        self.seq += 1;
+        if self.cache.len() > self.cache_limit {
+            // Only states the store already holds may go: a state from a
+            // batch still on its way to sled would be read back stale.
+            let applied = self.store.applied_seq();
+            self.cache.retain(|_, cached| cached.last_batch > applied);
+        }
+        Ok(Some(sealed))
+    }
+
+    /// Apply and flush a sealed batch on the calling thread (tests, and
+    /// callers without a separate commit thread).
+    pub fn commit_now(&mut self) -> Result<Option<Sealed>, Error> {
+        let Some(mut sealed) = self.seal()? else {
+            return Ok(None);
+        };
+        let batch = sealed.take_batch()?;
+        self.store.apply(batch, sealed.seq)?;
+        self.store.flush()?;
+        Ok(Some(sealed))
+    }
+}

@@ -1,0 +1,1272 @@
+//! The sled view of the log: instance states, their histories, a status
+//! index and the consumed offsets, all in one tree so that one `Batch`
+//! commits them together.
+//!
+//! The view is disposable (NOTES.md, sled): the log is the truth. A
+//! directory that fails to open, carries another format or another topic,
+//! or was marked corrupt is wiped and rebuilt from offset 0.
+//!
+//! Layout (one sled tree; the first byte of a key names its table):
+//!
+//! | key | value |
+//! |---|---|
+//! | `~format` | [`FORMAT`] |
+//! | `~topic` | the log topic name |
+//! | `~corrupt` | present only when a read found bad bytes: rebuild on next start |
+//! | `c` status-code | instances with that status, u64 BE (code 0xFF: no proposal) |
+//! | `h` instance-id 0x00 first-seq-u64-BE | a run: the instance's log records from one batch, see `push_entry` |
+//! | `i` status-code instance-id | entries u64 BE, head hash (32 bytes), then the `InstanceState` (MessagePack); every instance is under exactly one status (0xFF: no proposal) |
+//! | `o` partition-i32-BE | next offset to consume, i64 BE |
+//!
+//! A history entry is stored as its log record (position and bytes, exactly
+//! as on the log). Reading refolds them with `warrant_authority::fold` — the
+//! code replay runs — and checks the result against the stored head hash, so
+//! a served record is replay's record by construction. The entries an
+//! instance gets in one batch are one value (a run): sled's cost is per key,
+//! so a key per entry would dominate the fold. For the same reason the state
+//! lives in the index value: a batch writes two keys per instance it touched
+//! (plus one removal when the status changed), whatever the number of events.
+//!
+//! States are MessagePack (`rmp_serde`, structs as arrays): a change to the
+//! serde shape of `InstanceState` or anything in it must bump [`FORMAT`].
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
+
+use serde::Serialize;
+use warrant_authority::{
+    checkpoint_digest, fold, ExecutionRecord, Hash32, HistoryEntry, InstanceState, LogEvent,
+    LogPosition, StatusName,
+};
+
+use crate::error::Error;
+
+/// Bump when anything in the layout or the value encodings changes (or when
+/// the codec could decode stored bytes differently): an older view is then
+/// rebuilt instead of misread.
+pub const FORMAT: &str = "warrant-projector/1";
+
+const META_FORMAT: &[u8] = b"~format";
+const META_TOPIC: &[u8] = b"~topic";
+const META_CORRUPT: &[u8] = b"~corrupt";
+const COUNT: u8 = b'c';
+const HISTORY: u8 = b'h';
+const INDEX: u8 = b'i';
+const OFFSET: u8 = b'o';
+
+/// Status code for an instance that has no proposal (yet).
+pub(crate) const NO_STATUS: u8 = 0xFF;
+
+/// The stored code of a status. Explicit, so reordering `StatusName` can
+/// never silently change what stored bytes mean.
+pub(crate) fn status_code(status: Option<StatusName>) -> u8 {
+    match status {
+        None => NO_STATUS,
+        Some(StatusName::AwaitingSignals) => 0,
+        Some(StatusName::AwaitingDecision) => 1,
+        Some(StatusName::Blocked) => 2,
+        Some(StatusName::Authorized) => 3,
+        Some(StatusName::Executing) => 4,
+        Some(StatusName::Completed) => 5,
+        Some(StatusName::Failed) => 6,
+        Some(StatusName::Rejected) => 7,
+        Some(StatusName::Expired) => 8,
+        Some(StatusName::Withdrawn) => 9,
+    }
+}
+
+fn status_from_code(code: u8) -> Result<Option<StatusName>, Error> {
+    if code == NO_STATUS {
+        return Ok(None);
+    }
+    StatusName::ALL
+        .into_iter()
+        .find(|status| status_code(Some(*status)) == code)
+        .map(Some)
+        .ok_or_else(|| Error::corrupt(format!("unknown status code {code}")))
+}
+
+/// How many instances have each status; index = status code, the last slot
+/// counts instances without a proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatusCounts(pub [u64; 11]);
+
+impl StatusCounts {
+    fn slot(status: Option<StatusName>) -> usize {
+        match status_code(status) {
+            NO_STATUS => 10,
+            code => usize::from(code),
+        }
+    }
+
+    pub fn get(&self, status: Option<StatusName>) -> u64 {
+        self.0[Self::slot(status)]
+    }
+
+    pub(crate) fn add(&mut self, status: Option<StatusName>) {
+        self.0[Self::slot(status)] += 1;
+    }
+
+    pub(crate) fn remove(&mut self, status: Option<StatusName>) {
+        let slot = &mut self.0[Self::slot(status)];
+        *slot = slot.saturating_sub(1);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// `(status, count)` for every status, `None` last.
+    pub fn iter(&self) -> impl Iterator<Item = (Option<StatusName>, u64)> + '_ {
+        StatusName::ALL
+            .into_iter()
+            .map(Some)
+            .chain(std::iter::once(None))
+            .map(|status| (status, self.get(status)))
+    }
+}
+
+/// One line of `GET /v1/instances`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceSummary {
+    pub instance_id: String,
+    pub status: Option<StatusName>,
+    pub head_hash: Hash32,
+    pub entries: u64,
+}
+
+/// A page of instances; `next` is the cursor for the following page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Page {
+    pub instances: Vec<InstanceSummary>,
+    pub next: Option<String>,
+}
+
+/// `GET /v1/checkpoint`: what the view has consumed and a digest of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Checkpoint {
+    pub topic: String,
+    /// Next offset to consume, per partition.
+    pub partitions: BTreeMap<i32, i64>,
+    pub instances: u64,
+    /// [`warrant_authority::checkpoint_digest`] over every instance's head.
+    pub digest: Hash32,
+}
+
+/// What [`Store::open`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// No view existed: start from the beginning of the log.
+    Fresh,
+    /// A compatible view: resume from its offsets.
+    Resumed,
+    /// The old view was unusable and was wiped; start from the beginning.
+    Rebuilt { reason: String },
+}
+
+/// Settings of the sled view.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// The sled view, shared by the commit thread (the only writer) and HTTP.
+#[derive(Debug)]
+pub struct Store {
+    db: sled::Db,
+    topic: String,
+    sled_dir: PathBuf,
+    options: StoreOptions,
+    /// Held for writing while a batch is applied, for reading by scans that
+    /// must see whole batches (sled's own lock covers single gets only).
+    gate: RwLock<()>,
+    /// Sequence number of the last applied batch.
+    applied: AtomicU64,
+    checkpoint: Mutex<Option<(u64, Checkpoint)>>,
+    /// Keeps a second projector off this directory.
+    _lock: File,
+}
+
+impl Store {
+    /// Open (or create) the view under `data_dir` for `topic`; an unusable
+    /// view is wiped and rebuilt, with a warning that says why.
+    pub fn open(
+        data_dir: &Path,
+        topic: &str,
+        options: StoreOptions,
+    ) -> Result<(Store, Opened), Error> {
+        let data_dir_error = |source| Error::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(data_dir).map_err(data_dir_error)?;
+        let lock_path = data_dir.join("projector.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(data_dir_error)?;
+        lock.try_lock().map_err(|source| Error::Locked {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let sled_dir = data_dir.join("sled");
+        let existed = sled_dir.exists();
+
+        let (db, opened) = match open_sled(&sled_dir, &options) {
+            Ok(db) => match check_meta(&db, topic)? {
+                Meta::Compatible => (db, Opened::Resumed),
+                Meta::Empty => (
+                    db,
+                    if existed {
+                        Opened::Rebuilt {
+                            reason: "the view was empty".to_owned(),
+                        }
+                    } else {
+                        Opened::Fresh
+                    },
+                ),
+                Meta::Incompatible(reason) => {
+                    drop(db);
+                    (
+                        wipe_and_open(&sled_dir, &options, &reason)?,
+                        Opened::Rebuilt { reason },
+                    )
+                }
+            },
+            Err(reason) => (
+                wipe_and_open(&sled_dir, &options, &reason)?,
+                Opened::Rebuilt { reason },
+            ),
+        };
+        if opened != Opened::Resumed {
+            write_meta(&db, topic)?;
+        }
+        let store = Store {
+            db,
+            topic: topic.to_owned(),
+            sled_dir,
+            options,
+            gate: RwLock::new(()),
+            applied: AtomicU64::new(0),
+            checkpoint: Mutex::new(None),
+            _lock: lock,
+        };
+        Ok((store, opened))
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Empty the view in place (the log changed under it, e.g. the topic was
+    /// recreated): the next fold starts from offset 0.
+    pub fn reset(&self, reason: &str) -> Result<(), Error> {
+        tracing::warn!(path = %self.sled_dir.display(), reason, "sled view does not match the log; clearing it and rebuilding from offset 0");
+        let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        self.db.clear().map_err(Error::sled("clear the view"))?;
+        write_meta(&self.db, &self.topic)?;
+        self.db.flush().map_err(Error::sled("flush"))?;
+        *self
+            .checkpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        Ok(())
+    }
+
+    /// Record that stored bytes were found corrupt, so the next start
+    /// rebuilds the view instead of tripping over them again.
+    pub fn mark_corrupt(&self, what: &str) {
+        tracing::error!(path = %self.sled_dir.display(), what, "sled view is corrupt; it will be rebuilt on the next start");
+        let marked = self
+            .db
+            .insert(META_CORRUPT, what.as_bytes())
+            .and_then(|_| self.db.flush());
+        if let Err(error) = marked {
+            tracing::error!(error = %error, "cannot mark the sled view corrupt");
+        }
+    }
+
+    /// The next offset to consume per partition, as last committed.
+    pub fn offsets(&self) -> Result<BTreeMap<i32, i64>, Error> {
+        let mut offsets = BTreeMap::new();
+        for item in self.db.scan_prefix([OFFSET]) {
+            let (key, value) = item.map_err(Error::sled("read offsets"))?;
+            let partition = key
+                .get(1..)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(i32::from_be_bytes)
+                .ok_or_else(|| Error::corrupt("offset key"))?;
+            offsets.insert(partition, decode_i64(&value, "offset")?);
+        }
+        Ok(offsets)
+    }
+
+    /// How many instances have each status, as last committed.
+    pub fn status_counts(&self) -> Result<StatusCounts, Error> {
+        let mut counts = StatusCounts::default();
+        for item in self.db.scan_prefix([COUNT]) {
+            let (key, value) = item.map_err(Error::sled("read counts"))?;
+            let code = key
+                .get(1)
+                .copied()
+                .ok_or_else(|| Error::corrupt("count key"))?;
+            let status = status_from_code(code)?;
+            counts.0[StatusCounts::slot(status)] = decode_u64(&value, "count")?;
+        }
+        Ok(counts)
+    }
+
+    /// Call `each` with the id of every instance in the view (any order).
+    pub fn for_each_instance(&self, mut each: impl FnMut(&[u8])) -> Result<(), Error> {
+        for item in self.db.scan_prefix([INDEX]) {
+            let (key, _) = item.map_err(Error::sled("read the index"))?;
+            each(key.get(2..).unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// The stored state of one instance (looked up under every status: the
+    /// state lives in the index, so a batch writes one key per instance).
+    pub fn state(&self, instance_id: &str) -> Result<Option<InstanceState>, Error> {
+        // No batch may move the instance between two of these reads.
+        let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+        for status in StatusName::ALL
+            .into_iter()
+            .map(Some)
+            .chain(std::iter::once(None))
+        {
+            let found = self
+                .db
+                .get(index_key(status, instance_id))
+                .map_err(Error::sled("read a state"))?;
+            if let Some(value) = found {
+                return decode_state(instance_id, &value).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The state and full history of one instance, consistent with each
+    /// other: entries committed after the state was read are left out.
+    ///
+    /// The entries are refolded from their stored log records with
+    /// `warrant_authority::fold`, exactly as replay folds them, and the
+    /// result must end on the stored head hash; anything else is corruption
+    /// (or a fold that changed under a view built by an older one).
+    pub fn history(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<(InstanceState, Vec<HistoryEntry>)>, Error> {
+        let Some(stored) = self.state(instance_id)? else {
+            return Ok(None);
+        };
+        let corrupt = |what: String| Error::corrupt(format!("history of {instance_id}: {what}"));
+        let prefix = history_prefix(instance_id);
+        let runs: Vec<sled::IVec> = self
+            .db
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (key, value) = item.map_err(Error::sled("read a history"))?;
+                let first = key
+                    .get(prefix.len()..)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| corrupt("a run key".to_owned()))?;
+                Ok((first, value))
+            })
+            .take_while(|run| !matches!(run, Ok((first, _)) if *first > stored.entries))
+            .collect::<Result<Vec<(u64, sled::IVec)>, Error>>()?
+            .into_iter()
+            .map(|(_, value)| value)
+            .collect();
+        let mut records = Vec::with_capacity(usize::try_from(stored.entries).unwrap_or(0));
+        'runs: for run in &runs {
+            let mut rest: &[u8] = run;
+            while !rest.is_empty() {
+                if records.len() as u64 == stored.entries {
+                    // Committed after the state was read.
+                    break 'runs;
+                }
+                let (position, bytes, tail) = split_entry(rest)
+                    .map_err(|what| corrupt(format!("entry {}: {what}", records.len() + 1)))?;
+                records.push((position, bytes));
+                rest = tail;
+            }
+        }
+        if records.len() as u64 != stored.entries {
+            return Err(corrupt(format!(
+                "the state counts {} entries but the history holds {}",
+                stored.entries,
+                records.len()
+            )));
+        }
+        let (state, history) = fold(
+            instance_id,
+            records
+                .into_iter()
+                .map(|(position, bytes)| LogEvent::decode(position, bytes)),
+        );
+        if state.head != stored.head {
+            return Err(corrupt(format!(
+                "refolding gives head {} but the view holds {}",
+                state.head, stored.head
+            )));
+        }
+        Ok(Some((state, history)))
+    }
+
+    /// The execution record of one instance (SPEC §7).
+    pub fn record(&self, instance_id: &str) -> Result<Option<ExecutionRecord>, Error> {
+        Ok(self
+            .history(instance_id)?
+            .map(|(state, history)| ExecutionRecord::build(&state, &history)))
+    }
+
+    /// Instances in id order, after the cursor, optionally with one status.
+    pub fn list(
+        &self,
+        status: Option<StatusName>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, Error> {
+        let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+        let codes: Vec<u8> = match status {
+            Some(status) => vec![status_code(Some(status))],
+            None => StatusName::ALL
+                .into_iter()
+                .map(|s| status_code(Some(s)))
+                .chain(std::iter::once(NO_STATUS))
+                .collect(),
+        };
+        // One sorted scan per status, merged by instance id.
+        let mut scans: Vec<_> = codes
+            .iter()
+            .map(|code| scan_after(&self.db, vec![INDEX, *code], after).peekable())
+            .collect();
+        let mut instances = Vec::with_capacity(limit.min(1024));
+        let mut more = false;
+        loop {
+            let mut smallest: Option<(usize, &[u8])> = None;
+            for (index, scan) in scans.iter_mut().enumerate() {
+                match scan.peek() {
+                    None => {}
+                    Some(Err(_)) => {
+                        smallest = Some((index, &[]));
+                        break;
+                    }
+                    Some(Ok((key, _))) => {
+                        let id = key.get(2..).unwrap_or_default();
+                        if smallest.is_none_or(|(_, best)| id < best) {
+                            smallest = Some((index, id));
+                        }
+                    }
+                }
+            }
+            let Some((index, _)) = smallest else {
+                break;
+            };
+            if instances.len() == limit {
+                more = true;
+                break;
+            }
+            let Some(item) = scans[index].next() else {
+                break;
+            };
+            let (key, value) = item.map_err(Error::sled("list instances"))?;
+            instances.push(decode_summary(&key, &value)?);
+        }
+        let next = if more {
+            instances.last().map(|i| i.instance_id.clone())
+        } else {
+            None
+        };
+        Ok(Page { instances, next })
+    }
+
+    /// Offsets, instance count and the digest over all heads, as of one
+    /// committed batch. Recomputed only after a new batch was committed.
+    pub fn checkpoint(&self) -> Result<Checkpoint, Error> {
+        let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+        let applied = self.applied.load(Ordering::Acquire);
+        if let Some((at, checkpoint)) = &*self
+            .checkpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            if *at == applied {
+                return Ok(checkpoint.clone());
+            }
+        }
+        let mut heads = Vec::new();
+        for item in self.db.scan_prefix([INDEX]) {
+            let (key, value) = item.map_err(Error::sled("read the index"))?;
+            let summary = decode_summary(&key, &value)?;
+            heads.push((summary.instance_id, summary.head_hash));
+        }
+        let checkpoint = Checkpoint {
+            topic: self.topic.clone(),
+            partitions: self.offsets()?,
+            instances: heads.len() as u64,
+            digest: checkpoint_digest(heads.iter().map(|(id, head)| (id.as_str(), head))),
+        };
+        *self
+            .checkpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((applied, checkpoint.clone()));
+        Ok(checkpoint)
+    }
+
+    /// Apply one sealed batch atomically (not yet durable: see [`Store::flush`]).
+    pub fn apply(&self, batch: sled::Batch, seq: u64) -> Result<(), Error> {
+        let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        self.db
+            .apply_batch(batch)
+            .map_err(Error::sled("apply a batch"))?;
+        self.applied.store(seq, Ordering::Release);
+        Ok(())
+    }
+
+    /// Make every applied batch durable.
+    pub fn flush(&self) -> Result<usize, Error> {
+        self.db.flush().map_err(Error::sled("flush"))
+    }
+
+    /// Sequence number of the last applied batch.
+    pub fn applied_seq(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    pub fn sled_dir(&self) -> &Path {
+        &self.sled_dir
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+}
+
+enum Meta {
+    Compatible,
+    Empty,
+    Incompatible(String),
+}
+
+fn open_sled(dir: &Path, options: &StoreOptions) -> Result<sled::Db, String> {
+    let config = sled::Config::new()
+        .path(dir)
+        .cache_capacity(options.cache_bytes)
+        .mode(sled::Mode::HighThroughput)
+        // Every batch is flushed explicitly before its progress is reported.
+        .flush_every_ms(None);
+    // sled 0.34 has been seen to panic, not fail, on a damaged directory; a
+    // panic here means "unusable view", which the log can rebuild.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(error)) => Err(format!("sled cannot open it: {error}")),
+        Err(_) => Err("sled panicked while opening it".to_owned()),
+    }
+}
+
+fn wipe_and_open(dir: &Path, options: &StoreOptions, reason: &str) -> Result<sled::Db, Error> {
+    tracing::warn!(path = %dir.display(), reason, "sled view is unusable; wiping it and rebuilding from offset 0");
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|source| Error::DataDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    open_sled(dir, options).map_err(|reason| Error::Open {
+        path: dir.to_owned(),
+        source: sled::Error::Unsupported(reason),
+    })
+}
+
+fn check_meta(db: &sled::Db, topic: &str) -> Result<Meta, Error> {
+    let get = |key: &[u8]| db.get(key).map_err(Error::sled("read meta"));
+    if let Some(what) = get(META_CORRUPT)? {
+        return Ok(Meta::Incompatible(format!(
+            "it was marked corrupt ({})",
+            String::from_utf8_lossy(&what)
+        )));
+    }
+    let Some(format) = get(META_FORMAT)? else {
+        return Ok(if db.is_empty() {
+            Meta::Empty
+        } else {
+            Meta::Incompatible("it has no format marker".to_owned())
+        });
+    };
+    if format.as_ref() != FORMAT.as_bytes() {
+        return Ok(Meta::Incompatible(format!(
+            "its format is {:?}, this projector writes {FORMAT:?}",
+            String::from_utf8_lossy(&format)
+        )));
+    }
+    match get(META_TOPIC)? {
+        Some(stored) if stored.as_ref() == topic.as_bytes() => {}
+        stored => {
+            return Ok(Meta::Incompatible(format!(
+                "it was built from topic {:?}, not {topic:?}",
+                stored.map(|s| String::from_utf8_lossy(&s).into_owned())
+            )))
+        }
+    }
+    // The few keys everything else rests on must decode.
+    for item in db.scan_prefix([OFFSET]).chain(db.scan_prefix([COUNT])) {
+        let (key, value) = item.map_err(Error::sled("read meta"))?;
+        if key.len() != if key[0] == OFFSET { 5 } else { 2 } || value.len() != 8 {
+            return Ok(Meta::Incompatible(
+                "its offsets or counts do not decode".to_owned(),
+            ));
+        }
+    }
+    Ok(Meta::Compatible)
+}
+
+fn write_meta(db: &sled::Db, topic: &str) -> Result<(), Error> {
+    let mut batch = sled::Batch::default();
+    batch.insert(META_FORMAT, FORMAT.as_bytes());
+    batch.insert(META_TOPIC, topic.as_bytes());
+    batch.remove(META_CORRUPT);
+    db.apply_batch(batch).map_err(Error::sled("write meta"))?;
+    db.flush().map_err(Error::sled("flush"))?;
+    Ok(())
+}
+
+/// Keys strictly after `prefix ‖ after` (or from `prefix`) that start with `prefix`.
+fn scan_after(
+    db: &sled::Db,
+    prefix: Vec<u8>,
+    after: Option<&str>,
+) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> {
+    let start = match after {
+        Some(after) => {
+            let mut key = prefix.clone();
+            key.extend_from_slice(after.as_bytes());
+            Bound::Excluded(key)
+        }
+        None => Bound::Included(prefix.clone()),
+    };
+    let end = match prefix_end(&prefix) {
+        Some(end) => Bound::Excluded(end),
+        None => Bound::Unbounded,
+    };
+    db.range::<Vec<u8>, _>((start, end))
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+pub(crate) fn table_key(table: u8, instance_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + instance_id.len());
+    key.push(table);
+    key.extend_from_slice(instance_id.as_bytes());
+    key
+}
+
+fn history_prefix(instance_id: &str) -> Vec<u8> {
+    let mut key = table_key(HISTORY, instance_id);
+    key.push(0);
+    key
+}
+
+pub(crate) fn history_run_key(instance_id: &str, first_seq: u64) -> Vec<u8> {
+    let mut key = history_prefix(instance_id);
+    key.extend_from_slice(&first_seq.to_be_bytes());
+    key
+}
+
+/// The index key of an instance: its status code, then its id.
+pub(crate) fn index_key(status: Option<StatusName>, instance_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + instance_id.len());
+    key.push(INDEX);
+    key.push(status_code(status));
+    key.extend_from_slice(instance_id.as_bytes());
+    key
+}
+
+pub(crate) fn offset_key(partition: i32) -> [u8; 5] {
+    let mut key = [OFFSET, 0, 0, 0, 0];
+    key[1..].copy_from_slice(&partition.to_be_bytes());
+    key
+}
+
+pub(crate) fn count_key(status: Option<StatusName>) -> [u8; 2] {
+    [COUNT, status_code(status)]
+}
+
+/// The index value: entries u64 BE, the head hash, then the state.
+pub(crate) fn encode_index_value(state: &InstanceState) -> Result<Vec<u8>, Error> {
+    let mut value = Vec::with_capacity(SUMMARY_LEN + 1024);
+    value.extend_from_slice(&state.entries.to_be_bytes());
+    value.extend_from_slice(&state.head.0);
+    rmp_serde::encode::write(&mut value, state).map_err(|source| Error::Encode {
+        what: "an instance state",
+        source,
+    })?;
+    Ok(value)
+}
+
+const SUMMARY_LEN: usize = 40;
+
+fn decode_state(instance_id: &str, value: &[u8]) -> Result<InstanceState, Error> {
+    let state: InstanceState = value
+        .get(SUMMARY_LEN..)
+        .ok_or_else(|| Error::corrupt(format!("state of {instance_id}: too short")))
+        .and_then(|bytes| {
+            rmp_serde::from_slice(bytes)
+                .map_err(|e| Error::corrupt(format!("state of {instance_id}: {e}")))
+        })?;
+    if state.instance_id != instance_id {
+        return Err(Error::corrupt(format!(
+            "the state under {instance_id} names {}",
+            state.instance_id
+        )));
+    }
+    Ok(state)
+}
+
+fn decode_summary(key: &[u8], value: &[u8]) -> Result<InstanceSummary, Error> {
+    let (Some(code), Some(id)) = (key.get(1), key.get(2..)) else {
+        return Err(Error::corrupt("an index key"));
+    };
+    let instance_id = id_from_key(id)?;
+    let bytes = value
+        .get(..SUMMARY_LEN)
+        .ok_or_else(|| Error::corrupt(format!("summary of {instance_id}")))?;
+    let mut entries = [0u8; 8];
+    entries.copy_from_slice(&bytes[..8]);
+    let mut head = [0u8; 32];
+    head.copy_from_slice(&bytes[8..]);
+    Ok(InstanceSummary {
+        status: status_from_code(*code)?,
+        entries: u64::from_be_bytes(entries),
+        head_hash: Hash32(head),
+        instance_id,
+    })
+}
+
+fn id_from_key(bytes: &[u8]) -> Result<String, Error> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| Error::corrupt("an instance id is not UTF-8"))
+}
+
+fn decode_u64(value: &[u8], what: &str) -> Result<u64, Error> {
+    <[u8; 8]>::try_from(value)
+        .map(u64::from_be_bytes)
+        .map_err(|_| Error::corrupt(what.to_owned()))
+}
+
+fn decode_i64(value: &[u8], what: &str) -> Result<i64, Error> {
+    <[u8; 8]>::try_from(value)
+        .map(i64::from_be_bytes)
+        .map_err(|_| Error::corrupt(what.to_owned()))
+}
+
+const ENTRY_HEADER: usize = 4 + 8;
+
+/// Append one history entry to a run: its length (u32 BE), the record's
+/// partition (i32 BE) and offset (i64 BE), and its bytes exactly as on the
+/// log. That is all an entry needs: its outcome, hash and decoded event are
+/// what `warrant_authority::fold` makes of these bytes (see
+/// [`Store::history`]).
+pub(crate) fn push_entry(
+    run: &mut Vec<u8>,
+    position: LogPosition,
+    bytes: &[u8],
+) -> Result<(), Error> {
+    let len = u32::try_from(ENTRY_HEADER + bytes.len())
+        .map_err(|_| Error::Config("a log record over 4 GiB".to_owned()))?;
+    run.reserve(4 + ENTRY_HEADER + bytes.len());
+    run.extend_from_slice(&len.to_be_bytes());
+    run.extend_from_slice(&position.partition.to_be_bytes());
+    run.extend_from_slice(&position.offset.to_be_bytes());
+    run.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// The first entry of a run (position and bytes) and the rest of the run.
+fn split_entry(run: &[u8]) -> Result<(LogPosition, &[u8], &[u8]), String> {
+    let len = run
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes)
+        .ok_or("truncated length")?;
+    let end = usize::try_from(len)
+        .ok()
+        .filter(|len| *len >= ENTRY_HEADER)
+        .and_then(|len| len.checked_add(4))
+        .filter(|end| *end <= run.len())
+        .ok_or("bad entry length")?;
+    let entry = &run[4..end];
+    let (partition, rest) = entry.split_at(4);
+    let (offset, bytes) = rest.split_at(8);
+    let position = LogPosition {
+        partition: i32::from_be_bytes(partition.try_into().map_err(|_| "partition")?),
+        offset: i64::from_be_bytes(offset.try_into().map_err(|_| "offset")?),
+    };
+    Ok((position, bytes, &run[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use warrant_authority::QUARANTINE_INSTANCE;
+    use warrant_schema::samples;
+
+    use super::*;
+    use crate::projection::Projection;
+    use crate::testutil::*;
+
+    fn record_json(store: &Store, id: &str) -> serde_json::Value {
+        serde_json::to_value(store.record(id).unwrap().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_view_equals_the_shared_fold() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, opened) = open(dir.path());
+        assert_eq!(opened, Opened::Fresh);
+        let log = mixed_log();
+        fold_into(&store, &log);
+
+        let ledger = ledger_of(&log);
+        assert_eq!(ledger.len(), 3);
+        for (id, folded) in ledger.instances() {
+            assert_eq!(
+                record_json(&store, id),
+                serde_json::to_value(folded.record()).unwrap(),
+                "record of {id}"
+            );
+        }
+        // The sample history contains refusals and a violation; the
+        // quarantine and a Malformed entry are there too.
+        let sample = store.record(samples::INSTANCE_ID).unwrap().unwrap();
+        assert!(!sample.violations.is_empty());
+        let last = sample.history.last().unwrap();
+        assert_eq!(last.event, "Malformed");
+        assert!(store.record(QUARANTINE_INSTANCE).unwrap().is_some());
+        assert!(store.record(&instance_id(999)).unwrap().is_none());
+
+        let checkpoint = store.checkpoint().unwrap();
+        assert_eq!(
+            checkpoint.partitions,
+            BTreeMap::from([(0, log.len() as i64)])
+        );
+        assert_eq!(checkpoint.instances, 3);
+        assert_eq!(checkpoint.digest, ledger.checkpoint_digest());
+        assert_eq!(checkpoint.topic, TOPIC);
+    }
+
+    #[test]
+    fn batches_split_anywhere_give_the_same_view() {
+        let log = mixed_log();
+        let whole = tempfile::tempdir().unwrap();
+        let (whole_store, _) = open(whole.path());
+        fold_into(&whole_store, &log);
+
+        let split = tempfile::tempdir().unwrap();
+        let (split_store, _) = open(split.path());
+        let mut projection = Projection::new(split_store.clone(), 1).unwrap();
+        for chunk in log.chunks(2) {
+            apply(&mut projection, chunk);
+            projection.commit_now().unwrap();
+        }
+        assert_eq!(
+            whole_store.checkpoint().unwrap(),
+            split_store.checkpoint().unwrap()
+        );
+        assert_eq!(
+            record_json(&whole_store, samples::INSTANCE_ID),
+            record_json(&split_store, samples::INSTANCE_ID)
+        );
+    }
+
+    #[test]
+    fn an_uncommitted_batch_leaves_no_trace_and_resume_applies_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = mixed_log();
+        {
+            let (store, _) = open(dir.path());
+            let mut projection = Projection::new(store.clone(), 1000).unwrap();
+            apply(&mut projection, &log[..3]);
+            projection.commit_now().unwrap();
+            // Folded and sealed, but never applied: a crash before commit.
+            apply(&mut projection, &log[3..6]);
+            let _lost = projection.seal().unwrap().unwrap();
+        }
+        let (store, opened) = open(dir.path());
+        assert_eq!(opened, Opened::Resumed);
+        assert_eq!(store.offsets().unwrap(), BTreeMap::from([(0, 3)]));
+        let state = store.state(samples::INSTANCE_ID).unwrap().unwrap();
+        assert_eq!(state.entries, 3);
+        assert_eq!(
+            store
+                .history(samples::INSTANCE_ID)
+                .unwrap()
+                .unwrap()
+                .1
+                .len(),
+            3
+        );
+
+        let mut projection = Projection::new(store.clone(), 1000).unwrap();
+        // Redelivered records before the stored offset are skipped.
+        for (offset, (partition, key, value)) in log[..3].iter().enumerate() {
+            assert!(!projection
+                .apply(*partition, offset as i64, key.as_deref(), value.as_deref())
+                .unwrap());
+        }
+        apply(&mut projection, &log[3..]);
+        projection.commit_now().unwrap();
+        let ledger = ledger_of(&log);
+        assert_eq!(
+            record_json(&store, samples::INSTANCE_ID),
+            serde_json::to_value(ledger.get(samples::INSTANCE_ID).unwrap().record()).unwrap()
+        );
+        assert_eq!(
+            store.checkpoint().unwrap().digest,
+            ledger.checkpoint_digest()
+        );
+    }
+
+    #[test]
+    fn another_topic_or_format_or_a_corrupt_mark_rebuilds_the_view() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = open(dir.path());
+            fold_into(&store, &mixed_log());
+        }
+        // Same topic: resumed, data kept.
+        {
+            let (store, opened) = open(dir.path());
+            assert_eq!(opened, Opened::Resumed);
+            assert_eq!(store.checkpoint().unwrap().instances, 3);
+        }
+        // Another topic: wiped.
+        {
+            let (store, opened) =
+                Store::open(dir.path(), "other.log", StoreOptions::default()).unwrap();
+            assert!(
+                matches!(opened, Opened::Rebuilt { ref reason } if reason.contains("topic")),
+                "{opened:?}"
+            );
+            assert_eq!(store.checkpoint().unwrap().instances, 0);
+            assert!(store.offsets().unwrap().is_empty());
+            assert_eq!(store.status_counts().unwrap().total(), 0);
+        }
+        // Back to ours: the view now belongs to "other.log", rebuilt again.
+        let (store, opened) = open(dir.path());
+        assert!(matches!(opened, Opened::Rebuilt { .. }));
+        fold_into(&store, &mixed_log());
+        store
+            .db
+            .insert(META_FORMAT, &b"warrant-projector/0"[..])
+            .unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        let (store, opened) = open(dir.path());
+        assert!(
+            matches!(opened, Opened::Rebuilt { ref reason } if reason.contains("format")),
+            "{opened:?}"
+        );
+        assert!(store.record(samples::INSTANCE_ID).unwrap().is_none());
+
+        fold_into(&store, &mixed_log());
+        store.mark_corrupt("a test said so");
+        drop(store);
+        let (store, opened) = open(dir.path());
+        assert!(
+            matches!(opened, Opened::Rebuilt { ref reason } if reason.contains("corrupt")),
+            "{opened:?}"
+        );
+        assert_eq!(store.checkpoint().unwrap().instances, 0);
+    }
+
+    #[test]
+    fn a_directory_sled_cannot_open_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = open(dir.path());
+            fold_into(&store, &mixed_log());
+        }
+        let sled_dir = dir.path().join("sled");
+        // Destroy sled's own files.
+        for entry in std::fs::read_dir(&sled_dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::write(&path, b"\xde\xad\xbe\xef not sled").unwrap();
+            }
+        }
+        let (store, opened) = open(dir.path());
+        assert!(matches!(opened, Opened::Rebuilt { .. }), "{opened:?}");
+        assert!(store.offsets().unwrap().is_empty());
+        fold_into(&store, &mixed_log());
+        assert_eq!(
+            store.checkpoint().unwrap().digest,
+            ledger_of(&mixed_log()).checkpoint_digest()
+        );
+    }
+
+    #[test]
+    fn a_second_projector_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, _) = open(dir.path());
+        let second = Store::open(dir.path(), TOPIC, StoreOptions::default());
+        assert!(matches!(second, Err(Error::Locked { .. })), "{second:?}");
+    }
+
+    #[test]
+    fn reset_empties_the_view_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        fold_into(&store, &mixed_log());
+        assert_eq!(store.checkpoint().unwrap().instances, 3);
+        store.reset("a test").unwrap();
+        assert_eq!(store.checkpoint().unwrap().instances, 0);
+        assert!(store.offsets().unwrap().is_empty());
+        drop(store);
+        let (_, opened) = open(dir.path());
+        assert_eq!(opened, Opened::Resumed);
+    }
+
+    /// Proposed only: AWAITING_SIGNALS. With both required signals:
+    /// AWAITING_DECISION.
+    fn queue_log(awaiting_signals: &[u32], awaiting_decision: &[u32]) -> Vec<Record> {
+        let mut log = Vec::new();
+        for n in awaiting_signals {
+            log.extend(
+                history_for(&instance_id(*n), 1)
+                    .iter()
+                    .map(|e| record(0, e)),
+            );
+        }
+        for n in awaiting_decision {
+            log.extend(
+                history_for(&instance_id(*n), 3)
+                    .iter()
+                    .map(|e| record(1, e)),
+            );
+        }
+        log
+    }
+
+    #[test]
+    fn the_status_index_pages_in_id_order_and_follows_transitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        fold_into(&store, &queue_log(&[1, 2, 3], &[9, 5, 7, 6, 8]));
+
+        let decision = Some(StatusName::AwaitingDecision);
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.list(decision, after.as_deref(), 2).unwrap();
+            assert!(page.instances.len() <= 2);
+            for summary in &page.instances {
+                assert_eq!(summary.status, decision);
+                assert_eq!(summary.entries, 3);
+                assert_eq!(
+                    summary.head_hash,
+                    store.state(&summary.instance_id).unwrap().unwrap().head
+                );
+            }
+            seen.extend(page.instances.iter().map(|s| s.instance_id.clone()));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, [5, 6, 7, 8, 9].map(instance_id));
+
+        let signals = store
+            .list(Some(StatusName::AwaitingSignals), None, 50)
+            .unwrap();
+        assert_eq!(
+            signals
+                .instances
+                .iter()
+                .map(|s| s.instance_id.clone())
+                .collect::<Vec<_>>(),
+            [1, 2, 3].map(instance_id)
+        );
+        assert_eq!(signals.next, None);
+        let all = store.list(None, Some(&instance_id(3)), 3).unwrap();
+        assert_eq!(
+            all.instances
+                .iter()
+                .map(|s| s.instance_id.clone())
+                .collect::<Vec<_>>(),
+            [5, 6, 7].map(instance_id)
+        );
+        assert_eq!(all.next, Some(instance_id(7)));
+        assert!(store
+            .list(Some(StatusName::Completed), None, 50)
+            .unwrap()
+            .instances
+            .is_empty());
+
+        // Instance 2 gets both signals: it moves queues, in the counts too.
+        let mut projection = Projection::new(store.clone(), 1000).unwrap();
+        let events = history_for(&instance_id(2), 3);
+        let offset = projection.offsets()[&0];
+        for (i, envelope) in events[1..].iter().enumerate() {
+            let (partition, key, value) = record(0, envelope);
+            projection
+                .apply(
+                    partition,
+                    offset + i as i64,
+                    key.as_deref(),
+                    value.as_deref(),
+                )
+                .unwrap();
+        }
+        projection.commit_now().unwrap();
+        let signals = store
+            .list(Some(StatusName::AwaitingSignals), None, 50)
+            .unwrap();
+        assert_eq!(signals.instances.len(), 2);
+        assert!(signals
+            .instances
+            .iter()
+            .all(|s| s.instance_id != instance_id(2)));
+        assert_eq!(store.list(decision, None, 50).unwrap().instances.len(), 6);
+        let counts = store.status_counts().unwrap();
+        assert_eq!(counts.get(Some(StatusName::AwaitingSignals)), 2);
+        assert_eq!(counts.get(decision), 6);
+        assert_eq!(counts.total(), 8);
+    }
+
+    #[test]
+    fn states_of_every_shape_round_trip_through_the_index_value() {
+        let id = instance_id(3);
+        let events = history_for(&id, usize::MAX);
+        // Indexes into the sample history: quorum, override, expiry,
+        // withdrawal, a violation, and nothing proposed at all.
+        for picks in [
+            &[0, 1, 2, 3, 4][..],
+            &[0, 7],
+            &[0, 8],
+            &[0, 9],
+            &[0, 1, 2, 3, 4, 5, 6],
+            &[1],
+        ] {
+            let records: Vec<Vec<u8>> = picks
+                .iter()
+                .map(|n| warrant_schema::encode(&events[*n]).unwrap())
+                .collect();
+            let (state, _) = fold(
+                &id,
+                records.iter().enumerate().map(|(offset, bytes)| {
+                    LogEvent::decode(
+                        LogPosition {
+                            partition: 0,
+                            offset: offset as i64,
+                        },
+                        bytes,
+                    )
+                }),
+            );
+            let value = encode_index_value(&state).unwrap();
+            assert_eq!(decode_state(&id, &value).unwrap(), state, "{picks:?}");
+            let key = index_key(state.status(), &id);
+            let summary = decode_summary(&key, &value).unwrap();
+            assert_eq!(
+                (summary.entries, summary.head_hash, summary.status),
+                (state.entries, state.head, state.status())
+            );
+        }
+        assert!(decode_state(&id, &[0; 39]).is_err());
+        assert!(decode_state(
+            &instance_id(4),
+            &encode_index_value(&InstanceState::new(id.clone())).unwrap()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn runs_round_trip_and_reject_truncation() {
+        let log = mixed_log();
+        let mut run = Vec::new();
+        for (offset, (partition, _, value)) in log.iter().enumerate() {
+            let position = LogPosition {
+                partition: *partition,
+                offset: offset as i64,
+            };
+            push_entry(&mut run, position, value.as_deref().unwrap_or_default()).unwrap();
+        }
+        let mut rest = &run[..];
+        for (offset, (partition, _, value)) in log.iter().enumerate() {
+            let (position, bytes, tail) = split_entry(rest).unwrap();
+            assert_eq!(
+                position,
+                LogPosition {
+                    partition: *partition,
+                    offset: offset as i64
+                }
+            );
+            assert_eq!(bytes, value.as_deref().unwrap_or_default());
+            rest = tail;
+        }
+        assert!(rest.is_empty());
+        assert!(split_entry(&run[..3]).is_err());
+        let mut truncated = &run[..run.len() - 1];
+        let mut failed = false;
+        while !truncated.is_empty() {
+            match split_entry(truncated) {
+                Ok((_, _, tail)) => truncated = tail,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        assert!(failed, "a truncated run must not split cleanly");
+    }
+
+    #[test]
+    fn a_history_that_does_not_refold_to_the_stored_head_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        fold_into(&store, &mixed_log());
+        // Swap one stored record's bytes for another valid event's.
+        let prefix = history_prefix(samples::INSTANCE_ID);
+        let (key, value) = store.db.scan_prefix(&prefix).next().unwrap().unwrap();
+        let mut run = value.to_vec();
+        let (_, bytes, _) = split_entry(&run).unwrap();
+        let replacement = history_for(samples::INSTANCE_ID, 2)[1].clone();
+        let mut other = warrant_schema::encode(&replacement).unwrap();
+        other.resize(bytes.len(), 0);
+        let start = 4 + ENTRY_HEADER;
+        run[start..start + other.len()].copy_from_slice(&other);
+        store.db.insert(key, run).unwrap();
+        let result = store.record(samples::INSTANCE_ID);
+        assert!(matches!(result, Err(Error::Corrupt { .. })), "{result:?}");
+        // Other instances are unaffected.
+        assert!(store.record(&instance_id(7)).unwrap().is_some());
+    }
+}
