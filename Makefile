@@ -1,6 +1,6 @@
 # One entry point for routine tasks. The README's two commands are
 # `make demo` and `make test`.
-.PHONY: test demo kafka-up kafka-down bench bench-fold fmt lint
+.PHONY: test demo kafka-up kafka-down bench-fold bench-log fmt lint
 
 test: ## every test: Rust, Python, and end-to-end against a local Kafka
 	bash scripts/test.sh
@@ -16,6 +16,9 @@ kafka-down: ## stop the local Kafka
 
 bench-fold: ## decode + fold + hash throughput (criterion)
 	cargo bench -p warrant-authority --bench fold
+
+bench-log: ## 1M events: kcat vs warrant-replay vs projector catch-up, and projector RSS
+	bash scripts/bench-log.sh
 
 fmt:
 	cargo fmt --all
