@@ -1,0 +1,420 @@
+//! Reading a range of the log from Kafka: partitions assigned by hand (no
+//! group, nothing committed), one `BaseConsumer` per reader thread polled
+//! in a plain loop, large fetches, and a stop at the range's end so a
+//! replay always terminates.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use warrant_kafka::{partitions_of, watermarks, KafkaArgs, METADATA_TIMEOUT};
+
+use crate::range::{clamp_range, Bound, PartitionRange, RangeSpec};
+use crate::source::{Progress, RawRecord, Sink};
+use crate::Error;
+
+/// How long one poll waits before checking for a stall.
+const POLL_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Progress is published to the shared counter every this many records.
+const PROGRESS_BATCH: u64 = 4096;
+
+/// Replay's consumer: `KafkaArgs::consumer_config` (read_committed, no
+/// commits) with large fetches and a deep prefetch queue, since replay
+/// reads whole partitions as fast as it can, and no silent offset reset.
+pub fn consumer_config(kafka: &KafkaArgs) -> ClientConfig {
+    let mut config = kafka.consumer_config("warrant-replay");
+    config
+        // A range whose start was deleted by retention while we read must
+        // fail, not silently restart somewhere else.
+        .set("auto.offset.reset", "error")
+        .set("enable.partition.eof", "true")
+        .set("fetch.max.bytes", "104857600")
+        .set("receive.message.max.bytes", "105000000")
+        .set("max.partition.fetch.bytes", "16777216")
+        .set("fetch.min.bytes", "1")
+        .set("fetch.wait.max.ms", "50")
+        .set("fetch.queue.backoff.ms", "5")
+        .set("queued.min.messages", "1000000")
+        .set("queued.max.messages.kbytes", "65536")
+        .set("check.crcs", "false");
+    config
+}
+
+fn consumer(kafka: &KafkaArgs) -> Result<BaseConsumer, Error> {
+    consumer_config(kafka).create().map_err(|source| {
+        Error::Kafka(warrant_kafka::Error::Client {
+            role: "consumer",
+            brokers: kafka.brokers.clone(),
+            source,
+        })
+    })
+}
+
+/// Resolve the flags to `[start, end)` on every requested partition, from
+/// the watermarks observed now (so the replay terminates) and, for times,
+/// `offsets_for_times`.
+pub fn resolve(kafka: &KafkaArgs, spec: &RangeSpec) -> Result<Vec<PartitionRange>, Error> {
+    let topic = kafka.log_topic.as_str();
+    let consumer = consumer(kafka)?;
+    let all = partitions_of(&consumer, topic)?;
+    if let Some(missing) = spec.partitions.iter().find(|p| !all.contains(p)) {
+        return Err(Error::NoSuchPartition {
+            topic: topic.to_owned(),
+            partition: *missing,
+        });
+    }
+    let partitions: Vec<i32> = all
+        .into_iter()
+        .filter(|p| spec.includes_partition(*p))
+        .collect();
+    let mut marks = BTreeMap::new();
+    for partition in &partitions {
+        marks.insert(*partition, watermarks(&consumer, topic, *partition)?);
+    }
+    let from = offsets_at(&consumer, topic, &marks, spec.from)?;
+    let to = offsets_at(&consumer, topic, &marks, spec.to)?;
+    Ok(partitions
+        .iter()
+        .map(|p| {
+            let range = clamp_range(*p, marks[p], from.get(p).copied(), to.get(p).copied());
+            tracing::debug!(
+                topic,
+                partition = p,
+                low = marks[p].0,
+                high = marks[p].1,
+                start = range.start,
+                end = range.end,
+                "range resolved"
+            );
+            range
+        })
+        .collect())
+}
+
+/// The offset a bound names on each partition.
+fn offsets_at(
+    consumer: &BaseConsumer,
+    topic: &str,
+    marks: &BTreeMap<i32, (i64, i64)>,
+    bound: Option<Bound>,
+) -> Result<BTreeMap<i32, i64>, Error> {
+    let time = match bound {
+        None => return Ok(BTreeMap::new()),
+        Some(Bound::Offset(offset)) => return Ok(marks.keys().map(|p| (*p, offset)).collect()),
+        Some(Bound::Time(time)) => time,
+    };
+    let mut query = TopicPartitionList::new();
+    for partition in marks.keys() {
+        query
+            .add_partition_offset(topic, *partition, Offset::Offset(time))
+            .map_err(|source| Error::KafkaCall {
+                what: "look up offsets by time",
+                topic: topic.to_owned(),
+                source,
+            })?;
+    }
+    let answer = consumer
+        .offsets_for_times(query, METADATA_TIMEOUT)
+        .map_err(|source| Error::KafkaCall {
+            what: "look up offsets by time",
+            topic: topic.to_owned(),
+            source,
+        })?;
+    let mut offsets = BTreeMap::new();
+    for element in answer.elements_for_topic(topic) {
+        let partition = element.partition();
+        let Some((_, high)) = marks.get(&partition) else {
+            continue;
+        };
+        if let Err(e) = element.error() {
+            return Err(Error::OffsetForTime {
+                topic: topic.to_owned(),
+                partition,
+                time,
+                reason: e.to_string(),
+            });
+        }
+        let offset = match element.offset() {
+            Offset::Offset(offset) => offset,
+            // No record at or after that time: the bound is the end.
+            Offset::End => *high,
+            other => {
+                return Err(Error::OffsetForTime {
+                    topic: topic.to_owned(),
+                    partition,
+                    time,
+                    reason: format!("broker answered {other:?}"),
+                })
+            }
+        };
+        offsets.insert(partition, offset);
+    }
+    if let Some(missing) = marks.keys().find(|p| !offsets.contains_key(p)) {
+        return Err(Error::OffsetForTime {
+            topic: topic.to_owned(),
+            partition: *missing,
+            time,
+            reason: "no answer for this partition".to_owned(),
+        });
+    }
+    Ok(offsets)
+}
+
+/// How reader threads share the partitions: round robin, at most one
+/// thread per non-empty range.
+pub fn plan(ranges: &[PartitionRange], threads: usize) -> Vec<Vec<PartitionRange>> {
+    let work: Vec<PartitionRange> = ranges.iter().copied().filter(|r| !r.is_empty()).collect();
+    let threads = threads.clamp(1, work.len().max(1));
+    let mut plan = vec![Vec::new(); threads];
+    for (index, range) in work.into_iter().enumerate() {
+        plan[index % threads].push(range);
+    }
+    plan.retain(|ranges| !ranges.is_empty());
+    plan
+}
+
+/// Read `plan[i]` into `sinks[i]` on one thread each, and give the sinks back.
+pub fn read<S: Sink + Send>(
+    kafka: &KafkaArgs,
+    plan: Vec<Vec<PartitionRange>>,
+    sinks: Vec<S>,
+    progress: &Progress,
+    stall_timeout: Duration,
+) -> Result<Vec<S>, Error> {
+    progress.set_total(plan.iter().flatten().map(PartitionRange::len).sum());
+    progress.run(|| {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = plan
+                .into_iter()
+                .zip(sinks)
+                .map(|(ranges, mut sink)| {
+                    scope.spawn(move || {
+                        read_ranges(kafka, &ranges, &mut sink, progress, stall_timeout)
+                            .map(|()| sink)
+                    })
+                })
+                .collect();
+            let mut sinks = Vec::with_capacity(handles.len());
+            let mut first_error = None;
+            for handle in handles {
+                match handle.join() {
+                    Ok(Ok(sink)) => sinks.push(sink),
+                    Ok(Err(e)) => {
+                        first_error.get_or_insert(e);
+                    }
+                    Err(_) => {
+                        first_error.get_or_insert(Error::Worker);
+                    }
+                }
+            }
+            match first_error {
+                Some(e) => Err(e),
+                None => Ok(sinks),
+            }
+        })
+    })
+}
+
+/// Where one partition's read stands.
+struct Reading {
+    range: PartitionRange,
+    next: i64,
+}
+
+fn positions(pending: &BTreeMap<i32, Reading>) -> String {
+    let list: Vec<String> = pending
+        .iter()
+        .map(|(p, r)| format!("{p}@{}", r.next))
+        .collect();
+    list.join(",")
+}
+
+/// Whether a consumer error ends the read. Transport trouble is retried by
+/// librdkafka (and bounded by the stall timeout); anything about the
+/// partition or the offsets is not going to fix itself.
+fn is_fatal(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::MessageConsumption(code) => !matches!(
+            code,
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::BrokerNotAvailable
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+        ),
+        _ => true,
+    }
+}
+
+fn read_ranges<S: Sink>(
+    kafka: &KafkaArgs,
+    ranges: &[PartitionRange],
+    sink: &mut S,
+    progress: &Progress,
+    stall_timeout: Duration,
+) -> Result<(), Error> {
+    let topic = kafka.log_topic.as_str();
+    let consumer = consumer(kafka)?;
+    let kafka_call = |what: &'static str| {
+        move |source| Error::KafkaCall {
+            what,
+            topic: topic.to_owned(),
+            source,
+        }
+    };
+    let mut assignment = TopicPartitionList::new();
+    let mut pending = BTreeMap::new();
+    for range in ranges.iter().filter(|r| !r.is_empty()) {
+        assignment
+            .add_partition_offset(topic, range.partition, Offset::Offset(range.start))
+            .map_err(kafka_call("assign partitions"))?;
+        pending.insert(
+            range.partition,
+            Reading {
+                range: *range,
+                next: range.start,
+            },
+        );
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(kafka_call("assign partitions"))?;
+
+    let mut last_record = Instant::now();
+    let mut unreported = 0u64;
+    while !pending.is_empty() {
+        let message = match consumer.poll(POLL_TIMEOUT) {
+            None => {
+                if last_record.elapsed() >= stall_timeout {
+                    return Err(Error::Stalled {
+                        topic: topic.to_owned(),
+                        positions: positions(&pending),
+                        seconds: stall_timeout.as_secs(),
+                    });
+                }
+                continue;
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                // The end of what is on the log now: nothing more of this
+                // range can arrive (transaction markers can hide the last
+                // offsets of a range from a read_committed consumer).
+                if let Some(reading) = pending.remove(&partition) {
+                    tracing::debug!(
+                        topic,
+                        partition,
+                        next = reading.next,
+                        end = reading.range.end,
+                        "partition end reached"
+                    );
+                }
+                continue;
+            }
+            Some(Err(error)) if is_fatal(&error) => {
+                return Err(Error::Read {
+                    topic: topic.to_owned(),
+                    positions: positions(&pending),
+                    source: Box::new(error),
+                })
+            }
+            Some(Err(error)) => {
+                tracing::warn!(topic, positions = %positions(&pending), error = %error, "kafka trouble; retrying");
+                continue;
+            }
+            Some(Ok(message)) => message,
+        };
+        last_record = Instant::now();
+        let partition = message.partition();
+        let offset = message.offset();
+        let Some(reading) = pending.get_mut(&partition) else {
+            continue;
+        };
+        if offset >= reading.range.end {
+            finish(&consumer, topic, &mut pending, partition);
+            continue;
+        }
+        sink.record(&RawRecord {
+            topic,
+            partition,
+            offset,
+            timestamp: message.timestamp().to_millis(),
+            key: message.key(),
+            value: message.payload().unwrap_or(&[]),
+            log_start: reading.range.log_start,
+        })?;
+        reading.next = offset + 1;
+        unreported += 1;
+        if unreported == PROGRESS_BATCH {
+            progress.add(unreported);
+            unreported = 0;
+        }
+        if reading.next >= reading.range.end {
+            finish(&consumer, topic, &mut pending, partition);
+        }
+    }
+    progress.add(unreported);
+    Ok(())
+}
+
+/// Stop fetching a partition whose range is done.
+fn finish(
+    consumer: &BaseConsumer,
+    topic: &str,
+    pending: &mut BTreeMap<i32, Reading>,
+    partition: i32,
+) {
+    pending.remove(&partition);
+    if pending.is_empty() {
+        return;
+    }
+    let mut done = TopicPartitionList::new();
+    done.add_partition(topic, partition);
+    if let Err(error) = consumer.pause(&done) {
+        tracing::debug!(topic, partition, error = %error, "cannot pause a finished partition");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(partition: i32, start: i64, end: i64) -> PartitionRange {
+        PartitionRange {
+            partition,
+            log_start: 0,
+            start,
+            end,
+        }
+    }
+
+    #[test]
+    fn partitions_are_shared_round_robin_without_empty_ranges() {
+        let ranges = [
+            range(0, 0, 10),
+            range(1, 5, 5),
+            range(2, 0, 3),
+            range(3, 1, 2),
+        ];
+        let plan = plan(&ranges, 2);
+        let partitions: Vec<Vec<i32>> = plan
+            .iter()
+            .map(|r| r.iter().map(|r| r.partition).collect())
+            .collect();
+        assert_eq!(partitions, vec![vec![0, 3], vec![2]]);
+        assert_eq!(super::plan(&ranges, 64).len(), 3);
+        assert_eq!(super::plan(&ranges, 0).len(), 1);
+        assert!(super::plan(&[range(0, 3, 3)], 4).is_empty());
+    }
+}

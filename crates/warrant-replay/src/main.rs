@@ -1,0 +1,445 @@
+//! `warrant-replay`: the command line over the `warrant_replay` library.
+//! `--help` is the manual.
+
+// Errors end a run (at most once per process), so their size never matters
+// on a hot path; boxing every Kafka error would only add noise.
+#![allow(clippy::result_large_err)]
+
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use warrant_kafka::KafkaArgs;
+use warrant_replay::{
+    export, replay, text, verify, ExportOptions, Keep, RangeSpec, Replay, ReplayOptions, Source,
+    VerifyOptions, VerifyReport,
+};
+
+const ABOUT: &str = "Replay Warrant's log for auditors: rebuild execution records, verify a projector, export ranges.";
+
+const MANUAL: &str = "\
+Replay Warrant's log for auditors: rebuild execution records, verify a projector, export ranges.
+
+warrant-replay reads a range of the authoritative log (--log-topic, default
+warrant.log) or an export file, folds it with the same code as the projector
+and prints the execution record of every instance (SPEC §7).
+
+RANGES are half-open per partition: --from is the first offset read, --to the
+first offset NOT read (like a high watermark or a projector checkpoint offset).
+Without --partition they apply to every partition. --from-time/--to-time take
+RFC 3339 (2026-11-18T08:26:40Z, 2026-11-18T09:26:40+01:00, 2026-11-18) or epoch
+milliseconds and select by Kafka record timestamp (offsets_for_times). By
+default the whole log is read, up to the high watermarks seen at start, so a
+replay always ends. Partitions are assigned directly: no consumer group, no
+commits.
+
+PARTIAL instances: when the range starts after the log does, an instance whose
+first event in the range is not its (applied) proposal may have earlier events
+outside the range. Its record is marked partial (\"partial\": true in JSON, a
+PARTIAL line in text) and --verify reports it as not verifiable instead of
+failing it.
+
+--verify URL compares every replayed instance with the projector at URL
+(GET /v1/instances/{id}, GET /v1/checkpoint): entry by entry on the entries the
+range holds (the projector may have folded more), and the checkpoint digest when
+the range covers every partition from the log's start to exactly the
+checkpoint's offsets. Only differences are listed, then a summary line; it goes
+to stdout (to stderr with --format json/ndjson, whose document then carries it).
+
+export --out FILE writes the range to an Avro object container file (schema
+warrant.LogRecord, schemas/log_record.avsc, codec null) that any Avro tool can
+read; values are kept byte for byte. --file FILE replays such a file instead of
+Kafka; every other flag works the same.
+
+EXIT CODES: 0 ok (every comparable instance verified), 1 verification found a
+difference, 2 usage, input or I/O error.
+
+EXAMPLES:
+  warrant-replay --instance 6f1c2b9e-4d0a-4c7e-9a51-0d2f3b8c7e11
+  warrant-replay --format ndjson --from-time 2026-11-01 --to-time 2026-12-01
+  warrant-replay --verify http://127.0.0.1:8081
+  warrant-replay export --out log-2026-11.avro --from-time 2026-11-01 --to-time 2026-12-01
+  warrant-replay --file log-2026-11.avro --verify http://127.0.0.1:8081";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "warrant-replay",
+    version,
+    about = ABOUT,
+    long_about = MANUAL,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    replay: ReplayArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a range of the log to an Avro object container file.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// A readable report per instance.
+    Text,
+    /// One JSON document: source, ranges, summary, records (and verification).
+    Json,
+    /// One record per line.
+    Ndjson,
+    /// No records (the summary and any verification only).
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flags shared by replay and export.
+#[derive(Debug, Args)]
+struct Common {
+    /// Read this export file instead of Kafka.
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_FILE",
+        value_name = "FILE",
+        help_heading = "Input"
+    )]
+    file: Option<PathBuf>,
+
+    /// Only these partitions (repeat or comma-separate); default all.
+    #[arg(
+        long = "partition",
+        env = "WARRANT_REPLAY_PARTITIONS",
+        value_name = "N",
+        value_delimiter = ',',
+        help_heading = "Range"
+    )]
+    partitions: Vec<i32>,
+    /// First offset to read (inclusive) on each selected partition.
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_FROM",
+        value_name = "OFFSET",
+        conflicts_with = "from_time",
+        help_heading = "Range"
+    )]
+    from: Option<i64>,
+    /// First offset NOT to read (exclusive); default the high watermark at start.
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_TO",
+        value_name = "OFFSET",
+        conflicts_with = "to_time",
+        help_heading = "Range"
+    )]
+    to: Option<i64>,
+    /// Start at the first record with a timestamp at/after TIME (RFC 3339 or epoch ms).
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_FROM_TIME",
+        value_name = "TIME",
+        help_heading = "Range"
+    )]
+    from_time: Option<String>,
+    /// Stop before the first record with a timestamp at/after TIME.
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_TO_TIME",
+        value_name = "TIME",
+        help_heading = "Range"
+    )]
+    to_time: Option<String>,
+
+    /// Fail when no record arrives for this many seconds.
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_STALL_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 30,
+        help_heading = "Input"
+    )]
+    stall_timeout: u64,
+    /// No progress lines and no info logs.
+    #[arg(long, short, env = "WARRANT_REPLAY_QUIET")]
+    quiet: bool,
+    /// Format of the logs on stderr (filter with RUST_LOG).
+    #[arg(long, env = "WARRANT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(flatten, next_help_heading = "Kafka")]
+    kafka: KafkaArgs,
+}
+
+impl Common {
+    fn source(&self) -> Source {
+        match &self.file {
+            Some(path) => Source::File(path.clone()),
+            None => Source::Kafka(self.kafka.clone()),
+        }
+    }
+
+    fn range(&self) -> Result<RangeSpec, warrant_replay::Error> {
+        RangeSpec::from_flags(
+            &self.partitions,
+            self.from,
+            self.to,
+            self.from_time.as_deref(),
+            self.to_time.as_deref(),
+        )
+    }
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    common: Common,
+
+    /// Only this instance (a lowercase UUID, or the word quarantine).
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_INSTANCE",
+        value_name = "ID",
+        help_heading = "Output"
+    )]
+    instance: Option<String>,
+    /// How to print records [default: text, or none with --verify].
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_FORMAT",
+        value_enum,
+        help_heading = "Output"
+    )]
+    format: Option<Format>,
+
+    /// Compare with the projector at this base URL (e.g. http://127.0.0.1:8081).
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_VERIFY",
+        value_name = "URL",
+        help_heading = "Verify"
+    )]
+    verify: Option<String>,
+    /// Requests to the projector in flight at once.
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_VERIFY_CONCURRENCY",
+        value_name = "N",
+        default_value_t = 8,
+        help_heading = "Verify"
+    )]
+    verify_concurrency: usize,
+    /// Timeout of each request to the projector.
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_VERIFY_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 30,
+        help_heading = "Verify"
+    )]
+    verify_timeout: u64,
+
+    /// Kafka reader threads (0 = one per CPU).
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_THREADS",
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Input"
+    )]
+    threads: usize,
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    /// The Avro container file to write (created atomically).
+    #[arg(long, env = "WARRANT_REPLAY_OUT", value_name = "FILE")]
+    out: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn init_logs(common: &Common) {
+    let default = if common.quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match common.log_format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Export(args)) => run_export(&args),
+        None => run_replay(&cli.replay),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("warrant-replay: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
+    init_logs(&args.common);
+    let options = ExportOptions {
+        source: args.common.source(),
+        range: args.common.range()?,
+        out: args.out.clone(),
+        stall_timeout: Duration::from_secs(args.common.stall_timeout),
+        progress: !args.common.quiet,
+    };
+    let started = Instant::now();
+    let summary = export(&options)?;
+    eprintln!(
+        "exported {} records of {} ({} partition(s)) to {} in {:.1} s",
+        summary.records,
+        summary.metadata.source,
+        summary.metadata.ranges.len(),
+        summary.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let common = &args.common;
+    init_logs(common);
+    let format = args.format.unwrap_or(if args.verify.is_some() {
+        Format::None
+    } else {
+        Format::Text
+    });
+    let keep = match (format, &args.verify) {
+        (Format::Text | Format::Json | Format::Ndjson, _) => Keep::History,
+        (Format::None, Some(_)) => Keep::Chain,
+        (Format::None, None) => Keep::State,
+    };
+    let options = ReplayOptions {
+        source: common.source(),
+        range: common.range()?,
+        keep,
+        instance: args.instance.clone(),
+        threads: args.threads,
+        stall_timeout: Duration::from_secs(common.stall_timeout),
+        progress: !common.quiet,
+    };
+    let started = Instant::now();
+    let replayed = replay(&options)?;
+    let fold_time = started.elapsed();
+
+    let report = match &args.verify {
+        None => None,
+        Some(url) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the HTTP client runtime")?;
+            let verify_options = VerifyOptions {
+                url: url.clone(),
+                concurrency: args.verify_concurrency,
+                timeout: Duration::from_secs(args.verify_timeout),
+            };
+            Some(runtime.block_on(verify(&replayed, &verify_options))?)
+        }
+    };
+
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    match write_output(&mut out, format, &replayed, report.as_ref()).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        // `| head` closed the pipe: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => return Err(warrant_replay::Error::Output(e).into()),
+    }
+    drop(out);
+
+    let summary = replayed.summary();
+    eprintln!("{summary} in {:.2} s", fold_time.as_secs_f64());
+    if args.instance.is_some() && replayed.instances.is_empty() {
+        eprintln!("warrant-replay: no record of that instance in the range");
+    }
+    Ok(match report {
+        Some(report) if report.failed() => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+fn write_output(
+    out: &mut dyn Write,
+    format: Format,
+    replayed: &Replay,
+    report: Option<&VerifyReport>,
+) -> std::io::Result<()> {
+    let json_error = std::io::Error::other;
+    match format {
+        Format::Text => {
+            for (index, record) in replayed.records().enumerate() {
+                if index > 0 {
+                    writeln!(out)?;
+                }
+                out.write_all(text::render(&record).as_bytes())?;
+            }
+        }
+        Format::Ndjson => {
+            for record in replayed.records() {
+                serde_json::to_writer(&mut *out, &record).map_err(json_error)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Format::Json => {
+            // Streamed by hand so the records are never all in memory as JSON.
+            out.write_all(b"{\"source\":")?;
+            serde_json::to_writer(&mut *out, &replayed.source).map_err(json_error)?;
+            out.write_all(b",\"topic\":")?;
+            serde_json::to_writer(&mut *out, &replayed.topic).map_err(json_error)?;
+            out.write_all(b",\"ranges\":")?;
+            serde_json::to_writer(&mut *out, &replayed.ranges).map_err(json_error)?;
+            out.write_all(b",\"summary\":")?;
+            serde_json::to_writer(&mut *out, &replayed.summary()).map_err(json_error)?;
+            if let Some(report) = report {
+                out.write_all(b",\"verification\":")?;
+                serde_json::to_writer(&mut *out, report).map_err(json_error)?;
+            }
+            out.write_all(b",\"records\":[")?;
+            for (index, record) in replayed.records().enumerate() {
+                if index > 0 {
+                    out.write_all(b",")?;
+                }
+                serde_json::to_writer(&mut *out, &record).map_err(json_error)?;
+            }
+            out.write_all(b"]}\n")?;
+        }
+        Format::None => {}
+    }
+    if let Some(report) = report {
+        match format {
+            Format::Text | Format::None => {
+                if format == Format::Text {
+                    writeln!(out)?;
+                }
+                report.write_text(out)?;
+            }
+            Format::Json | Format::Ndjson => {
+                let stderr = std::io::stderr();
+                report.write_text(&mut stderr.lock())?;
+            }
+        }
+    }
+    Ok(())
+}

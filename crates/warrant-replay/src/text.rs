@@ -1,0 +1,383 @@
+//! `--format text`: an execution record as an auditor reads it (SPEC §7),
+//! every time in UTC, every entry with its log position and hash.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use warrant_authority::{Authority, Authorization, EffectiveScope, Outcome};
+use warrant_schema::Scope;
+
+use crate::replayed::ReplayedRecord;
+use crate::time::format_millis;
+
+/// The serde name of a unit enum (`ALLOW`, `SUCCEEDED`, ...).
+fn name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(text)) => text,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".to_owned(),
+    }
+}
+
+fn time(at: Option<i64>) -> String {
+    at.map_or_else(|| "(no time)".to_owned(), format_millis)
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "(none)".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn constraints(map: &std::collections::BTreeMap<String, String>) -> String {
+    if map.is_empty() {
+        return "none".to_owned();
+    }
+    let pairs: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(", ")
+}
+
+fn requested_scope(scope: &Scope) -> String {
+    format!(
+        "constraints {}; not after {}; max executions {}",
+        constraints(&scope.constraints),
+        scope
+            .not_after
+            .map_or_else(|| "(unlimited)".to_owned(), format_millis),
+        scope
+            .max_executions
+            .map_or_else(|| "(unlimited)".to_owned(), |n| n.to_string())
+    )
+}
+
+fn effective_scope(scope: &EffectiveScope) -> String {
+    format!(
+        "constraints {}; not after {}; max executions {}",
+        constraints(&scope.constraints),
+        format_millis(scope.not_after),
+        scope.max_executions
+    )
+}
+
+fn authorization(auth: &Authorization) -> String {
+    let by = match &auth.authority {
+        Authority::Quorum { approvers } => format!("quorum of {}", list(approvers)),
+        Authority::Override {
+            principal,
+            justification,
+        } => format!("OVERRIDE by {principal} ({justification:?})"),
+        Authority::Rule { rule_id } => format!("rule {rule_id} (every signal allowed)"),
+    };
+    format!(
+        "{by} at {}; {}",
+        format_millis(auth.authorized_at),
+        effective_scope(&auth.scope)
+    )
+}
+
+fn outcome(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Applied { .. } => outcome.chain_code(),
+        Outcome::Refused { reason, .. } | Outcome::Violation { reason, .. } => {
+            format!("{} ({reason})", outcome.chain_code())
+        }
+    }
+}
+
+/// Render one record.
+pub fn render(replayed: &ReplayedRecord) -> String {
+    let mut out = String::with_capacity(4096);
+    // Writing to a String cannot fail.
+    let _ = write_into(&mut out, replayed);
+    out
+}
+
+fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
+    let record = &replayed.record;
+    writeln!(out, "== instance {} ==", record.instance_id)?;
+    if replayed.partial {
+        writeln!(
+            out,
+            "PARTIAL          its first event lies before the range: statuses, refusals and hashes below come from the range alone and are not its record"
+        )?;
+    }
+    write!(out, "partition        {}", replayed.partition)?;
+    if !replayed.also_in_partitions.is_empty() {
+        write!(
+            out,
+            " (records under this id also in partition(s) {:?}, folded separately)",
+            replayed.also_in_partitions
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "status           {}",
+        record
+            .status
+            .map_or("(nothing proposed under this id)", |s| s.as_str())
+    )?;
+    if let Some(proposal) = &record.proposal {
+        writeln!(
+            out,
+            "action           {} on {}",
+            proposal.action.kind, proposal.action.target
+        )?;
+        for (key, value) in &proposal.action.parameters {
+            writeln!(out, "  parameter      {key} = {value}")?;
+        }
+        writeln!(out, "action digest    {}", proposal.action_digest)?;
+        let model = proposal
+            .proposer
+            .model
+            .as_ref()
+            .map_or_else(String::new, |m| format!(", model {m}"));
+        writeln!(
+            out,
+            "proposed         {} by {} ({}{model}), submitted by {}",
+            format_millis(proposal.proposed_at),
+            proposal.proposer.principal,
+            name(&proposal.proposer.kind),
+            proposal.submitted_by
+        )?;
+        if let Some(rationale) = &proposal.rationale {
+            writeln!(out, "rationale        {rationale}")?;
+        }
+        let rule = &proposal.rule;
+        writeln!(
+            out,
+            "rule             {}: {} approval(s) from [{}]; override by [{}]; required signals [{}]; review {}; decision timeout {} ms; grant ttl {} ms; max executions {}",
+            rule.rule_id,
+            rule.approvals_required,
+            rule.approver_roles.join(", "),
+            rule.override_roles.join(", "),
+            rule.required_signals.join(", "),
+            name(&rule.review),
+            rule.decision_timeout_ms,
+            rule.grant_ttl_ms,
+            rule.max_executions
+        )?;
+        writeln!(
+            out,
+            "ruleset          version {}, digest {}",
+            proposal.ruleset.version, proposal.ruleset.digest
+        )?;
+        writeln!(
+            out,
+            "decide by        {}",
+            format_millis(proposal.decision_deadline)
+        )?;
+        writeln!(out, "context refs")?;
+        if proposal.context_refs.is_empty() {
+            writeln!(out, "  (none)")?;
+        }
+        for context in &proposal.context_refs {
+            write!(out, "  - {}", context.uri)?;
+            if let Some(digest) = &context.digest {
+                write!(out, "  digest {digest}")?;
+            }
+            if let Some(note) = &context.note {
+                write!(out, "  ({note})")?;
+            }
+            writeln!(out)?;
+        }
+    }
+    writeln!(out, "signals")?;
+    if record.signals.is_empty() {
+        writeln!(out, "  (none)")?;
+    }
+    for signal in &record.signals {
+        writeln!(
+            out,
+            "  #{:<4} {}  {}  {}  policy {}@{}  [{}]",
+            signal.seq,
+            format_millis(signal.recorded_at),
+            signal.source,
+            name(&signal.verdict),
+            signal.policy_ref.id,
+            signal.policy_ref.version,
+            signal.outcome
+        )?;
+        for reason in &signal.reasons {
+            writeln!(out, "         reason: {reason}")?;
+        }
+    }
+    writeln!(out, "decisions")?;
+    if record.decisions.is_empty() {
+        writeln!(out, "  (none)")?;
+    }
+    for decision in &record.decisions {
+        writeln!(
+            out,
+            "  #{:<4} {}  {} [{}]  {}  [{}]",
+            decision.seq,
+            format_millis(decision.recorded_at),
+            decision.reviewer,
+            decision.roles.join(", "),
+            name(&decision.verdict),
+            decision.outcome
+        )?;
+        writeln!(out, "         justification: {:?}", decision.justification)?;
+        writeln!(out, "         scope: {}", requested_scope(&decision.scope))?;
+        for evidence in &decision.evidence_refs {
+            writeln!(out, "         evidence: {evidence}")?;
+        }
+    }
+    match &record.authorization {
+        Some(auth) => writeln!(out, "authorization    {}", authorization(auth))?,
+        None => writeln!(out, "authorization    (none)")?,
+    }
+    writeln!(out, "transitions")?;
+    for transition in &record.transitions {
+        writeln!(
+            out,
+            "  #{:<4} {}  at {}/{}  {} -> {}",
+            transition.seq,
+            time(transition.recorded_at),
+            transition.position.partition,
+            transition.position.offset,
+            transition.from.map_or("(new)", |s| s.as_str()),
+            transition.to
+        )?;
+    }
+    writeln!(out, "grants")?;
+    if record.grants.is_empty() {
+        writeln!(out, "  (none)")?;
+    }
+    for grant in &record.grants {
+        write!(
+            out,
+            "  {}  executor {}  granted #{} at {}",
+            grant.grant_id,
+            grant.executor,
+            grant.granted_seq,
+            format_millis(grant.granted_at)
+        )?;
+        match &grant.report {
+            Some(report) => writeln!(
+                out,
+                "; reported {} at {} (#{})",
+                name(&report.outcome),
+                format_millis(report.reported_at),
+                report.seq
+            )?,
+            None => writeln!(out, "; not reported")?,
+        }
+    }
+    writeln!(out, "violations")?;
+    if record.violations.is_empty() {
+        writeln!(out, "  (none)")?;
+    }
+    for violation in &record.violations {
+        writeln!(
+            out,
+            "  #{:<4} {}  {} for grant {}",
+            violation.seq,
+            format_millis(violation.reported_at),
+            violation.kind,
+            violation.grant_id
+        )?;
+    }
+    writeln!(out, "history")?;
+    for entry in &record.history {
+        writeln!(
+            out,
+            "  #{:<4} {}  at {}/{}  {} by {}: {}",
+            entry.seq,
+            time(entry.recorded_at),
+            entry.position.partition,
+            entry.position.offset,
+            entry.event,
+            entry.submitted_by.as_deref().unwrap_or("(unknown)"),
+            outcome(&entry.outcome)
+        )?;
+        writeln!(out, "         hash {}", entry.hash)?;
+    }
+    writeln!(out, "head hash        {}", record.head_hash)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use warrant_authority::{Ledger, LogPosition};
+    use warrant_schema::samples;
+
+    use super::*;
+
+    /// The sample instance's realistic prefix: proposal, two signals, two
+    /// approvals, an execution and its report.
+    fn sample() -> ReplayedRecord {
+        let mut ledger = Ledger::new();
+        for (offset, (_, envelope)) in samples::envelopes().into_iter().take(7).enumerate() {
+            let bytes = warrant_schema::encode(&envelope).unwrap_or_else(|e| panic!("{e}"));
+            ledger.apply(
+                LogPosition {
+                    partition: 2,
+                    offset: 40 + offset as i64,
+                },
+                Some(samples::INSTANCE_ID.as_bytes()),
+                &bytes,
+            );
+        }
+        let folded = ledger
+            .get(samples::INSTANCE_ID)
+            .unwrap_or_else(|| panic!("instance folded"));
+        ReplayedRecord {
+            partial: false,
+            partition: 2,
+            also_in_partitions: vec![],
+            record: folded.record(),
+        }
+    }
+
+    #[test]
+    fn the_text_report_shows_every_part_of_the_minimum_record() {
+        let record = sample();
+        let text = render(&record);
+        let must_show = [
+            format!("== instance {} ==", samples::INSTANCE_ID),
+            "partition        2".to_owned(),
+            "action           service.restart on prod/payments/api".to_owned(),
+            "  parameter      strategy = rolling".to_owned(),
+            format!("action digest    {}", samples::ACTION_DIGEST),
+            "proposed         2026-11-18T11:06:40.000Z by agent:remediator (AGENT, model gpt-ops-7), submitted by svc:remediator".to_owned(),
+            "rule             prod-restarts: 2 approval(s) from [sre, payments-oncall]".to_owned(),
+            "ruleset          version 2026-11-01, digest 5b0e5f2a".to_owned(),
+            "  - https://grafana.example/d/payments?from=now-1h  digest sha256:9f2c  (p99 latency panel)".to_owned(),
+            "  #2    2026-11-18T11:06:41.000Z  opa  ALLOW  policy restarts.rego@17  [applied]".to_owned(),
+            "         reason: inside payments freeze window".to_owned(),
+            "  #4    2026-11-18T11:07:40.000Z  alice [sre]  APPROVE  [applied]".to_owned(),
+            "         justification: \"leak confirmed in heap profile\"".to_owned(),
+            "         scope: constraints region=eu-west-1; not after 2026-11-18T11:16:40.000Z; max executions 1".to_owned(),
+            "         evidence: https://pprof.example/heap/123".to_owned(),
+            "authorization    quorum of alice, bob at 2026-11-18T11:08:10.000Z".to_owned(),
+            "  #1    2026-11-18T11:06:40.000Z  at 2/40  (new) -> AWAITING_SIGNALS".to_owned(),
+            "  #6    2026-11-18T11:08:40.000Z  at 2/45  ExecutionRequested by svc:deployer: applied AUTHORIZED>EXECUTING".to_owned(),
+            format!("head hash        {}", record.record.head_hash),
+        ];
+        for line in must_show {
+            assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+        }
+        assert!(!text.contains("PARTIAL"));
+        assert_eq!(
+            text.matches("         hash ").count(),
+            record.record.history.len()
+        );
+        // The last history line carries the head hash.
+        let last_hash = record.record.history.last().map(|e| e.hash.to_string());
+        assert!(last_hash.is_some_and(|h| text.contains(&format!("         hash {h}\nhead hash"))));
+    }
+
+    #[test]
+    fn a_partial_record_says_so_first() {
+        let mut record = sample();
+        record.partial = true;
+        record.also_in_partitions = vec![0];
+        let text = render(&record);
+        let lines: Vec<&str> = text.lines().take(3).collect();
+        assert!(lines[1].starts_with("PARTIAL"), "{text}");
+        assert!(lines[2].contains("also in partition(s) [0]"), "{text}");
+    }
+}

@@ -1,0 +1,744 @@
+//! `--verify`: compare what replay rebuilt with what a projector serves.
+//!
+//! The projector may have folded more of the log than the range (it keeps
+//! consuming), so an instance is compared on the entries replay folded:
+//! entry `seq` of replay against `history[seq-1]` of the projector. The
+//! comparison itself ([`compare`]) is a pure function; [`verify`] fetches.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use warrant_authority::{ExecutionRecord, Hash32, LogPosition};
+
+use crate::replayed::{Replay, ReplayedInstance};
+use crate::Error;
+
+/// What replay knows about one instance, for [`compare`].
+#[derive(Debug, Clone)]
+pub struct Ours<'a> {
+    pub instance_id: &'a str,
+    pub partial: bool,
+    /// Other partitions with records under this id.
+    pub other_partitions: &'a [i32],
+    /// Its first event in the range.
+    pub first: LogPosition,
+    /// Where the range starts on that partition.
+    pub range_start: i64,
+    pub entries: u64,
+    /// Every entry's hash by `seq - 1`, if kept; else only the head is known.
+    pub hashes: Option<&'a [Hash32]>,
+    /// The record replay built: full, or from the state alone.
+    pub record: &'a ExecutionRecord,
+    /// Whether `record` has its history lists (signals, decisions,
+    /// transitions, history) or only the state's fields.
+    pub full: bool,
+}
+
+/// The finding for one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every replayed entry matches the projector's (which may have more).
+    Verified {
+        entries: u64,
+        projector_entries: u64,
+    },
+    /// Cannot be checked from this range (partial, or split across
+    /// partitions); not a failure.
+    NotVerifiable { reason: String },
+    /// The projector does not know the instance.
+    Missing,
+    /// The projector has fewer entries than replay folded.
+    Behind {
+        entries: u64,
+        projector_entries: u64,
+    },
+    /// Entry `seq` hashes differently.
+    Differs {
+        seq: u64,
+        expected: Hash32,
+        actual: Hash32,
+    },
+    /// The projector places entry `seq` elsewhere on the log.
+    PositionDiffers {
+        seq: u64,
+        expected: LogPosition,
+        actual: LogPosition,
+    },
+    /// Same entries, but the record's fields differ.
+    FieldsDiffer { fields: Vec<String> },
+    /// The projector's answer is not a usable execution record.
+    Malformed { reason: String },
+}
+
+impl Verdict {
+    pub fn is_failure(&self) -> bool {
+        match self {
+            Verdict::Verified { .. } | Verdict::NotVerifiable { .. } => false,
+            Verdict::Missing
+            | Verdict::Behind { .. }
+            | Verdict::Differs { .. }
+            | Verdict::PositionDiffers { .. }
+            | Verdict::FieldsDiffer { .. }
+            | Verdict::Malformed { .. } => true,
+        }
+    }
+
+    /// One word for reports.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Verified { .. } => "VERIFIED",
+            Verdict::NotVerifiable { .. } => "PARTIAL",
+            Verdict::Missing => "MISSING",
+            Verdict::Behind { .. } => "BEHIND",
+            Verdict::Differs { .. }
+            | Verdict::PositionDiffers { .. }
+            | Verdict::FieldsDiffer { .. } => "DIFFERS",
+            Verdict::Malformed { .. } => "MALFORMED",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Verified {
+                entries,
+                projector_entries,
+            } if entries == projector_entries => write!(f, "all {entries} entries match"),
+            Verdict::Verified {
+                entries,
+                projector_entries,
+            } => write!(
+                f,
+                "the {entries} replayed entries match (the projector has folded {projector_entries})"
+            ),
+            Verdict::NotVerifiable { reason } => write!(f, "not verifiable: {reason}"),
+            Verdict::Missing => write!(f, "the projector does not know this instance"),
+            Verdict::Behind {
+                entries,
+                projector_entries,
+            } => write!(
+                f,
+                "the projector has {projector_entries} of the {entries} replayed entries"
+            ),
+            Verdict::Differs {
+                seq,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "entry {seq} differs: replay {expected}, projector {actual}"
+            ),
+            Verdict::PositionDiffers {
+                seq,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "entry {seq} is at {}/{} on the log but the projector says {}/{}",
+                expected.partition, expected.offset, actual.partition, actual.offset
+            ),
+            Verdict::FieldsDiffer { fields } => {
+                write!(f, "same entries but different {}", fields.join(", "))
+            }
+            Verdict::Malformed { reason } => write!(f, "unusable answer: {reason}"),
+        }
+    }
+}
+
+/// Compare replay's view of an instance with the projector's record
+/// (`None`: the projector answered 404).
+pub fn compare(ours: &Ours<'_>, theirs: Option<&ExecutionRecord>) -> Verdict {
+    if !ours.other_partitions.is_empty() {
+        return Verdict::NotVerifiable {
+            reason: format!(
+                "records under this id are also in partition(s) {:?}; a chain across partitions depends on how they were interleaved",
+                ours.other_partitions
+            ),
+        };
+    }
+    if ours.partial {
+        return Verdict::NotVerifiable {
+            reason: format!(
+                "its first event in the range ({}/{}) is not its proposal and the range starts after the log does; earlier entries are not in the range",
+                ours.first.partition, ours.first.offset
+            ),
+        };
+    }
+    let Some(theirs) = theirs else {
+        return Verdict::Missing;
+    };
+    if theirs.instance_id != ours.instance_id {
+        return Verdict::Malformed {
+            reason: format!(
+                "asked for {} but got {}",
+                ours.instance_id, theirs.instance_id
+            ),
+        };
+    }
+    if let Some(seq) = theirs
+        .history
+        .iter()
+        .zip(1u64..)
+        .find_map(|(entry, seq)| (entry.seq != seq).then_some(seq))
+    {
+        return Verdict::Malformed {
+            reason: format!(
+                "history entry {} carries seq {}",
+                seq,
+                theirs.history[(seq - 1) as usize].seq
+            ),
+        };
+    }
+    let projector_entries = theirs.history.len() as u64;
+    if let Some(first) = theirs.history.first() {
+        if first.position != ours.first {
+            let earlier_on_same_partition = first.position.partition == ours.first.partition
+                && first.position.offset < ours.range_start;
+            if earlier_on_same_partition {
+                return Verdict::NotVerifiable {
+                    reason: format!(
+                        "the projector's history starts at {}/{}, before the range",
+                        first.position.partition, first.position.offset
+                    ),
+                };
+            }
+            return Verdict::PositionDiffers {
+                seq: 1,
+                expected: ours.first,
+                actual: first.position,
+            };
+        }
+    }
+    let common = ours.entries.min(projector_entries);
+    match ours.hashes {
+        Some(hashes) => {
+            for (seq, (expected, entry)) in (1u64..).zip(hashes.iter().zip(&theirs.history)) {
+                if *expected != entry.hash {
+                    return Verdict::Differs {
+                        seq,
+                        expected: *expected,
+                        actual: entry.hash,
+                    };
+                }
+            }
+        }
+        None if ours.entries <= projector_entries && ours.entries > 0 => {
+            let actual = theirs.history[(ours.entries - 1) as usize].hash;
+            if actual != ours.record.head_hash {
+                return Verdict::Differs {
+                    seq: ours.entries,
+                    expected: ours.record.head_hash,
+                    actual,
+                };
+            }
+        }
+        None => {}
+    }
+    if ours.entries > common {
+        return Verdict::Behind {
+            entries: ours.entries,
+            projector_entries,
+        };
+    }
+    if ours.entries == projector_entries {
+        let fields = differing_fields(ours.record, theirs, ours.full);
+        if !fields.is_empty() {
+            return Verdict::FieldsDiffer { fields };
+        }
+    }
+    Verdict::Verified {
+        entries: ours.entries,
+        projector_entries,
+    }
+}
+
+/// Fields of two records of the same entries that differ; the history
+/// lists only when `full` (replay kept the history).
+pub fn differing_fields(
+    ours: &ExecutionRecord,
+    theirs: &ExecutionRecord,
+    full: bool,
+) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut check = |name: &str, equal: bool| {
+        if !equal {
+            fields.push(name.to_owned());
+        }
+    };
+    check("status", ours.status == theirs.status);
+    check("proposal", ours.proposal == theirs.proposal);
+    check("authorization", ours.authorization == theirs.authorization);
+    check("grants", ours.grants == theirs.grants);
+    check("violations", ours.violations == theirs.violations);
+    check("head_hash", ours.head_hash == theirs.head_hash);
+    if full {
+        check("signals", ours.signals == theirs.signals);
+        check("decisions", ours.decisions == theirs.decisions);
+        check("transitions", ours.transitions == theirs.transitions);
+        check("history", ours.history == theirs.history);
+    }
+    fields
+}
+
+/// `GET /v1/checkpoint`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectorCheckpoint {
+    pub topic: String,
+    /// Partition (as a string, JSON keys being strings) to next offset.
+    pub partitions: BTreeMap<String, i64>,
+    #[serde(default)]
+    pub instances: Option<u64>,
+    pub digest: Hash32,
+}
+
+impl ProjectorCheckpoint {
+    pub fn next_offset(&self, partition: i32) -> Option<i64> {
+        self.partitions.get(&partition.to_string()).copied()
+    }
+}
+
+/// What the checkpoint says about the range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum CheckpointCheck {
+    /// The projector offered no usable checkpoint.
+    Unavailable {
+        reason: String,
+    },
+    /// The digests were not compared, and why.
+    Skipped {
+        reason: String,
+    },
+    Equal {
+        digest: Hash32,
+        instances: u64,
+    },
+    Differs {
+        expected: Hash32,
+        actual: Hash32,
+    },
+}
+
+/// A partition the projector has not consumed to the end of the range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lag {
+    pub partition: i32,
+    /// The projector's next offset (`None`: absent from its checkpoint).
+    pub projector_next: Option<i64>,
+    pub range_end: i64,
+}
+
+/// The outcome of `--verify`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub url: String,
+    pub instances: Vec<InstanceVerdict>,
+    pub checkpoint: CheckpointCheck,
+    pub behind: Vec<Lag>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceVerdict {
+    pub instance_id: String,
+    pub partition: i32,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+impl VerifyReport {
+    /// Any difference at all (exit code 1).
+    pub fn failed(&self) -> bool {
+        self.instances.iter().any(|i| i.verdict.is_failure())
+            || matches!(self.checkpoint, CheckpointCheck::Differs { .. })
+    }
+
+    /// Verdict label to count.
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        let mut counts = BTreeMap::new();
+        for instance in &self.instances {
+            *counts.entry(instance.verdict.label()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// The verdict for one instance (its first partition).
+    pub fn verdict(&self, instance_id: &str) -> Option<&Verdict> {
+        self.instances
+            .iter()
+            .find(|i| i.instance_id == instance_id)
+            .map(|i| &i.verdict)
+    }
+
+    /// The human report: one line per instance that is not verified, then
+    /// the checkpoint and a summary line.
+    pub fn write_text(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        for instance in &self.instances {
+            if matches!(instance.verdict, Verdict::Verified { .. }) {
+                continue;
+            }
+            writeln!(
+                out,
+                "{:<9} {} (partition {}): {}",
+                instance.verdict.label(),
+                instance.instance_id,
+                instance.partition,
+                instance.verdict
+            )?;
+        }
+        for lag in &self.behind {
+            match lag.projector_next {
+                Some(next) => writeln!(
+                    out,
+                    "BEHIND    the projector has consumed partition {} up to offset {next}; the range ends at {} (re-run when it has caught up, or pass --to)",
+                    lag.partition, lag.range_end
+                )?,
+                None => writeln!(
+                    out,
+                    "BEHIND    the projector's checkpoint has no partition {}; the range ends at {}",
+                    lag.partition, lag.range_end
+                )?,
+            }
+        }
+        match &self.checkpoint {
+            CheckpointCheck::Unavailable { reason } => {
+                writeln!(out, "checkpoint: unavailable ({reason})")?
+            }
+            CheckpointCheck::Skipped { reason } => {
+                writeln!(out, "checkpoint: digest not compared ({reason})")?
+            }
+            CheckpointCheck::Equal { digest, instances } => writeln!(
+                out,
+                "checkpoint: digest equal over {instances} instances ({digest})"
+            )?,
+            CheckpointCheck::Differs { expected, actual } => writeln!(
+                out,
+                "DIFFERS   checkpoint digest: replay {expected}, projector {actual}"
+            )?,
+        }
+        let counts: Vec<String> = self
+            .counts()
+            .iter()
+            .map(|(label, n)| format!("{n} {}", label.to_lowercase()))
+            .collect();
+        writeln!(
+            out,
+            "verify {}: {} instances: {}; {}",
+            self.url,
+            self.instances.len(),
+            if counts.is_empty() {
+                "none".to_owned()
+            } else {
+                counts.join(", ")
+            },
+            if self.failed() { "FAILED" } else { "ok" }
+        )
+    }
+}
+
+/// How to talk to the projector.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Base URL, e.g. `http://127.0.0.1:8081`.
+    pub url: String,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    pub timeout: Duration,
+}
+
+impl VerifyOptions {
+    pub fn new(url: impl Into<String>) -> VerifyOptions {
+        VerifyOptions {
+            url: url.into(),
+            concurrency: 8,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Whether the range covers every partition from the log's start to
+/// exactly the checkpoint's offsets, so the digests must be equal.
+fn digest_comparable(replay: &Replay, checkpoint: &ProjectorCheckpoint) -> Result<(), String> {
+    if replay.only.is_some() {
+        return Err("only one instance was replayed".to_owned());
+    }
+    if checkpoint.topic != replay.topic {
+        return Err(format!(
+            "the projector folds topic {}, the range is of {}",
+            checkpoint.topic, replay.topic
+        ));
+    }
+    if !replay.exact_ranges {
+        return Err(
+            "the exact offsets read are not known (file without export metadata, or a time range)"
+                .to_owned(),
+        );
+    }
+    let ours: BTreeSet<String> = replay
+        .ranges
+        .iter()
+        .map(|r| r.partition.to_string())
+        .collect();
+    let theirs: BTreeSet<String> = checkpoint.partitions.keys().cloned().collect();
+    if ours != theirs {
+        return Err(format!(
+            "the range covers partitions {ours:?}, the checkpoint {theirs:?}"
+        ));
+    }
+    for range in &replay.ranges {
+        if range.start != range.log_start {
+            return Err(format!(
+                "partition {} is read from offset {}, not from the log's start {}",
+                range.partition, range.start, range.log_start
+            ));
+        }
+        if checkpoint.next_offset(range.partition) != Some(range.end) {
+            return Err(format!(
+                "partition {} is read up to offset {}, the checkpoint is at {:?} (pass --to to match it)",
+                range.partition,
+                range.end,
+                checkpoint.next_offset(range.partition)
+            ));
+        }
+    }
+    if replay
+        .instances
+        .iter()
+        .any(|i| !i.other_partitions.is_empty())
+    {
+        return Err("an instance id has records in several partitions".to_owned());
+    }
+    Ok(())
+}
+
+fn checkpoint_check(replay: &Replay, checkpoint: &ProjectorCheckpoint) -> CheckpointCheck {
+    if let Err(reason) = digest_comparable(replay, checkpoint) {
+        return CheckpointCheck::Skipped { reason };
+    }
+    match replay.checkpoint_digest() {
+        None => CheckpointCheck::Skipped {
+            reason: "an instance id has records in several partitions".to_owned(),
+        },
+        Some(expected) if expected == checkpoint.digest => CheckpointCheck::Equal {
+            digest: expected,
+            instances: replay.instances.len() as u64,
+        },
+        Some(expected) => CheckpointCheck::Differs {
+            expected,
+            actual: checkpoint.digest,
+        },
+    }
+}
+
+fn lags(replay: &Replay, checkpoint: &ProjectorCheckpoint) -> Vec<Lag> {
+    if checkpoint.topic != replay.topic {
+        return Vec::new();
+    }
+    replay
+        .ranges
+        .iter()
+        .filter(|r| !r.is_empty())
+        .filter_map(|r| {
+            let next = checkpoint.next_offset(r.partition);
+            (next.is_none_or(|n| n < r.end)).then_some(Lag {
+                partition: r.partition,
+                projector_next: next,
+                range_end: r.end,
+            })
+        })
+        .collect()
+}
+
+/// The projector's answer for one instance.
+enum Fetched {
+    Record(Box<ExecutionRecord>),
+    NotFound,
+    Unusable(String),
+}
+
+async fn get(
+    client: &reqwest::Client,
+    url: String,
+) -> Result<(reqwest::StatusCode, Vec<u8>), Error> {
+    let http = |source| Error::Http {
+        url: url.clone(),
+        source,
+    };
+    let response = client.get(&url).send().await.map_err(http)?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(http)?;
+    Ok((status, body.to_vec()))
+}
+
+async fn fetch_instance(
+    client: reqwest::Client,
+    base: String,
+    instance_id: String,
+) -> Result<Fetched, Error> {
+    let url = format!("{base}/v1/instances/{instance_id}");
+    let (status, body) = get(&client, url.clone()).await?;
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Ok(Fetched::NotFound);
+    }
+    if !status.is_success() {
+        return Err(Error::HttpStatus {
+            url,
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&body).chars().take(200).collect(),
+        });
+    }
+    Ok(match serde_json::from_slice::<ExecutionRecord>(&body) {
+        Ok(record) => Fetched::Record(Box::new(record)),
+        Err(e) => Fetched::Unusable(format!("not an execution record: {e}")),
+    })
+}
+
+async fn fetch_checkpoint(
+    client: &reqwest::Client,
+    base: &str,
+) -> Result<ProjectorCheckpoint, String> {
+    let url = format!("{base}/v1/checkpoint");
+    let (status, body) = get(client, url.clone())
+        .await
+        .map_err(|e| error_chain(&e))?;
+    if !status.is_success() {
+        return Err(format!("{url} answered HTTP {}", status.as_u16()));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Compare every replayed instance with the projector at `options.url`.
+pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyReport, Error> {
+    let base = options.url.trim_end_matches('/').to_owned();
+    let client = reqwest::Client::builder()
+        .timeout(options.timeout)
+        .build()
+        .map_err(|source| Error::Http {
+            url: base.clone(),
+            source,
+        })?;
+    // The checkpoint first: the projector only moves forward, so anything
+    // it reports as consumed here is in the records fetched afterwards.
+    let checkpoint = fetch_checkpoint(&client, &base).await;
+
+    let starts: BTreeMap<i32, i64> = replay
+        .ranges
+        .iter()
+        .map(|r| (r.partition, r.start))
+        .collect();
+    let mut verdicts: Vec<Option<Verdict>> = vec![None; replay.instances.len()];
+    let mut in_flight = tokio::task::JoinSet::new();
+    let concurrency = options.concurrency.max(1);
+    let mut next = 0;
+    loop {
+        while in_flight.len() < concurrency && next < replay.instances.len() {
+            let instance = &replay.instances[next];
+            if let Some(verdict) = cannot_verify(instance) {
+                verdicts[next] = Some(verdict);
+            } else {
+                let (client, base, id) = (
+                    client.clone(),
+                    base.clone(),
+                    instance.instance_id().to_owned(),
+                );
+                let index = next;
+                in_flight.spawn(async move { (index, fetch_instance(client, base, id).await) });
+            }
+            next += 1;
+        }
+        let Some(joined) = in_flight.join_next().await else {
+            if next >= replay.instances.len() {
+                break;
+            }
+            continue;
+        };
+        let (index, fetched) = joined.map_err(|_| Error::Worker)?;
+        let instance = &replay.instances[index];
+        let range_start = starts.get(&instance.partition).copied().unwrap_or(0);
+        verdicts[index] = Some(judge(instance, range_start, fetched?));
+    }
+
+    let instances = replay
+        .instances
+        .iter()
+        .zip(verdicts)
+        .map(|(instance, verdict)| InstanceVerdict {
+            instance_id: instance.instance_id().to_owned(),
+            partition: instance.partition,
+            verdict: verdict.unwrap_or(Verdict::Malformed {
+                reason: "not compared".to_owned(),
+            }),
+        })
+        .collect();
+    let (checkpoint, behind) = match checkpoint {
+        Ok(checkpoint) => (
+            checkpoint_check(replay, &checkpoint),
+            lags(replay, &checkpoint),
+        ),
+        Err(reason) => (CheckpointCheck::Unavailable { reason }, Vec::new()),
+    };
+    Ok(VerifyReport {
+        url: base,
+        instances,
+        checkpoint,
+        behind,
+    })
+}
+
+/// The verdict for instances that need no request.
+fn cannot_verify(instance: &ReplayedInstance) -> Option<Verdict> {
+    let placeholder = ExecutionRecord::build(&warrant_authority::InstanceState::new(""), &[]);
+    let ours = Ours {
+        instance_id: instance.instance_id(),
+        partial: instance.partial,
+        other_partitions: &instance.other_partitions,
+        first: instance.first,
+        range_start: 0,
+        entries: instance.entries(),
+        hashes: None,
+        record: &placeholder,
+        full: false,
+    };
+    match compare(&ours, None) {
+        verdict @ Verdict::NotVerifiable { .. } => Some(verdict),
+        _ => None,
+    }
+}
+
+fn judge(instance: &ReplayedInstance, range_start: i64, fetched: Fetched) -> Verdict {
+    let theirs = match fetched {
+        Fetched::Record(record) => Some(record),
+        Fetched::NotFound => None,
+        Fetched::Unusable(reason) => return Verdict::Malformed { reason },
+    };
+    let hashes = instance.hashes();
+    let (record, full) = match instance.record() {
+        Some(replayed) => (replayed.record, true),
+        None => (instance.state_record(), false),
+    };
+    let ours = Ours {
+        instance_id: instance.instance_id(),
+        partial: instance.partial,
+        other_partitions: &instance.other_partitions,
+        first: instance.first,
+        range_start,
+        entries: instance.entries(),
+        hashes: hashes.as_deref(),
+        record: &record,
+        full,
+    };
+    compare(&ours, theirs.as_deref())
+}
