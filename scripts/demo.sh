@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# `make demo`: the whole system on this machine, driven as a user would with
+# curl. Starts Kafka (unless running), the projector and intake; an agent
+# proposes a production restart; OPA allows; an executor's early claim is
+# refused (paused); two SREs approve through the signed webhook;
+# a claim for another action is refused; the right claim gets a grant; the
+# executor reports; and the auditors' replay rebuilds the record from the log
+# and verifies it against the projector by hash.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+DEMO="$REPO/.cache/demo"
+INTAKE="http://127.0.0.1:${WARRANT_DEMO_INTAKE_PORT:-8080}"
+PROJECTOR="http://127.0.0.1:${WARRANT_DEMO_PROJECTOR_PORT:-8081}"
+BIN="${CARGO_TARGET_DIR:-$REPO/target}/release"
+
+# The example principals (deploy/examples/principals.yaml). Example secrets only.
+SERVICE_TOKEN="example-service-remediator-token-0001"
+POLICY_TOKEN="example-policy-opa-token-0001"
+EXECUTOR_TOKEN="example-executor-deployer-token-0001"
+ALICE_SECRET="example-alice-secret-2026-11"
+BOB_SECRET="example-bob-secret-2026-11"
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+show() { printf '   %s\n' "$*"; }
+
+pids=()
+started_kafka=0
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "$started_kafka" = 1 ]; then bash deploy/kafka.sh stop >/dev/null || true; fi
+}
+trap cleanup EXIT
+
+wait_for() { # url, what
+  for _ in $(seq 1 150); do
+    curl -fsS "$1" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "demo: $2 did not come up at $1; see $DEMO/*.log" >&2
+  exit 1
+}
+
+# POST JSON with a bearer token; prints the status line and body.
+post() { # path, token, json
+  curl -sS -o "$DEMO/body.json" -w '%{http_code}' -X POST "$INTAKE$1" \
+    -H "Authorization: Bearer $2" -H 'Content-Type: application/json' -d "$3"
+}
+
+# The reviewers' webhook: HMAC-SHA256(secret, timestamp + "." + body).
+decide() { # instance, secret, json
+  local ts sig
+  ts=$(date +%s)
+  sig=$(printf '%s.%s' "$ts" "$3" | openssl dgst -sha256 -hmac "$2" -r | cut -d' ' -f1)
+  curl -sS -o "$DEMO/body.json" -w '%{http_code}' -X POST "$INTAKE/v1/instances/$1/decisions" \
+    -H 'Content-Type: application/json' -H "X-Warrant-Timestamp: $ts" \
+    -H "X-Warrant-Signature: v1=$sig" -d "$3"
+}
+
+expect() { # got, want, what
+  if [ "$1" != "$2" ]; then
+    echo "demo: $3: expected HTTP $2, got $1: $(cat "$DEMO/body.json")" >&2
+    exit 1
+  fi
+  show "$3 -> $1 $(jq -c . "$DEMO/body.json")"
+}
+
+rm -rf "$DEMO" && mkdir -p "$DEMO"
+
+say "building warrant-intake, warrant-projector, warrant-replay (release)"
+cargo build --release --quiet -p warrant-intake -p warrant-projector -p warrant-replay
+
+say "starting kafka (deploy/kafka.sh)"
+bash deploy/kafka.sh status >/dev/null 2>&1 || started_kafka=1
+bash deploy/kafka.sh start
+
+# A fresh log per demo run, so the replayed record is this run's alone.
+run="demo-$(date +%s)"
+export WARRANT_LOG_TOPIC="$run.log" WARRANT_PROPOSALS_TOPIC="$run.proposals"
+export WARRANT_SIGNALS_TOPIC="$run.signals" WARRANT_DEAD_LETTER_TOPIC="$run.dead-letter"
+export WARRANT_RULESETS_TOPIC="$run.rulesets"
+WARRANT_LOG_TOPIC="$WARRANT_LOG_TOPIC" bash deploy/kafka.sh topics >/dev/null
+
+say "starting the projector ($PROJECTOR) and intake ($INTAKE)"
+"$BIN/warrant-projector" --data-dir "$DEMO/projector" --listen "${PROJECTOR#http://}" \
+  >"$DEMO/projector.log" 2>&1 &
+pids+=($!)
+"$BIN/warrant-intake" --listen "${INTAKE#http://}" --projector-url "$PROJECTOR" \
+  --ruleset deploy/examples/ruleset.yaml --principals deploy/examples/principals.yaml \
+  >"$DEMO/intake.log" 2>&1 &
+pids+=($!)
+wait_for "$PROJECTOR/healthz" "the projector"
+wait_for "$INTAKE/readyz" "intake"
+
+say "an agent proposes restarting prod/payments/api"
+code=$(post /v1/proposals "$SERVICE_TOKEN" '{
+  "action": {"kind": "service.restart", "target": "prod/payments/api",
+             "parameters": {"strategy": "rolling", "reason": "heap grows 40 MB/min"}},
+  "proposer": {"kind": "AGENT", "model": "ops-model-7"},
+  "context_refs": [{"uri": "https://grafana.example/d/payments", "note": "p99 latency panel"}],
+  "rationale": "a restart resets the leak until the fix ships"}')
+expect "$code" 202 "POST /v1/proposals"
+instance=$(jq -r .instance_id "$DEMO/body.json")
+digest=$(jq -r .action_digest "$DEMO/body.json")
+
+say "OPA reports ALLOW"
+code=$(post "/v1/instances/$instance/signals" "$POLICY_TOKEN" \
+  '{"verdict": "ALLOW", "reasons": ["restart within change window"], "policy_ref": {"id": "restarts.rego", "version": "17"}}')
+expect "$code" 202 "POST signals"
+
+say "the executor tries to run before anyone approved: paused, refused"
+code=$(post "/v1/instances/$instance/executions" "$EXECUTOR_TOKEN" "{\"action_digest\": \"$digest\"}")
+expect "$code" 409 "POST executions"
+
+say "alice and bob (role sre) approve through the signed webhook"
+code=$(decide "$instance" "$ALICE_SECRET" "{\"instance_id\": \"$instance\", \"verdict\": \"APPROVE\", \"justification\": \"heap profile confirms the leak\", \"scope\": {\"constraints\": {\"strategy\": \"rolling\"}}}")
+expect "$code" 202 "alice APPROVE"
+code=$(decide "$instance" "$BOB_SECRET" "{\"instance_id\": \"$instance\", \"verdict\": \"APPROVE\", \"justification\": \"ok for the rolling restart\"}")
+expect "$code" 202 "bob APPROVE"
+
+say "a claim for a different action is refused"
+code=$(post "/v1/instances/$instance/executions" "$EXECUTOR_TOKEN" \
+  '{"action_digest": "0000000000000000000000000000000000000000000000000000000000000000"}')
+expect "$code" 409 "POST executions (wrong digest)"
+
+say "the right claim gets a grant"
+code=$(post "/v1/instances/$instance/executions" "$EXECUTOR_TOKEN" "{\"action_digest\": \"$digest\"}")
+expect "$code" 201 "POST executions"
+grant=$(jq -r .grant_id "$DEMO/body.json")
+
+say "the executor reports success"
+code=$(post "/v1/instances/$instance/reports" "$EXECUTOR_TOKEN" \
+  "{\"grant_id\": \"$grant\", \"outcome\": \"SUCCEEDED\", \"detail\": \"3/3 pods restarted\"}")
+expect "$code" 202 "POST reports"
+
+# Wait until the projector has folded the report.
+for _ in $(seq 1 100); do
+  status=$(curl -fsS "$PROJECTOR/v1/instances/$instance" | jq -r .status)
+  [ "$status" = COMPLETED ] && break
+  sleep 0.1
+done
+show "projector: instance $instance is $status"
+
+say "the auditors' replay: rebuild the record from the log and verify it by hash"
+"$BIN/warrant-replay" --quiet --instance "$instance" --format text --verify "$PROJECTOR"

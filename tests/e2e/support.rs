@@ -1,0 +1,88 @@
+//! Helpers shared by the end-to-end tests: the built binaries and a tiny
+//! HTTP client for the projector.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A workspace binary, built if this test run has not built it yet.
+pub fn binary(name: &str) -> PathBuf {
+    // Tests run from target/<profile>/deps; binaries sit one level up.
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("target/debug"));
+    let path = dir.join(name);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", name])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cargo build -p {name} failed");
+    }
+    path
+}
+
+/// GET a JSON document; status 0 when nothing answers (yet).
+pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    match reqwest::get(url).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json().await.unwrap_or(serde_json::Value::Null),
+            )
+        }
+        Err(_) => (0, serde_json::Value::Null),
+    }
+}
+
+/// Poll `check` until it returns `Some`, or fail after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Total next-offsets in a projector checkpoint.
+pub fn checkpoint_total(checkpoint: &serde_json::Value) -> i64 {
+    checkpoint["partitions"]
+        .as_object()
+        .map(|p| p.values().filter_map(serde_json::Value::as_i64).sum())
+        .unwrap_or(0)
+}
+
+/// A free local port for a service under test.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+/// A child process that is killed when the test ends, pass or fail.
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// SIGKILL now and reap.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
