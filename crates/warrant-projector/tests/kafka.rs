@@ -21,7 +21,11 @@ use warrant_kafka::KafkaArgs;
 use warrant_projector::{Config, Opened, Projector, Store, StoreOptions};
 use warrant_schema::{samples, Envelope};
 
-const BROKERS: &str = "127.0.0.1:9092";
+/// The local broker; `deploy/kafka.sh` and these tests follow WARRANT_KAFKA_PORT.
+static BROKERS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let port = std::env::var("WARRANT_KAFKA_PORT").unwrap_or_else(|_| "9092".to_owned());
+    format!("127.0.0.1:{port}")
+});
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -43,7 +47,7 @@ fn ensure_broker() {
 
 async fn fresh_topics(partitions: i32) -> KafkaArgs {
     ensure_broker();
-    let args = KafkaArgs::unique_for_tests(BROKERS);
+    let args = KafkaArgs::unique_for_tests(&BROKERS);
     args.create_topics(partitions).await.unwrap();
     args
 }
@@ -326,7 +330,7 @@ async fn folds_the_log_like_the_shared_ledger_and_resumes_without_reapplying() {
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_warrant-projector"))
         .args(["--exit-at-end", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(rebuilt.path())
-        .env("WARRANT_KAFKA_BROKERS", BROKERS)
+        .env("WARRANT_KAFKA_BROKERS", BROKERS.as_str())
         .env("WARRANT_LOG_TOPIC", &topic)
         .env("WARRANT_LOG_FORMAT", "json")
         .kill_on_drop(true)

@@ -26,7 +26,11 @@ use warrant_replay::{
 };
 use warrant_schema::{samples, Envelope};
 
-const BROKERS: &str = "127.0.0.1:9092";
+/// The local broker; `deploy/kafka.sh` and these tests follow WARRANT_KAFKA_PORT.
+static BROKERS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let port = std::env::var("WARRANT_KAFKA_PORT").unwrap_or_else(|_| "9092".to_owned());
+    format!("127.0.0.1:{port}")
+});
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -47,7 +51,7 @@ fn ensure_broker() {
 
 async fn fresh_topics() -> KafkaArgs {
     ensure_broker();
-    let kafka = KafkaArgs::unique_for_tests(BROKERS);
+    let kafka = KafkaArgs::unique_for_tests(&BROKERS);
     kafka
         .create_topics(3)
         .await
