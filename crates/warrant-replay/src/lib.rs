@@ -52,7 +52,7 @@ pub struct ReplayOptions {
     pub keep: Keep,
     /// Fold only this instance (others are read and skipped).
     pub instance: Option<String>,
-    /// Reader threads for Kafka; 0 = one per CPU.
+    /// Reader threads for Kafka (at most one per partition); 0 = two per CPU.
     pub threads: usize,
     pub stall_timeout: Duration,
     /// Log progress every two seconds.
@@ -74,8 +74,11 @@ impl ReplayOptions {
     }
 }
 
+/// Reader threads when not told: up to two per CPU (capped by the number of
+/// partitions), since each thread also waits on its consumer; measured
+/// faster than one per CPU with 3 partitions on 2 cores.
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+    2 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Check an `--instance` argument: a canonical (lowercase, hyphenated)
@@ -264,16 +267,14 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, Error> {
         Source::Kafka(kafka) => {
             let plan = kafka::plan(&metadata.ranges, 1);
             let progress = Progress::new(options.progress, "records");
-            match kafka::read(
+            kafka::read(
                 kafka,
                 plan,
                 vec![&mut exporter],
                 &progress,
                 options.stall_timeout,
-            ) {
-                Ok(_) => Ok(()),
-                Err(e) => Err(e),
-            }
+            )
+            .map(|_| ())
         }
         Source::File(path) => {
             let progress = Progress::new(options.progress, "bytes");

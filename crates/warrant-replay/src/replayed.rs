@@ -452,3 +452,250 @@ impl std::fmt::Display for Summary {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use warrant_authority::Ledger;
+    use warrant_schema::samples;
+
+    use super::*;
+
+    fn id(n: u8) -> String {
+        format!("6f1c2b9e-4d0a-4c7e-9a51-0000000000{n:02x}")
+    }
+
+    /// The first `len` sample events, re-keyed to instance `n`.
+    fn events(n: u8, len: usize) -> Vec<Vec<u8>> {
+        samples::envelopes()
+            .into_iter()
+            .take(len)
+            .map(|(_, mut envelope)| {
+                envelope.instance_id = id(n);
+                warrant_schema::encode(&envelope).unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect()
+    }
+
+    /// Partition, offset, key, value.
+    type Record = (i32, i64, Option<Vec<u8>>, Vec<u8>);
+
+    struct Feed {
+        log_start: i64,
+        records: Vec<Record>,
+    }
+
+    impl Feed {
+        fn new(log_start: i64) -> Feed {
+            Feed {
+                log_start,
+                records: Vec::new(),
+            }
+        }
+
+        fn push(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, value: &[u8]) {
+            self.records
+                .push((partition, offset, key.map(<[u8]>::to_vec), value.to_vec()));
+        }
+
+        fn fold(&self, keep: Keep, only: Option<&str>) -> FoldResult {
+            let mut folder = Folder::new(keep, only.map(str::to_owned));
+            for (partition, offset, key, value) in &self.records {
+                let record = RawRecord {
+                    topic: "warrant.log",
+                    partition: *partition,
+                    offset: *offset,
+                    timestamp: None,
+                    key: key.as_deref(),
+                    value,
+                    log_start: self.log_start,
+                };
+                folder
+                    .apply(&record)
+                    .unwrap_or_else(|e| panic!("out of order after {}", e.previous));
+            }
+            Folder::merge(vec![folder])
+        }
+
+        fn ledger(&self) -> Ledger {
+            let mut ledger = Ledger::new();
+            for (partition, offset, key, value) in &self.records {
+                ledger.apply(
+                    LogPosition {
+                        partition: *partition,
+                        offset: *offset,
+                    },
+                    key.as_deref(),
+                    value,
+                );
+            }
+            ledger
+        }
+    }
+
+    fn find<'a>(result: &'a FoldResult, instance: &str) -> &'a ReplayedInstance {
+        result
+            .instances
+            .iter()
+            .find(|i| i.instance_id() == instance)
+            .unwrap_or_else(|| panic!("{instance} not folded"))
+    }
+
+    /// Partition 0 from offset 10 on, of a log that starts at `log_start`:
+    /// instance 1 has only later events in the range, instance 2 starts in it.
+    fn late_range(log_start: i64) -> Feed {
+        let (one, two) = (events(1, 7), events(2, 3));
+        let mut feed = Feed::new(log_start);
+        let (key1, key2) = (id(1), id(2));
+        feed.push(0, 10, Some(key1.as_bytes()), &one[3]);
+        feed.push(0, 11, Some(key2.as_bytes()), &two[0]);
+        feed.push(0, 12, Some(key1.as_bytes()), &one[4]);
+        feed.push(0, 13, Some(key2.as_bytes()), &two[1]);
+        feed
+    }
+
+    #[test]
+    fn an_instance_first_seen_mid_history_after_the_log_start_is_partial() {
+        let result = late_range(0).fold(Keep::Chain, None);
+        assert!(find(&result, &id(1)).partial);
+        assert!(!find(&result, &id(2)).partial);
+        assert_eq!(
+            find(&result, &id(1)).first,
+            LogPosition {
+                partition: 0,
+                offset: 10
+            }
+        );
+    }
+
+    #[test]
+    fn nothing_is_partial_when_the_range_starts_with_the_log() {
+        let result = late_range(10).fold(Keep::Chain, None);
+        assert!(result.instances.iter().all(|i| !i.partial));
+    }
+
+    #[test]
+    fn a_refused_first_proposal_does_not_make_an_instance_whole() {
+        // A proposal keyed to another instance is refused (Malformed): it is
+        // not this instance's start.
+        let mut feed = Feed::new(0);
+        let key = id(3);
+        feed.push(0, 10, Some(key.as_bytes()), &events(4, 1)[0]);
+        let result = feed.fold(Keep::State, None);
+        assert!(find(&result, &id(3)).partial);
+    }
+
+    #[test]
+    fn every_keep_level_folds_the_ledgers_records() {
+        let mut feed = Feed::new(0);
+        let (a, b) = (events(1, 7), events(2, 11));
+        let (key_a, key_b) = (id(1), id(2));
+        for (n, value_b) in b.iter().enumerate() {
+            if let Some(value) = a.get(n) {
+                feed.push(0, 2 * n as i64, Some(key_a.as_bytes()), value);
+            }
+            feed.push(0, 2 * n as i64 + 1, Some(key_b.as_bytes()), value_b);
+        }
+        feed.push(0, 30, Some(b"not a uuid"), b"garbage");
+        feed.push(0, 31, None, &a[0]);
+        let ledger = feed.ledger();
+
+        let history = feed.fold(Keep::History, None);
+        assert_eq!(history.events, 20);
+        assert_eq!(history.instances.len(), ledger.len());
+        for instance in &history.instances {
+            let folded = ledger
+                .get(instance.instance_id())
+                .unwrap_or_else(|| panic!("{} not in the ledger", instance.instance_id()));
+            assert_eq!(instance.record().map(|r| r.record), Some(folded.record()));
+            assert_eq!(
+                instance.hashes().map(|h| h.into_owned()),
+                Some(folded.history.iter().map(|e| e.hash).collect())
+            );
+        }
+
+        let chain = feed.fold(Keep::Chain, None);
+        for (with_history, with_chain) in history.instances.iter().zip(&chain.instances) {
+            assert_eq!(with_chain.record(), None);
+            assert_eq!(with_chain.hashes(), with_history.hashes());
+            assert_eq!(with_chain.folded.state, with_history.folded.state);
+        }
+
+        let state = feed.fold(Keep::State, None);
+        assert!(state.instances.iter().all(|i| i.hashes().is_none()));
+        assert_eq!(
+            state
+                .instances
+                .iter()
+                .map(ReplayedInstance::head)
+                .collect::<Vec<_>>(),
+            history
+                .instances
+                .iter()
+                .map(ReplayedInstance::head)
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn one_instance_is_folded_alone() {
+        let feed = late_range(10);
+        let only = feed.fold(Keep::History, Some(&id(2)));
+        assert_eq!(only.instances.len(), 1);
+        assert_eq!(only.events, 2);
+        assert_eq!(only.records.get(&0), Some(&4));
+        assert_eq!(
+            only.instances[0].head(),
+            find(&feed.fold(Keep::State, None), &id(2)).head()
+        );
+
+        let mut feed = Feed::new(0);
+        feed.push(0, 0, Some(b"junk"), b"x");
+        feed.push(0, 1, Some(id(1).as_bytes()), b"y");
+        feed.push(0, 2, None, b"z");
+        let quarantine = feed.fold(Keep::History, Some(QUARANTINE_INSTANCE));
+        assert_eq!(quarantine.events, 2);
+        assert_eq!(quarantine.instances[0].instance_id(), QUARANTINE_INSTANCE);
+    }
+
+    #[test]
+    fn offsets_must_grow_within_a_partition() {
+        let mut folder = Folder::new(Keep::State, None);
+        let record = |partition, offset| RawRecord {
+            topic: "t",
+            partition,
+            offset,
+            timestamp: None,
+            key: None,
+            value: b"",
+            log_start: 0,
+        };
+        assert!(folder.apply(&record(0, 5)).is_ok());
+        assert!(folder.apply(&record(1, 2)).is_ok());
+        assert!(matches!(
+            folder.apply(&record(0, 5)),
+            Err(OutOfOrder { previous: 5 })
+        ));
+        assert!(matches!(
+            folder.apply(&record(0, 4)),
+            Err(OutOfOrder { previous: 5 })
+        ));
+        assert!(folder.apply(&record(0, 9)).is_ok());
+    }
+
+    #[test]
+    fn an_id_in_two_partitions_gives_two_records_that_name_each_other() {
+        let mut feed = Feed::new(0);
+        feed.push(0, 0, Some(b"junk"), b"x");
+        feed.push(2, 0, Some(b"other junk"), b"y");
+        feed.push(1, 0, Some(id(1).as_bytes()), &events(1, 1)[0]);
+        let result = feed.fold(Keep::State, None);
+        let split: Vec<(i32, Vec<i32>)> = result
+            .instances
+            .iter()
+            .filter(|i| i.instance_id() == QUARANTINE_INSTANCE)
+            .map(|i| (i.partition, i.other_partitions.clone()))
+            .collect();
+        assert_eq!(split, vec![(0, vec![2]), (2, vec![0])]);
+        assert!(find(&result, &id(1)).other_partitions.is_empty());
+    }
+}

@@ -742,3 +742,301 @@ fn judge(instance: &ReplayedInstance, range_start: i64, fetched: Fetched) -> Ver
     };
     compare(&ours, theirs.as_deref())
 }
+
+#[cfg(test)]
+mod tests {
+    use warrant_authority::{Ledger, StatusName};
+    use warrant_schema::samples;
+
+    use super::*;
+
+    /// The projector's record of the sample instance after `len` events at
+    /// partition 1 from offset 100 on.
+    fn projector(len: usize) -> ExecutionRecord {
+        let mut ledger = Ledger::new();
+        for (n, (_, envelope)) in samples::envelopes().into_iter().take(len).enumerate() {
+            let bytes = warrant_schema::encode(&envelope).unwrap_or_else(|e| panic!("{e}"));
+            ledger.apply(
+                LogPosition {
+                    partition: 1,
+                    offset: 100 + n as i64,
+                },
+                Some(samples::INSTANCE_ID.as_bytes()),
+                &bytes,
+            );
+        }
+        ledger
+            .get(samples::INSTANCE_ID)
+            .map(|f| f.record())
+            .unwrap_or_else(|| panic!("folded"))
+    }
+
+    struct Mine {
+        record: ExecutionRecord,
+        hashes: Vec<Hash32>,
+    }
+
+    fn mine(len: usize) -> Mine {
+        let record = projector(len);
+        let hashes = record.history.iter().map(|e| e.hash).collect();
+        Mine { record, hashes }
+    }
+
+    fn ours<'a>(mine: &'a Mine, hashes: bool) -> Ours<'a> {
+        Ours {
+            instance_id: samples::INSTANCE_ID,
+            partial: false,
+            other_partitions: &[],
+            first: LogPosition {
+                partition: 1,
+                offset: 100,
+            },
+            range_start: 100,
+            entries: mine.hashes.len() as u64,
+            hashes: hashes.then_some(mine.hashes.as_slice()),
+            record: &mine.record,
+            full: true,
+        }
+    }
+
+    #[test]
+    fn equal_records_verify_with_or_without_every_hash() {
+        let mine = mine(7);
+        let theirs = projector(7);
+        let verified = Verdict::Verified {
+            entries: 7,
+            projector_entries: 7,
+        };
+        assert_eq!(compare(&ours(&mine, true), Some(&theirs)), verified);
+        assert_eq!(compare(&ours(&mine, false), Some(&theirs)), verified);
+        assert!(!verified.is_failure());
+    }
+
+    #[test]
+    fn a_projector_further_along_verifies_on_the_replayed_prefix() {
+        let mine = mine(5);
+        let theirs = projector(9);
+        let expected = Verdict::Verified {
+            entries: 5,
+            projector_entries: 9,
+        };
+        assert_eq!(compare(&ours(&mine, true), Some(&theirs)), expected);
+        assert_eq!(compare(&ours(&mine, false), Some(&theirs)), expected);
+    }
+
+    #[test]
+    fn the_first_differing_entry_is_named() {
+        let mine = mine(7);
+        let mut theirs = projector(7);
+        let forged = Hash32([0xee; 32]);
+        theirs.history[2].hash = forged;
+        theirs.history[5].hash = forged;
+        let verdict = compare(&ours(&mine, true), Some(&theirs));
+        assert_eq!(
+            verdict,
+            Verdict::Differs {
+                seq: 3,
+                expected: mine.hashes[2],
+                actual: forged,
+            }
+        );
+        assert!(verdict.is_failure());
+        assert!(verdict.to_string().contains("entry 3 differs"));
+        // With only the head kept, replay can compare the head's entry alone
+        // (the chain makes an earlier change show up there too).
+        let mut theirs = projector(7);
+        theirs.history[6].hash = forged;
+        assert_eq!(
+            compare(&ours(&mine, false), Some(&theirs)),
+            Verdict::Differs {
+                seq: 7,
+                expected: mine.record.head_hash,
+                actual: forged,
+            }
+        );
+    }
+
+    #[test]
+    fn a_projector_with_fewer_entries_is_behind_and_unknown_is_missing() {
+        let mine = mine(7);
+        assert_eq!(
+            compare(&ours(&mine, true), Some(&projector(4))),
+            Verdict::Behind {
+                entries: 7,
+                projector_entries: 4,
+            }
+        );
+        assert_eq!(compare(&ours(&mine, true), None), Verdict::Missing);
+        assert!(Verdict::Missing.is_failure());
+    }
+
+    #[test]
+    fn partial_and_split_instances_are_not_verifiable_not_failed() {
+        let mine = mine(3);
+        let mut partial = ours(&mine, true);
+        partial.partial = true;
+        let verdict = compare(&partial, None);
+        assert!(
+            matches!(verdict, Verdict::NotVerifiable { .. }),
+            "{verdict:?}"
+        );
+        assert!(!verdict.is_failure());
+
+        let mut split = ours(&mine, true);
+        split.other_partitions = &[0, 2];
+        assert!(matches!(
+            compare(&split, Some(&projector(3))),
+            Verdict::NotVerifiable { .. }
+        ));
+    }
+
+    #[test]
+    fn positions_before_the_range_are_partial_elsewhere_a_difference() {
+        // Replay saw the instance from offset 102 only (say the range started
+        // there and the proposal was re-sent): the projector's history starts
+        // before the range, so it cannot be checked.
+        let mine = mine(3);
+        let mut late = ours(&mine, true);
+        late.first = LogPosition {
+            partition: 1,
+            offset: 102,
+        };
+        late.range_start = 101;
+        assert!(matches!(
+            compare(&late, Some(&projector(3))),
+            Verdict::NotVerifiable { .. }
+        ));
+        // Inside the range, a different first position is a finding.
+        late.range_start = 50;
+        assert_eq!(
+            compare(&late, Some(&projector(3))),
+            Verdict::PositionDiffers {
+                seq: 1,
+                expected: late.first,
+                actual: LogPosition {
+                    partition: 1,
+                    offset: 100,
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn same_entries_with_a_different_status_is_a_difference() {
+        let mine = mine(7);
+        let mut theirs = projector(7);
+        theirs.status = Some(StatusName::Completed);
+        theirs.decisions.clear();
+        assert_eq!(
+            compare(&ours(&mine, true), Some(&theirs)),
+            Verdict::FieldsDiffer {
+                fields: vec!["status".to_owned(), "decisions".to_owned()],
+            }
+        );
+        // Without the history, only the state's fields can be compared.
+        let mut state_only = ours(&mine, true);
+        state_only.full = false;
+        assert_eq!(
+            compare(&state_only, Some(&theirs)),
+            Verdict::FieldsDiffer {
+                fields: vec!["status".to_owned()],
+            }
+        );
+    }
+
+    #[test]
+    fn broken_answers_are_malformed() {
+        let mine = mine(3);
+        let mut theirs = projector(3);
+        theirs.history[1].seq = 7;
+        assert!(matches!(
+            compare(&ours(&mine, true), Some(&theirs)),
+            Verdict::Malformed { .. }
+        ));
+        let mut other = projector(3);
+        other.instance_id = "quarantine".to_owned();
+        assert!(matches!(
+            compare(&ours(&mine, true), Some(&other)),
+            Verdict::Malformed { .. }
+        ));
+    }
+
+    #[test]
+    fn the_report_lists_only_what_is_not_verified_and_fails_on_differences() {
+        let verdict = |id: &str, verdict| InstanceVerdict {
+            instance_id: id.to_owned(),
+            partition: 0,
+            verdict,
+        };
+        let mut report = VerifyReport {
+            url: "http://projector".to_owned(),
+            instances: vec![
+                verdict(
+                    "a",
+                    Verdict::Verified {
+                        entries: 3,
+                        projector_entries: 3,
+                    },
+                ),
+                verdict(
+                    "b",
+                    Verdict::NotVerifiable {
+                        reason: "partial".to_owned(),
+                    },
+                ),
+            ],
+            checkpoint: CheckpointCheck::Skipped {
+                reason: "test".to_owned(),
+            },
+            behind: vec![],
+        };
+        assert!(!report.failed());
+        report.instances.push(verdict(
+            "c",
+            Verdict::Differs {
+                seq: 2,
+                expected: Hash32([1; 32]),
+                actual: Hash32([2; 32]),
+            },
+        ));
+        assert!(report.failed());
+        let mut text = Vec::new();
+        report
+            .write_text(&mut text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&text);
+        assert!(!text.contains(" a "), "{text}");
+        assert!(
+            text.contains("PARTIAL   b (partition 0): not verifiable: partial"),
+            "{text}"
+        );
+        assert!(
+            text.contains("DIFFERS   c (partition 0): entry 2 differs"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("3 instances: 1 differs, 1 partial, 1 verified; FAILED\n"),
+            "{text}"
+        );
+
+        report.instances.truncate(2);
+        report.checkpoint = CheckpointCheck::Differs {
+            expected: Hash32([1; 32]),
+            actual: Hash32([2; 32]),
+        };
+        assert!(report.failed());
+    }
+
+    #[test]
+    fn a_checkpoint_parses_from_the_projectors_json() {
+        let json = format!(
+            r#"{{"topic":"warrant.log","partitions":{{"0":12,"2":7}},"instances":3,"digest":"{}"}}"#,
+            Hash32([7; 32])
+        );
+        let checkpoint: ProjectorCheckpoint =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(checkpoint.next_offset(0), Some(12));
+        assert_eq!(checkpoint.next_offset(1), None);
+        assert_eq!(checkpoint.digest, Hash32([7; 32]));
+    }
+}

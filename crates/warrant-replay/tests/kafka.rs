@@ -22,7 +22,8 @@ use warrant_authority::{checkpoint_digest, ExecutionRecord, Hash32, Ledger, LogP
 use warrant_kafka::rdkafka::producer::FutureRecord;
 use warrant_kafka::KafkaArgs;
 use warrant_replay::{
-    Keep, RangeSpec, Replay, ReplayOptions, ReplayedRecord, Source, Verdict, VerifyOptions,
+    ExportOptions, Keep, RangeSpec, Replay, ReplayOptions, ReplayedRecord, Source, Verdict,
+    VerifyOptions,
 };
 use warrant_schema::{samples, Envelope};
 
@@ -105,6 +106,15 @@ struct Sent {
 /// (partition, key, value, timestamp) of a record to produce.
 type ToSend = (i32, Option<Vec<u8>>, Vec<u8>, i64);
 
+/// A recent timestamp: records older than the broker's retention (7 days by
+/// default) may be deleted while a test reads them.
+fn recent_millis() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX) - 3_600_000
+}
+
 /// Produce `records` (explicit partition, key, value, timestamp) in order.
 async fn produce(kafka: &KafkaArgs, records: Vec<ToSend>) -> Vec<Sent> {
     let producer = kafka.producer().unwrap_or_else(|e| panic!("producer: {e}"));
@@ -136,11 +146,12 @@ async fn produce(kafka: &KafkaArgs, records: Vec<ToSend>) -> Vec<Sent> {
 async fn produce_fixture(kafka: &KafkaArgs, instances: usize, split_quarantine: bool) -> Vec<Sent> {
     let histories: Vec<Vec<Vec<u8>>> = (0..instances).map(history).collect();
     let longest = histories.iter().map(Vec::len).max().unwrap_or(0);
+    let base = recent_millis();
     let mut records = Vec::new();
     for n in 0..longest {
         for (k, values) in histories.iter().enumerate() {
             if let Some(value) = values.get(n) {
-                let t = 1_795_000_000_000 + records.len() as i64;
+                let t = base + records.len() as i64;
                 records.push((
                     (k % 3) as i32,
                     Some(instance_id(k).into_bytes()),
@@ -150,9 +161,9 @@ async fn produce_fixture(kafka: &KafkaArgs, instances: usize, split_quarantine: 
             }
         }
         if n == 2 {
-            records.push((0, Some(b"not-a-uuid".to_vec()), b"garbage".to_vec(), 0));
+            records.push((0, Some(b"not-a-uuid".to_vec()), b"garbage".to_vec(), base));
             let quarantine_partition = if split_quarantine { 1 } else { 0 };
-            records.push((quarantine_partition, None, histories[0][0].clone(), 0));
+            records.push((quarantine_partition, None, histories[0][0].clone(), base));
         }
     }
     produce(kafka, records).await
@@ -418,7 +429,8 @@ async fn a_range_starting_late_marks_partial_instances_and_verify_says_so() {
     let (a, b) = (history(6), history(5));
     let key = |k: usize| Some(instance_id(k).into_bytes());
     // Partition 0: A's proposal and first signals, then B's proposal, then
-    // A and B continue. Timestamps are offset-aligned: t = 1000 * (offset + 1).
+    // A and B continue. Timestamps are offset-aligned: base + 1000 * offset.
+    let base = recent_millis();
     let order = [
         (6, 0),
         (6, 1),
@@ -434,7 +446,7 @@ async fn a_range_starting_late_marks_partial_instances_and_verify_says_so() {
         .enumerate()
         .map(|(n, (k, i))| {
             let values = if *k == 6 { &a } else { &b };
-            (0, key(*k), values[*i].clone(), 1000 * (n as i64 + 1))
+            (0, key(*k), values[*i].clone(), base + 1000 * n as i64)
         })
         .collect();
     let sent = produce(&kafka, records).await;
@@ -442,13 +454,34 @@ async fn a_range_starting_late_marks_partial_instances_and_verify_says_so() {
     let ledgers = ledgers(&sent);
     let full = &ledgers[&0];
 
-    for spec in [
-        RangeSpec::from_flags(&[0], Some(3), None, None, None),
-        // offsets_for_times: the first record at/after t=4000 is offset 3.
-        RangeSpec::from_flags(&[], None, None, Some("3500"), None),
+    // The same ranges of the topic and of an export of the whole topic.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let file = dir.path().join("whole.avro");
+    let export = ExportOptions {
+        source: Source::Kafka(kafka.clone()),
+        range: RangeSpec::all(),
+        out: file.clone(),
+        stall_timeout: Duration::from_secs(30),
+        progress: false,
+    };
+    let exported = tokio::task::spawn_blocking(move || warrant_replay::export(&export))
+        .await
+        .unwrap_or_else(|e| panic!("join: {e}"))
+        .unwrap_or_else(|e| panic!("export: {e}"));
+    assert_eq!(exported.records, 8);
+    let by_offset =
+        RangeSpec::from_flags(&[0], Some(3), None, None, None).unwrap_or_else(|e| panic!("{e}"));
+    // offsets_for_times: the first record at/after base + 2500 is offset 3.
+    let by_time = RangeSpec::from_flags(&[], None, None, Some(&(base + 2500).to_string()), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (spec, source) in [
+        (&by_offset, Source::Kafka(kafka.clone())),
+        (&by_time, Source::Kafka(kafka.clone())),
+        (&by_offset, Source::File(file.clone())),
+        (&by_time, Source::File(file.clone())),
     ] {
-        let mut options = ReplayOptions::new(Source::Kafka(kafka.clone()));
-        options.range = spec.unwrap_or_else(|e| panic!("{e}"));
+        let mut options = ReplayOptions::new(source);
+        options.range = spec.clone();
         let replay = replay_blocking(options).await;
         let range0 = replay.ranges.iter().find(|r| r.partition == 0).copied();
         assert_eq!(
@@ -472,8 +505,9 @@ async fn a_range_starting_late_marks_partial_instances_and_verify_says_so() {
     }
 
     // --to-time ends before the first record at/after it.
+    let before_offset_2 = warrant_replay::time::format_millis(base + 1500);
     let mut options = ReplayOptions::new(Source::Kafka(kafka.clone()));
-    options.range = RangeSpec::from_flags(&[], None, None, None, Some("1970-01-01T00:00:03Z"))
+    options.range = RangeSpec::from_flags(&[], None, None, None, Some(&before_offset_2))
         .unwrap_or_else(|e| panic!("{e}"));
     let early = replay_blocking(options).await;
     assert_eq!(early.events, 2);
