@@ -86,3 +86,90 @@ impl Drop for KillOnDrop {
         self.kill();
     }
 }
+
+/// The repository root (where `deploy/`, `schemas/` and `tests/python/` are).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Python of `.cache/venv` with tests/python/requirements.txt installed
+/// (created here if `scripts/test.sh` has not yet; pip is quiet and quick
+/// when everything is already installed).
+pub fn venv_python() -> PathBuf {
+    fn run(command: &mut Command) {
+        let output = command.output().expect("the command starts");
+        assert!(
+            output.status.success(),
+            "{command:?} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let root = repo_root();
+    let venv = root.join(".cache/venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
+    }
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(root.join("tests/python/requirements.txt")));
+    python
+}
+
+/// Every record currently in `topic` (up to the high watermarks seen at
+/// the start), partition by partition.
+pub fn read_topic(
+    args: &warrant_kafka::KafkaArgs,
+    topic: &str,
+) -> Vec<warrant_kafka::rdkafka::message::OwnedMessage> {
+    use warrant_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+    use warrant_kafka::rdkafka::message::Message;
+    use warrant_kafka::rdkafka::{Offset, TopicPartitionList};
+
+    let consumer: BaseConsumer = args.assigned_consumer().expect("a consumer");
+    let mut list = TopicPartitionList::new();
+    let mut ends = std::collections::BTreeMap::new();
+    for partition in warrant_kafka::partitions_of(&consumer, topic).expect("partitions") {
+        let (low, high) =
+            warrant_kafka::watermarks(&consumer, topic, partition).expect("watermarks");
+        if high > low {
+            list.add_partition_offset(topic, partition, Offset::Offset(low))
+                .expect("a partition");
+            ends.insert(partition, (low, high));
+        }
+    }
+    let mut messages = Vec::new();
+    if ends.is_empty() {
+        return messages;
+    }
+    consumer.assign(&list).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ends.values().any(|(next, high)| next < high) {
+        assert!(Instant::now() < deadline, "timed out reading {topic}");
+        // Errors here are end-of-partition notices; the loop condition decides.
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            if let Some((next, _)) = ends.get_mut(&message.partition()) {
+                *next = message.offset() + 1;
+            }
+            messages.push(message.detach());
+        }
+    }
+    messages
+}
+
+/// The sum of the high watermarks of `topic`: what a consumer that read
+/// everything has as next offsets (compare with [`checkpoint_total`]).
+pub fn end_offsets_total(args: &warrant_kafka::KafkaArgs, topic: &str) -> i64 {
+    use warrant_kafka::rdkafka::consumer::BaseConsumer;
+    let consumer: BaseConsumer = args.assigned_consumer().expect("a consumer");
+    warrant_kafka::partitions_of(&consumer, topic)
+        .expect("partitions")
+        .into_iter()
+        .map(|p| {
+            warrant_kafka::watermarks(&consumer, topic, p)
+                .expect("watermarks")
+                .1
+        })
+        .sum()
+}
