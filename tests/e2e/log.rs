@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use warrant_authority::{Ledger, LogPosition, StatusName};
+use warrant_authority::{instance_key, quarantine_partition, Ledger, LogPosition, StatusName};
 use warrant_e2e::{binary, checkpoint_total, eventually, free_port, get_json, KillOnDrop};
 use warrant_projector::{Config, Projector};
 
@@ -71,6 +71,34 @@ async fn the_projector_folds_a_scripted_history_and_replay_verifies_it() {
         );
     }
 
+    // Records under keys that are not instance ids, in two partitions: one
+    // quarantine per partition, served as the shared fold built it.
+    let stray_partitions: std::collections::BTreeSet<i32> = script
+        .records
+        .iter()
+        .zip(&positions)
+        .filter(|(record, _)| instance_key(record.key.as_deref()).is_none())
+        .map(|(_, (partition, _))| *partition)
+        .collect();
+    assert!(stray_partitions.len() >= 2, "{stray_partitions:?}");
+    let quarantines: Vec<&String> = ledger
+        .instances()
+        .map(|(id, _)| id)
+        .filter(|id| quarantine_partition(id).is_some())
+        .collect();
+    assert_eq!(quarantines.len(), stray_partitions.len());
+    assert_eq!(ledger.len(), script.expected.len() + quarantines.len());
+    for instance_id in quarantines {
+        let (status, record) = get_json(&format!("{url}/v1/instances/{instance_id}")).await;
+        assert_eq!(status, 200, "{instance_id}");
+        let expected = ledger.get(instance_id).expect("folded").record();
+        assert_eq!(
+            record,
+            serde_json::to_value(&expected).expect("json"),
+            "{instance_id}"
+        );
+    }
+
     // The reviewers' queue lists exactly the instances awaiting a decision.
     let (_, queue) = get_json(&format!(
         "{url}/v1/instances?status=AWAITING_DECISION&limit=1000"
@@ -92,6 +120,9 @@ async fn the_projector_folds_a_scripted_history_and_replay_verifies_it() {
         .expect("replay runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "replay --verify failed: {stderr}");
+    // Every instance, both quarantines included, and the checkpoint digest.
+    assert!(stderr.contains("checkpoint: digest equal"), "{stderr}");
+    assert!(!stderr.contains("PARTIAL"), "{stderr}");
 
     projector.stop();
     projector.wait().await.expect("stops cleanly");

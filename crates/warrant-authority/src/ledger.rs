@@ -30,14 +30,18 @@ impl Ledger {
         Ledger::default()
     }
 
-    /// Fold one log record into the instance its key names.
+    /// Fold one log record into the instance its key names (or its
+    /// partition's quarantine, see [`crate::QUARANTINE`]). Records of one
+    /// partition must come in log order; how partitions interleave does not
+    /// matter, since an instance's records are all in one partition (SPEC
+    /// §2) and each partition has its own quarantine.
     pub fn apply(
         &mut self,
         position: LogPosition,
         key: Option<&[u8]>,
         bytes: &[u8],
     ) -> &HistoryEntry {
-        let instance_id = instance_for_key(key);
+        let instance_id = instance_for_key(key, position.partition);
         let folded = self
             .instances
             .entry(instance_id.clone())

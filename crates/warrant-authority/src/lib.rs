@@ -22,6 +22,6 @@ pub use ledger::{Folded, Ledger};
 pub use record::*;
 pub use ruleset::{Rule, Ruleset, RulesetError};
 pub use view::{
-    checkpoint_digest, instance_for_key, DecisionView, EntryView, ExecutionRecord, ProposalView,
-    SignalView, TransitionView, QUARANTINE_INSTANCE,
+    checkpoint_digest, instance_for_key, instance_key, quarantine_instance, quarantine_partition,
+    DecisionView, EntryView, ExecutionRecord, ProposalView, SignalView, TransitionView, QUARANTINE,
 };

@@ -14,19 +14,49 @@ use warrant_schema::{
 
 use crate::record::*;
 
-/// Instance under which records whose Kafka key is not a canonical UUID are
-/// kept (SPEC §5: Malformed, "in a quarantine record").
-pub const QUARANTINE_INSTANCE: &str = "quarantine";
+/// Records whose Kafka key is not a canonical instance UUID are kept in a
+/// quarantine record (SPEC §5: Malformed, "in a quarantine record"), one per
+/// partition: `quarantine-<partition>`, e.g. `quarantine-0`. Per partition
+/// because the log orders records only within a partition: one quarantine
+/// across partitions would chain its entries in whatever order a reader
+/// happened to interleave the partitions, and replay and the projector could
+/// build different heads (and checkpoint digests) from the same log.
+pub const QUARANTINE: &str = "quarantine";
 
-/// The instance a log record belongs to, from its Kafka key.
-pub fn instance_for_key(key: Option<&[u8]>) -> String {
-    key.and_then(|key| std::str::from_utf8(key).ok())
-        .and_then(|text| {
-            let uuid = Uuid::try_parse(text).ok()?;
-            let canonical = uuid.hyphenated().to_string();
-            (canonical == text).then_some(canonical)
-        })
-        .unwrap_or_else(|| QUARANTINE_INSTANCE.to_owned())
+/// The quarantine pseudo-instance of `partition`: `quarantine-<partition>`.
+pub fn quarantine_instance(partition: i32) -> String {
+    format!("{QUARANTINE}-{partition}")
+}
+
+/// The partition whose quarantine `instance_id` names, if it names one
+/// exactly as [`quarantine_instance`] writes it (`quarantine-0`, never
+/// `quarantine-00` or `quarantine--1`).
+pub fn quarantine_partition(instance_id: &str) -> Option<i32> {
+    let digits = instance_id.strip_prefix(QUARANTINE)?.strip_prefix('-')?;
+    let partition: i32 = digits.parse().ok()?;
+    (partition >= 0 && partition.to_string() == digits).then_some(partition)
+}
+
+/// The instance id a Kafka key names, if it is a canonical (lowercase,
+/// hyphenated) UUID; `None` for anything else, missing keys included.
+pub fn instance_key(key: Option<&[u8]>) -> Option<&str> {
+    let text = std::str::from_utf8(key?).ok()?;
+    // The hyphenated form is the only 36-character one `Uuid` parses; its
+    // canonical spelling is lowercase.
+    let canonical = text.len() == 36
+        && !text.bytes().any(|b| b.is_ascii_uppercase())
+        && Uuid::try_parse(text).is_ok();
+    canonical.then_some(text)
+}
+
+/// The instance a log record belongs to, from its Kafka key and the
+/// partition it is in: the key when it is a canonical UUID, else that
+/// partition's quarantine.
+pub fn instance_for_key(key: Option<&[u8]>, partition: i32) -> String {
+    match instance_key(key) {
+        Some(instance_id) => instance_id.to_owned(),
+        None => quarantine_instance(partition),
+    }
 }
 
 /// SHA-256 over every instance's id and head hash, in id order: equal
@@ -231,17 +261,50 @@ mod tests {
     #[test]
     fn only_canonical_uuid_keys_name_an_instance() {
         let id = "6f1c2b9e-4d0a-4c7e-9a51-0d2f3b8c7e11";
-        assert_eq!(instance_for_key(Some(id.as_bytes())), id);
-        assert_eq!(
-            instance_for_key(Some(id.to_uppercase().as_bytes())),
-            QUARANTINE_INSTANCE
-        );
-        assert_eq!(
-            instance_for_key(Some(b"6f1c2b9e4d0a4c7e9a510d2f3b8c7e11")),
-            QUARANTINE_INSTANCE
-        );
-        assert_eq!(instance_for_key(Some(&[0xff, 0xfe])), QUARANTINE_INSTANCE);
-        assert_eq!(instance_for_key(None), QUARANTINE_INSTANCE);
+        assert_eq!(instance_for_key(Some(id.as_bytes()), 3), id);
+        assert_eq!(instance_key(Some(id.as_bytes())), Some(id));
+        for not_an_id in [
+            id.to_uppercase().into_bytes(),
+            b"6f1c2b9e4d0a4c7e9a510d2f3b8c7e11".to_vec(),
+            format!("{{{id}}}").into_bytes(),
+            format!("urn:uuid:{id}").into_bytes(),
+            format!("{id} ").into_bytes(),
+            b"quarantine-0".to_vec(),
+            vec![0xff, 0xfe],
+            vec![],
+        ] {
+            assert_eq!(instance_key(Some(&not_an_id)), None, "{not_an_id:?}");
+            assert_eq!(instance_for_key(Some(&not_an_id), 0), "quarantine-0");
+        }
+        assert_eq!(instance_key(None), None);
+        assert_eq!(instance_for_key(None, 0), "quarantine-0");
+    }
+
+    #[test]
+    fn each_partition_has_its_own_quarantine() {
+        assert_eq!(instance_for_key(Some(b"junk"), 0), "quarantine-0");
+        assert_eq!(instance_for_key(Some(b"junk"), 11), "quarantine-11");
+        assert_eq!(instance_for_key(None, 11), quarantine_instance(11));
+        for partition in [0, 1, 9, 10, 2047, i32::MAX] {
+            assert_eq!(
+                quarantine_partition(&quarantine_instance(partition)),
+                Some(partition)
+            );
+        }
+        for other in [
+            "quarantine",
+            "quarantine-",
+            "quarantine-00",
+            "quarantine-01",
+            "quarantine--1",
+            "quarantine-+1",
+            "quarantine-1x",
+            "quarantine-99999999999",
+            "Quarantine-1",
+            "6f1c2b9e-4d0a-4c7e-9a51-0d2f3b8c7e11",
+        ] {
+            assert_eq!(quarantine_partition(other), None, "{other}");
+        }
     }
 
     #[test]

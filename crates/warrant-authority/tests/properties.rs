@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use warrant_authority::{
-    fold, step, Authority, HistoryEntry, InstanceState, LogEvent, LogPosition, Outcome, StatusName,
+    fold, quarantine_instance, step, Authority, HistoryEntry, InstanceState, Ledger, LogEvent,
+    LogPosition, Outcome, StatusName,
 };
 use warrant_schema::{
     samples, ActionProposed, DeadlineKind, DeadlineReached, DecisionRecorded, DecisionVerdict,
@@ -16,6 +17,8 @@ use warrant_schema::{
 
 const INSTANCE: &str = "7a0c9d2e-1b3f-4a5c-8d6e-9f0a1b2c3d4e";
 const OTHER_INSTANCE: &str = "00000000-0000-4000-8000-000000000000";
+/// The instance living in partition 1 when two partitions are folded.
+const SECOND_INSTANCE: &str = "3c5e7a90-2d4f-4b6a-9c8e-0f1a2b3c4d5e";
 const T0: i64 = 1_800_000_000_000;
 const MINUTE: i64 = 60_000;
 const PROPOSER: &str = "agent:bot";
@@ -130,11 +133,15 @@ struct Materialized {
 }
 
 fn materialize(ops: &[Step]) -> Materialized {
+    materialize_for(INSTANCE, ops)
+}
+
+fn materialize_for(instance: &str, ops: &[Step]) -> Materialized {
     let mut records = Vec::new();
     let mut clock = T0;
     let mut event_ids: Vec<String> = Vec::new();
     let mut last_grant: Option<String> = None;
-    let mut state = InstanceState::new(INSTANCE);
+    let mut state = InstanceState::new(instance);
     for (index, (dt, reuse, op)) in ops.iter().enumerate() {
         clock += dt * MINUTE;
         let event_id = match reuse {
@@ -146,7 +153,7 @@ fn materialize(ops: &[Step]) -> Materialized {
             partition: 0,
             offset: index as i64,
         };
-        let (bytes, decoded) = match build(op, clock, &event_id, last_grant.as_deref()) {
+        let (bytes, decoded) = match build(instance, op, clock, &event_id, last_grant.as_deref()) {
             None => {
                 let Op::Garbage(bytes) = op else {
                     unreachable!("only garbage has no envelope")
@@ -175,10 +182,16 @@ fn materialize(ops: &[Step]) -> Materialized {
     Materialized { records }
 }
 
-fn build(op: &Op, at: i64, event_id: &str, last_grant: Option<&str>) -> Option<Envelope> {
+fn build(
+    instance: &str,
+    op: &Op,
+    at: i64,
+    event_id: &str,
+    last_grant: Option<&str>,
+) -> Option<Envelope> {
     let envelope = |body: EventBody, by: &str| Envelope {
         event_id: event_id.to_owned(),
-        instance_id: INSTANCE.to_owned(),
+        instance_id: instance.to_owned(),
         recorded_at: at,
         submitted_by: by.to_owned(),
         body,
@@ -518,6 +531,132 @@ proptest! {
         let m = materialize(&ops);
         let (_, history) = fold(INSTANCE, events(&m));
         assert_safe(&m, &history);
+    }
+}
+
+/// A key that names no instance: its record goes to its partition's quarantine.
+fn junk_key() -> impl Strategy<Value = Option<Vec<u8>>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(INSTANCE.to_uppercase().into_bytes())),
+        Just(Some(INSTANCE.replace('-', "").into_bytes())),
+        // Spells another partition's quarantine; still a key of this one.
+        Just(Some(b"quarantine-1".to_vec())),
+        Just(Some(b"quarantine-0".to_vec())),
+        proptest::collection::vec(any::<u8>(), 0..12).prop_map(Some),
+    ]
+}
+
+/// One log record: position, key, value.
+type Record = (LogPosition, Option<Vec<u8>>, Vec<u8>);
+
+/// One partition's records: `instance`'s history (keyed by its id) with at
+/// least one record under a key that is not an instance id slipped in
+/// anywhere; its value is garbage or a copy of one of the instance's events.
+fn partition_log(partition: i32, instance: &'static str) -> impl Strategy<Value = Vec<Record>> {
+    let junk = (
+        any::<prop::sample::Index>(),
+        junk_key(),
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..24).prop_map(Err),
+            any::<prop::sample::Index>().prop_map(Ok),
+        ],
+    );
+    (history(), proptest::collection::vec(junk, 1..6)).prop_map(move |(ops, junk)| {
+        let m = materialize_for(instance, &ops);
+        let mut records: Vec<(Option<Vec<u8>>, Vec<u8>)> = m
+            .records
+            .iter()
+            .map(|(_, bytes, _)| (Some(instance.as_bytes().to_vec()), bytes.clone()))
+            .collect();
+        for (at, key, value) in junk {
+            let value = match value {
+                Err(garbage) => garbage,
+                Ok(copy) => m.records[copy.index(m.records.len())].1.clone(),
+            };
+            records.insert(at.index(records.len() + 1), (key, value));
+        }
+        records
+            .into_iter()
+            .enumerate()
+            .map(|(offset, (key, value))| {
+                let position = LogPosition {
+                    partition,
+                    offset: offset as i64,
+                };
+                (position, key, value)
+            })
+            .collect()
+    })
+}
+
+/// Partitions 0 and 1 merged, each in its own order, taking from partition
+/// 0 where `picks` says `true` (and from whichever is left once one runs out).
+fn interleave<'a>(first: &'a [Record], second: &'a [Record], picks: &[bool]) -> Vec<&'a Record> {
+    let (mut a, mut b) = (first.iter().peekable(), second.iter().peekable());
+    let mut picks = picks.iter().copied();
+    let mut merged = Vec::with_capacity(first.len() + second.len());
+    loop {
+        let from_first = match (a.peek(), b.peek()) {
+            (None, None) => return merged,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(_), Some(_)) => picks.next().unwrap_or(true),
+        };
+        merged.extend(if from_first { a.next() } else { b.next() });
+    }
+}
+
+fn ledger_of<'a>(records: impl IntoIterator<Item = &'a Record>) -> Ledger {
+    let mut ledger = Ledger::new();
+    for (position, key, value) in records {
+        ledger.apply(*position, key.as_deref(), value);
+    }
+    ledger
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// SPEC §1.3: a fold reads no other partition. Records under keys that
+    /// are not instance ids, in two partitions, give the same records and
+    /// the same checkpoint digest however the partitions interleave (as the
+    /// projector and replay may read them differently).
+    #[test]
+    fn quarantine_does_not_depend_on_how_partitions_interleave(
+        zero in partition_log(0, INSTANCE),
+        one in partition_log(1, SECOND_INSTANCE),
+        picks in proptest::collection::vec(any::<bool>(), 0..100),
+    ) {
+        let in_turn = ledger_of(zero.iter().chain(&one));
+        let reversed = ledger_of(one.iter().chain(&zero));
+        let interleaved = ledger_of(interleave(&zero, &one, &picks));
+        for other in [&reversed, &interleaved] {
+            prop_assert_eq!(
+                other.instances().collect::<Vec<_>>(),
+                in_turn.instances().collect::<Vec<_>>()
+            );
+            for (id, folded) in in_turn.instances() {
+                prop_assert_eq!(other.get(id).map(|f| f.record()), Some(folded.record()));
+            }
+            prop_assert_eq!(other.checkpoint_digest(), in_turn.checkpoint_digest());
+        }
+        // Each partition's stray records, all of them and in log order, are
+        // in that partition's quarantine and nowhere else.
+        for (partition, log, instance) in [(0, &zero, INSTANCE), (1, &one, SECOND_INSTANCE)] {
+            let stray: Vec<LogPosition> = log
+                .iter()
+                .filter(|(_, key, _)| key.as_deref() != Some(instance.as_bytes()))
+                .map(|(position, _, _)| *position)
+                .collect();
+            let quarantine = in_turn
+                .get(&quarantine_instance(partition))
+                .expect("a quarantine per partition with stray records");
+            let positions: Vec<LogPosition> =
+                quarantine.history.iter().map(|e| e.position).collect();
+            prop_assert_eq!(positions, stray);
+        }
+        prop_assert_eq!(in_turn.len(), 4);
     }
 }
 

@@ -6,14 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use warrant_kafka::{partitions_of, watermarks, KafkaArgs, METADATA_TIMEOUT};
+use warrant_kafka::{partitions_of, watermarks, KafkaArgs, QuietContext, METADATA_TIMEOUT};
 
 use crate::range::{clamp_range, Bound, PartitionRange, RangeSpec};
 use crate::source::{Progress, RawRecord, Sink};
@@ -48,42 +46,9 @@ pub fn consumer_config(kafka: &KafkaArgs) -> ClientConfig {
     config
 }
 
-/// Client callbacks: librdkafka reports reaching the end of a partition
-/// (which is how a replay finishes) as a client "error"; that is logged at
-/// debug, everything else as a warning with tracing.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ReplayContext;
-
-impl ClientContext for ReplayContext {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error
-            | RDKafkaLogLevel::Warning => tracing::warn!(facility, "librdkafka: {message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(facility, "librdkafka: {message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(facility, "librdkafka: {message}"),
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        match error {
-            KafkaError::PartitionEOF(_)
-            | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-            | KafkaError::MessageConsumption(RDKafkaErrorCode::PartitionEOF) => {
-                tracing::debug!("end of partition: {reason}")
-            }
-            error => tracing::warn!(error = %error, "kafka client error: {reason}"),
-        }
-    }
-}
-
-impl ConsumerContext for ReplayContext {}
-
-type ReplayConsumer = BaseConsumer<ReplayContext>;
+/// Reaching the end of a partition is how a replay finishes; librdkafka
+/// reports it as a client "error", which [`QuietContext`] logs at debug.
+type ReplayConsumer = BaseConsumer<QuietContext>;
 
 fn client_error(kafka: &KafkaArgs, source: KafkaError) -> Error {
     Error::Kafka(warrant_kafka::Error::Client {
@@ -93,18 +58,11 @@ fn client_error(kafka: &KafkaArgs, source: KafkaError) -> Error {
     })
 }
 
-/// The consumer that reads records.
+/// A consumer that reads records, or (never polled) looks up metadata,
+/// watermarks and offsets by time.
 fn consumer(kafka: &KafkaArgs) -> Result<ReplayConsumer, Error> {
     consumer_config(kafka)
-        .create_with_context(ReplayContext)
-        .map_err(|source| client_error(kafka, source))
-}
-
-/// A consumer for metadata, watermarks and time lookups (the shared
-/// `warrant_kafka` helpers take the default context); it never polls.
-fn lookup_consumer(kafka: &KafkaArgs) -> Result<BaseConsumer, Error> {
-    consumer_config(kafka)
-        .create()
+        .create_with_context(QuietContext)
         .map_err(|source| client_error(kafka, source))
 }
 
@@ -113,7 +71,7 @@ fn lookup_consumer(kafka: &KafkaArgs) -> Result<BaseConsumer, Error> {
 /// `offsets_for_times`.
 pub fn resolve(kafka: &KafkaArgs, spec: &RangeSpec) -> Result<Vec<PartitionRange>, Error> {
     let topic = kafka.log_topic.as_str();
-    let consumer = lookup_consumer(kafka)?;
+    let consumer = consumer(kafka)?;
     let all = partitions_of(&consumer, topic)?;
     if let Some(missing) = spec.partitions.iter().find(|p| !all.contains(p)) {
         return Err(Error::NoSuchPartition {
@@ -168,7 +126,7 @@ pub fn resolve(kafka: &KafkaArgs, spec: &RangeSpec) -> Result<Vec<PartitionRange
 
 /// The offset a bound names on each partition.
 fn offsets_at(
-    consumer: &BaseConsumer,
+    consumer: &ReplayConsumer,
     topic: &str,
     marks: &BTreeMap<i32, (i64, i64)>,
     bound: Option<Bound>,

@@ -82,16 +82,21 @@ fn default_threads() -> usize {
 }
 
 /// Check an `--instance` argument: a canonical (lowercase, hyphenated)
-/// UUID, or the quarantine instance. Uppercase is lowered.
+/// UUID; `quarantine-<partition>`, the records of that partition whose key
+/// is not an instance id; or the word `quarantine`, every partition's
+/// quarantine. Uppercase is lowered.
 pub fn canonical_instance(text: &str) -> Result<String, Error> {
     let lowered = text.trim().to_ascii_lowercase();
-    let canonical = warrant_authority::instance_for_key(Some(lowered.as_bytes()));
-    if canonical == lowered {
+    let valid = warrant_authority::instance_key(Some(lowered.as_bytes())).is_some()
+        || warrant_authority::quarantine_partition(&lowered).is_some()
+        || lowered == warrant_authority::QUARANTINE;
+    if valid {
         Ok(lowered)
     } else {
         Err(Error::Usage(format!(
-            "--instance {text:?}: an instance id is a hyphenated UUID (or {:?})",
-            warrant_authority::QUARANTINE_INSTANCE
+            "--instance {text:?}: an instance id is a hyphenated UUID, or {q}-<partition> \
+             for the records of a partition whose key is not one ({q} for all partitions)",
+            q = warrant_authority::QUARANTINE
         )))
     }
 }

@@ -6,14 +6,19 @@
 //! adds is bookkeeping the auditor needs: which partition an instance lives
 //! in, whether its first event may lie before the range (`partial`), and
 //! how much of each history to keep in memory ([`Keep`]).
+//!
+//! Records under keys that are not instance ids go to their partition's
+//! quarantine (`quarantine-<partition>`), as everywhere else, so every
+//! instance lives in one partition and each partition is folded on its own:
+//! reader threads never need to agree on an order across partitions.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use warrant_authority::{
-    checkpoint_digest, instance_for_key, step, ExecutionRecord, Folded, Hash32, HistoryEntry,
-    InstanceState, LogEvent, LogPosition, Outcome, QUARANTINE_INSTANCE,
+    checkpoint_digest, instance_for_key, instance_key, quarantine_partition, step, ExecutionRecord,
+    Folded, Hash32, HistoryEntry, InstanceState, LogEvent, LogPosition, Outcome, QUARANTINE,
 };
 
 use crate::range::PartitionRange;
@@ -42,10 +47,13 @@ pub struct ReplayedInstance {
     /// the range starts after the log does and that event was not an
     /// applied `ActionProposed`. Its hashes cannot be rebuilt from the range.
     pub partial: bool,
-    /// Other partitions holding records under the same instance id (only
-    /// expected for the quarantine instance, whose keys are not instance
-    /// ids). Each partition is folded on its own, so its chain does not
-    /// depend on how partitions interleave.
+    /// Other partitions holding records under the same instance id. Never
+    /// the case on a log that keeps SPEC §2 (all events of an instance in one
+    /// partition; quarantines are per partition); it happens when partitions
+    /// were added to the topic while instances were open, which moves their
+    /// later events elsewhere. Each partition is folded on its own, and such
+    /// an instance is reported, not verified: a chain across partitions
+    /// would depend on how a reader interleaved them.
     pub other_partitions: Vec<i32>,
     /// State and history; the history is empty unless [`Keep::History`].
     pub folded: Folded,
@@ -122,6 +130,37 @@ pub struct ReplayedRecord {
     pub record: ExecutionRecord,
 }
 
+/// Which records `--instance` folds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Only {
+    /// The records keyed by this instance id.
+    Instance(String),
+    /// Records under keys that are not instance ids: in one partition
+    /// (`quarantine-<partition>`), or in all (`quarantine`).
+    Quarantine(Option<i32>),
+}
+
+impl Only {
+    fn new(only: &str) -> Only {
+        match quarantine_partition(only) {
+            Some(partition) => Only::Quarantine(Some(partition)),
+            None if only == QUARANTINE => Only::Quarantine(None),
+            None => Only::Instance(only.to_owned()),
+        }
+    }
+
+    /// Whether the record keyed `key` in `partition` is selected.
+    fn selects(&self, key: Option<&[u8]>, partition: i32) -> bool {
+        match self {
+            // A key equal to an instance id is that id: no parsing needed.
+            Only::Instance(id) => key == Some(id.as_bytes()),
+            Only::Quarantine(only) => {
+                only.is_none_or(|only| only == partition) && instance_key(key).is_none()
+            }
+        }
+    }
+}
+
 struct Slot {
     first: LogPosition,
     partial: bool,
@@ -144,7 +183,7 @@ struct PartitionFold {
 /// A [`Sink`] that folds records; one per reader thread, merged at the end.
 pub struct Folder {
     keep: Keep,
-    only: Option<String>,
+    only: Option<Only>,
     partitions: BTreeMap<i32, PartitionFold>,
     events: u64,
 }
@@ -159,18 +198,13 @@ impl std::fmt::Debug for Folder {
     }
 }
 
-/// Whether a record keyed `key` belongs to instance `only`.
-fn selects(only: &str, key: Option<&[u8]>) -> bool {
-    key == Some(only.as_bytes())
-        || (only == QUARANTINE_INSTANCE && instance_for_key(key) == QUARANTINE_INSTANCE)
-}
-
 impl Folder {
-    /// `only`: fold just this instance's records (others are read, not folded).
+    /// `only`: fold just this instance's records (others are read, not
+    /// folded); `quarantine` folds every partition's quarantine.
     pub fn new(keep: Keep, only: Option<String>) -> Folder {
         Folder {
             keep,
-            only,
+            only: only.as_deref().map(Only::new),
             partitions: BTreeMap::new(),
             events: 0,
         }
@@ -189,7 +223,7 @@ impl Folder {
         part.last_offset = Some(record.offset);
         part.records += 1;
         if let Some(only) = &self.only {
-            if !selects(only, record.key) {
+            if !only.selects(record.key, record.partition) {
                 return Ok(());
             }
         }
@@ -198,7 +232,10 @@ impl Folder {
             offset: record.offset,
         };
         // Look the key up as it is first: for a known instance that is
-        // exactly what `instance_for_key` would return, and costs no String.
+        // exactly what `instance_for_key` would return, and costs no String
+        // (a key that spells a quarantine id, say `quarantine-3`, can only
+        // find partition 3's own quarantine, which is where it belongs).
+        // Instances are per partition, so no other partition interferes.
         let known = record
             .key
             .and_then(|key| std::str::from_utf8(key).ok())
@@ -206,7 +243,7 @@ impl Folder {
         let slot = match known {
             Some(key) => part.instances.get_mut(key),
             None => {
-                let instance_id = instance_for_key(record.key);
+                let instance_id = instance_for_key(record.key, record.partition);
                 Some(
                     part.instances
                         .entry(instance_id)
@@ -652,9 +689,62 @@ mod tests {
         feed.push(0, 0, Some(b"junk"), b"x");
         feed.push(0, 1, Some(id(1).as_bytes()), b"y");
         feed.push(0, 2, None, b"z");
-        let quarantine = feed.fold(Keep::History, Some(QUARANTINE_INSTANCE));
-        assert_eq!(quarantine.events, 2);
-        assert_eq!(quarantine.instances[0].instance_id(), QUARANTINE_INSTANCE);
+        feed.push(1, 0, Some(b"quarantine-0"), b"w");
+        feed.push(1, 1, Some(id(2).to_uppercase().as_bytes()), b"v");
+        let ids = |result: &FoldResult| -> Vec<(String, i32, u64)> {
+            result
+                .instances
+                .iter()
+                .map(|i| (i.instance_id().to_owned(), i.partition, i.entries()))
+                .collect()
+        };
+        let zero = feed.fold(Keep::History, Some("quarantine-0"));
+        assert_eq!(zero.events, 2);
+        assert_eq!(ids(&zero), [("quarantine-0".to_owned(), 0, 2)]);
+        let one = feed.fold(Keep::History, Some("quarantine-1"));
+        assert_eq!(ids(&one), [("quarantine-1".to_owned(), 1, 2)]);
+        let all = feed.fold(Keep::History, Some("quarantine"));
+        assert_eq!(all.events, 4);
+        assert_eq!(ids(&all), [ids(&zero)[0].clone(), ids(&one)[0].clone()]);
+        assert!(feed
+            .fold(Keep::State, Some("quarantine-2"))
+            .instances
+            .is_empty());
+        // The same records, folded in full, give the same quarantines.
+        let whole = feed.fold(Keep::History, None);
+        for quarantine in &all.instances {
+            assert_eq!(
+                find(&whole, quarantine.instance_id()).head(),
+                quarantine.head()
+            );
+        }
+    }
+
+    #[test]
+    fn instance_arguments_are_ids_or_quarantines() {
+        for (given, canonical) in [
+            (
+                "6F1C2B9E-4D0A-4C7E-9A51-0D2F3B8C7E11",
+                "6f1c2b9e-4d0a-4c7e-9a51-0d2f3b8c7e11",
+            ),
+            (" quarantine-3 ", "quarantine-3"),
+            ("Quarantine", "quarantine"),
+        ] {
+            assert_eq!(
+                crate::canonical_instance(given).ok().as_deref(),
+                Some(canonical)
+            );
+        }
+        for bad in [
+            "quarantine-03",
+            "quarantine-",
+            "quarantine-x",
+            "6f1c2b9e",
+            "junk",
+            "",
+        ] {
+            assert!(crate::canonical_instance(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -683,19 +773,71 @@ mod tests {
     }
 
     #[test]
-    fn an_id_in_two_partitions_gives_two_records_that_name_each_other() {
+    fn stray_keys_in_two_partitions_are_two_quarantines_not_a_split() {
         let mut feed = Feed::new(0);
         feed.push(0, 0, Some(b"junk"), b"x");
         feed.push(2, 0, Some(b"other junk"), b"y");
+        feed.push(2, 1, None, &events(1, 1)[0]);
         feed.push(1, 0, Some(id(1).as_bytes()), &events(1, 1)[0]);
+        feed.push(0, 1, Some(b"junk"), b"z");
+        let result = feed.fold(Keep::History, None);
+        let quarantines: Vec<(&str, i32, u64)> = result
+            .instances
+            .iter()
+            .filter(|i| quarantine_partition(i.instance_id()).is_some())
+            .map(|i| (i.instance_id(), i.partition, i.entries()))
+            .collect();
+        assert_eq!(
+            quarantines,
+            vec![("quarantine-0", 0, 2), ("quarantine-2", 2, 2)]
+        );
+        assert!(result
+            .instances
+            .iter()
+            .all(|i| i.other_partitions.is_empty()));
+        // The records and digest are the ledger's, whatever the order.
+        let ledger = feed.ledger();
+        for instance in &result.instances {
+            let folded = ledger.get(instance.instance_id());
+            assert_eq!(
+                instance.record().map(|r| r.record),
+                folded.map(Folded::record)
+            );
+        }
+        let replay = Replay {
+            source: String::new(),
+            topic: String::new(),
+            ranges: Vec::new(),
+            exact_ranges: true,
+            instances: result.instances,
+            records: result.records,
+            events: result.events,
+            keep: Keep::History,
+            only: None,
+        };
+        assert_eq!(replay.checkpoint_digest(), Some(ledger.checkpoint_digest()));
+        assert_eq!(replay.summary().split, 0);
+    }
+
+    #[test]
+    fn an_id_in_two_partitions_gives_two_records_that_name_each_other() {
+        // Off contract (SPEC §2): an instance's events in two partitions, as
+        // after partitions were added to the topic.
+        let mut feed = Feed::new(0);
+        let key = id(1);
+        let history = events(1, 3);
+        feed.push(0, 0, Some(key.as_bytes()), &history[0]);
+        feed.push(2, 0, Some(key.as_bytes()), &history[1]);
+        feed.push(2, 1, Some(key.as_bytes()), &history[2]);
+        feed.push(1, 0, Some(id(2).as_bytes()), &events(2, 1)[0]);
         let result = feed.fold(Keep::State, None);
         let split: Vec<(i32, Vec<i32>)> = result
             .instances
             .iter()
-            .filter(|i| i.instance_id() == QUARANTINE_INSTANCE)
+            .filter(|i| i.instance_id() == key)
             .map(|i| (i.partition, i.other_partitions.clone()))
             .collect();
         assert_eq!(split, vec![(0, vec![2]), (2, vec![0])]);
-        assert!(find(&result, &id(1)).other_partitions.is_empty());
+        assert!(find(&result, &id(2)).other_partitions.is_empty());
     }
 }

@@ -954,7 +954,7 @@ mod tests {
             Verdict::Malformed { .. }
         ));
         let mut other = projector(3);
-        other.instance_id = "quarantine".to_owned();
+        other.instance_id = "quarantine-1".to_owned();
         assert!(matches!(
             compare(&ours(&mine, true), Some(&other)),
             Verdict::Malformed { .. }

@@ -142,8 +142,9 @@ async fn produce(kafka: &KafkaArgs, records: Vec<ToSend>) -> Vec<Sent> {
 }
 
 /// `instances` instances spread over three partitions, interleaved, plus
-/// garbage under non-UUID keys (in two partitions when `split_quarantine`).
-async fn produce_fixture(kafka: &KafkaArgs, instances: usize, split_quarantine: bool) -> Vec<Sent> {
+/// garbage under non-UUID keys (in partitions 0 and 1 when
+/// `two_quarantines`, else only in 0).
+async fn produce_fixture(kafka: &KafkaArgs, instances: usize, two_quarantines: bool) -> Vec<Sent> {
     let histories: Vec<Vec<Vec<u8>>> = (0..instances).map(history).collect();
     let longest = histories.iter().map(Vec::len).max().unwrap_or(0);
     let base = recent_millis();
@@ -162,7 +163,7 @@ async fn produce_fixture(kafka: &KafkaArgs, instances: usize, split_quarantine: 
         }
         if n == 2 {
             records.push((0, Some(b"not-a-uuid".to_vec()), b"garbage".to_vec(), base));
-            let quarantine_partition = if split_quarantine { 1 } else { 0 };
+            let quarantine_partition = if two_quarantines { 1 } else { 0 };
             records.push((quarantine_partition, None, histories[0][0].clone(), base));
         }
     }
@@ -316,7 +317,8 @@ fn next_offsets(sent: &[Sent]) -> BTreeMap<i32, i64> {
     next
 }
 
-/// The projector's view when its records never split across partitions.
+/// The projector's view (no instance spans partitions, so the per-partition
+/// ledgers hold every record).
 fn projector_records(ledgers: &BTreeMap<i32, Ledger>) -> BTreeMap<String, ExecutionRecord> {
     expected_records(ledgers)
         .into_iter()
@@ -345,15 +347,16 @@ async fn replay_builds_the_records_the_shared_fold_builds() {
             "{key:?} marked partial on a whole-log replay"
         );
     }
-    // Garbage under non-UUID keys in partitions 0 and 1: two quarantine
-    // records, each folded within its partition and marked as split.
-    let quarantine: Vec<&ReplayedRecord> = got
+    // Garbage under non-UUID keys in partitions 0 and 1: one quarantine per
+    // partition, neither of them split across partitions.
+    let quarantine: Vec<(&str, i32)> = got
         .values()
-        .filter(|r| r.record.instance_id == "quarantine")
+        .filter(|r| r.record.instance_id.starts_with("quarantine"))
+        .map(|r| (r.record.instance_id.as_str(), r.partition))
         .collect();
-    assert_eq!(quarantine.len(), 2);
-    assert_eq!(quarantine[0].also_in_partitions, vec![1]);
-    assert_eq!(quarantine[1].also_in_partitions, vec![0]);
+    assert_eq!(quarantine, vec![("quarantine-0", 0), ("quarantine-1", 1)]);
+    assert!(got.values().all(|r| r.also_in_partitions.is_empty()));
+    assert_eq!(replay.summary().split, 0);
     // The instance whose signal came before its proposal is still whole.
     let late_proposal = &got[&(instance_id(8), 2)].record;
     assert_eq!(
@@ -421,6 +424,67 @@ async fn replay_builds_the_records_the_shared_fold_builds() {
         .stdout
         .contains(&format!("head hash        {}", record.head_hash)));
     assert_eq!(run.stdout.matches("== instance").count(), 1);
+
+    // A projector folds partitions in whatever order it polls them: one
+    // ledger over every record in the order they were sent. Replay (each
+    // partition on its own) verifies every record of it, both quarantines
+    // included, and the checkpoint digest.
+    let mut as_sent = Ledger::new();
+    for s in &sent {
+        let position = LogPosition {
+            partition: s.partition,
+            offset: s.offset,
+        };
+        as_sent.apply(position, s.key.as_deref(), &s.value);
+    }
+    let records: BTreeMap<String, ExecutionRecord> = as_sent
+        .instances()
+        .map(|(id, folded)| (id.clone(), folded.record()))
+        .collect();
+    assert_eq!(records.len(), expected.len());
+    let url = start_projector(&kafka, records, &next_offsets(&sent)).await;
+    let mut args = kafka_args(&kafka);
+    args.extend(["--verify", &url, "--quiet"].map(str::to_owned));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = run_binary(&args).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains(&format!("{} verified; ok", expected.len())),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("checkpoint: digest equal"),
+        "{}",
+        run.stdout
+    );
+
+    // One partition's quarantine alone.
+    let mut args = kafka_args(&kafka);
+    args.extend(
+        [
+            "--instance",
+            "quarantine-1",
+            "--format",
+            "ndjson",
+            "--quiet",
+        ]
+        .map(str::to_owned),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = run_binary(&args).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let only: Vec<ReplayedRecord> = run
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert_eq!(only.len(), 1);
+    assert_eq!(
+        Some(&only[0].record),
+        expected.get(&("quarantine-1".to_owned(), 1))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! broker, throwaway topics, and scripted histories.
 //!
 //! [`scripted_history`] writes instances that end in every status, with
-//! duplicates, garbage and a non-UUID key mixed in, and says what each
+//! duplicates, garbage and non-UUID keys mixed in, and says what each
 //! instance must end as. [`bulk_history`] is the realistic mix at volume.
 //! Nothing here is used by a service.
 
@@ -97,6 +97,10 @@ pub struct Script {
     pub expected: BTreeMap<String, Option<StatusName>>,
     /// Expected number of history entries per instance id.
     pub entries: BTreeMap<String, u64>,
+    /// How many of `records` have a key that is not an instance id. They
+    /// are in no `expected` instance: each lands in the quarantine of the
+    /// partition the producer puts it in (`quarantine-<partition>`).
+    pub stray: u64,
 }
 
 const T0: i64 = 1_800_000_000_000;
@@ -267,8 +271,9 @@ fn fnv(text: &str) -> u64 {
 /// `instances` instances cycling through every final and paused status,
 /// plus: each 7th instance has one event re-delivered (a `Duplicate`), each
 /// 11th a garbage value under its key (a `Malformed`), each 13th a report
-/// for a grant that never existed (a violation); and one record with a key
-/// that is not a UUID (quarantine).
+/// for a grant that never existed (a violation); and two records whose keys
+/// are not UUIDs (quarantined), which Kafka's default partitioner puts in
+/// partitions 1 and 2 of a three-partition log.
 pub fn scripted_history(instances: usize) -> Script {
     let mut script = Script::default();
     for index in 0..instances {
@@ -367,16 +372,14 @@ pub fn scripted_history(instances: usize) -> Script {
         script.expected.insert(s.instance_id.clone(), Some(status));
         script.records.extend(records);
     }
-    script.records.push(LogRecord {
-        key: Some(b"not-a-uuid".to_vec()),
-        value: b"whatever".to_vec(),
-    });
-    script
-        .expected
-        .insert(warrant_authority::QUARANTINE_INSTANCE.to_owned(), None);
-    script
-        .entries
-        .insert(warrant_authority::QUARANTINE_INSTANCE.to_owned(), 1);
+    // murmur2 mod 3: "not-a-uuid" -> 1, "not-a-uuid-either" -> 2.
+    for key in ["not-a-uuid", "not-a-uuid-either"] {
+        script.records.push(LogRecord {
+            key: Some(key.as_bytes().to_vec()),
+            value: b"whatever".to_vec(),
+        });
+        script.stray += 1;
+    }
     script
 }
 
@@ -493,7 +496,13 @@ mod tests {
             };
             ledger.apply(position, record.key.as_deref(), &record.value);
         }
-        assert_eq!(ledger.len(), script.expected.len());
+        // One partition here: the stray records share its quarantine.
+        assert_eq!(ledger.len(), script.expected.len() + 1);
+        let quarantine = ledger
+            .get(&warrant_authority::quarantine_instance(0))
+            .expect("quarantine folded");
+        assert_eq!(quarantine.state.entries, script.stray);
+        assert_eq!(quarantine.state.status(), None);
         for (instance_id, expected) in &script.expected {
             let folded = ledger.get(instance_id).expect("instance folded");
             assert_eq!(folded.state.status(), *expected, "{instance_id}");

@@ -1,6 +1,6 @@
 //! The plumbing the end-to-end tests stand on, against the real local broker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use warrant_kafka::{partitions_of, watermarks};
 
@@ -24,6 +24,17 @@ async fn scripted_records_land_in_order_one_partition_per_instance() {
             assert!(last_offset < *offset);
         }
     }
+
+    // The records under keys that are not instance ids land in two
+    // partitions, as `scripted_history` promises.
+    let stray: BTreeSet<i32> = script
+        .records
+        .iter()
+        .zip(&positions)
+        .filter(|(record, _)| warrant_authority::instance_key(record.key.as_deref()).is_none())
+        .map(|(_, (partition, _))| *partition)
+        .collect();
+    assert_eq!(stray, BTreeSet::from([1, 2]));
 
     let consumer = args.assigned_consumer().expect("consumer");
     let partitions = partitions_of(&consumer, &args.log_topic).expect("metadata");
