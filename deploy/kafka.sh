@@ -321,10 +321,12 @@ create_topics() {
 
   # name partitions [extra TopicCommand args...]
   local -a specs=(
-    "$LOG_TOPIC $LOG_PARTITIONS"
+    # The log is the record and the dead letters wait for a human: neither
+    # may age out (the broker default would delete them after 7 days).
+    "$LOG_TOPIC $LOG_PARTITIONS --config retention.ms=-1"
     "$PROPOSALS_TOPIC 3"
     "$SIGNALS_TOPIC 3"
-    "$DEAD_LETTER_TOPIC 1"
+    "$DEAD_LETTER_TOPIC 1 --config retention.ms=-1"
     # Rulesets are keyed state: compaction keeps the latest version per key.
     "$RULESETS_TOPIC 1 --config cleanup.policy=compact"
   )

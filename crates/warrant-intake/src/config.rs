@@ -90,13 +90,81 @@ pub struct Paths {
     pub principals: PathBuf,
 }
 
+/// What `warrant-intake --check-config` reports: both files loaded and
+/// validated with the loaders intake runs on, without touching Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConfigCheck {
+    pub ruleset_version: String,
+    /// SHA-256 of the ruleset file's bytes: what proposals will carry.
+    pub ruleset_digest: String,
+    pub rules: usize,
+    pub tokens: usize,
+    pub reviewers: usize,
+    /// `rule-id: role` for every role a rule names that no reviewer holds:
+    /// instances under such a rule could never be approved (or overridden)
+    /// and would only expire.
+    pub unheld_roles: Vec<String>,
+}
+
+impl ConfigCheck {
+    /// Whether intake may run on these files. Loading already refuses every
+    /// malformed file; a role nobody holds loads but cannot work.
+    pub fn passed(&self) -> bool {
+        self.unheld_roles.is_empty()
+    }
+}
+
+/// Load and cross-check the two files.
+pub fn check(paths: &Paths) -> Result<ConfigCheck, Error> {
+    let loaded = LoadedRuleset::load(&paths.ruleset)?;
+    let principals = load_principals(&paths.principals)?;
+    let (tokens, reviewers) = principals.counts();
+    let mut unheld_roles = Vec::new();
+    for rule in loaded.ruleset.rules() {
+        let requirement = &rule.requirement;
+        for role in requirement
+            .approver_roles
+            .iter()
+            .chain(&requirement.override_roles)
+        {
+            let entry = format!("{}: {role}", rule.id);
+            if !principals.reviewers().any(|r| r.roles.contains(role))
+                && !unheld_roles.contains(&entry)
+            {
+                unheld_roles.push(entry);
+            }
+        }
+    }
+    Ok(ConfigCheck {
+        ruleset_version: loaded.ruleset.version().to_owned(),
+        ruleset_digest: loaded.ruleset.digest().to_owned(),
+        rules: loaded.ruleset.rules().len(),
+        tokens,
+        reviewers,
+        unheld_roles,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn example(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/examples")
+            .join(name)
+    }
+
+    fn example_paths() -> Paths {
+        Paths {
+            ruleset: example("ruleset.yaml"),
+            principals: example("principals.yaml"),
+        }
+    }
+
     #[test]
     fn the_example_ruleset_loads_and_resolves() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/ruleset.yaml");
+        let path = example("ruleset.yaml");
         let loaded = LoadedRuleset::load(&path).expect("example ruleset is valid");
         assert_eq!(
             loaded.ruleset.digest(),
@@ -107,25 +175,34 @@ mod tests {
         let mut other = restart.clone();
         other.target = "staging/payments/api".to_owned();
         assert_eq!(loaded.ruleset.resolve(&other).id, "everything-else");
-        // Every role the example rules name is held by some example reviewer.
-        let principals = load_principals(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/principals.yaml"),
-        )
-        .expect("example principals are valid");
-        for rule in loaded.ruleset.rules() {
-            for role in rule
-                .requirement
-                .approver_roles
-                .iter()
-                .chain(&rule.requirement.override_roles)
-            {
-                assert!(
-                    principals.reviewers().any(|r| r.roles.contains(role)),
-                    "no example reviewer holds {role} (rule {})",
-                    rule.id
-                );
-            }
-        }
+    }
+
+    #[test]
+    fn the_example_files_pass_the_check() {
+        let check = check(&example_paths()).expect("example files load");
+        assert!(check.passed(), "{check:?}");
+        assert_eq!(check.rules, 3, "{check:?}");
+        assert!(check.tokens >= 1 && check.reviewers >= 2, "{check:?}");
+    }
+
+    #[test]
+    fn the_check_names_a_role_no_reviewer_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let principals = std::fs::read_to_string(example("principals.yaml")).expect("readable");
+        // Rename the role every reviewer with it holds: the rules still name it.
+        let path = dir.path().join("principals.yaml");
+        std::fs::write(&path, principals.replace("sre", "site-reliability")).expect("write");
+        let paths = Paths {
+            ruleset: example("ruleset.yaml"),
+            principals: path,
+        };
+        let check = check(&paths).expect("both files still load");
+        assert!(!check.passed());
+        assert!(
+            check.unheld_roles.iter().any(|r| r == "prod-restarts: sre"),
+            "{:?}",
+            check.unheld_roles
+        );
     }
 
     #[test]

@@ -206,8 +206,14 @@ impl LogAppender for KafkaLog {
     }
 }
 
-/// The one log line every append writes.
+/// The one log line every append writes. Inside a request, the request's
+/// span takes the instance and log position too, so the lines that follow
+/// (the wait for the fold, the answer) name them.
 pub fn log_append(envelope: &Envelope, appended: Appended) {
+    let span = tracing::Span::current();
+    span.record("instance_id", envelope.instance_id.as_str());
+    span.record("partition", appended.partition);
+    span.record("offset", appended.offset);
     tracing::info!(
         instance_id = %envelope.instance_id,
         event_id = %envelope.event_id,

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use warrant_intake::config::{self, Paths};
+use warrant_runtime::{init_tracing, shutdown_signal, LogFormat};
 
 /// The only door into Warrant's authoritative log (warrant.log).
 ///
@@ -33,6 +34,9 @@ use tracing_subscriber::EnvFilter;
 /// Signals: SIGTERM/SIGINT stop gracefully (in-flight requests finish, the
 /// producer flushes); SIGHUP reloads the ruleset and principals files.
 /// Log verbosity: RUST_LOG (default info).
+///
+/// --check-config loads and cross-checks the two files, prints what it
+/// found as JSON, and exits (0: usable, 1: not) without touching Kafka.
 #[derive(Debug, Parser)]
 #[command(name = "warrant-intake", version, verbatim_doc_comment)]
 struct Cli {
@@ -41,52 +45,47 @@ struct Cli {
     /// Log line format.
     #[arg(long, env = "WARRANT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Load and check the ruleset and principals files, print the result
+    /// as JSON and exit.
+    #[arg(long)]
+    check_config: bool,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
+/// `--check-config`: 0 when intake could run on the files, 1 when not.
+fn check_config(args: &warrant_intake::Args) -> ExitCode {
+    let paths = Paths {
+        ruleset: args.ruleset.clone(),
+        principals: args.principals.clone(),
+    };
+    match config::check(&paths) {
+        Ok(check) => {
+            match serde_json::to_string_pretty(&check) {
+                Ok(json) => println!("{json}"),
+                Err(error) => eprintln!("warrant-intake: cannot print the check: {error}"),
             }
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot listen for SIGTERM; only SIGINT stops intake");
-                let _ = interrupt.await;
+            if check.passed() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "warrant-intake: no reviewer holds these roles, so their rules can never be approved: {}",
+                    check.unheld_roles.join(", ")
+                );
+                ExitCode::FAILURE
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+        Err(error) => {
+            eprintln!("warrant-intake: {}", warrant_intake::error_chain(&error));
+            ExitCode::FAILURE
+        }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    if cli.check_config {
+        return check_config(&cli.args);
+    }
+    init_tracing(cli.log_format, "info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -98,7 +97,10 @@ fn main() -> ExitCode {
         }
     };
     let result: anyhow::Result<()> = runtime
-        .block_on(warrant_intake::run(cli.args, shutdown_signal()))
+        .block_on(warrant_intake::run(
+            cli.args,
+            shutdown_signal("warrant-intake"),
+        ))
         .map_err(anyhow::Error::from);
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
-    config::ClientConfig,
-    consumer::{BaseConsumer, Consumer},
+    client::{ClientContext, DefaultClientContext},
+    config::{ClientConfig, RDKafkaLogLevel},
+    consumer::{BaseConsumer, Consumer, ConsumerContext},
+    error::KafkaError,
     producer::FutureProducer,
     types::RDKafkaErrorCode,
 };
@@ -65,6 +66,47 @@ pub struct KafkaArgs {
         default_value = "warrant.rulesets"
     )]
     pub rulesets_topic: String,
+    /// Extra librdkafka properties for every client, as KEY=VALUE: how to
+    /// reach a secured cluster (security.protocol=SASL_SSL,
+    /// sasl.mechanism=SCRAM-SHA-512, sasl.username=..., ssl.ca.location=...).
+    /// Repeat the flag, or separate with commas in the variable. Warrant's
+    /// own guarantees (acks, idempotence, isolation, commits) are set after
+    /// these and cannot be overridden.
+    #[arg(
+        long = "kafka-property",
+        env = "WARRANT_KAFKA_PROPERTIES",
+        value_name = "KEY=VALUE",
+        value_delimiter = ',',
+        value_parser = parse_property
+    )]
+    pub properties: Vec<KafkaProperty>,
+}
+
+/// One `KEY=VALUE` librdkafka property from `--kafka-property`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaProperty {
+    pub key: String,
+    pub value: String,
+}
+
+/// Values may be passwords: never print them.
+impl std::fmt::Debug for KafkaProperty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}=<redacted>", self.key)
+    }
+}
+
+fn parse_property(text: &str) -> Result<KafkaProperty, String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok(KafkaProperty {
+            key: key.trim().to_owned(),
+            value: value.to_owned(),
+        }),
+        _ => Err(format!(
+            "expected KEY=VALUE (a librdkafka property), got {:?}",
+            text.split('=').next().unwrap_or_default()
+        )),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +148,7 @@ impl Default for KafkaArgs {
             signals_topic: "warrant.signals".to_owned(),
             dead_letter_topic: "warrant.dead-letter".to_owned(),
             rulesets_topic: "warrant.rulesets".to_owned(),
+            properties: Vec::new(),
         }
     }
 }
@@ -126,6 +169,7 @@ impl KafkaArgs {
             signals_topic: name("signals"),
             dead_letter_topic: name("dead-letter"),
             rulesets_topic: name("rulesets"),
+            properties: Vec::new(),
         }
     }
 
@@ -136,6 +180,9 @@ impl KafkaArgs {
             .set("bootstrap.servers", &self.brokers)
             .set("socket.keepalive.enable", "true")
             .set("log_level", "4");
+        for property in &self.properties {
+            config.set(&property.key, &property.value);
+        }
         config
     }
 
@@ -191,14 +238,17 @@ impl KafkaArgs {
     /// compaction for rulesets (SPEC §2). Existing topics are left alone.
     pub async fn create_topics(&self, log_partitions: i32) -> Result<(), Error> {
         let admin = self.admin()?;
-        let compact = [("cleanup.policy", "compact")];
+        // The log is the record and dead letters wait for a human: neither
+        // may age out. Rulesets are keyed by digest: compaction keeps each.
         let topics = [
-            NewTopic::new(&self.log_topic, log_partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&self.log_topic, log_partitions, TopicReplication::Fixed(1))
+                .set("retention.ms", "-1"),
             NewTopic::new(&self.proposals_topic, 3, TopicReplication::Fixed(1)),
             NewTopic::new(&self.signals_topic, 3, TopicReplication::Fixed(1)),
-            NewTopic::new(&self.dead_letter_topic, 1, TopicReplication::Fixed(1)),
+            NewTopic::new(&self.dead_letter_topic, 1, TopicReplication::Fixed(1))
+                .set("retention.ms", "-1"),
             NewTopic::new(&self.rulesets_topic, 1, TopicReplication::Fixed(1))
-                .set(compact[0].0, compact[0].1),
+                .set("cleanup.policy", "compact"),
         ];
         let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
         let results = admin
@@ -229,8 +279,12 @@ impl KafkaArgs {
     }
 }
 
-/// The partition ids of `topic`, in order.
-pub fn partitions_of<C: Consumer>(consumer: &C, topic: &str) -> Result<Vec<i32>, Error> {
+/// The partition ids of `topic`, in order. Any consumer will do, whatever
+/// its context.
+pub fn partitions_of<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+) -> Result<Vec<i32>, Error> {
     let metadata = consumer
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(|source| Error::Metadata {
@@ -253,8 +307,8 @@ pub fn partitions_of<C: Consumer>(consumer: &C, topic: &str) -> Result<Vec<i32>,
 }
 
 /// The low and high watermarks (first offset, next offset) of a partition.
-pub fn watermarks<C: Consumer>(
-    consumer: &C,
+pub fn watermarks<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
     topic: &str,
     partition: i32,
 ) -> Result<(i64, i64), Error> {
@@ -265,4 +319,127 @@ pub fn watermarks<C: Consumer>(
             partition,
             source,
         })
+}
+
+/// The client context for consumers that read partitions to their end (the
+/// projector, replay): librdkafka's log lines and errors go through
+/// `tracing`, and reaching the end of a partition, which librdkafka reports
+/// as an "error" when `enable.partition.eof` is set, is logged at debug: it
+/// is how a reader knows it has caught up, not something to alert on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuietContext;
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => tracing::warn!(facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(facility, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(facility, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if is_partition_eof(&error) {
+            tracing::debug!(reason, "end of partition");
+        } else {
+            tracing::warn!(error = %error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for QuietContext {}
+
+/// Whether `error` only says that a partition has been read to its end.
+fn is_partition_eof(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::PartitionEOF(_)
+            | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+            | KafkaError::MessageConsumption(RDKafkaErrorCode::PartitionEOF)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_end_of_a_partition_is_quiet() {
+        assert!(is_partition_eof(&KafkaError::PartitionEOF(2)));
+        assert!(is_partition_eof(&KafkaError::Global(
+            RDKafkaErrorCode::PartitionEOF
+        )));
+        assert!(is_partition_eof(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::PartitionEOF
+        )));
+        assert!(!is_partition_eof(&KafkaError::Global(
+            RDKafkaErrorCode::AllBrokersDown
+        )));
+        assert!(!is_partition_eof(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::OffsetOutOfRange
+        )));
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<KafkaArgs, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("test").chain(args.iter().copied())).map(|c| c.kafka)
+    }
+
+    #[test]
+    fn extra_properties_reach_every_client_but_not_warrants_guarantees() {
+        let kafka = parse(&[
+            "--kafka-property",
+            "security.protocol=SASL_SSL",
+            "--kafka-property=sasl.password=a=b",
+            "--kafka-property",
+            "acks=1,enable.idempotence=false",
+        ])
+        .expect("valid properties");
+        let client = kafka.client_config();
+        assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
+        // Only the first '=' splits: the value keeps the rest.
+        assert_eq!(client.get("sasl.password"), Some("a=b"));
+        // Properties are secrets: Debug never shows a value.
+        assert!(!format!("{kafka:?}").contains("a=b"));
+        let consumer = kafka.consumer_config("g");
+        assert_eq!(consumer.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(consumer.get("isolation.level"), Some("read_committed"));
+    }
+
+    #[test]
+    fn clients_for_a_tls_and_scram_cluster_can_be_built() {
+        // librdkafka refuses these settings at creation when it was built
+        // without OpenSSL; creating a client does not connect.
+        let kafka = parse(&[
+            "--brokers",
+            "127.0.0.1:1",
+            "--kafka-property",
+            "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512",
+            "--kafka-property",
+            "sasl.username=warrant-intake,sasl.password=example",
+        ])
+        .expect("valid properties");
+        let _producer = kafka.producer().expect("a TLS + SCRAM producer");
+        let _consumer = kafka.assigned_consumer().expect("a TLS + SCRAM consumer");
+    }
+
+    #[test]
+    fn a_property_without_a_key_is_refused_by_name() {
+        let error = parse(&["--kafka-property", "=x"]).expect_err("no key");
+        assert!(error.to_string().contains("KEY=VALUE"), "{error}");
+        let error = parse(&["--kafka-property", "plain"]).expect_err("no =");
+        assert!(error.to_string().contains("KEY=VALUE"), "{error}");
+    }
 }

@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/instances/{id}/entries", get(get_entry))
         .route("/v1/checkpoint", get(get_checkpoint))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(get_metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), track_latency))
         .fallback(not_found)
@@ -310,7 +311,26 @@ async fn healthz() -> Response {
     Json(serde_json::json!({ "status": "ok" })).into_response()
 }
 
+/// Ready once the view has reached the high watermarks seen when consuming
+/// began: before that, a replica that is catching up would answer as if
+/// recent instances did not exist, so load balancers keep it out.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let progress = state.committed.borrow().clone();
+    let body = serde_json::json!({
+        "status": if progress.caught_up { "ready" } else { "catching_up" },
+        "records_folded": progress.records,
+        "offsets": progress.offsets,
+    });
+    let status = if progress.caught_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
 async fn get_metrics(State(state): State<AppState>) -> Result<Response, AppError> {
+    state.metrics.refresh_paused_ages(crate::unix_millis());
     let text = state
         .metrics
         .encode()
@@ -567,7 +587,7 @@ mod tests {
         assert_eq!(all.len(), fx.ledger.len());
         assert!(all
             .iter()
-            .any(|i| i["instance_id"] == "quarantine" && i["status"].is_null()));
+            .any(|i| i["instance_id"] == "quarantine-0" && i["status"].is_null()));
         assert_eq!(body["next"], Value::Null);
     }
 
@@ -586,6 +606,31 @@ mod tests {
         assert_eq!(body["digest"], fx.ledger.checkpoint_digest().to_string());
         assert_eq!(body["digest"].as_str().unwrap().len(), 64);
         assert_eq!(body.as_object().unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn ready_only_once_caught_up_with_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let (progress, committed) = watch::channel(Progress::default());
+        let app = router(AppState {
+            store,
+            metrics: Arc::new(Metrics::new()),
+            committed,
+        });
+        let (status, body) = get_json(&app, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["status"], "catching_up");
+
+        progress.send_modify(|p| {
+            p.offsets.insert(0, 42);
+            p.records = 42;
+            p.caught_up = true;
+        });
+        let (status, body) = get_json(&app, "/readyz").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["status"], "ready");
+        assert_eq!(body["offsets"]["0"], 42);
     }
 
     #[tokio::test]
@@ -617,6 +662,12 @@ mod tests {
             text.contains("warrant_projector_refusals_total{code=\"Malformed\"}"),
             "{text}"
         );
+        // Every paused status has an age series, computed when scraped.
+        for status in ["AWAITING_SIGNALS", "AWAITING_DECISION", "BLOCKED"] {
+            let series =
+                format!("warrant_projector_oldest_paused_age_seconds{{status=\"{status}\"}}");
+            assert!(text.contains(&series), "{series} missing from\n{text}");
+        }
         // The requests above were timed, by route and status.
         assert!(
             text.contains("warrant_projector_http_request_duration_seconds_count{route=\"/healthz\",status=\"200\"} 1"),

@@ -10,15 +10,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use warrant_kafka::rdkafka::client::ClientContext;
-use warrant_kafka::rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use warrant_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use warrant_kafka::rdkafka::error::KafkaError;
 use warrant_kafka::rdkafka::types::RDKafkaErrorCode;
 use warrant_kafka::rdkafka::{Message, Offset, TopicPartitionList};
-use warrant_kafka::{partitions_of, watermarks};
+use warrant_kafka::{partitions_of, watermarks, QuietContext};
 
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -26,8 +25,13 @@ use crate::projection::{Projection, Sealed};
 use crate::store::Store;
 use crate::{Config, Progress};
 
-/// How long the fold thread waits for a record before it treats the log as
-/// drained and commits what it has.
+/// While catching up, how long the fold thread waits for a record before it
+/// treats the log as drained and commits what it has. Once caught up it
+/// waits for nothing: a batch is committed as soon as no record is queued
+/// locally, because an executor's claim is waiting on it (librdkafka reports
+/// the end of a partition only after its next, empty, fetch: up to
+/// `fetch.wait.max.ms` later). Under load the commit thread's back-pressure
+/// still makes batches grow.
 const IDLE: Duration = Duration::from_millis(10);
 /// Poll timeout while no batch is open.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -52,7 +56,7 @@ enum ToCommit {
 }
 
 struct Connected {
-    consumer: BaseConsumer<LogContext>,
+    consumer: BaseConsumer<QuietContext>,
     /// (low, high) watermarks per partition when the fold started.
     marks: BTreeMap<i32, (i64, i64)>,
 }
@@ -138,21 +142,15 @@ impl Ingest {
     fn connect(&self) -> Result<Option<Connected>, Error> {
         let topic = &self.config.kafka.log_topic;
         let consumer = projector_consumer(&self.config)?;
-        // warrant-kafka's metadata helpers take a default-context client.
-        let metadata = self
-            .config
-            .kafka
-            .assigned_consumer()
-            .map_err(Error::Kafka)?;
         let mut delay = Duration::from_millis(500);
         loop {
             if self.stopped() {
                 return Ok(None);
             }
-            let marks = partitions_of(&metadata, topic).and_then(|partitions| {
+            let marks = partitions_of(&consumer, topic).and_then(|partitions| {
                 partitions
                     .into_iter()
-                    .map(|p| watermarks(&metadata, topic, p).map(|marks| (p, marks)))
+                    .map(|p| watermarks(&consumer, topic, p).map(|marks| (p, marks)))
                     .collect::<Result<BTreeMap<_, _>, _>>()
             });
             match marks {
@@ -194,7 +192,7 @@ impl Ingest {
 
     fn fold_loop(
         &self,
-        consumer: &BaseConsumer<LogContext>,
+        consumer: &BaseConsumer<QuietContext>,
         projection: &mut Projection,
         sender: &SyncSender<ToCommit>,
         targets: &BTreeMap<i32, i64>,
@@ -214,6 +212,7 @@ impl Ingest {
                 break;
             }
             let timeout = match opened {
+                Some(_) if announced => Duration::ZERO,
                 Some(at) => batch_wait.saturating_sub(at.elapsed()).min(IDLE),
                 None => IDLE_POLL,
             };
@@ -281,14 +280,15 @@ impl Ingest {
 
 /// warrant-kafka's consumer settings (read_committed, no auto commit, no
 /// group rebalancing: partitions are assigned by hand), with larger fetches
-/// for catching up: fewer round trips per million records.
-fn projector_consumer(config: &Config) -> Result<BaseConsumer<LogContext>, Error> {
+/// for catching up: fewer round trips per million records. Its context logs
+/// the end of a partition (how the fold knows it caught up) at debug.
+fn projector_consumer(config: &Config) -> Result<BaseConsumer<QuietContext>, Error> {
     config
         .kafka
         .consumer_config("warrant-projector")
         .set("max.partition.fetch.bytes", "8388608")
         .set("fetch.max.bytes", "67108864")
-        .create_with_context(LogContext)
+        .create_with_context(QuietContext)
         .map_err(|source| {
             Error::Kafka(warrant_kafka::Error::Client {
                 role: "consumer",
@@ -296,33 +296,6 @@ fn projector_consumer(config: &Config) -> Result<BaseConsumer<LogContext>, Error
                 source,
             })
         })
-}
-
-/// librdkafka's error callback through `tracing`: the end of a partition is
-/// how the fold knows it caught up, not an error worth an ERROR line.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct LogContext;
-
-impl ClientContext for LogContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        match error {
-            KafkaError::PartitionEOF(partition) => {
-                tracing::debug!(partition, reason, "end of partition");
-            }
-            KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
-                tracing::debug!(reason, "end of partition");
-            }
-            error => tracing::warn!(error = %error, reason, "librdkafka reports an error"),
-        }
-    }
-}
-
-impl ConsumerContext for LogContext {}
-
-fn unix_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn commit_loop(
@@ -335,7 +308,7 @@ fn commit_loop(
 ) -> Result<(), Error> {
     let topic = &config.kafka.log_topic;
     // A client of its own for watermarks: the fold thread's is busy polling.
-    let marks_client = match config.kafka.assigned_consumer() {
+    let marks_client = match projector_consumer(config) {
         Ok(client) => Some(client),
         Err(error) => {
             tracing::warn!(error = %crate::error_chain(&error), "cannot create a client for watermarks; lag metrics stay stale");
@@ -360,10 +333,10 @@ fn commit_loop(
                 let seconds = began.elapsed().as_secs_f64();
                 // Durable from here on: report it.
                 metrics.committed(&sealed.stats, &sealed.counts, seconds);
-                if let Some(at) = sealed.stats.last_recorded_at {
-                    metrics
-                        .fold_lag_seconds
-                        .set(((unix_millis() - at) as f64 / 1000.0).max(0.0));
+                metrics.set_oldest_paused(sealed.oldest_paused);
+                let now = crate::unix_millis();
+                for (partition, at) in &sealed.stats.last_recorded_at {
+                    metrics.set_fold_lag(*partition, now, *at);
                 }
                 for (partition, next) in &sealed.offsets {
                     metrics.set_offset(*partition, *next, highs.get(partition).copied());
@@ -406,13 +379,14 @@ fn commit_loop(
                     }
                 }
             }
-            let mut behind = false;
             for (partition, next) in &offsets {
                 metrics.set_offset(*partition, *next, highs.get(partition).copied());
-                behind |= highs.get(partition).is_some_and(|high| high > next);
-            }
-            if !behind && !offsets.is_empty() {
-                metrics.fold_lag_seconds.set(0.0);
+                // Nothing left to fold here: whatever the last event's age,
+                // this partition is not behind.
+                if highs.get(partition).is_some_and(|high| high <= next) {
+                    let now = crate::unix_millis();
+                    metrics.set_fold_lag(*partition, now, now);
+                }
             }
         }
         if logged.elapsed() >= config.progress_interval {

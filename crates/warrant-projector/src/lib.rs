@@ -18,6 +18,7 @@ mod error;
 pub mod http;
 mod ingest;
 pub mod metrics;
+pub mod paused;
 pub mod projection;
 pub mod store;
 #[cfg(test)]
@@ -384,6 +385,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         () = stopped_by_itself => {}
     }
     projector.wait().await
+}
+
+/// The system clock in Unix milliseconds, for lag and age metrics only:
+/// nothing the fold decides reads it.
+pub(crate) fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// An error and its causes on one line, for logs.

@@ -2,6 +2,7 @@
 //! the HTTP API answers (Prometheus/OpenMetrics text via prometheus-client).
 
 use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -11,6 +12,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use warrant_authority::StatusName;
 
+use crate::paused::{OldestPaused, PAUSED};
 use crate::projection::BatchStats;
 use crate::store::StatusCounts;
 
@@ -49,8 +51,11 @@ pub struct Metrics {
     pub batches: Counter,
     pub consumed_offset: Family<PartitionLabel, Gauge>,
     pub lag_records: Family<PartitionLabel, Gauge>,
-    pub fold_lag_seconds: Gauge<f64, AtomicU64>,
+    pub fold_lag_seconds: Family<PartitionLabel, Gauge<f64, AtomicU64>>,
     pub instances: Family<StatusLabel, Gauge>,
+    pub oldest_paused_age_seconds: Family<StatusLabel, Gauge<f64, AtomicU64>>,
+    /// As of the last commit; turned into ages when scraped.
+    oldest_paused: Mutex<OldestPaused>,
     pub commit_seconds: Histogram,
     pub http_seconds: Family<HttpLabel, Histogram>,
 }
@@ -72,8 +77,10 @@ impl Metrics {
             batches: Counter::default(),
             consumed_offset: Family::default(),
             lag_records: Family::default(),
-            fold_lag_seconds: Gauge::default(),
+            fold_lag_seconds: Family::default(),
             instances: Family::default(),
+            oldest_paused_age_seconds: Family::default(),
+            oldest_paused: Mutex::new(PAUSED.map(|status| (status, None))),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             http_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 14))
@@ -117,8 +124,13 @@ impl Metrics {
         );
         registry.register(
             "fold_lag_seconds",
-            "Now minus recorded_at of the last folded event, at the last commit (0 when caught up)",
+            "Now minus recorded_at of the last event folded from a partition, at the last commit (0 when caught up)",
             metrics.fold_lag_seconds.clone(),
+        );
+        registry.register(
+            "oldest_paused_age_seconds",
+            "Now minus the proposal time of the longest-waiting instance in each paused status (0 when none)",
+            metrics.oldest_paused_age_seconds.clone(),
         );
         registry.register(
             "instances",
@@ -162,6 +174,39 @@ impl Metrics {
         self.batches.inc();
         self.commit_seconds.observe(seconds);
         self.set_counts(counts);
+    }
+
+    /// Fold lag of a partition: `now_millis` minus `recorded_at` of the last
+    /// event folded from it.
+    pub fn set_fold_lag(&self, partition: i32, now_millis: i64, recorded_at: i64) {
+        self.fold_lag_seconds
+            .get_or_create(&PartitionLabel { partition })
+            .set(((now_millis - recorded_at) as f64 / 1000.0).max(0.0));
+    }
+
+    pub fn set_oldest_paused(&self, oldest: OldestPaused) {
+        *self
+            .oldest_paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = oldest;
+    }
+
+    /// Turn the committed proposal times into ages as of `now_millis`
+    /// (called when scraped, so an undecided instance keeps ageing between
+    /// commits).
+    pub fn refresh_paused_ages(&self, now_millis: i64) {
+        let oldest = *self
+            .oldest_paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (status, proposed_at) in oldest {
+            let age = proposed_at.map_or(0.0, |at| ((now_millis - at) as f64 / 1000.0).max(0.0));
+            self.oldest_paused_age_seconds
+                .get_or_create(&StatusLabel {
+                    status: status.as_str(),
+                })
+                .set(age);
+        }
     }
 
     pub fn set_counts(&self, counts: &StatusCounts) {

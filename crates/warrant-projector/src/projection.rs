@@ -14,6 +14,7 @@ use warrant_authority::{
 };
 
 use crate::error::Error;
+use crate::paused::{OldestPaused, PausedQueue};
 use crate::store::{self, StatusCounts, Store};
 
 /// A fixed (unkeyed) hash: it only saves sled reads, so a collision costs a
@@ -30,8 +31,8 @@ pub struct BatchStats {
     pub malformed: u64,
     pub violations: u64,
     pub refusals: BTreeMap<RefusalCode, u64>,
-    /// `recorded_at` of the last decoded event.
-    pub last_recorded_at: Option<i64>,
+    /// `recorded_at` of the last decoded event, per partition.
+    pub last_recorded_at: BTreeMap<i32, i64>,
 }
 
 /// A batch ready to commit: state, history, index, counts and offsets in
@@ -47,6 +48,7 @@ pub struct Sealed {
     /// Next offset per partition once this batch is committed.
     pub offsets: BTreeMap<i32, i64>,
     pub counts: StatusCounts,
+    pub oldest_paused: OldestPaused,
     pub stats: BatchStats,
 }
 
@@ -91,6 +93,7 @@ pub struct Projection {
     offsets: BTreeMap<i32, i64>,
     offsets_dirty: bool,
     counts: StatusCounts,
+    paused: PausedQueue,
     stats: BatchStats,
     seq: u64,
 }
@@ -100,6 +103,7 @@ impl Projection {
     pub fn new(store: Arc<Store>, cache_limit: usize) -> Result<Projection, Error> {
         let offsets = store.offsets()?;
         let counts = store.status_counts()?;
+        let paused = store.paused_queue()?;
         let mut known = HashSet::new();
         store.for_each_instance(|id| {
             known.insert(id_hash(id));
@@ -114,6 +118,7 @@ impl Projection {
             offsets,
             offsets_dirty: false,
             counts,
+            paused,
             stats: BatchStats::default(),
             seq,
         })
@@ -155,7 +160,7 @@ impl Projection {
             tracing::warn!(partition, offset, "record before the folded offset skipped");
             return Ok(false);
         }
-        let instance_id = instance_for_key(key);
+        let instance_id = instance_for_key(key, partition);
         // A record without a value folds as empty bytes: a Malformed refusal.
         let bytes = value.unwrap_or_default();
         let event = LogEvent::decode(LogPosition { partition, offset }, bytes);
@@ -207,10 +212,12 @@ impl Projection {
         let stats = &mut self.stats;
         stats.records += 1;
         if let Some(at) = entry.recorded_at {
-            stats.last_recorded_at = Some(at);
+            stats.last_recorded_at.insert(partition, at);
         }
         match &entry.outcome {
-            Outcome::Applied { .. } => {}
+            Outcome::Applied { .. } => {
+                tracing::debug!(partition, offset, instance_id = %instance_id, seq = entry.seq, "event applied");
+            }
             Outcome::Refused { code, reason } => {
                 *stats.refusals.entry(*code).or_default() += 1;
                 if decoded {
@@ -257,6 +264,14 @@ impl Projection {
                         batch.remove(store::index_key(before, &instance_id));
                     }
                     self.counts.add(status);
+                    if let Some(instance) = cached.state.instance() {
+                        self.paused.moved(
+                            &instance_id,
+                            instance.proposal.proposed_at,
+                            before.flatten(),
+                            status,
+                        );
+                    }
                     cached.persisted = Some(status);
                 }
             }
@@ -274,6 +289,7 @@ impl Projection {
             seq: self.seq,
             offsets: self.offsets.clone(),
             counts: self.counts,
+            oldest_paused: self.paused.oldest(),
             stats: std::mem::take(&mut self.stats),
         };
         self.seq += 1;

@@ -44,11 +44,18 @@ use warrant_authority::{
 };
 
 use crate::error::Error;
+use crate::paused::{PausedQueue, PAUSED};
 
 /// Bump when anything in the layout or the value encodings changes (or when
-/// the codec could decode stored bytes differently): an older view is then
-/// rebuilt instead of misread.
-pub const FORMAT: &str = "warrant-projector/1";
+/// the codec could decode stored bytes differently, or the fold would route
+/// or chain the same records differently): an older view is then rebuilt
+/// instead of misread.
+///
+/// 2: records under keys that are not instance ids go to one quarantine per
+/// partition (`quarantine-<partition>`), no longer to one `quarantine` for
+/// the whole log; a view of format 1 would keep a stale `quarantine` record
+/// in its checkpoint digest.
+pub const FORMAT: &str = "warrant-projector/2";
 
 const META_FORMAT: &[u8] = b"~format";
 const META_TOPIC: &[u8] = b"~topic";
@@ -329,6 +336,28 @@ impl Store {
             counts.0[StatusCounts::slot(status)] = decode_u64(&value, "count")?;
         }
         Ok(counts)
+    }
+
+    /// The paused instances of the view, by when they were proposed. Reads
+    /// every paused state: once, when folding starts.
+    pub fn paused_queue(&self) -> Result<PausedQueue, Error> {
+        let mut queue = PausedQueue::default();
+        for status in PAUSED {
+            for item in self.db.scan_prefix([INDEX, status_code(Some(status))]) {
+                let (key, value) = item.map_err(Error::sled("read paused instances"))?;
+                let instance_id = id_from_key(key.get(2..).unwrap_or_default())?;
+                let state = decode_state(&instance_id, &value)?;
+                if let Some(instance) = state.instance() {
+                    queue.moved(
+                        &instance_id,
+                        instance.proposal.proposed_at,
+                        None,
+                        Some(status),
+                    );
+                }
+            }
+        }
+        Ok(queue)
     }
 
     /// Call `each` with the id of every instance in the view (any order).
@@ -835,7 +864,7 @@ fn split_entry(run: &[u8]) -> Result<(LogPosition, &[u8], &[u8]), String> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use warrant_authority::QUARANTINE_INSTANCE;
+    use warrant_authority::quarantine_instance;
     use warrant_schema::samples;
 
     use super::*;
@@ -869,7 +898,8 @@ mod tests {
         assert!(!sample.violations.is_empty());
         let last = sample.history.last().unwrap();
         assert_eq!(last.event, "Malformed");
-        assert!(store.record(QUARANTINE_INSTANCE).unwrap().is_some());
+        assert!(store.record(&quarantine_instance(0)).unwrap().is_some());
+        assert!(store.record("quarantine").unwrap().is_none());
         assert!(store.record(&instance_id(999)).unwrap().is_none());
 
         let checkpoint = store.checkpoint().unwrap();
@@ -955,6 +985,54 @@ mod tests {
     }
 
     #[test]
+    fn stray_keys_in_two_partitions_fold_alike_however_the_partitions_interleave() {
+        // Partition 0: the mixed log (with its non-UUID key); partition 1:
+        // an instance and records under keys that are not instance ids.
+        let mut one: Vec<Record> = history_for(&instance_id(21), 4)
+            .iter()
+            .map(|e| record(1, e))
+            .collect();
+        one.insert(1, (1, None, Some(b"no key".to_vec())));
+        one.insert(3, (1, Some(b"not-a-uuid".to_vec()), one[0].2.clone()));
+        one.push((
+            1,
+            Some(b"quarantine-0".to_vec()),
+            Some(b"\xc3\x01".to_vec()),
+        ));
+        let zero = mixed_log();
+        let in_turn: Vec<Record> = zero.iter().chain(&one).cloned().collect();
+        let mut alternating = Vec::new();
+        for n in 0..zero.len().max(one.len()) {
+            alternating.extend(one.get(n).cloned());
+            alternating.extend(zero.get(n).cloned());
+        }
+
+        let ledger = ledger_of(&in_turn);
+        assert!(ledger.get(&quarantine_instance(0)).is_some());
+        assert_eq!(
+            ledger.get(&quarantine_instance(1)).map(|f| f.history.len()),
+            Some(3)
+        );
+        let mut checkpoints = Vec::new();
+        for log in [&in_turn, &alternating] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, _) = open(dir.path());
+            fold_into(&store, log);
+            for (id, folded) in ledger.instances() {
+                assert_eq!(
+                    record_json(&store, id),
+                    serde_json::to_value(folded.record()).unwrap(),
+                    "record of {id}"
+                );
+            }
+            checkpoints.push(store.checkpoint().unwrap());
+        }
+        assert_eq!(checkpoints[0], checkpoints[1]);
+        assert_eq!(checkpoints[0].digest, ledger.checkpoint_digest());
+        assert_eq!(checkpoints[0].instances, ledger.len() as u64);
+    }
+
+    #[test]
     fn another_topic_or_format_or_a_corrupt_mark_rebuilds_the_view() {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -985,7 +1063,8 @@ mod tests {
         fold_into(&store, &mixed_log());
         store
             .db
-            .insert(META_FORMAT, &b"warrant-projector/0"[..])
+            // The format before quarantine went per partition.
+            .insert(META_FORMAT, &b"warrant-projector/1"[..])
             .unwrap();
         store.db.flush().unwrap();
         drop(store);

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use warrant_authority::{Ledger, LogPosition, Outcome, RefusalCode, QUARANTINE_INSTANCE};
+use warrant_authority::{quarantine_instance, Ledger, LogPosition, Outcome, RefusalCode};
 use warrant_kafka::rdkafka::error::KafkaError;
 use warrant_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use warrant_kafka::rdkafka::types::RDKafkaErrorCode;
@@ -175,9 +175,9 @@ async fn folds_the_log_like_the_shared_ledger_and_resumes_without_reapplying() {
     let topic = kafka.log_topic.clone();
 
     // Five instances spread over the partitions by key, interleaved; a value
-    // that is not Avro, a record without a value, and two records whose key
-    // is not a UUID (pinned to one partition: the quarantine instance's
-    // order across partitions is not defined by the log).
+    // that is not Avro, a record without a value, and three records whose
+    // key is not a UUID, in partitions 0 and 1: each partition has its own
+    // quarantine, so how the projector interleaves partitions cannot matter.
     let ids: Vec<String> = std::iter::once(samples::INSTANCE_ID.to_owned())
         .chain((1..5).map(instance_id))
         .collect();
@@ -207,9 +207,14 @@ async fn folds_the_log_like_the_shared_ledger_and_resumes_without_reapplying() {
         value: Some(warrant_schema::encode(&histories[0][0]).unwrap()),
     });
     records.push(Produce {
-        partition: Some(0),
+        partition: Some(1),
         key: None,
         value: Some(vec![0xc3, 0x01, 0xff]),
+    });
+    records.push(Produce {
+        partition: Some(0),
+        key: Some(b"quarantine".to_vec()),
+        value: Some(b"junk".to_vec()),
     });
     let positions = produce(&producer, &topic, &records).await;
     let mut log: Vec<(LogPosition, Produce)> = positions.into_iter().zip(records).collect();
@@ -219,7 +224,7 @@ async fn folds_the_log_like_the_shared_ledger_and_resumes_without_reapplying() {
         "keys should spread over partitions: {used:?}"
     );
     let ledger = ledger_of(&log);
-    assert_eq!(ledger.len(), ids.len() + 1);
+    assert_eq!(ledger.len(), ids.len() + 2);
 
     let data = tempfile::tempdir().unwrap();
     let config = Config::new(kafka.clone(), data.path());
@@ -238,8 +243,11 @@ async fn folds_the_log_like_the_shared_ledger_and_resumes_without_reapplying() {
             "record of {id}"
         );
     }
-    let quarantine = ledger.get(QUARANTINE_INSTANCE).unwrap();
-    assert_eq!(quarantine.history.len(), 2);
+    let quarantine = |partition| ledger.get(&quarantine_instance(partition)).unwrap();
+    assert_eq!(quarantine(0).history.len(), 2);
+    assert_eq!(quarantine(1).history.len(), 1);
+    let (status, _) = get(addr, "/v1/instances/quarantine").await;
+    assert_eq!(status, 404);
     let (status, body) = get(addr, &format!("/v1/instances/{}", instance_id(99))).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");

@@ -5,7 +5,7 @@
 // on a hot path; boxing every Kafka error would only add noise.
 #![allow(clippy::result_large_err)]
 
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use warrant_replay::{
     export, replay, text, verify, ExportOptions, Keep, RangeSpec, Replay, ReplayOptions, Source,
     VerifyOptions, VerifyReport,
 };
+use warrant_runtime::{init_tracing, LogFormat};
 
 /// mimalloc instead of glibc malloc: under the fold's allocate-and-free
 /// churn glibc keeps trimming and refaulting its per-thread heaps, which
@@ -101,12 +102,6 @@ enum Format {
     Ndjson,
     /// No records (the summary and any verification only).
     None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Flags shared by replay and export.
@@ -209,7 +204,8 @@ struct ReplayArgs {
     #[command(flatten)]
     common: Common,
 
-    /// Only this instance (a lowercase UUID, or the word quarantine).
+    /// Only this instance: a UUID, quarantine-<partition> (records whose key
+    /// is not an instance id), or quarantine (every partition's).
     #[arg(
         long,
         env = "WARRANT_REPLAY_INSTANCE",
@@ -274,16 +270,10 @@ struct ExportArgs {
 }
 
 fn init_logs(common: &Common) {
-    let default = if common.quiet { "warn" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match common.log_format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    init_tracing(
+        common.log_format,
+        if common.quiet { "warn" } else { "info" },
+    );
 }
 
 fn main() -> ExitCode {

@@ -18,6 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
+use tracing::Instrument;
 
 pub use error::{ApiError, EventRef, RETRY_AFTER_SECS};
 pub use extract::{parse_json, MAX_IDEMPOTENCY_KEY_LEN};
@@ -296,17 +297,44 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    // One span per request: every line logged while handling it (the append
+    // with its log position, the wait for the fold) carries the instance.
+    // Proposals learn their instance id from the body; `log_append` records
+    // it then, with the partition and offset.
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route = %route,
+        instance_id = tracing::field::Empty,
+        partition = tracing::field::Empty,
+        offset = tracing::field::Empty,
+    );
+    if let Some(id) = instance_in_path(request.uri().path()) {
+        span.record("instance_id", id);
+    }
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let seconds = started.elapsed().as_secs_f64();
     state
         .metrics
         .http_requests
-        .get_or_create(&HttpLabels {
-            route,
-            status: response.status().as_u16(),
-        })
-        .observe(started.elapsed().as_secs_f64());
+        .get_or_create(&HttpLabels { route, status })
+        .observe(seconds);
+    let _entered = span.enter();
+    let millis = seconds * 1000.0;
+    match status {
+        500.. => tracing::warn!(status, millis, "answered"),
+        400..=499 => tracing::info!(status, millis, "answered"),
+        _ => tracing::debug!(status, millis, "answered"),
+    }
     response
+}
+
+/// The `{id}` of `/v1/instances/{id}/...`, as sent (validated later).
+fn instance_in_path(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/instances/")?;
+    rest.split('/').next().filter(|id| !id.is_empty())
 }
 
 #[cfg(test)]

@@ -1591,3 +1591,15 @@ async fn the_http_projector_client_speaks_the_contract() {
         assert!(crate::projector::HttpProjector::new(url, Duration::from_secs(1)).is_err());
     }
 }
+
+#[test]
+fn the_request_span_takes_the_instance_from_the_path() {
+    use super::instance_in_path;
+    assert_eq!(
+        instance_in_path(&format!("/v1/instances/{INSTANCE}/executions")),
+        Some(INSTANCE)
+    );
+    assert_eq!(instance_in_path("/v1/instances/abc"), Some("abc"));
+    assert_eq!(instance_in_path("/v1/instances/"), None);
+    assert_eq!(instance_in_path("/v1/proposals"), None);
+}
