@@ -15,16 +15,16 @@ what this side expects: the instance id, the action digest as Python
 computes it, and where the record landed).
 """
 
-import hashlib
-import io
 import json
 import os
 import pathlib
 import uuid
 
-import fastavro
 import pytest
-from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+from fastavro.schema import parse_schema
+
+# The same encoding as the end-to-end test's producer (this directory).
+from produce_proposal import action_digest, single_object
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "schemas" / "proposal_submitted.avsc"
@@ -37,19 +37,6 @@ pytestmark = pytest.mark.skipif(
     reason="needs WARRANT_TEST_BROKERS and WARRANT_TEST_PROPOSALS_TOPIC "
     "(crates/warrant-intake/tests/python_ingress.rs sets them)",
 )
-
-
-def single_object(schema, datum):
-    fp = fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")
-    out = io.BytesIO()
-    out.write(b"\xc3\x01" + bytes.fromhex(fp))
-    fastavro.schemaless_writer(out, schema, datum)
-    return out.getvalue()
-
-
-def action_digest(action):
-    canonical = json.dumps(action, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def test_a_proposal_produced_from_python_is_accepted_by_intake():

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -26,20 +25,6 @@ fn run(command: &mut Command) -> std::process::Output {
     output
 }
 
-/// `.cache/venv` with tests/python/requirements.txt installed.
-fn venv_python(root: &Path) -> std::path::PathBuf {
-    let venv = root.join(".cache/venv");
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
-    }
-    // Quiet and offline-friendly when everything is already installed.
-    run(Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(root.join("tests/python/requirements.txt")));
-    python
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_produced_by_python_is_appended_to_the_log() {
     let topics = warrant_testkit::fresh_topics(3)
@@ -54,7 +39,7 @@ async fn a_proposal_produced_by_python_is_appended_to_the_log() {
     .expect("intake starts");
 
     let root = repo_root();
-    let python = venv_python(&root);
+    let python = warrant_testkit::venv_python();
     let dir = tempfile::tempdir().expect("tempdir");
     let expect_file = dir.path().join("expect.json");
     let instance_id = ids::random();
