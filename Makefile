@@ -1,6 +1,6 @@
 # One entry point for routine tasks. The README's two commands are
 # `make demo` and `make test`.
-.PHONY: test demo kafka-up kafka-down bench-fold bench-log fmt lint
+.PHONY: test demo kafka-up kafka-down bench-fold bench-log bench-intake fmt lint
 
 test: ## every test: Rust, Python, and end-to-end against a local Kafka
 	bash scripts/test.sh
@@ -19,6 +19,9 @@ bench-fold: ## decode + fold + hash throughput (criterion)
 
 bench-log: ## 1M events: kcat vs warrant-replay vs projector catch-up, and projector RSS
 	bash scripts/bench-log.sh
+
+bench-intake: ## claim round trip and decisions at 2,000/s (acks=all), beside Kafka and HTTP baselines
+	bash scripts/bench-intake.sh
 
 fmt:
 	cargo fmt --all
