@@ -13,17 +13,7 @@ use common::{count, eventually, example, read_all, repo_root};
 use rdkafka::message::Message;
 use warrant_intake::{ids, Args, Intake};
 use warrant_schema::{Envelope, EventBody, ProposerKind};
-
-fn run(command: &mut Command) -> std::process::Output {
-    let output = command.output().expect("the command starts");
-    assert!(
-        output.status.success(),
-        "{command:?} failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
+use warrant_testkit::run_ok as run;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_produced_by_python_is_appended_to_the_log() {

@@ -479,28 +479,34 @@ async fn drain(
     Ok(())
 }
 
+/// Run a command a test depends on; fail the test, with its output, if it
+/// does not succeed.
+pub fn run_ok(command: &mut Command) -> std::process::Output {
+    let output = command.output().expect("the command starts");
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 /// The Python of `.cache/venv` with tests/python/requirements.txt installed
 /// (created here if `scripts/test.sh` has not yet; pip is quiet and quick
 /// when everything is already installed).
 pub fn venv_python() -> PathBuf {
-    fn run(command: &mut Command) {
-        let output = command.output().expect("the command starts");
-        assert!(
-            output.status.success(),
-            "{command:?} failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let venv = root.join(".cache/venv");
     let python = venv.join("bin/python");
     if !python.exists() {
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
+        run_ok(Command::new("python3").arg("-m").arg("venv").arg(&venv));
     }
-    run(Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(root.join("tests/python/requirements.txt")));
+    run_ok(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(root.join("tests/python/requirements.txt")),
+    );
     python
 }
 
