@@ -73,8 +73,8 @@ fn realistic_mix() -> Vec<Vec<u8>> {
     let mut bytes: Vec<Vec<u8>> = Vec::new();
     for (offset, event) in events.into_iter().enumerate() {
         let encoded = warrant_schema::encode(&event).expect("encodes");
-        let (next, entry) = step(
-            state,
+        let entry = step(
+            &mut state,
             LogEvent::decode(
                 LogPosition {
                     partition: 0,
@@ -83,7 +83,6 @@ fn realistic_mix() -> Vec<Vec<u8>> {
                 &encoded,
             ),
         );
-        state = next;
         first_claim = entry
             .outcome
             .grant()
@@ -114,8 +113,8 @@ fn realistic_mix() -> Vec<Vec<u8>> {
 fn fold_all(records: &[Vec<u8>]) -> (InstanceState, Hash32) {
     let mut state = InstanceState::new(samples::INSTANCE_ID);
     for (offset, bytes) in records.iter().enumerate() {
-        let (next, _) = step(
-            state,
+        step(
+            &mut state,
             LogEvent::decode(
                 LogPosition {
                     partition: 0,
@@ -124,7 +123,6 @@ fn fold_all(records: &[Vec<u8>]) -> (InstanceState, Hash32) {
                 bytes,
             ),
         );
-        state = next;
     }
     let head = state.head;
     (state, head)
@@ -167,7 +165,7 @@ fn benches(c: &mut Criterion) {
                         bytes,
                         decoded: Ok(envelope),
                     };
-                    state = step(state, event).0;
+                    step(&mut state, event);
                 }
                 state
             },

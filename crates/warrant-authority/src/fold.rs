@@ -44,7 +44,9 @@ impl<'a> LogEvent<'a> {
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and all its causes on one line: `outer: cause: root cause`.
+/// The one place every crate formats errors for logs and refusal reasons.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -55,25 +57,25 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Fold one event into an instance: the new state and exactly one entry.
-pub fn step(mut state: InstanceState, event: LogEvent<'_>) -> (InstanceState, HistoryEntry) {
+/// Fold one event into an instance: the state moves on and exactly one
+/// entry comes out.
+pub fn step(state: &mut InstanceState, event: LogEvent<'_>) -> HistoryEntry {
     let seq = state.entries + 1;
     let (outcome, envelope) = match event.decoded {
         Err(reason) => (refuse(RefusalCode::Malformed, reason), None),
-        Ok(envelope) => (decide(&mut state, &envelope, seq), Some(envelope)),
+        Ok(envelope) => (decide(state, &envelope, seq), Some(envelope)),
     };
     let hash = chain_hash(&state.head, event.bytes, &outcome);
     state.entries = seq;
     state.head = hash;
-    let entry = HistoryEntry {
+    HistoryEntry {
         seq,
         recorded_at: envelope.as_ref().map(|e| e.recorded_at),
         position: event.position,
         event: envelope,
         outcome,
         hash,
-    };
-    (state, entry)
+    }
 }
 
 /// Fold a whole sequence from the beginning.
@@ -84,9 +86,7 @@ pub fn fold<'a>(
     let mut state = InstanceState::new(instance_id);
     let mut history = Vec::new();
     for event in events {
-        let (next, entry) = step(state, event);
-        state = next;
-        history.push(entry);
+        history.push(step(&mut state, event));
     }
     (state, history)
 }
@@ -125,6 +125,11 @@ fn decide(state: &mut InstanceState, envelope: &Envelope, seq: u64) -> Outcome {
         );
     }
     let at = envelope.recorded_at;
+    if let Phase::Proposed(instance) = &state.phase {
+        if let Some(refusal) = past_decision_deadline(instance, at, &envelope.body) {
+            return refusal;
+        }
+    }
     match (&mut state.phase, &envelope.body) {
         (Phase::Unproposed, EventBody::ActionProposed(proposed)) => {
             match on_proposed(envelope, proposed) {
@@ -154,7 +159,7 @@ fn decide(state: &mut InstanceState, envelope: &Envelope, seq: u64) -> Outcome {
             on_execution_requested(instance, at, seq, request, grant_id)
         }
         (Phase::Proposed(instance), EventBody::ExecutionReported(report)) => {
-            on_execution_reported(instance, at, seq, report)
+            on_execution_reported(instance, at, seq, &envelope.submitted_by, report)
         }
         (Phase::Proposed(instance), EventBody::DeadlineReached(deadline)) => {
             on_deadline(instance, at, deadline.deadline)
@@ -162,6 +167,42 @@ fn decide(state: &mut InstanceState, envelope: &Envelope, seq: u64) -> Outcome {
         (Phase::Proposed(instance), EventBody::ProposalWithdrawn(_)) => {
             on_withdrawn(instance, &envelope.submitted_by)
         }
+    }
+}
+
+/// Past the decision deadline a paused instance can only expire: whatever
+/// would move it (a late signal, a decision, a claim, a withdrawal) is
+/// refused `Expired`, so a sweeper that is behind never lets a late event
+/// authorize. Three kinds keep their own answer: the sweeper's
+/// `DeadlineReached` (which expires it), a second `ActionProposed`
+/// (`AlreadyProposed`), and a report of an unknown grant, which stays a
+/// recorded violation because something ran whatever the clock says.
+fn past_decision_deadline(
+    instance: &Instance,
+    at: TimestampMillis,
+    body: &EventBody,
+) -> Option<Outcome> {
+    if !instance.status.name().is_paused() || !instance.decision_expired(at) {
+        return None;
+    }
+    match body {
+        EventBody::DeadlineReached(_) | EventBody::ActionProposed(_) => None,
+        EventBody::ExecutionReported(report)
+            if !instance.grants.iter().any(|g| g.grant_id == report.grant_id) =>
+        {
+            None
+        }
+        EventBody::PolicySignalRecorded(_)
+        | EventBody::DecisionRecorded(_)
+        | EventBody::ExecutionRequested(_)
+        | EventBody::ExecutionReported(_)
+        | EventBody::ProposalWithdrawn(_) => Some(refuse(
+            RefusalCode::Expired,
+            format!(
+                "the decision deadline {} has passed; the instance can only expire",
+                instance.proposal.decision_deadline
+            ),
+        )),
     }
 }
 
@@ -648,6 +689,7 @@ fn on_execution_reported(
     instance: &mut Instance,
     at: TimestampMillis,
     seq: u64,
+    reporter: &str,
     report: &ExecutionReported,
 ) -> Outcome {
     let Some(index) = instance
@@ -670,13 +712,32 @@ fn on_execution_reported(
             ),
         };
     };
-    let already_reported = instance.grants[index].report.is_some();
+    let grant = &instance.grants[index];
+    let already_reported = grant.report.is_some();
+    let holder = grant.executor.clone();
     match &instance.status {
         Status::Completed(_)
         | Status::Failed(_)
         | Status::Rejected { .. }
         | Status::Expired { .. }
         | Status::Withdrawn => already_final(instance.status.name()),
+        // Only the executor that was granted may say how its run ended;
+        // anyone else could close (or fail) another executor's grant.
+        Status::AwaitingSignals
+        | Status::AwaitingDecision
+        | Status::Blocked
+        | Status::Authorized(_)
+        | Status::Executing(_)
+            if reporter != holder =>
+        {
+            refuse(
+                RefusalCode::NotGrantHolder,
+                format!(
+                    "grant {} is held by {holder}, not {reporter}",
+                    report.grant_id
+                ),
+            )
+        }
         Status::AwaitingSignals
         | Status::AwaitingDecision
         | Status::Blocked

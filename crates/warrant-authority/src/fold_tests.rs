@@ -275,16 +275,14 @@ impl Scenario {
             partition: 0,
             offset: self.step,
         };
-        let state = std::mem::replace(&mut self.state, InstanceState::new(INSTANCE));
-        let (state, entry) = step(
-            state,
+        let entry = step(
+            &mut self.state,
             LogEvent {
                 position,
                 bytes: &bytes,
                 decoded: Ok(envelope),
             },
         );
-        self.state = state;
         if let Some(grant) = entry.outcome.grant() {
             self.last_grant = Some(grant.grant_id.clone());
         }
@@ -921,9 +919,9 @@ fn duplicates_are_recorded_as_duplicate() {
 
 #[test]
 fn bytes_that_do_not_decode_are_refused_as_malformed() {
-    let scenario = given(&[propose()]);
-    let (state, entry) = step(
-        scenario.state,
+    let mut state = given(&[propose()]).state;
+    let entry = step(
+        &mut state,
         LogEvent::decode(
             LogPosition {
                 partition: 0,
@@ -943,8 +941,8 @@ fn an_envelope_keyed_to_another_instance_is_malformed() {
     let mut envelope = samples::envelopes()[1].1.clone();
     envelope.instance_id = "00000000-0000-4000-8000-00000000dead".to_owned();
     let bytes = warrant_schema::encode(&envelope).expect("encodes");
-    let (_, entry) = step(
-        given(&[propose()]).state,
+    let entry = step(
+        &mut given(&[propose()]).state,
         LogEvent {
             position: LogPosition {
                 partition: 0,
@@ -959,8 +957,9 @@ fn an_envelope_keyed_to_another_instance_is_malformed() {
 
 #[test]
 fn the_hash_chain_starts_from_zero_and_commits_to_bytes_and_outcome() {
-    let (state, entry) = step(
-        InstanceState::new(INSTANCE),
+    let mut state = InstanceState::new(INSTANCE);
+    let entry = step(
+        &mut state,
         LogEvent::decode(
             LogPosition {
                 partition: 2,

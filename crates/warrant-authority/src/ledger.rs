@@ -49,9 +49,7 @@ impl Ledger {
                 state: InstanceState::new(instance_id),
                 history: Vec::new(),
             });
-        let state = std::mem::replace(&mut folded.state, InstanceState::new(String::new()));
-        let (state, entry) = step(state, LogEvent::decode(position, bytes));
-        folded.state = state;
+        let entry = step(&mut folded.state, LogEvent::decode(position, bytes));
         folded.history.push(entry);
         // Just pushed, so the history is not empty.
         &folded.history[folded.history.len() - 1]

@@ -17,7 +17,7 @@ mod ruleset;
 mod view;
 
 pub use digest::{action_digest, canonical_action_json, sha256_hex};
-pub use fold::{fold, grant_id, step, LogEvent};
+pub use fold::{error_chain, fold, grant_id, step, LogEvent};
 pub use ledger::{Folded, Ledger};
 pub use record::*;
 pub use ruleset::{Rule, Ruleset, RulesetError};

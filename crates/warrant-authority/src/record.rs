@@ -475,6 +475,7 @@ codes!(
         DigestMismatch,
         Early,
         AlreadyFinal,
+        NotGrantHolder,
     }
 );
 

@@ -165,15 +165,14 @@ fn materialize_for(instance: &str, ops: &[Step]) -> Materialized {
                 Ok(envelope),
             ),
         };
-        let (next, entry) = step(
-            state,
+        let entry = step(
+            &mut state,
             LogEvent {
                 position,
                 bytes: &bytes,
                 decoded: decoded.clone(),
             },
         );
-        state = next;
         if let Some(grant) = entry.outcome.grant() {
             last_grant = Some(grant.grant_id.clone());
         }
@@ -511,9 +510,7 @@ proptest! {
         let stored = serde_json::to_vec(&prefix_state).expect("state serializes");
         let mut state: InstanceState = serde_json::from_slice(&stored).expect("state deserializes");
         for event in events(&m).skip(cut) {
-            let (next, entry) = step(state, event);
-            state = next;
-            history.push(entry);
+            history.push(step(&mut state, event));
         }
         prop_assert_eq!(state, all_state);
         prop_assert_eq!(history, all_history);

@@ -196,8 +196,8 @@ impl Projection {
             Arc::new(InstanceState::new(String::new())),
         );
         // Cloned only while a batch being committed still holds it.
-        let state = Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone());
-        let (state, entry) = step(state, event);
+        let mut state = Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone());
+        let entry = step(&mut state, event);
         cached.state = Arc::new(state);
         cached.last_batch = self.seq;
         if !cached.dirty {

@@ -262,9 +262,10 @@ impl Folder {
         let Some(slot) = slot else {
             return Ok(());
         };
-        let state = std::mem::replace(&mut slot.folded.state, InstanceState::new(String::new()));
-        let (state, entry) = step(state, LogEvent::decode(position, record.value));
-        slot.folded.state = state;
+        let entry = step(
+            &mut slot.folded.state,
+            LogEvent::decode(position, record.value),
+        );
         if entry.seq == 1 {
             let proposal_applied = matches!(entry.outcome, Outcome::Applied { from: None, .. });
             slot.partial = part.starts_late && !proposal_applied;
