@@ -9,6 +9,7 @@
 //! (`clippy.toml` bans the usual suspects), so that the projector, intake and
 //! the auditors' replay compute byte-identical records from the same log.
 
+mod canonical;
 mod digest;
 mod fold;
 mod ledger;
@@ -16,6 +17,9 @@ mod record;
 mod ruleset;
 mod view;
 
+pub use canonical::{
+    check_action, check_kind, check_target, check_text, target_has_prefix, NotCanonical,
+};
 pub use digest::{action_digest, canonical_action_json, sha256_hex};
 pub use fold::{error_chain, fold, grant_id, step, LogEvent};
 pub use ledger::{Folded, Ledger};

@@ -8,6 +8,7 @@
 use serde::Deserialize;
 use warrant_schema::{Action, Requirement, ReviewMode, RulesetRef};
 
+use crate::canonical::{check_target, target_has_prefix};
 use crate::digest::sha256_hex;
 
 /// A validated ruleset, ready to resolve actions.
@@ -19,7 +20,9 @@ pub struct Ruleset {
 }
 
 /// One rule. Matching is on `action.kind` (exact, or a glob with `*` and
-/// `?`) and on `target` (a prefix); the first matching rule wins.
+/// `?`) and on `target` (a prefix of whole `/`-separated segments); the
+/// first matching rule wins. Intake only resolves canonical actions
+/// (docs/canonical-actions.md), so one action has one spelling to match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub id: String,
@@ -56,6 +59,12 @@ pub enum RulesetError {
     UnreviewedWithoutSignals { rule: String },
     #[error("ruleset has no catch-all rule (kind \"*\" and no target prefix) as its last rule, so some action could match nothing")]
     NoCatchAll,
+    #[error("rule {rule:?}: match.{field} {problem}")]
+    BadMatch {
+        rule: String,
+        field: &'static str,
+        problem: String,
+    },
     #[error("rule {rule:?} can never match: the catch-all rule {catch_all:?} comes before it")]
     Unreachable { rule: String, catch_all: String },
 }
@@ -198,7 +207,7 @@ impl Ruleset {
 impl Rule {
     pub fn matches(&self, action: &Action) -> bool {
         glob_matches(&self.kind_pattern, &action.kind)
-            && action.target.starts_with(&self.target_prefix)
+            && target_has_prefix(&action.target, &self.target_prefix)
     }
 
     fn is_catch_all(&self) -> bool {
@@ -235,6 +244,7 @@ fn validate(rule: RuleFile) -> Result<Rule, RulesetError> {
             });
         }
     }
+    check_match(&id, &rule.matches)?;
     let review = match rule.review {
         ReviewFile::Always => ReviewMode::Always,
         ReviewFile::UnlessAllSignalsAllow if rule.required_signals.is_empty() => {
@@ -258,6 +268,36 @@ fn validate(rule: RuleFile) -> Result<Rule, RulesetError> {
         },
         id,
     })
+}
+
+/// A pattern that no canonical action could meet is a typo that would
+/// silently route actions to a laxer rule, so it is refused at load: kind
+/// patterns use the canonical kind alphabet plus `*` and `?`; a target
+/// prefix is a canonical target, optionally ending in `/`.
+fn check_match(rule: &str, matches: &MatchFile) -> Result<(), RulesetError> {
+    let bad = |field, problem: String| RulesetError::BadMatch {
+        rule: rule.to_owned(),
+        field,
+        problem,
+    };
+    let kind = &matches.kind;
+    if kind.is_empty() {
+        return Err(bad("kind", "must not be empty (use \"*\")".to_owned()));
+    }
+    if let Some(c) = kind
+        .chars()
+        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-' | '.' | '*' | '?'))
+    {
+        return Err(bad(
+            "kind",
+            format!("may hold only lowercase ASCII letters, digits, '_', '-', '.', '*' and '?', not {c:?}"),
+        ));
+    }
+    let prefix = matches.target.strip_suffix('/').unwrap_or(&matches.target);
+    if !prefix.is_empty() {
+        check_target(prefix).map_err(|problem| bad("target", problem))?;
+    }
+    Ok(())
 }
 
 /// `*` matches any run of characters (dots included), `?` exactly one.
@@ -442,6 +482,52 @@ rules:
     fn duplicate_rule_ids_are_refused() {
         let text = EXAMPLE.replace("id: low-risk", "id: payments-prod");
         assert_eq!(error_of(&text), "rule id \"payments-prod\" is used twice");
+    }
+
+    #[test]
+    fn target_prefixes_match_whole_segments_only() {
+        let rules = Ruleset::parse(EXAMPLE.as_bytes()).expect("valid");
+        assert_eq!(
+            rules.resolve(&action("payments.refund", "prod/eu")).id,
+            "payments-prod"
+        );
+        assert_eq!(
+            rules.resolve(&action("payments.refund", "prod")).id,
+            "payments-prod"
+        );
+        // A longer first segment is another target, however it is spelled.
+        assert_eq!(
+            rules.resolve(&action("payments.refund", "production/eu")).id,
+            "everything-else"
+        );
+        let without_slash = EXAMPLE.replace("target: \"prod/\"", "target: \"prod\"");
+        let rules = Ruleset::parse(without_slash.as_bytes()).expect("valid");
+        assert_eq!(
+            rules.resolve(&action("payments.refund", "prod/eu")).id,
+            "payments-prod"
+        );
+        assert_eq!(
+            rules.resolve(&action("payments.refund", "production/eu")).id,
+            "everything-else"
+        );
+    }
+
+    #[test]
+    fn match_patterns_no_canonical_action_could_meet_are_refused() {
+        let upper = EXAMPLE.replace("kind: \"payments.*\"", "kind: \"Payments.*\"");
+        assert!(
+            error_of(&upper).starts_with("rule \"payments-prod\": match.kind may hold only"),
+            "{}",
+            error_of(&upper)
+        );
+        for target in [" prod/", "./prod/", "prod//", "prod/../x"] {
+            let text = EXAMPLE.replace("target: \"prod/\"", &format!("target: \"{target}\""));
+            assert!(
+                error_of(&text).starts_with("rule \"payments-prod\": match.target"),
+                "{target}: {}",
+                error_of(&text)
+            );
+        }
     }
 
     #[test]
