@@ -16,6 +16,20 @@ fn derive(name: &str) -> String {
         .to_string()
 }
 
+/// A v5 id over `parts`, each preceded by its length in bytes, so no two
+/// different part lists share a name: joining free-form parts with `/`
+/// would give `deployer` + `x/1` and `deployer/x` + `1` the same id.
+fn derive_parts(label: &str, parts: &[&str]) -> String {
+    let mut name = Vec::with_capacity(label.len() + parts.iter().map(|p| p.len() + 9).sum::<usize>());
+    name.extend_from_slice(label.as_bytes());
+    for part in parts {
+        name.push(0);
+        name.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        name.extend_from_slice(part.as_bytes());
+    }
+    Uuid::new_v5(&NAMESPACE, &name).hyphenated().to_string()
+}
+
 /// A fresh random id (UUIDv4), canonical form.
 pub fn random() -> String {
     Uuid::new_v4().hyphenated().to_string()
@@ -35,22 +49,22 @@ pub fn proposal_event_id(instance_id: &str) -> String {
 }
 
 /// The event id for a request carrying an `Idempotency-Key`: the same for
-/// every retry by the same principal on the same endpoint and instance.
+/// every retry by the same principal on the same endpoint and instance,
+/// and never the same for two (principal, key) pairs.
 pub fn idempotent_event_id(
     instance_id: &str,
     endpoint: &str,
     principal: &str,
     key: &str,
 ) -> String {
-    derive(&format!(
-        "idempotency/{instance_id}/{endpoint}/{principal}/{key}"
-    ))
+    derive_parts("idempotency.v2", &[instance_id, endpoint, principal, key])
 }
 
 /// The instance id of a proposal without one, submitted with an
-/// `Idempotency-Key`: retries name the same instance.
+/// `Idempotency-Key`: retries name the same instance, and two principals
+/// can never be steered onto one instance.
 pub fn idempotent_instance_id(principal: &str, key: &str) -> String {
-    derive(&format!("idempotency-instance/{principal}/{key}"))
+    derive_parts("idempotency-instance.v2", &[principal, key])
 }
 
 /// The event id of whatever intake appends for one ingress record: derived
@@ -114,6 +128,28 @@ mod tests {
         assert_eq!(
             ingress_event_id("warrant.proposals", 0, 0),
             "2ac13ac6-72d8-55f3-8910-478235410394"
+        );
+    }
+
+    #[test]
+    fn idempotency_ids_never_collide_across_principals() {
+        let id = "6f1c2b9e-4d0a-4c7e-9a51-0d2f3b8c7e11";
+        // The pairs a `/`-joined name could not tell apart.
+        assert_ne!(
+            idempotent_event_id(id, "executions", "deployer", "x/1"),
+            idempotent_event_id(id, "executions", "deployer/x", "1")
+        );
+        assert_ne!(
+            idempotent_instance_id("svc", "a/b"),
+            idempotent_instance_id("svc/a", "b")
+        );
+        assert_ne!(
+            idempotent_event_id(id, "reports", "p", ""),
+            idempotent_event_id(id, "reports", "", "p")
+        );
+        assert_eq!(
+            idempotent_event_id(id, "executions", "deployer", "x/1"),
+            idempotent_event_id(id, "executions", "deployer", "x/1")
         );
     }
 

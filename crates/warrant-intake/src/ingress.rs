@@ -27,14 +27,12 @@ use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
-use warrant_authority::action_digest;
-use warrant_schema::{
-    ActionProposed, Envelope, EventBody, PolicySignalRecorded, ProposalSubmitted, SignalSubmitted,
-};
+use warrant_schema::{Envelope, ProposalSubmitted, SignalSubmitted};
 
 use crate::config::Shared;
 use crate::http::Clock;
-use crate::ids;
+use crate::principals::IngressIdentities;
+use crate::{door, ids};
 use crate::log::{log_append, DeadLetter, KafkaLog};
 use crate::metrics::{IngressLabels, Metrics};
 use crate::Error;
@@ -76,16 +74,14 @@ pub enum Source {
     Signals,
 }
 
-fn non_empty(field: &str, value: &str) -> Result<(), String> {
-    if value.trim().is_empty() {
-        Err(format!("{field} is empty"))
-    } else {
-        Ok(())
-    }
-}
-
-/// Validate one ingress record and build its envelope. Pure: the caller
-/// passes the ruleset in force and the time.
+/// Validate one ingress record and build its envelope through the same
+/// door logic as HTTP (`crate::door`). Pure: the caller passes the ruleset
+/// and the topics' declared identities in force, and the time.
+///
+/// Identity is bound to the topic, never read from the record: every
+/// record on the proposals topic is proposed by the principal the
+/// principals file declares for it, every signal is from the declared
+/// source, and a record naming anyone else is dead-lettered.
 #[allow(clippy::too_many_arguments)]
 pub fn validate(
     source: Source,
@@ -94,99 +90,81 @@ pub fn validate(
     offset: i64,
     value: Option<&[u8]>,
     ruleset: &warrant_authority::Ruleset,
+    identities: &IngressIdentities,
     submitted_by: &str,
     recorded_at: i64,
 ) -> Verdict {
-    match build(
-        source,
-        topic,
-        partition,
-        offset,
-        value,
-        ruleset,
-        submitted_by,
+    let stamp = |instance_id: String| door::Stamp {
+        instance_id,
+        event_id: ids::ingress_event_id(topic, partition, offset),
+        submitted_by: submitted_by.to_owned(),
         recorded_at,
-    ) {
+    };
+    let built = match value.filter(|v| !v.is_empty()) {
+        None => Err("empty record value".to_owned()),
+        Some(value) => match source {
+            Source::Proposals => propose(value, identities, ruleset, |submitted| {
+                Ok(stamp(match &submitted.instance_id {
+                    Some(text) => door::instance_id(text)?,
+                    None => ids::ingress_instance_id(topic, partition, offset),
+                }))
+            }),
+            Source::Signals => signal(value, identities, |submitted| {
+                Ok(stamp(door::instance_id(&submitted.instance_id)?))
+            }),
+        },
+    };
+    match built {
         Ok(envelope) => Verdict::Append(Box::new(envelope)),
         Err(reason) => Verdict::DeadLetter(reason),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build(
-    source: Source,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-    value: Option<&[u8]>,
+fn propose(
+    value: &[u8],
+    identities: &IngressIdentities,
     ruleset: &warrant_authority::Ruleset,
-    submitted_by: &str,
-    recorded_at: i64,
+    stamp: impl FnOnce(&ProposalSubmitted) -> Result<door::Stamp, door::Invalid>,
 ) -> Result<Envelope, String> {
-    let value = value
-        .filter(|v| !v.is_empty())
-        .ok_or("empty record value")?;
-    let event_id = ids::ingress_event_id(topic, partition, offset);
-    match source {
-        Source::Proposals => {
-            let submitted: ProposalSubmitted = warrant_schema::decode(value).map_err(|e| {
-                format!(
-                    "not a warrant.ProposalSubmitted: {}",
-                    crate::error_chain(&e)
-                )
-            })?;
-            let instance_id = match &submitted.instance_id {
-                Some(text) => ids::canonical_instance_id(text)
-                    .ok_or_else(|| format!("instance_id {text:?} is not a UUID"))?,
-                None => ids::ingress_instance_id(topic, partition, offset),
-            };
-            non_empty("action.kind", &submitted.action.kind)?;
-            non_empty("action.target", &submitted.action.target)?;
-            non_empty("proposer.principal", &submitted.proposer.principal)?;
-            for context in &submitted.context_refs {
-                non_empty("context_refs[].uri", &context.uri)?;
-            }
-            // Total: loading guaranteed a catch-all rule.
-            let rule = ruleset.resolve(&submitted.action);
-            let digest = action_digest(&submitted.action);
-            Ok(Envelope {
-                event_id,
-                instance_id,
-                recorded_at,
-                submitted_by: submitted_by.to_owned(),
-                body: EventBody::ActionProposed(Box::new(ActionProposed {
-                    action: submitted.action,
-                    action_digest: digest,
-                    proposer: submitted.proposer,
-                    context_refs: submitted.context_refs,
-                    rationale: submitted.rationale,
-                    requirement: rule.requirement.clone(),
-                    ruleset: ruleset.reference(),
-                })),
-            })
-        }
-        Source::Signals => {
-            let submitted: SignalSubmitted = warrant_schema::decode(value).map_err(|e| {
-                format!("not a warrant.SignalSubmitted: {}", crate::error_chain(&e))
-            })?;
-            let instance_id = ids::canonical_instance_id(&submitted.instance_id)
-                .ok_or_else(|| format!("instance_id {:?} is not a UUID", submitted.instance_id))?;
-            non_empty("source", &submitted.source)?;
-            non_empty("policy_ref.id", &submitted.policy_ref.id)?;
-            Ok(Envelope {
-                event_id,
-                instance_id,
-                recorded_at,
-                submitted_by: submitted_by.to_owned(),
-                body: EventBody::PolicySignalRecorded(PolicySignalRecorded {
-                    source: submitted.source,
-                    verdict: submitted.verdict,
-                    reasons: submitted.reasons,
-                    policy_ref: submitted.policy_ref,
-                }),
-            })
-        }
-    }
+    let submitted: ProposalSubmitted = warrant_schema::decode(value).map_err(|e| {
+        format!(
+            "not a warrant.ProposalSubmitted: {}",
+            crate::error_chain(&e)
+        )
+    })?;
+    let principal = identities.proposals.as_deref().ok_or(
+        "the proposals topic is not declared in the principals file (ingress.proposals), so no record on it has an identity",
+    )?;
+    let stamp = stamp(&submitted).map_err(|e| e.to_string())?;
+    let draft = door::ProposalDraft {
+        action: submitted.action,
+        claimed_principal: Some(submitted.proposer.principal),
+        kind: submitted.proposer.kind,
+        model: submitted.proposer.model,
+        context_refs: submitted.context_refs,
+        rationale: submitted.rationale,
+    };
+    door::proposal(stamp, principal, draft, ruleset).map_err(|e| e.to_string())
+}
+
+fn signal(
+    value: &[u8],
+    identities: &IngressIdentities,
+    stamp: impl FnOnce(&SignalSubmitted) -> Result<door::Stamp, door::Invalid>,
+) -> Result<Envelope, String> {
+    let submitted: SignalSubmitted = warrant_schema::decode(value)
+        .map_err(|e| format!("not a warrant.SignalSubmitted: {}", crate::error_chain(&e)))?;
+    let source = identities.signals.as_deref().ok_or(
+        "the signals topic is not declared in the principals file (ingress.signals), so no record on it has an identity",
+    )?;
+    let stamp = stamp(&submitted).map_err(|e| e.to_string())?;
+    let draft = door::SignalDraft {
+        claimed_source: Some(submitted.source),
+        verdict: submitted.verdict,
+        reasons: submitted.reasons,
+        policy_ref: submitted.policy_ref,
+    };
+    door::signal(stamp, source, draft).map_err(|e| e.to_string())
 }
 
 /// The ingress consumer and what it needs.
@@ -308,7 +286,13 @@ impl Ingress {
         tracing::info!("ingress stopped");
     }
 
-    fn item(&self, message: OwnedMessage, ruleset: &warrant_authority::Ruleset, now: i64) -> Item {
+    fn item(
+        &self,
+        message: OwnedMessage,
+        ruleset: &warrant_authority::Ruleset,
+        identities: &IngressIdentities,
+        now: i64,
+    ) -> Item {
         let topics = self.log.topics();
         let topic = message.topic();
         let (source, submitted_by) = if topic == topics.proposals_topic {
@@ -323,6 +307,7 @@ impl Ingress {
             message.offset(),
             message.payload(),
             ruleset,
+            identities,
             submitted_by,
             now,
         );
@@ -358,11 +343,18 @@ impl Ingress {
         messages: Vec<OwnedMessage>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Delivered {
-        let ruleset = self.config.snapshot().ruleset;
+        let snapshot = self.config.snapshot();
         let now = self.clock.now_millis();
         let items: Vec<Item> = messages
             .into_iter()
-            .map(|message| self.item(message, &ruleset.ruleset, now))
+            .map(|message| {
+                self.item(
+                    message,
+                    &snapshot.ruleset.ruleset,
+                    snapshot.principals.ingress(),
+                    now,
+                )
+            })
             .collect();
         // Enqueue everything (librdkafka batches it), then wait in order.
         let mut deliveries = Vec::with_capacity(items.len());
@@ -554,7 +546,7 @@ impl Ingress {
 #[cfg(test)]
 mod tests {
     use warrant_authority::Ruleset;
-    use warrant_schema::samples;
+    use warrant_schema::{samples, EventBody};
 
     use super::*;
 
@@ -571,9 +563,17 @@ mod tests {
             41,
             Some(value),
             &ruleset(),
+            &identities(),
             "kafka:warrant.proposals",
             7,
         )
+    }
+
+    fn identities() -> IngressIdentities {
+        IngressIdentities {
+            proposals: Some("agent:remediator".to_owned()),
+            signals: Some("opa".to_owned()),
+        }
     }
 
     #[test]
@@ -631,25 +631,87 @@ mod tests {
         let mut empty_kind = samples::proposal_submitted();
         empty_kind.action.kind = " ".to_owned();
         let bytes = warrant_schema::encode(&empty_kind).expect("encodes");
-        assert_eq!(reason(Source::Proposals, &bytes), "action.kind is empty");
+        assert!(reason(Source::Proposals, &bytes)
+            .starts_with("the action is not in canonical form: action.kind"));
 
-        let mut no_principal = samples::proposal_submitted();
-        no_principal.proposer.principal = String::new();
-        let bytes = warrant_schema::encode(&no_principal).expect("encodes");
+        let mut no_policy = samples::signal_submitted();
+        no_policy.policy_ref.id = String::new();
+        let bytes = warrant_schema::encode(&no_policy).expect("encodes");
         assert_eq!(
-            reason(Source::Proposals, &bytes),
-            "proposer.principal is empty"
+            reason(Source::Signals, &bytes),
+            "policy_ref.id must not be empty"
         );
-
-        let mut no_source = samples::signal_submitted();
-        no_source.source = String::new();
-        let bytes = warrant_schema::encode(&no_source).expect("encodes");
-        assert_eq!(reason(Source::Signals, &bytes), "source is empty");
 
         let mut bad_signal_id = samples::signal_submitted();
         bad_signal_id.instance_id = "00000000-0000-0000-0000-000000000000".to_owned();
         let bytes = warrant_schema::encode(&bad_signal_id).expect("encodes");
         assert!(reason(Source::Signals, &bytes).contains("is not a UUID"));
+    }
+
+    #[test]
+    fn a_laxer_spelling_is_dead_lettered_not_resolved() {
+        for (kind, target) in [
+            ("Service.Restart", "prod/payments/api"),
+            ("service.restart ", "prod/payments/api"),
+            ("service.restart", " prod/payments/api"),
+            ("service.restart", "./prod/payments/api"),
+        ] {
+            let mut submitted = samples::proposal_submitted();
+            submitted.action.kind = kind.to_owned();
+            submitted.action.target = target.to_owned();
+            let bytes = warrant_schema::encode(&submitted).expect("encodes");
+            match check(Source::Proposals, &bytes) {
+                Verdict::DeadLetter(reason) => assert!(
+                    reason.starts_with("the action is not in canonical form"),
+                    "{reason}"
+                ),
+                Verdict::Append(_) => panic!("{kind:?} {target:?} was accepted"),
+            }
+        }
+    }
+
+    #[test]
+    fn identity_comes_from_the_topic_not_the_record() {
+        let reason = |source, bytes: &[u8], identities: &IngressIdentities| {
+            match validate(
+                source,
+                "warrant.signals",
+                0,
+                1,
+                Some(bytes),
+                &ruleset(),
+                identities,
+                "kafka:warrant.signals",
+                7,
+            ) {
+                Verdict::DeadLetter(reason) => reason,
+                Verdict::Append(_) => panic!("accepted"),
+            }
+        };
+        // Anyone who can write the signals topic could otherwise ALLOW as OPA.
+        let mut forged = samples::signal_submitted();
+        forged.source = "opa".to_owned();
+        let bytes = warrant_schema::encode(&forged).expect("encodes");
+        let only_gatekeeper = IngressIdentities {
+            proposals: None,
+            signals: Some("gatekeeper".to_owned()),
+        };
+        assert_eq!(
+            reason(Source::Signals, &bytes, &only_gatekeeper),
+            "source is \"opa\" but this door only accepts \"gatekeeper\""
+        );
+        // A proposal naming a reviewer as its proposer (to approve it later).
+        let mut as_alice = samples::proposal_submitted();
+        as_alice.proposer.principal = "alice".to_owned();
+        let bytes = warrant_schema::encode(&as_alice).expect("encodes");
+        assert_eq!(
+            reason(Source::Proposals, &bytes, &identities()),
+            "proposer.principal is \"alice\" but this door only accepts \"agent:remediator\""
+        );
+        // A topic nobody declared has no identity at all.
+        let bytes = warrant_schema::encode(&samples::proposal_submitted()).expect("encodes");
+        assert!(reason(Source::Proposals, &bytes, &IngressIdentities::default())
+            .contains("not declared in the principals file"));
     }
 
     #[test]

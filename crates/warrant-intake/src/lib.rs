@@ -16,6 +16,7 @@
 //! log. It never trusts a name in a request body for who is asking.
 
 pub mod config;
+pub mod door;
 pub mod http;
 pub mod ids;
 pub mod ingress;
@@ -79,16 +80,7 @@ pub enum Error {
 }
 
 /// An error and all its causes on one line, for logs.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use warrant_authority::error_chain;
 
 /// Milliseconds since the Unix epoch by the system clock (0 if the clock is
 /// before 1970).

@@ -8,6 +8,18 @@
 //! webhook with HMAC-SHA256; each has at most two active secrets so a key
 //! can rotate without downtime, and the roles recorded for a decision are
 //! the ones listed here, never the ones in a request.
+//!
+//! Kafka ingress has no token: whoever may write an ingress topic is the
+//! identity of every record on it. The file declares that identity per
+//! ingress topic (`ingress.proposals.principal`, `ingress.signals.source`),
+//! Kafka ACLs make it true, and a record that names anyone else is
+//! dead-lettered (docs/identities.md).
+//!
+//! An identity is one principal whatever its case or padding: names are
+//! compared exactly, so the loader refuses two names that differ only by
+//! case or surrounding whitespace (they would count as two approvers, or
+//! slip past the self-approval check), names with surrounding whitespace
+//! or control characters, and names in Warrant's own namespaces.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +32,10 @@ use crate::signature;
 pub const MIN_SECRET_LEN: usize = 16;
 /// Active secrets per reviewer: the current one and the one being rotated in.
 pub const MAX_REVIEWER_SECRETS: usize = 2;
+/// Prefixes Warrant itself stamps as `submitted_by` (`kafka:<topic>` for
+/// ingress, `warrant:sweeper`, `reviewer:<name>`); no configured principal
+/// may take one, or it could pass for that door.
+pub const RESERVED_NAMESPACES: [&str; 3] = ["kafka:", "warrant:", "reviewer:"];
 
 /// What a bearer token is allowed to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -77,11 +93,22 @@ impl Reviewer {
     }
 }
 
+/// Who every record on an ingress topic is from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngressIdentities {
+    /// The proposer principal of every record on the proposals topic;
+    /// `None`: the topic is not declared and its records are dead-lettered.
+    pub proposals: Option<String>,
+    /// The policy source of every record on the signals topic.
+    pub signals: Option<String>,
+}
+
 /// The loaded, validated principals file.
 #[derive(Clone, Default)]
 pub struct Principals {
     tokens: BTreeMap<[u8; 32], Caller>,
     reviewers: BTreeMap<String, Reviewer>,
+    ingress: IngressIdentities,
 }
 
 impl std::fmt::Debug for Principals {
@@ -112,6 +139,14 @@ pub enum PrincipalsError {
     SharedSecret { first: String, second: String },
     #[error("the principals file defines neither tokens nor reviewers")]
     Empty,
+    #[error("{what} {name:?}: {problem}")]
+    BadName {
+        what: &'static str,
+        name: String,
+        problem: String,
+    },
+    #[error("{first:?} and {second:?} differ only by case or surrounding whitespace, so they would be two principals for one identity")]
+    LookAlike { first: String, second: String },
 }
 
 #[derive(Deserialize)]
@@ -121,6 +156,29 @@ struct File {
     tokens: Vec<TokenFile>,
     #[serde(default)]
     reviewers: Vec<ReviewerFile>,
+    #[serde(default)]
+    ingress: IngressFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct IngressFile {
+    #[serde(default)]
+    proposals: Option<IngressProposalsFile>,
+    #[serde(default)]
+    signals: Option<IngressSignalsFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngressProposalsFile {
+    principal: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngressSignalsFile {
+    source: String,
 }
 
 #[derive(Deserialize)]
@@ -157,6 +215,26 @@ impl Principals {
             return Err(PrincipalsError::Empty);
         }
         let mut principals = Principals::default();
+        let mut names = Names::default();
+        for entry in &file.tokens {
+            names.check("token principal", &entry.principal)?;
+            if let Some(source) = &entry.source {
+                check_name("policy source", source)?;
+            }
+        }
+        for entry in &file.reviewers {
+            names.check("reviewer", &entry.principal)?;
+        }
+        if let Some(proposals) = &file.ingress.proposals {
+            names.check("ingress.proposals.principal", &proposals.principal)?;
+        }
+        if let Some(signals) = &file.ingress.signals {
+            check_name("ingress.signals.source", &signals.source)?;
+        }
+        principals.ingress = IngressIdentities {
+            proposals: file.ingress.proposals.map(|p| p.principal),
+            signals: file.ingress.signals.map(|s| s.source),
+        };
         for (index, entry) in file.tokens.into_iter().enumerate() {
             let (hash, caller) = validate_token(index + 1, entry)?;
             if let Some(first) = principals.tokens.get(&hash) {
@@ -194,6 +272,11 @@ impl Principals {
         Ok(principals)
     }
 
+    /// Who the records of each ingress topic are from.
+    pub fn ingress(&self) -> &IngressIdentities {
+        &self.ingress
+    }
+
     /// The caller a bearer token belongs to.
     pub fn caller(&self, token: &str) -> Option<&Caller> {
         self.tokens.get(&token_hash(token.as_bytes()))
@@ -212,24 +295,77 @@ impl Principals {
         (self.tokens.len(), self.reviewers.len())
     }
 
-    /// The reviewer whose secret produced `signature` over `message`, trying
-    /// only `only` when given. Every secret is checked with HMAC's constant-
-    /// time comparison.
-    pub fn signer(
+    /// The reviewer whose secret produced one of `tags` over `message`, and
+    /// which tag it was, trying only `only` when given. One MAC is computed
+    /// per secret (never per tag), each compared in constant time.
+    pub fn signer<T: AsRef<[u8]>>(
         &self,
         message: &[u8],
-        signature: &[u8],
+        tags: &[T],
         only: Option<&str>,
-    ) -> Option<&Reviewer> {
+    ) -> Option<(&Reviewer, usize)> {
         self.reviewers
             .values()
             .filter(|reviewer| only.is_none_or(|name| reviewer.principal == name))
-            .find(|reviewer| {
+            .find_map(|reviewer| {
                 reviewer
                     .secrets()
-                    .any(|secret| signature::verify(secret, message, signature))
+                    .find_map(|secret| signature::matching_tag(secret, message, tags))
+                    .map(|tag| (reviewer, tag))
             })
     }
+}
+
+/// Every principal name seen so far, by its case- and padding-folded form.
+#[derive(Default)]
+struct Names(BTreeMap<String, String>);
+
+impl Names {
+    /// Refuse a bad name, or one that folds to a name already seen but is
+    /// spelled differently. The same exact name may appear again (one
+    /// principal with a service and an executor token, say).
+    fn check(&mut self, what: &'static str, name: &str) -> Result<(), PrincipalsError> {
+        check_name(what, name)?;
+        for namespace in RESERVED_NAMESPACES {
+            if name.to_lowercase().starts_with(namespace) {
+                return Err(PrincipalsError::BadName {
+                    what,
+                    name: name.to_owned(),
+                    problem: format!("names in Warrant's own namespace {namespace:?} are reserved"),
+                });
+            }
+        }
+        let folded = name.trim().to_lowercase();
+        match self.0.get(&folded) {
+            Some(first) if first != name => Err(PrincipalsError::LookAlike {
+                first: first.clone(),
+                second: name.to_owned(),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                self.0.insert(folded, name.to_owned());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Non-empty, no control characters, no surrounding whitespace.
+fn check_name(what: &'static str, name: &str) -> Result<(), PrincipalsError> {
+    let problem = if name.trim().is_empty() {
+        "must not be empty"
+    } else if name.trim() != name {
+        "must not begin or end with whitespace"
+    } else if name.chars().any(char::is_control) {
+        "must not hold control characters"
+    } else {
+        return Ok(());
+    };
+    Err(PrincipalsError::BadName {
+        what,
+        name: name.to_owned(),
+        problem: problem.to_owned(),
+    })
 }
 
 fn validate_token(index: usize, entry: TokenFile) -> Result<([u8; 32], Caller), PrincipalsError> {
@@ -430,31 +566,100 @@ mod tests {
         let bob = principals.reviewer("bob").expect("bob");
         let secret = bob.secrets().next().expect("a secret").to_vec();
         let mac = signature::sign(&secret, message);
-        assert_eq!(
+        let signed_by = |message: &[u8], tags: &[Vec<u8>], only| {
             principals
-                .signer(message, &mac, None)
-                .map(|r| r.principal.as_str()),
-            Some("bob")
+                .signer(message, tags, only)
+                .map(|(r, tag)| (r.principal.clone(), tag))
+        };
+        assert_eq!(
+            signed_by(message, &[mac.clone()], None),
+            Some(("bob".to_owned(), 0))
         );
         assert_eq!(
-            principals
-                .signer(message, &mac, Some("bob"))
-                .map(|r| r.principal.as_str()),
-            Some("bob")
+            signed_by(message, &[mac.clone()], Some("bob")),
+            Some(("bob".to_owned(), 0))
         );
-        assert!(principals.signer(message, &mac, Some("alice")).is_none());
-        assert!(principals.signer(b"1700000000.{ }", &mac, None).is_none());
+        assert_eq!(signed_by(message, &[mac.clone()], Some("alice")), None);
+        assert_eq!(signed_by(b"1700000000.{ }", &[mac.clone()], None), None);
+        // The matching tag is found wherever it sits among bogus ones.
+        assert_eq!(
+            signed_by(message, &[vec![0u8; 32], vec![1u8; 32], mac.clone()], None),
+            Some(("bob".to_owned(), 2))
+        );
         // Both of alice's secrets are active during a rotation.
         let alice = principals.reviewer("alice").expect("alice");
         for secret in alice.secrets() {
             let mac = signature::sign(secret, message);
             assert_eq!(
                 principals
-                    .signer(message, &mac, None)
-                    .map(|r| r.principal.as_str()),
+                    .signer(message, &[mac], None)
+                    .map(|(r, _)| r.principal.as_str()),
                 Some("alice")
             );
         }
+    }
+
+    #[test]
+    fn one_identity_cannot_load_as_two_principals() {
+        for (text, expected) in [
+            (
+                "reviewers:\n  - {principal: alice, roles: [sre], secrets: [\"0123456789abcdef\"]}\n  - {principal: Alice, roles: [sre], secrets: [\"0123456789abcdeg\"]}\n",
+                "\"alice\" and \"Alice\" differ only by case",
+            ),
+            (
+                "tokens:\n  - {principal: Alice, kind: service, token: \"0123456789abcdef\"}\nreviewers:\n  - {principal: alice, roles: [sre], secrets: [\"0123456789abcdeg\"]}\n",
+                "\"Alice\" and \"alice\" differ only by case",
+            ),
+            (
+                "reviewers:\n  - {principal: \" bob\", roles: [sre], secrets: [\"0123456789abcdef\"]}\n",
+                "reviewer \" bob\": must not begin or end with whitespace",
+            ),
+            (
+                "tokens:\n  - {principal: \"svc\\tx\", kind: service, token: \"0123456789abcdef\"}\n",
+                "must not hold control characters",
+            ),
+            (
+                "tokens:\n  - {principal: \"kafka:warrant.proposals\", kind: service, token: \"0123456789abcdef\"}\n",
+                "namespace \"kafka:\" are reserved",
+            ),
+            (
+                "tokens:\n  - {principal: \"Warrant:sweeper\", kind: service, token: \"0123456789abcdef\"}\n",
+                "namespace \"warrant:\" are reserved",
+            ),
+            (
+                "reviewers:\n  - {principal: \"reviewer:bob\", roles: [sre], secrets: [\"0123456789abcdef\"]}\n",
+                "namespace \"reviewer:\" are reserved",
+            ),
+            (
+                "reviewers:\n  - {principal: bob, roles: [sre], secrets: [\"0123456789abcdef\"]}\ningress:\n  proposals: {principal: BOB}\n",
+                "\"bob\" and \"BOB\" differ only by case",
+            ),
+        ] {
+            let error = error_of(text);
+            assert!(error.contains(expected), "{error}");
+        }
+        // One principal may hold several tokens under its exact name.
+        let text = "tokens:\n  - {principal: svc, kind: service, token: \"0123456789abcdef\"}\n  - {principal: svc, kind: executor, token: \"0123456789abcdeg\"}\n";
+        assert!(Principals::parse(text.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn ingress_topics_are_declared_with_their_identity() {
+        let principals = Principals::parse(EXAMPLE.as_bytes()).expect("valid");
+        assert_eq!(
+            principals.ingress(),
+            &IngressIdentities {
+                proposals: Some("agent:remediator".to_owned()),
+                signals: Some("opa".to_owned()),
+            }
+        );
+        let undeclared = Principals::parse(
+            b"tokens:\n  - {principal: svc, kind: service, token: \"0123456789abcdef\"}\n",
+        )
+        .expect("valid");
+        assert_eq!(undeclared.ingress(), &IngressIdentities::default());
+        assert!(error_of("tokens: []\nreviewers: []\ningress:\n  signals: {principal: x}\n")
+            .contains("unknown field `principal`"));
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub const SIGNATURE_HEADER: &str = "x-warrant-signature";
 /// Optional: names the reviewer whose key signed, so an unknown name is a
 /// 403 and only that reviewer's keys are tried. Never trusted on its own.
 pub const REVIEWER_HEADER: &str = "x-warrant-reviewer";
+/// Most tags one signature header may carry: one per secret of a reviewer
+/// in rotation, with room to spare.
+pub const MAX_SIGNATURE_TAGS: usize = 4;
 
 /// HMAC-SHA256 of `message` under `key`.
 pub fn sign(key: &[u8], message: &[u8]) -> Vec<u8> {
@@ -31,13 +34,22 @@ pub fn sign(key: &[u8], message: &[u8]) -> Vec<u8> {
 /// Whether `tag` is the HMAC-SHA256 of `message` under `key`, compared in
 /// constant time (`hmac`'s `verify_slice` uses `subtle`).
 pub fn verify(key: &[u8], message: &[u8], tag: &[u8]) -> bool {
-    match HmacSha256::new_from_slice(key) {
-        Ok(mut mac) => {
-            mac.update(message);
-            mac.verify_slice(tag).is_ok()
-        }
-        Err(_) => false,
-    }
+    matching_tag(key, message, std::slice::from_ref(&tag)).is_some()
+}
+
+/// Which of `tags` (if any) is the HMAC-SHA256 of `message` under `key`.
+/// The MAC is computed once, however many tags a sender offers, and each
+/// comparison is constant-time (`CtOutput`'s equality uses `subtle`): an
+/// unauthenticated request with many bogus tags costs one MAC per secret.
+pub fn matching_tag<T: AsRef<[u8]>>(key: &[u8], message: &[u8], tags: &[T]) -> Option<usize> {
+    let mut mac = HmacSha256::new_from_slice(key).ok()?;
+    mac.update(message);
+    let expected = mac.finalize();
+    tags.iter().position(|tag| {
+        let tag = tag.as_ref();
+        tag.len() == 32
+            && expected == hmac::digest::CtOutput::new(*hmac::digest::generic_array::GenericArray::from_slice(tag))
+    })
 }
 
 /// The bytes a reviewer signs: `timestamp + "." + raw body`.
@@ -103,7 +115,7 @@ pub fn parse_signatures(header: Option<&str>) -> Result<Vec<[u8; 32]>, Signature
         hex::decode_to_slice(hex_tag, &mut tag).map_err(|_| SignatureError::BadSignatureFormat)?;
         tags.push(tag);
     }
-    if tags.is_empty() || tags.len() > 4 {
+    if tags.is_empty() || tags.len() > MAX_SIGNATURE_TAGS {
         return Err(SignatureError::BadSignatureFormat);
     }
     Ok(tags)

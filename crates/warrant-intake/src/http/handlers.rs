@@ -10,11 +10,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
-use warrant_authority::{action_digest, EntryView, LogPosition, Outcome, RefusalCode};
+use warrant_authority::{EntryView, LogPosition, Outcome, RefusalCode};
 use warrant_schema::{
-    Action, ActionProposed, ContextRef, DecisionRecorded, DecisionVerdict, Envelope, EventBody,
-    ExecutionOutcome, ExecutionReported, ExecutionRequested, PolicyRef, PolicySignalRecorded,
-    ProposalWithdrawn, Proposer, ProposerKind, Reviewer, Scope, SignalVerdict,
+    Action, ContextRef, DecisionRecorded, DecisionVerdict, Envelope, EventBody, ExecutionOutcome,
+    ExecutionReported, ExecutionRequested, PolicyRef, ProposalWithdrawn, ProposerKind, Reviewer,
+    Scope, SignalVerdict,
 };
 
 use super::error::{ApiError, EventRef};
@@ -23,7 +23,7 @@ use super::extract::{
     InstanceId, OptionalJson, RawBody,
 };
 use super::AppState;
-use crate::ids;
+use crate::{door, ids};
 use crate::log::{AppendError, Appended};
 use crate::metrics::ClaimLabels;
 use crate::principals::{Caller, Kind};
@@ -149,17 +149,6 @@ fn require(caller: &Caller, kind: Kind, what: &str) -> Result<(), ApiError> {
     }
 }
 
-fn non_empty(field: &str, value: &str) -> Result<(), ApiError> {
-    if value.trim().is_empty() {
-        Err(ApiError::bad_request(
-            "invalid_field",
-            format!("{field} must not be empty"),
-        ))
-    } else {
-        Ok(())
-    }
-}
-
 /// The event id of a request: derived from its `Idempotency-Key` when
 /// given, so a retry is a recorded duplicate; random otherwise.
 fn event_id_for(
@@ -253,6 +242,18 @@ fn accepted(envelope: &Envelope, appended: Appended, mut extra: serde_json::Valu
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
+/// Map the door's refusal to the HTTP answer: naming someone else is a
+/// 403, everything else a 400 naming the field.
+fn invalid(error: door::Invalid) -> ApiError {
+    let code = error.code();
+    match error {
+        door::Invalid::NotYours { .. } => ApiError::forbidden(code, error.to_string()),
+        door::Invalid::InstanceId(_) | door::Invalid::Field { .. } | door::Invalid::Action(_) => {
+            ApiError::bad_request(code, error.to_string())
+        }
+    }
+}
+
 pub async fn propose(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -260,80 +261,147 @@ pub async fn propose(
     ApiJson(request): ApiJson<ProposalRequest>,
 ) -> Result<Response, ApiError> {
     require(&caller, Kind::Service, "propose actions")?;
-    let instance_id = match (&request.instance_id, &key) {
-        (Some(text), _) => parse_instance_id(text)?,
-        (None, Some(key)) => ids::idempotent_instance_id(&caller.principal, key),
-        (None, None) => ids::random(),
+    // A chosen or derived id may already be someone's instance; a random
+    // one cannot be.
+    let (instance_id, chosen) = match (&request.instance_id, &key) {
+        (Some(text), _) => (door::instance_id(text).map_err(invalid)?, true),
+        (None, Some(key)) => (ids::idempotent_instance_id(&caller.principal, key), true),
+        (None, None) => (ids::random(), false),
     };
-    non_empty("action.kind", &request.action.kind)?;
-    non_empty("action.target", &request.action.target)?;
-    for context in &request.context_refs {
-        non_empty("context_refs[].uri", &context.uri)?;
-    }
-    let proposer = match request.proposer {
-        None => Proposer {
-            principal: caller.principal.clone(),
-            kind: ProposerKind::Service,
-            model: None,
+    let (claimed_principal, kind, model) = match request.proposer {
+        None => (None, ProposerKind::Service, None),
+        Some(proposer) => (proposer.principal, proposer.kind, proposer.model),
+    };
+    let draft = door::ProposalDraft {
+        action: Action {
+            kind: request.action.kind,
+            target: request.action.target,
+            parameters: request.action.parameters,
         },
-        Some(proposer) => {
-            if let Some(named) = proposer
-                .principal
-                .filter(|named| *named != caller.principal)
-            {
-                return Err(ApiError::forbidden(
-                    "principal_mismatch",
-                    format!(
-                        "the token belongs to {}; a proposal cannot be made as {:?}",
-                        caller.principal,
-                        truncate(&named, 80)
-                    ),
-                ));
-            }
-            Proposer {
-                principal: caller.principal.clone(),
-                kind: proposer.kind,
-                model: proposer.model,
-            }
-        }
+        claimed_principal,
+        kind,
+        model,
+        context_refs: request.context_refs,
+        rationale: request.rationale,
     };
-    let action = Action {
-        kind: request.action.kind,
-        target: request.action.target,
-        parameters: request.action.parameters,
+    let stamp = door::Stamp {
+        event_id: ids::proposal_event_id(&instance_id),
+        instance_id: instance_id.clone(),
+        submitted_by: caller.principal.clone(),
+        recorded_at: state.clock.now_millis(),
     };
     let snapshot = state.config.snapshot();
     let ruleset = &snapshot.ruleset.ruleset;
-    let rule = ruleset.resolve(&action);
-    let digest = action_digest(&action);
-    let body = ActionProposed {
-        action,
-        action_digest: digest.clone(),
-        proposer,
-        context_refs: request.context_refs,
-        rationale: request.rationale,
-        requirement: rule.requirement.clone(),
-        ruleset: ruleset.reference(),
+    let envelope =
+        door::proposal(stamp, &caller.principal, draft, ruleset).map_err(invalid)?;
+    let EventBody::ActionProposed(proposed) = &envelope.body else {
+        return Err(ApiError::internal(&door::Invalid::Field {
+            field: "body",
+            problem: "the door built no proposal".to_owned(),
+        }));
     };
-    let event_id = ids::proposal_event_id(&instance_id);
-    let envelope = envelope(
-        &state,
-        &instance_id,
-        event_id,
-        &caller.principal,
-        EventBody::ActionProposed(Box::new(body)),
-    );
+    let digest = proposed.action_digest.clone();
+    let rule_id = proposed.requirement.rule_id.clone();
+    if chosen {
+        if let Some(existing) = proposed_record(&state, &instance_id).await? {
+            return answer_existing(&existing, &caller, &digest);
+        }
+    }
     let appended = append(&state, &envelope).await?;
     state.recent.insert(&instance_id);
+    if chosen {
+        // Another proposal for this id may have landed first (two intakes,
+        // or a projector that had not folded it yet): the fold's entry says
+        // whether this one started the instance.
+        let position = LogPosition {
+            partition: appended.partition,
+            offset: appended.offset,
+        };
+        let deadline = Instant::now() + state.options.claim_timeout;
+        let event = EventRef {
+            event_id: envelope.event_id.clone(),
+            partition: appended.partition,
+            offset: appended.offset,
+        };
+        let entry = await_entry(&state, &instance_id, position, deadline)
+            .await
+            .map_err(|error| error.with_event(event.clone()))?;
+        if !matches!(entry.outcome, Outcome::Applied { from: None, .. }) {
+            return match proposed_record(&state, &instance_id).await? {
+                Some(existing) => answer_existing(&existing, &caller, &digest),
+                None => Err(ApiError::unavailable(
+                    "fold_pending",
+                    "the proposal is on the log but the projector does not show the instance yet; retry",
+                )
+                .with_event(event)),
+            };
+        }
+    }
     Ok(accepted(
         &envelope,
         appended,
         json!({
             "action_digest": digest,
-            "rule_id": rule.id,
+            "rule_id": rule_id,
             "ruleset": ruleset.reference(),
         }),
     ))
+}
+
+/// The record of `instance_id` if something was proposed under it.
+async fn proposed_record(
+    state: &AppState,
+    instance_id: &str,
+) -> Result<Option<warrant_authority::ExecutionRecord>, ApiError> {
+    match state.projector.record(instance_id).await {
+        Ok(Some(record)) if record.proposal.is_some() => Ok(Some(record)),
+        Ok(_) => Ok(None),
+        Err(error) => {
+            tracing::warn!(instance_id, error = %crate::error_chain(&error), "projector unavailable");
+            Err(ApiError::unavailable(
+                "projector_unavailable",
+                "cannot tell whether this instance id is taken: the projector is unavailable",
+            ))
+        }
+    }
+}
+
+/// Answer a proposal for an instance that already exists from what the
+/// log holds: the original, for a true retry by the same proposer of the
+/// same action; 409 for anyone or anything else, without saying whose.
+fn answer_existing(
+    record: &warrant_authority::ExecutionRecord,
+    caller: &Caller,
+    digest: &str,
+) -> Result<Response, ApiError> {
+    let original = record.proposal.as_ref().filter(|proposal| {
+        proposal.submitted_by == caller.principal && proposal.action_digest == digest
+    });
+    let first = record.history.iter().find(|entry| {
+        matches!(entry.outcome, Outcome::Applied { from: None, .. })
+    });
+    match (original, first) {
+        (Some(proposal), Some(first)) => {
+            let body = json!({
+                "instance_id": record.instance_id,
+                "event_id": first.event_id,
+                "partition": first.position.partition,
+                "offset": first.position.offset,
+                "action_digest": proposal.action_digest,
+                "rule_id": proposal.rule.rule_id,
+                "ruleset": proposal.ruleset,
+            });
+            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+        }
+        (Some(_), None) | (None, _) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "instance_exists",
+            format!(
+                "instance {} was already proposed, by another principal or for another action",
+                record.instance_id
+            ),
+        )),
+    }
 }
 
 pub async fn signal(
@@ -349,30 +417,24 @@ pub async fn signal(
         .source
         .clone()
         .unwrap_or_else(|| caller.principal.clone());
-    if let Some(named) = request.source.filter(|named| *named != source) {
-        return Err(ApiError::forbidden(
-            "source_mismatch",
-            format!(
-                "this token reports as source {source:?}, not {:?}",
-                truncate(&named, 80)
-            ),
-        ));
-    }
-    non_empty("policy_ref.id", &request.policy_ref.id)?;
-    ensure_known(&state, &instance_id).await?;
-    let event_id = event_id_for(&instance_id, "signals", &caller, &key);
-    let envelope = envelope(
-        &state,
-        &instance_id,
-        event_id,
-        &caller.principal,
-        EventBody::PolicySignalRecorded(PolicySignalRecorded {
-            source: source.clone(),
+    let stamp = door::Stamp {
+        event_id: event_id_for(&instance_id, "signals", &caller, &key),
+        instance_id: instance_id.clone(),
+        submitted_by: caller.principal.clone(),
+        recorded_at: state.clock.now_millis(),
+    };
+    let envelope = door::signal(
+        stamp,
+        &source,
+        door::SignalDraft {
+            claimed_source: request.source,
             verdict: request.verdict,
             reasons: request.reasons,
             policy_ref: request.policy_ref,
-        }),
-    );
+        },
+    )
+    .map_err(invalid)?;
+    ensure_known(&state, &instance_id).await?;
     let appended = append(&state, &envelope).await?;
     Ok(accepted(&envelope, appended, json!({ "source": source })))
 }
@@ -418,9 +480,9 @@ pub async fn decide(
         }
     }
     let message = signature::signed_message(timestamp, &body);
-    let Some((reviewer, tag)) = tags
-        .iter()
-        .find_map(|tag| principals.signer(&message, tag, named).map(|r| (r, tag)))
+    let Some((reviewer, tag)) = principals
+        .signer(&message, &tags, named)
+        .map(|(reviewer, index)| (reviewer, tags[index]))
     else {
         return Err(ApiError::unauthorized(
             "bad_signature",
@@ -545,9 +607,20 @@ pub async fn claim(
     }
     let mut outcome = entry.outcome;
     if key.is_some() && outcome.refusal() == Some(RefusalCode::Duplicate) {
-        // A retry: answer what the fold made of the first attempt.
+        // A retry: answer what the fold made of the first attempt, but only
+        // if that attempt was this caller's. Ids are derived so that two
+        // executors never share one; this check keeps it true if they did.
         if let Some(first) = first_entry(&state, &instance_id, &event_id, entry.seq).await {
-            outcome = first.outcome;
+            if first.submitted_by.as_deref() == Some(caller.principal.as_str()) {
+                outcome = first.outcome;
+            } else {
+                tracing::error!(
+                    instance_id = %instance_id,
+                    event_id = %event_id,
+                    caller = %caller.principal,
+                    "an idempotent claim matched another principal's event; no grant is handed over"
+                );
+            }
         }
     }
     answer_claim(&state, &instance_id, event, outcome)

@@ -511,16 +511,173 @@ async fn a_proposal_is_resolved_stamped_and_appended() {
 }
 
 #[tokio::test]
-async fn a_retried_proposal_with_its_instance_id_is_a_recorded_duplicate() {
+async fn a_retried_proposal_with_its_instance_id_is_answered_with_the_original() {
     let h = harness();
     let first = h.propose_restart(INSTANCE).await;
     let again = h.propose_restart(&INSTANCE.to_uppercase()).await;
     assert_eq!(first["instance_id"], INSTANCE);
-    assert_eq!(again["instance_id"], INSTANCE);
-    assert_eq!(first["event_id"], again["event_id"]);
-    assert_ne!(first["offset"], again["offset"]);
-    assert_eq!(h.refusals(INSTANCE), vec![RefusalCode::Duplicate]);
+    assert_eq!(again, first, "a true retry gets the original answer");
+    assert_eq!(h.log.len(), 1, "and appends nothing");
     assert_eq!(h.status_of(INSTANCE), Some(StatusName::AwaitingSignals));
+}
+
+/// The example principals plus a second service and two executors whose
+/// `principal/key` pairs would have collided.
+fn with_more_principals(h: &Harness) {
+    let text = String::from_utf8(example("principals.yaml")).expect("utf-8");
+    let text = text.replacen(
+        "tokens:\n",
+        "tokens:\n  - {principal: \"svc:squatter\", kind: service, token: \"squatter-token-00001\"}\n  - {principal: deployer, kind: executor, token: \"deployer-token-000001\"}\n  - {principal: \"deployer/x\", kind: executor, token: \"deployer-x-token-0001\"}\n",
+        1,
+    );
+    let principals = Principals::parse(text.as_bytes()).expect("valid principals");
+    let snapshot = h.state.config.snapshot();
+    h.state
+        .config
+        .replace(snapshot.ruleset.clone(), Arc::new(principals));
+}
+
+#[tokio::test]
+async fn an_instance_id_cannot_be_squatted() {
+    let h = harness();
+    with_more_principals(&h);
+    let original = h.propose_restart(INSTANCE).await;
+    // Another principal reusing the id, with the same or another action.
+    for body in [restart(Some(INSTANCE)), {
+        let mut other = restart(Some(INSTANCE));
+        other["action"]["target"] = json!("staging/x");
+        other
+    }] {
+        let answer = h
+            .post("/v1/proposals", Some("squatter-token-00001"), &body)
+            .await;
+        assert_eq!(
+            (answer.status, answer.code()),
+            (StatusCode::CONFLICT, "instance_exists"),
+            "{}",
+            answer.text
+        );
+    }
+    // The same principal retrying with another action is no retry either.
+    let mut changed = restart(Some(INSTANCE));
+    changed["action"]["parameters"]["strategy"] = json!("all-at-once");
+    let answer = h.post("/v1/proposals", Some(SERVICE), &changed).await;
+    assert_eq!(answer.status, StatusCode::CONFLICT, "{}", answer.text);
+    assert_eq!(h.log.len(), 1, "nothing was appended for the squatters");
+    let record = h.projector.record_of(INSTANCE).expect("record");
+    let proposal = record.proposal.expect("proposed");
+    assert_eq!(proposal.submitted_by, "svc:remediator");
+    assert_eq!(json!(proposal.action_digest), original["action_digest"]);
+}
+
+#[tokio::test]
+async fn a_chosen_instance_id_needs_the_projector_to_tell_whether_it_is_taken() {
+    let h = harness();
+    h.projector.down.store(true, Ordering::SeqCst);
+    let answer = h
+        .post("/v1/proposals", Some(SERVICE), &restart(Some(INSTANCE)))
+        .await;
+    assert_eq!(
+        (answer.status, answer.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "projector_unavailable")
+    );
+    assert_eq!(h.log.len(), 0);
+    // A proposal without a chosen id cannot collide and needs no projector.
+    let answer = h.post("/v1/proposals", Some(SERVICE), &restart(None)).await;
+    answer.ok(StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_never_hands_one_executor_another_executors_grant() {
+    let h = harness();
+    with_more_principals(&h);
+    let digest = h.authorized(INSTANCE).await;
+    let claim = |token: &'static str, key: &'static str| {
+        let mut request = post(
+            &format!("/v1/instances/{INSTANCE}/executions"),
+            Some(token),
+            json!({ "action_digest": digest }).to_string(),
+        );
+        request
+            .headers_mut()
+            .insert("idempotency-key", key.parse().expect("header"));
+        request
+    };
+    let first = h.send(claim("deployer-token-000001", "x/1")).await;
+    let granted = first.ok(StatusCode::CREATED).clone();
+    // `deployer` + `x/1` and `deployer/x` + `1` used to derive one event id.
+    let second = h.send(claim("deployer-x-token-0001", "1")).await;
+    assert_eq!(
+        (second.status, second.code()),
+        (StatusCode::CONFLICT, "NoExecutionsLeft"),
+        "{}",
+        second.text
+    );
+    assert!(second.json.get("grant_id").is_none());
+    // The holder's own retry still gets its grant back.
+    let again = h.send(claim("deployer-token-000001", "x/1")).await;
+    assert_eq!(again.ok(StatusCode::CREATED)["grant_id"], granted["grant_id"]);
+}
+
+#[tokio::test]
+async fn non_canonical_actions_are_400s_naming_the_field() {
+    let h = harness();
+    for (kind, target, field) in [
+        ("Service.Restart", "prod/payments/api", "action.kind"),
+        ("service.restart ", "prod/payments/api", "action.kind"),
+        ("service.restart", " prod/payments/api", "action.target"),
+        ("service.restart", "./prod/payments/api", "action.target"),
+        ("service.restart", "prod//payments/api", "action.target"),
+    ] {
+        let mut body = restart(None);
+        body["action"]["kind"] = json!(kind);
+        body["action"]["target"] = json!(target);
+        let answer = h.post("/v1/proposals", Some(SERVICE), &body).await;
+        assert_eq!(
+            (answer.status, answer.code()),
+            (StatusCode::BAD_REQUEST, "invalid_action"),
+            "{kind:?} {target:?}: {}",
+            answer.text
+        );
+        assert!(
+            answer.json["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(field)),
+            "{}",
+            answer.text
+        );
+    }
+    assert_eq!(h.log.len(), 0);
+}
+
+#[tokio::test]
+async fn bogus_signature_tags_are_capped_and_a_real_one_among_them_counts() {
+    let h = harness();
+    h.propose_restart(INSTANCE).await;
+    let path = format!("/v1/instances/{INSTANCE}/decisions");
+    let timestamp = (h.clock.now_millis() / 1000).to_string();
+    let body = approve(INSTANCE).to_string();
+    let real = signature::header_value(ALICE.as_bytes(), &timestamp, body.as_bytes());
+    let bogus = format!("v1={}", "00".repeat(32));
+    let request = |tags: Vec<String>| {
+        Request::builder()
+            .method("POST")
+            .uri(&path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("X-Warrant-Timestamp", &timestamp)
+            .header("X-Warrant-Signature", tags.join(","))
+            .body(Body::from(body.clone()))
+            .expect("request")
+    };
+    let too_many = h.send(request(vec![bogus.clone(); 5])).await;
+    assert_eq!(
+        (too_many.status, too_many.code()),
+        (StatusCode::UNAUTHORIZED, "invalid_signature")
+    );
+    let hidden = h
+        .send(request(vec![bogus.clone(), bogus.clone(), real]))
+        .await;
+    assert_eq!(hidden.ok(StatusCode::ACCEPTED)["reviewer"]["principal"], "alice");
 }
 
 #[tokio::test]
@@ -560,8 +717,8 @@ async fn malformed_proposals_are_400s_and_nothing_is_appended() {
         ("{}".to_owned(), "invalid_body"),
         ("{\"action\":{\"kind\":\"k\",\"target\":\"t\",\"parameters\":{\"n\":1}}}".to_owned(), "invalid_body"),
         ("{\"action\":{\"kind\":\"k\",\"target\":\"t\"},\"proposer\":{\"kind\":\"ROBOT\"}}".to_owned(), "invalid_body"),
-        ("{\"action\":{\"kind\":\" \",\"target\":\"t\"}}".to_owned(), "invalid_field"),
-        ("{\"action\":{\"kind\":\"k\",\"target\":\"\"}}".to_owned(), "invalid_field"),
+        ("{\"action\":{\"kind\":\" \",\"target\":\"t\"}}".to_owned(), "invalid_action"),
+        ("{\"action\":{\"kind\":\"k\",\"target\":\"\"}}".to_owned(), "invalid_action"),
         ("{\"action\":{\"kind\":\"k\",\"target\":\"t\"},\"context_refs\":[{\"uri\":\"\"}]}".to_owned(), "invalid_field"),
         ("{\"instance_id\":\"nope\",\"action\":{\"kind\":\"k\",\"target\":\"t\"}}".to_owned(), "invalid_instance_id"),
         ("{\"instance_id\":\"00000000-0000-0000-0000-000000000000\",\"action\":{\"kind\":\"k\",\"target\":\"t\"}}".to_owned(), "invalid_instance_id"),
