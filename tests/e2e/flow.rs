@@ -9,6 +9,10 @@
 //! malformed ingress record is dead-lettered; and the auditors' replay
 //! verifies every record against the projector.
 //!
+//! A second test plays adversarial clients against the same binaries: a
+//! late signal past the decision deadline, an executor closing another's
+//! grant, colliding idempotency keys, and a squatted instance id.
+//!
 //! Run `cargo build -p warrant-intake -p warrant-projector -p warrant-replay`
 //! first when their sources changed: [`binary`] builds only missing ones.
 
@@ -40,6 +44,10 @@ const CAROL: &str = "example-carol-secret-2026-11";
 const DAVE_TOKEN: &str = "e2e-service-dave-token-0001";
 const DAVE: &str = "e2e-reviewer-dave-secret-0001";
 const NOT_A_REVIEWER: &str = "e2e-nobody-holds-this-secret";
+// Test only: two more executors whose `principal/key` pairs would have
+// derived one event id (`e2e:deployer` + `x/1`, `e2e:deployer/x` + `1`).
+const DEPLOYER_TOKEN: &str = "e2e-executor-deployer-token-0001";
+const DEPLOYER_X_TOKEN: &str = "e2e-executor-deployer-x-token-0001";
 
 /// The decision timeout of the test-only rule `fast-expiry`.
 const DECISION_TIMEOUT_MS: i64 = 1500;
@@ -55,7 +63,7 @@ fn principals_file(dir: &Path) -> PathBuf {
         .replacen(
             "\ntokens:\n",
             &format!(
-                "\ntokens:\n  - principal: dave\n    kind: service\n    token: \"{DAVE_TOKEN}\"\n"
+                "\ntokens:\n  - principal: dave\n    kind: service\n    token: \"{DAVE_TOKEN}\"\n  - principal: \"e2e:deployer\"\n    kind: executor\n    token: \"{DEPLOYER_TOKEN}\"\n  - principal: \"e2e:deployer/x\"\n    kind: executor\n    token: \"{DEPLOYER_X_TOKEN}\"\n"
             ),
             1,
         )
@@ -72,7 +80,8 @@ fn principals_file(dir: &Path) -> PathBuf {
 }
 
 /// The example ruleset plus `fast-expiry` (kind `test.expire`, decided
-/// within 1.5 s or expired), inserted before the catch-all.
+/// within 1.5 s or expired) and `late-allow` (kind `test.late`: authorized
+/// by an OPA ALLOW alone, within 1.5 s), inserted before the catch-all.
 fn ruleset_file(dir: &Path) -> PathBuf {
     let example = std::fs::read_to_string(repo_root().join("deploy/examples/ruleset.yaml"))
         .expect("example ruleset");
@@ -81,7 +90,10 @@ fn ruleset_file(dir: &Path) -> PathBuf {
     let rule = format!(
         "  - id: fast-expiry\n    match: {{ kind: \"test.expire\" }}\n    approvals_required: 1\n    approver_roles: [sre]\n    override_roles: [ic]\n    decision_timeout_ms: {DECISION_TIMEOUT_MS}\n    grant_ttl_ms: 60000\n    max_executions: 1\n\n"
     );
-    let text = example.replacen(catch_all, &format!("{rule}{catch_all}"), 1);
+    let late = format!(
+        "  - id: late-allow\n    match: {{ kind: \"test.late\" }}\n    approvals_required: 1\n    approver_roles: [sre]\n    override_roles: [ic]\n    required_signals: [opa]\n    review: unless_all_signals_allow\n    decision_timeout_ms: {DECISION_TIMEOUT_MS}\n    grant_ttl_ms: 60000\n\n"
+    );
+    let text = example.replacen(catch_all, &format!("{rule}{late}{catch_all}"), 1);
     let path = dir.join("ruleset.yaml");
     std::fs::write(&path, text).expect("write ruleset");
     path
@@ -129,7 +141,13 @@ fn topic_flags(args: &KafkaArgs) -> Vec<String> {
     ]
 }
 
-fn start_services(args: &KafkaArgs, dir: &Path, projector_url: &str, intake_port: u16) -> Services {
+fn start_services(
+    args: &KafkaArgs,
+    dir: &Path,
+    projector_url: &str,
+    intake_port: u16,
+    sweeper: bool,
+) -> Services {
     let projector_log = dir.join("projector.log");
     let intake_log = dir.join("intake.log");
     let projector = Command::new(binary("warrant-projector"))
@@ -155,11 +173,9 @@ fn start_services(args: &KafkaArgs, dir: &Path, projector_url: &str, intake_port
         .arg(principals_file(dir))
         // Never the default group: other intakes on this broker use it.
         .arg(format!("--ingress-group={}-intake", args.log_topic))
-        .args([
-            "--ingress=true",
-            "--sweeper=true",
-            "--sweep-interval-ms=200",
-        ])
+        .arg("--ingress=true")
+        .arg(format!("--sweeper={sweeper}"))
+        .arg("--sweep-interval-ms=200")
         .stdout(Stdio::null())
         .stderr(log_file(&intake_log))
         .spawn()
@@ -364,7 +380,7 @@ async fn the_seed_paper_flow_through_the_real_binaries() {
     let dir = tempfile::tempdir().expect("tempdir");
     let projector_url = format!("http://127.0.0.1:{}", free_port());
     let intake_port = free_port();
-    let _services = start_services(&args, dir.path(), &projector_url, intake_port);
+    let _services = start_services(&args, dir.path(), &projector_url, intake_port, true);
     let api = Api {
         http: reqwest::Client::new(),
         intake: format!("http://127.0.0.1:{intake_port}"),
@@ -449,7 +465,7 @@ async fn the_seed_paper_flow_through_the_real_binaries() {
             "--param",
             "strategy=rolling",
             "--principal",
-            "agent:python-planner",
+            "agent:remediator",
             "--model",
             "py-planner-2",
             "--context-uri",
@@ -535,7 +551,7 @@ async fn the_seed_paper_flow_through_the_real_binaries() {
     );
     assert_eq!(
         record["proposal"]["proposer"]["principal"],
-        "agent:python-planner"
+        "agent:remediator"
     );
     assert_eq!(record["proposal"]["proposer"]["kind"], "AGENT");
     assert_eq!(record["proposal"]["action_digest"], digest_b.as_str());
@@ -847,4 +863,176 @@ async fn the_seed_paper_flow_through_the_real_binaries() {
         "the seed-paper flow took {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Start the services on fresh topics and wait until intake is ready.
+async fn ready_services(sweeper: bool) -> (KafkaArgs, tempfile::TempDir, Services, Api) {
+    let args = warrant_testkit::fresh_topics(3).await.expect("broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let projector_url = format!("http://127.0.0.1:{}", free_port());
+    let intake_port = free_port();
+    let services = start_services(&args, dir.path(), &projector_url, intake_port, sweeper);
+    let api = Api {
+        http: reqwest::Client::new(),
+        intake: format!("http://127.0.0.1:{intake_port}"),
+        projector: projector_url,
+    };
+    eventually(WAIT, "intake to be ready", || async {
+        (get_json(&format!("{}/readyz", api.intake)).await.0 == 200).then_some(())
+    })
+    .await;
+    (args, dir, services, api)
+}
+
+impl Api {
+    /// Propose `kind` on `target` (no parameters); the instance id and digest.
+    async fn proposed(&self, token: &str, kind: &str, target: &str) -> (String, String) {
+        let (status, body) = self
+            .post(
+                "/v1/proposals",
+                token,
+                &json!({ "action": { "kind": kind, "target": target } }),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let digest = action_digest(kind, target, &[]);
+        assert_eq!(body["action_digest"], digest.as_str(), "{body}");
+        (body["instance_id"].as_str().expect("id").to_owned(), digest)
+    }
+
+    /// The history labels once the projector has `entries` entries.
+    async fn labels_after(&self, instance: &str, entries: usize) -> Vec<String> {
+        eventually(WAIT, &format!("{entries} entries in {instance}"), || async {
+            let (_, record) =
+                get_json(&format!("{}/v1/instances/{instance}", self.projector)).await;
+            let labels = labels(&record);
+            (labels.len() >= entries).then_some(labels)
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_clients_cannot_authorize_past_a_deadline_close_anothers_grant_or_squat() {
+    // No sweeper: a sweeper that is behind is exactly when a late event
+    // could slip in.
+    let (_args, _dir, _services, api) = ready_services(false).await;
+
+    // ---- A late ALLOW past the decision deadline authorizes nothing.
+    let (late, late_digest) = api.proposed(SERVICE_TOKEN, "test.late", "sandbox/x").await;
+    tokio::time::sleep(Duration::from_millis(DECISION_TIMEOUT_MS as u64 + 500)).await;
+    let (status, body) = api
+        .post(
+            &format!("/v1/instances/{late}/signals"),
+            POLICY_TOKEN,
+            &json!({ "verdict": "ALLOW", "policy_ref": { "id": "late.rego", "version": "1" } }),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        api.labels_after(&late, 2).await,
+        vec![
+            "ActionProposed: NONE -> AWAITING_SIGNALS",
+            "PolicySignalRecorded: refused Expired",
+        ]
+    );
+    api.refused_claim(&late, &late_digest, "Expired").await;
+
+    // ---- Only the grant's executor closes it.
+    let (run, digest) = api.proposed(SERVICE_TOKEN, "db.vacuum", "staging/db").await;
+    api.decided(
+        &run,
+        ALICE,
+        "alice",
+        json!({ "instance_id": run, "verdict": "APPROVE", "justification": "routine" }),
+    )
+    .await;
+    api.await_status(&run, "AUTHORIZED").await;
+    let (status, grant) = api
+        .post(
+            &format!("/v1/instances/{run}/executions"),
+            DEPLOYER_TOKEN,
+            &json!({ "action_digest": digest }),
+        )
+        .await;
+    assert_eq!(status, 201, "{grant}");
+    let grant_id = grant["grant_id"].as_str().expect("grant_id").to_owned();
+    let report = |outcome: &str| json!({ "grant_id": grant_id, "outcome": outcome });
+    let (status, body) = api
+        .post(
+            &format!("/v1/instances/{run}/reports"),
+            EXECUTOR_TOKEN,
+            &report("SUCCEEDED"),
+        )
+        .await;
+    assert_eq!(status, 202, "the report is recorded: {body}");
+    let (status, body) = api
+        .post(
+            &format!("/v1/instances/{run}/reports"),
+            DEPLOYER_TOKEN,
+            &report("FAILED"),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let record = api.await_status(&run, "FAILED").await;
+    assert_eq!(
+        labels(&record)[3..],
+        [
+            "ExecutionReported: refused NotGrantHolder",
+            "ExecutionReported: EXECUTING -> FAILED",
+        ]
+    );
+
+    // ---- Colliding `principal/key` pairs never share an event (or a grant).
+    let (twice, digest) = api.proposed(SERVICE_TOKEN, "db.vacuum", "staging/db2").await;
+    api.decided(
+        &twice,
+        BOB,
+        "bob",
+        json!({ "instance_id": twice, "verdict": "APPROVE", "justification": "routine" }),
+    )
+    .await;
+    api.await_status(&twice, "AUTHORIZED").await;
+    let claim = |token: &'static str, key: &'static str| {
+        api.http
+            .post(format!("{}/v1/instances/{twice}/executions", api.intake))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&json!({ "action_digest": digest }))
+            .send()
+    };
+    let first = claim(DEPLOYER_TOKEN, "x/1").await.expect("intake answers");
+    assert_eq!(first.status().as_u16(), 201);
+    let second = claim(DEPLOYER_X_TOKEN, "1").await.expect("intake answers");
+    let status = second.status().as_u16();
+    let body: Value = second.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 409, "another executor's grant was handed over: {body}");
+    assert_eq!(error_code(&body), "NoExecutionsLeft", "{body}");
+
+    // ---- An instance id cannot be squatted; a true retry gets the original.
+    let chosen = "0b3c6c8e-8a57-4f33-9a0e-5d7f1f0e2a11";
+    let proposal = |target: &str| {
+        json!({ "instance_id": chosen, "action": { "kind": "db.vacuum", "target": target } })
+    };
+    let (status, original) = api
+        .post("/v1/proposals", DAVE_TOKEN, &proposal("staging/db3"))
+        .await;
+    assert_eq!(status, 202, "{original}");
+    api.await_status(chosen, "AWAITING_DECISION").await;
+    for (token, target) in [
+        (SERVICE_TOKEN, "staging/db3"),
+        (SERVICE_TOKEN, "prod/db3"),
+        (DAVE_TOKEN, "prod/db3"),
+    ] {
+        let (status, body) = api.post("/v1/proposals", token, &proposal(target)).await;
+        assert_eq!(status, 409, "{target}: {body}");
+        assert_eq!(error_code(&body), "instance_exists", "{body}");
+    }
+    let (status, retry) = api
+        .post("/v1/proposals", DAVE_TOKEN, &proposal("staging/db3"))
+        .await;
+    assert_eq!(status, 202, "{retry}");
+    assert_eq!(retry, original, "a true retry is answered with the original");
+    let record = api.await_status(chosen, "AWAITING_DECISION").await;
+    assert_eq!(labels(&record), ["ActionProposed: NONE -> AWAITING_DECISION"]);
 }

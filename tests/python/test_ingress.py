@@ -54,7 +54,7 @@ def test_a_proposal_produced_from_python_is_accepted_by_intake():
     proposal = {
         "instance_id": instance_id,
         "action": action,
-        "proposer": {"principal": "agent:python", "kind": "AGENT", "model": "py-1"},
+        "proposer": {"principal": "agent:remediator", "kind": "AGENT", "model": "py-1"},
         "context_refs": [
             {"uri": "git://billing/migrations/42.sql", "digest": None, "note": "from fastavro"}
         ],

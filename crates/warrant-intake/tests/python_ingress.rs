@@ -84,7 +84,7 @@ async fn a_proposal_produced_by_python_is_appended_to_the_log() {
     };
     assert_eq!(proposed.action.kind, "db.migrate");
     assert_eq!(proposed.action.parameters["note"], "naïve → ✓");
-    assert_eq!(proposed.proposer.principal, "agent:python");
+    assert_eq!(proposed.proposer.principal, "agent:remediator");
     assert_eq!(proposed.proposer.kind, ProposerKind::Agent);
     // The digest Python computed with json.dumps(sort_keys=True, ...) is the one intake stamped.
     assert_eq!(
