@@ -572,15 +572,21 @@ mod tests {
                 .map(|(r, tag)| (r.principal.clone(), tag))
         };
         assert_eq!(
-            signed_by(message, &[mac.clone()], None),
+            signed_by(message, std::slice::from_ref(&mac), None),
             Some(("bob".to_owned(), 0))
         );
         assert_eq!(
-            signed_by(message, &[mac.clone()], Some("bob")),
+            signed_by(message, std::slice::from_ref(&mac), Some("bob")),
             Some(("bob".to_owned(), 0))
         );
-        assert_eq!(signed_by(message, &[mac.clone()], Some("alice")), None);
-        assert_eq!(signed_by(b"1700000000.{ }", &[mac.clone()], None), None);
+        assert_eq!(
+            signed_by(message, std::slice::from_ref(&mac), Some("alice")),
+            None
+        );
+        assert_eq!(
+            signed_by(b"1700000000.{ }", std::slice::from_ref(&mac), None),
+            None
+        );
         // The matching tag is found wherever it sits among bogus ones.
         assert_eq!(
             signed_by(message, &[vec![0u8; 32], vec![1u8; 32], mac.clone()], None),
@@ -658,8 +664,10 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(undeclared.ingress(), &IngressIdentities::default());
-        assert!(error_of("tokens: []\nreviewers: []\ningress:\n  signals: {principal: x}\n")
-            .contains("unknown field `principal`"));
+        assert!(
+            error_of("tokens: []\nreviewers: []\ningress:\n  signals: {principal: x}\n")
+                .contains("unknown field `principal`")
+        );
     }
 
     #[test]

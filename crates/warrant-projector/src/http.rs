@@ -1,6 +1,7 @@
 //! The read API: execution records, status queues, the checkpoint, health
-//! and metrics. Every error is `{"error":{"code","message"}}`; a 5xx says
-//! nothing about internals (the cause goes to the log).
+//! and metrics. Every error is an [`ApiError`], the shape intake answers
+//! with too: `{"error":{"code","message"}}`; a 5xx says nothing about
+//! internals (the cause goes to the log).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,9 +17,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::sync::watch;
 use warrant_authority::{EntryView, LogPosition, StatusName};
+use warrant_runtime::ApiError;
 
 use crate::error::Error;
-use crate::error_chain;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::Progress;
@@ -51,55 +52,14 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(get_metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), track_latency))
-        .fallback(not_found)
+        .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
-/// An API error with a stable code; renders as `{"error":{"code","message"}}`.
-#[derive(Debug)]
-pub enum AppError {
-    NotFound(String),
-    /// The position is not committed yet (the long-poll ran out).
-    NotFolded(String),
-    BadRequest {
-        code: &'static str,
-        message: String,
-    },
-    MethodNotAllowed,
-    /// Logged in full, answered as a bare 500.
-    Internal(Error),
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let (status, code, message) = match self {
-            AppError::NotFound(message) => (StatusCode::NOT_FOUND, "not_found", message),
-            AppError::NotFolded(message) => (StatusCode::NOT_FOUND, "not_folded", message),
-            AppError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message),
-            AppError::MethodNotAllowed => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this route only answers GET".to_owned(),
-            ),
-            AppError::Internal(error) => {
-                tracing::error!(error = %error_chain(&error), "request failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error".to_owned(),
-                )
-            }
-        };
-        let body = serde_json::json!({ "error": { "code": code, "message": message } });
-        (status, Json(body)).into_response()
-    }
-}
-
-impl From<Error> for AppError {
-    fn from(error: Error) -> Self {
-        AppError::Internal(error)
-    }
+/// 404 `not_found`: no such instance, entry or route.
+fn not_found(message: impl Into<String>) -> ApiError {
+    ApiError::not_found("not_found", message)
 }
 
 /// `Query` whose rejection is our JSON 400, never axum's plain text.
@@ -107,15 +67,15 @@ impl From<Error> for AppError {
 pub struct ApiQuery<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = AppError;
+    type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(value)) => Ok(ApiQuery(value)),
-            Err(rejection) => Err(AppError::BadRequest {
-                code: "invalid_query",
-                message: rejection.body_text(),
-            }),
+            Err(rejection) => Err(ApiError::bad_request(
+                "invalid_query",
+                rejection.body_text(),
+            )),
         }
     }
 }
@@ -125,50 +85,46 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 pub struct ApiPath<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
-    type Rejection = AppError;
+    type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(value)) => Ok(ApiPath(value)),
-            Err(rejection) => Err(AppError::BadRequest {
-                code: "invalid_path",
-                message: rejection.body_text(),
-            }),
+            Err(rejection) => Err(ApiError::bad_request("invalid_path", rejection.body_text())),
         }
     }
 }
 
-/// Run a store read off the async workers.
-async fn blocking<T: Send + 'static>(
-    read: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, AppError> {
-    match tokio::task::spawn_blocking(read).await {
-        Ok(result) => result.map_err(AppError::Internal),
-        Err(_) => Err(AppError::Internal(Error::ThreadDied { name: "http read" })),
-    }
-}
-
-/// Note a read that found bad bytes, so the next start rebuilds the view.
-fn note_corruption(store: &Store, error: &AppError) {
-    if let AppError::Internal(Error::Corrupt { what }) = error {
-        store.mark_corrupt(what);
-    }
+/// Run a store read off the async workers. A failed read is a bare 500
+/// (its cause logged); one that found bad bytes also marks the view, so the
+/// next start rebuilds it instead of serving them again.
+async fn read<T: Send + 'static>(
+    store: &Arc<Store>,
+    read: impl FnOnce(&Store) -> Result<T, Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = store.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let result = read(&store);
+        if let Err(Error::Corrupt { what }) = &result {
+            // Here, not on an async worker: marking flushes sled.
+            store.mark_corrupt(what);
+        }
+        result
+    })
+    .await
+    .unwrap_or(Err(Error::ThreadDied { name: "http read" }));
+    result.map_err(|error| ApiError::internal(&error))
 }
 
 async fn get_instance(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Response, AppError> {
-    let store = state.store.clone();
+) -> Result<Response, ApiError> {
     let lookup = id.clone();
-    let record = blocking(move || store.record(&lookup))
-        .await
-        .inspect_err(|e| note_corruption(&state.store, e))?;
+    let record = read(&state.store, move |store| store.record(&lookup)).await?;
     match record {
         Some(record) => Ok(Json(record).into_response()),
-        None => Err(AppError::NotFound(format!(
-            "no instance {id:?} in the view"
-        ))),
+        None => Err(not_found(format!("no instance {id:?} in the view"))),
     }
 }
 
@@ -188,10 +144,12 @@ async fn get_entry(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<EntryQuery>,
-) -> Result<Response, AppError> {
-    let invalid = |what: &str, text: &str| AppError::BadRequest {
-        code: "invalid_query",
-        message: format!("{what} must be a non-negative integer, not {text:?}"),
+) -> Result<Response, ApiError> {
+    let invalid = |what: &str, text: &str| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!("{what} must be a non-negative integer, not {text:?}"),
+        )
     };
     let partition = query
         .partition
@@ -219,9 +177,8 @@ async fn get_entry(
         // Mark the current value seen before reading the store, so a commit
         // that lands in between still wakes the wait below.
         committed.borrow_and_update();
-        let store = state.store.clone();
         let lookup = id.clone();
-        let found = blocking(move || {
+        let found = read(&state.store, move |store| {
             let folded = store
                 .offsets()?
                 .get(&partition)
@@ -236,12 +193,11 @@ async fn get_entry(
                     .map(EntryView::from)
             })))
         })
-        .await
-        .inspect_err(|e| note_corruption(&state.store, e))?;
+        .await?;
         match found {
             Some(Some(entry)) => return Ok(Json(entry).into_response()),
             Some(None) => {
-                return Err(AppError::NotFound(format!(
+                return Err(not_found(format!(
                     "the record at {partition}:{offset} is not an event of instance {id:?}"
                 )))
             }
@@ -251,9 +207,10 @@ async fn get_entry(
             Ok(Ok(())) => {}
             // Out of time, or the fold stopped.
             Ok(Err(_)) | Err(_) => {
-                return Err(AppError::NotFolded(format!(
-                    "{partition}:{offset} is not folded yet"
-                )))
+                return Err(ApiError::not_found(
+                    "not_folded",
+                    format!("{partition}:{offset} is not folded yet"),
+                ))
             }
         }
     }
@@ -270,15 +227,17 @@ struct ListQuery {
 async fn list_instances(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Response, AppError> {
+) -> Result<Response, ApiError> {
     let status = match query.status.as_deref() {
         None => None,
-        Some(text) => Some(StatusName::parse(text).ok_or_else(|| AppError::BadRequest {
-            code: "invalid_status",
-            message: format!(
-                "unknown status {text:?}; expected one of {}",
-                StatusName::ALL.map(StatusName::as_str).join(", ")
-            ),
+        Some(text) => Some(StatusName::parse(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_status",
+                format!(
+                    "unknown status {text:?}; expected one of {}",
+                    StatusName::ALL.map(StatusName::as_str).join(", ")
+                ),
+            )
         })?),
     };
     let limit = match query.limit.as_deref() {
@@ -287,23 +246,22 @@ async fn list_instances(
             .parse::<usize>()
             .ok()
             .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-            .ok_or_else(|| AppError::BadRequest {
-                code: "invalid_limit",
-                message: format!("limit must be an integer from 1 to {MAX_LIMIT}, not {text:?}"),
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_limit",
+                    format!("limit must be an integer from 1 to {MAX_LIMIT}, not {text:?}"),
+                )
             })?,
     };
-    let store = state.store.clone();
-    let page = blocking(move || store.list(status, query.after.as_deref(), limit))
-        .await
-        .inspect_err(|e| note_corruption(&state.store, e))?;
+    let page = read(&state.store, move |store| {
+        store.list(status, query.after.as_deref(), limit)
+    })
+    .await?;
     Ok(Json(page).into_response())
 }
 
-async fn get_checkpoint(State(state): State<AppState>) -> Result<Response, AppError> {
-    let store = state.store.clone();
-    let checkpoint = blocking(move || store.checkpoint())
-        .await
-        .inspect_err(|e| note_corruption(&state.store, e))?;
+async fn get_checkpoint(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let checkpoint = read(&state.store, Store::checkpoint).await?;
     Ok(Json(checkpoint).into_response())
 }
 
@@ -329,12 +287,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn get_metrics(State(state): State<AppState>) -> Result<Response, AppError> {
+async fn get_metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     state.metrics.refresh_paused_ages(crate::unix_millis());
     let text = state
         .metrics
         .encode()
-        .map_err(|_| AppError::Internal(Error::Metrics))?;
+        .map_err(|_| ApiError::internal(&Error::Metrics))?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -345,12 +303,16 @@ async fn get_metrics(State(state): State<AppState>) -> Result<Response, AppError
         .into_response())
 }
 
-async fn not_found() -> AppError {
-    AppError::NotFound("no such route".to_owned())
+async fn no_route() -> ApiError {
+    not_found("no such route")
 }
 
-async fn method_not_allowed() -> AppError {
-    AppError::MethodNotAllowed
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route only answers GET",
+    )
 }
 
 async fn track_latency(State(state): State<AppState>, request: Request, next: Next) -> Response {

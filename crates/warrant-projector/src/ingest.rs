@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use warrant_authority::error_chain;
 use warrant_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use warrant_kafka::rdkafka::error::KafkaError;
 use warrant_kafka::rdkafka::types::RDKafkaErrorCode;
@@ -156,7 +157,7 @@ impl Ingest {
             match marks {
                 Ok(marks) => return Ok(Some(Connected { consumer, marks })),
                 Err(error) => {
-                    tracing::warn!(topic = %topic, error = %crate::error_chain(&error), retry_in_ms = delay.as_millis() as u64, "cannot read the log's partitions; retrying");
+                    tracing::warn!(topic = %topic, error = %error_chain(&error), retry_in_ms = delay.as_millis() as u64, "cannot read the log's partitions; retrying");
                     if !self.pause(delay) {
                         return Ok(None);
                     }
@@ -311,7 +312,7 @@ fn commit_loop(
     let marks_client = match projector_consumer(config) {
         Ok(client) => Some(client),
         Err(error) => {
-            tracing::warn!(error = %crate::error_chain(&error), "cannot create a client for watermarks; lag metrics stay stale");
+            tracing::warn!(error = %error_chain(&error), "cannot create a client for watermarks; lag metrics stay stale");
             None
         }
     };

@@ -34,10 +34,11 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use warrant_authority::error_chain;
 use warrant_kafka::KafkaArgs;
 
 pub use error::Error;
-pub use http::{router, AppError, AppState};
+pub use http::{router, AppState};
 pub use metrics::Metrics;
 pub use projection::{BatchStats, Projection, Sealed};
 pub use store::{Checkpoint, InstanceSummary, Opened, Page, StatusCounts, Store, StoreOptions};
@@ -393,16 +394,4 @@ pub(crate) fn unix_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// An error and its causes on one line, for logs.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

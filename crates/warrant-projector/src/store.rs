@@ -196,7 +196,6 @@ pub struct Store {
     db: sled::Db,
     topic: String,
     sled_dir: PathBuf,
-    options: StoreOptions,
     /// Held for writing while a batch is applied, for reading by scans that
     /// must see whole batches (sled's own lock covers single gets only).
     gate: RwLock<()>,
@@ -267,17 +266,12 @@ impl Store {
             db,
             topic: topic.to_owned(),
             sled_dir,
-            options,
             gate: RwLock::new(()),
             applied: AtomicU64::new(0),
             checkpoint: Mutex::new(None),
             _lock: lock,
         };
         Ok((store, opened))
-    }
-
-    pub fn topic(&self) -> &str {
-        &self.topic
     }
 
     /// Empty the view in place (the log changed under it, e.g. the topic was
@@ -582,10 +576,6 @@ impl Store {
 
     pub fn sled_dir(&self) -> &Path {
         &self.sled_dir
-    }
-
-    pub fn options(&self) -> &StoreOptions {
-        &self.options
     }
 }
 

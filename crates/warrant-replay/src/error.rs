@@ -91,22 +91,8 @@ pub enum Error {
         status: u16,
         body: String,
     },
-    #[error("{url} did not answer with the expected JSON")]
-    ProjectorJson {
-        url: String,
-        #[source]
-        source: serde_json::Error,
-    },
     #[error("cannot write the output")]
     Output(#[source] std::io::Error),
     #[error("a reader thread stopped unexpectedly")]
     Worker,
-}
-
-impl Error {
-    /// Usage and input errors (exit code 2) versus everything else; both
-    /// exit 2 today, kept apart for callers that want to tell them apart.
-    pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Usage(_))
-    }
 }

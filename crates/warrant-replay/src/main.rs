@@ -53,8 +53,11 @@ failing it.
 (GET /v1/instances/{id}, GET /v1/checkpoint): entry by entry on the entries the
 range holds (the projector may have folded more), and the checkpoint digest when
 the range covers every partition from the log's start to exactly the
-checkpoint's offsets. Only differences are listed, then a summary line; it goes
-to stdout (to stderr with --format json/ndjson, whose document then carries it).
+checkpoint's offsets. It compares what the log and the hash chain establish
+(hashes, positions, statuses, decisions, grants, effects), never the wording of
+a refusal's or violation's reason, which a newer build may phrase differently.
+Only differences are listed, then a summary line; it goes to stdout (to stderr
+with --format json/ndjson, whose document then carries it).
 
 export --out FILE writes the range to an Avro object container file (schema
 warrant.LogRecord, schemas/log_record.avsc, codec null) that any Avro tool can

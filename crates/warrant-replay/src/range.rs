@@ -125,11 +125,6 @@ impl PartitionRange {
     pub fn is_empty(&self) -> bool {
         self.end <= self.start
     }
-
-    /// Whether an instance seen first in this range may have begun earlier.
-    pub fn starts_after_log_start(&self) -> bool {
-        self.start > self.log_start
-    }
 }
 
 /// Clamp a requested `[start, end)` to what the partition holds,
@@ -232,7 +227,6 @@ mod tests {
     fn ranges_are_clamped_to_the_log() {
         let whole = clamp_range(1, (100, 250), None, None);
         assert_eq!((whole.log_start, whole.start, whole.end), (100, 100, 250));
-        assert!(!whole.starts_after_log_start());
         assert_eq!(whole.len(), 150);
 
         // Offsets deleted by retention cannot be read; beyond the high
@@ -241,8 +235,12 @@ mod tests {
         assert_eq!((clamped.start, clamped.end), (100, 250));
 
         let middle = clamp_range(1, (100, 250), Some(120), Some(130));
-        assert_eq!((middle.start, middle.end, middle.len()), (120, 130, 10));
-        assert!(middle.starts_after_log_start());
+        // The log's own start is kept: what tells a late range (and so a
+        // partial instance) from one that reads from the beginning.
+        assert_eq!(
+            (middle.log_start, middle.start, middle.end, middle.len()),
+            (100, 120, 130, 10)
+        );
 
         // A start past the end is an empty range, never a negative one.
         let empty = clamp_range(1, (100, 250), Some(300), None);

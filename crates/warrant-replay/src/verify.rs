@@ -4,12 +4,17 @@
 //! consuming), so an instance is compared on the entries replay folded:
 //! entry `seq` of replay against `history[seq-1]` of the projector. The
 //! comparison itself ([`compare`]) is a pure function; [`verify`] fetches.
+//!
+//! What is compared is what the log and the hash chain establish: entry
+//! hashes (or the head), log positions, statuses and the record's facts.
+//! The reason text of a refusal or violation is not: it explains, the
+//! chain does not commit to it, and a later build may word it differently.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use warrant_authority::{ExecutionRecord, Hash32, LogPosition};
+use warrant_authority::{error_chain, EntryView, ExecutionRecord, Hash32, LogPosition, Outcome};
 
 use crate::replayed::{Replay, ReplayedInstance};
 use crate::Error;
@@ -257,6 +262,9 @@ pub fn compare(ours: &Ours<'_>, theirs: Option<&ExecutionRecord>) -> Verdict {
 
 /// Fields of two records of the same entries that differ; the history
 /// lists only when `full` (replay kept the history).
+///
+/// The history is compared on its facts (`same_entry_facts`), never on
+/// the wording of a refusal's or violation's reason.
 pub fn differing_fields(
     ours: &ExecutionRecord,
     theirs: &ExecutionRecord,
@@ -278,9 +286,66 @@ pub fn differing_fields(
         check("signals", ours.signals == theirs.signals);
         check("decisions", ours.decisions == theirs.decisions);
         check("transitions", ours.transitions == theirs.transitions);
-        check("history", ours.history == theirs.history);
+        check(
+            "history",
+            ours.history.len() == theirs.history.len()
+                && ours
+                    .history
+                    .iter()
+                    .zip(&theirs.history)
+                    .all(|(ours, theirs)| same_entry_facts(ours, theirs)),
+        );
     }
     fields
+}
+
+/// Whether two history entries record the same facts: everything but the
+/// reason texts of their outcomes. A reason explains a refusal or a
+/// violation; the hash chain commits to the code alone
+/// (`Outcome::chain_code`), and the same log folded years later by a newer
+/// build words some reasons differently (a `Malformed` reason quotes the
+/// Avro decoder's error, for one). Replay exists for exactly that case, so
+/// a reworded reason must never fail `--verify`.
+fn same_entry_facts(ours: &EntryView, theirs: &EntryView) -> bool {
+    // Destructured in full so that a field added to `EntryView` cannot be
+    // left out of the comparison unnoticed.
+    let EntryView {
+        seq,
+        recorded_at,
+        position,
+        event_id,
+        event,
+        submitted_by,
+        outcome,
+        hash,
+    } = ours;
+    *seq == theirs.seq
+        && *recorded_at == theirs.recorded_at
+        && *position == theirs.position
+        && *event_id == theirs.event_id
+        && *event == theirs.event
+        && *submitted_by == theirs.submitted_by
+        && *hash == theirs.hash
+        && same_outcome_facts(outcome, &theirs.outcome)
+}
+
+/// Outcomes equal but for their reasons: the same status change and effect
+/// (an effect is a fact: who was counted, what was authorized or granted),
+/// the same refusal code, the same violation kind.
+fn same_outcome_facts(ours: &Outcome, theirs: &Outcome) -> bool {
+    match ours {
+        Outcome::Applied { from, to, effect } => matches!(
+            theirs,
+            Outcome::Applied { from: f, to: t, effect: e } if f == from && t == to && e == effect
+        ),
+        Outcome::Refused { code, reason: _ } => {
+            matches!(theirs, Outcome::Refused { code: c, .. } if c == code)
+        }
+        Outcome::Violation {
+            violation,
+            reason: _,
+        } => matches!(theirs, Outcome::Violation { violation: v, .. } if v == violation),
+    }
 }
 
 /// `GET /v1/checkpoint`.
@@ -609,17 +674,6 @@ async fn fetch_checkpoint(
     serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Compare every replayed instance with the projector at `options.url`.
 pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyReport, Error> {
     let base = options.url.trim_end_matches('/').to_owned();
@@ -745,7 +799,7 @@ fn judge(instance: &ReplayedInstance, range_start: i64, fetched: Fetched) -> Ver
 
 #[cfg(test)]
 mod tests {
-    use warrant_authority::{Ledger, StatusName};
+    use warrant_authority::{Effect, Ledger, RefusalCode, StatusName};
     use warrant_schema::samples;
 
     use super::*;
@@ -942,6 +996,89 @@ mod tests {
                 fields: vec!["status".to_owned()],
             }
         );
+    }
+
+    /// The sample instance folded in full, with its refusals and violation.
+    const ALL: usize = usize::MAX;
+
+    /// `seq - 1` of the first entry whose outcome matches.
+    fn first_entry(record: &ExecutionRecord, wanted: impl Fn(&Outcome) -> bool) -> usize {
+        record
+            .history
+            .iter()
+            .position(|entry| wanted(&entry.outcome))
+            .unwrap_or_else(|| panic!("the sample history has no such entry"))
+    }
+
+    #[test]
+    fn reworded_reasons_verify() {
+        // Replay years later, by a build (or an apache-avro) that words its
+        // refusals and violations differently: same log, same chain.
+        let mine = mine(ALL);
+        let mut theirs = projector(ALL);
+        let refused = first_entry(&theirs, |o| matches!(o, Outcome::Refused { .. }));
+        let violation = first_entry(&theirs, |o| matches!(o, Outcome::Violation { .. }));
+        for index in [refused, violation] {
+            match &mut theirs.history[index].outcome {
+                Outcome::Refused { reason, .. } | Outcome::Violation { reason, .. } => {
+                    *reason = format!("{reason} (worded by an older build)");
+                }
+                Outcome::Applied { .. } => unreachable!("picked for its reason"),
+            }
+        }
+        assert_ne!(theirs.history, mine.record.history);
+        let entries = mine.hashes.len() as u64;
+        let verified = Verdict::Verified {
+            entries,
+            projector_entries: entries,
+        };
+        assert_eq!(compare(&ours(&mine, true), Some(&theirs)), verified);
+        assert_eq!(compare(&ours(&mine, false), Some(&theirs)), verified);
+    }
+
+    #[test]
+    fn a_different_code_or_effect_under_the_same_hashes_still_differs() {
+        // A projector whose chain matches but whose record says something
+        // else happened: the facts are compared, not only the hashes.
+        let mine = mine(ALL);
+        let differs = Verdict::FieldsDiffer {
+            fields: vec!["history".to_owned()],
+        };
+
+        let mut theirs = projector(ALL);
+        let refused = first_entry(&theirs, |o| matches!(o, Outcome::Refused { .. }));
+        if let Outcome::Refused { code, .. } = &mut theirs.history[refused].outcome {
+            *code = if *code == RefusalCode::Expired {
+                RefusalCode::Early
+            } else {
+                RefusalCode::Expired
+            };
+        }
+        assert_eq!(compare(&ours(&mine, true), Some(&theirs)), differs);
+
+        let mut theirs = projector(ALL);
+        let counted = first_entry(&theirs, |o| {
+            matches!(
+                o,
+                Outcome::Applied {
+                    effect: Some(Effect::ApprovalCounted { .. }),
+                    ..
+                }
+            )
+        });
+        if let Outcome::Applied {
+            effect: Some(Effect::ApprovalCounted { principal, .. }),
+            ..
+        } = &mut theirs.history[counted].outcome
+        {
+            principal.push_str("-someone-else");
+        }
+        assert_eq!(compare(&ours(&mine, true), Some(&theirs)), differs);
+
+        let mut theirs = projector(ALL);
+        let applied = first_entry(&theirs, |o| matches!(o, Outcome::Applied { .. }));
+        theirs.history[applied].submitted_by = Some("svc:impostor".to_owned());
+        assert_eq!(compare(&ours(&mine, true), Some(&theirs)), differs);
     }
 
     #[test]

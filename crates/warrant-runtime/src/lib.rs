@@ -1,11 +1,16 @@
 //! Process plumbing shared by `warrant-intake`, `warrant-projector` and
 //! `warrant-replay`, so the three behave alike for an operator: the same
 //! `--log-format`/`WARRANT_LOG_FORMAT` switch, the same `RUST_LOG` filter,
-//! and the same stop signals.
+//! and the same stop signals; and, for the two services, one JSON error
+//! shape ([`ApiError`]) so a client parses one shape from both.
+
+pub mod api_error;
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
+
+pub use api_error::{ApiError, EventRef, RETRY_AFTER_SECS};
 
 /// The format of the log lines on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
