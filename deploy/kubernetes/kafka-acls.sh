@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Example Kafka ACLs for Warrant: only Warrant's own services write the
-# authoritative log (SPEC §2), and everyone else is denied by default.
+# authoritative log (docs/contract.md §2), and everyone else is denied by default.
 #
 #   DRY_RUN=1 bash deploy/kubernetes/kafka-acls.sh     # print the commands
 #   BOOTSTRAP=kafka:9093 COMMAND_CONFIG=admin.properties \
@@ -16,11 +16,9 @@
 # principals below. With default-deny, NO explicit DENY rule is needed (and
 # a DENY for User:* would also deny Warrant itself: DENY beats ALLOW).
 #
-# IMPORTANT, as of this writing: warrant-intake, warrant-projector and
-# warrant-replay have no Kafka TLS/SASL settings (warrant-kafka's
-# client_config() sets only bootstrap.servers), so they can only connect
-# over PLAINTEXT, where Kafka sees them as User:ANONYMOUS. These ACLs take
-# effect once the binaries can authenticate as User:warrant-intake etc.
+# The binaries authenticate with librdkafka properties given through
+# --kafka-property / WARRANT_KAFKA_PROPERTIES (SASL/PLAIN, SCRAM or TLS; see
+# docs/operations.md), so Kafka sees them as the principals below.
 #
 # Principals (rename to your naming scheme):
 #   User:warrant-intake      the only writer of warrant.log, warrant.rulesets
@@ -28,8 +26,10 @@
 #   User:warrant-projector   reads warrant.log
 #   User:warrant-auditor     warrant-replay: reads warrant.log and warrant.rulesets
 #   User:warrant-operator    inspects the dead letters
-#   PROPOSERS / SIGNALLERS   agents and policy engines that use the Kafka
-#                            ingress instead of HTTP
+#   PROPOSER / SIGNALLER     the one agent and the one policy engine that use
+#                            the Kafka ingress instead of HTTP (each ingress
+#                            topic is one identity, declared in the
+#                            principals file)
 #
 # Consumer groups: intake's ingress consumer is a real group member (Read on
 # its group). The projector and replay assign partitions by hand and never
@@ -60,9 +60,13 @@ DEAD_LETTER_TOPIC="${WARRANT_DEAD_LETTER_TOPIC:-warrant.dead-letter}"
 RULESETS_TOPIC="${WARRANT_RULESETS_TOPIC:-warrant.rulesets}"
 INGRESS_GROUP="${WARRANT_INGRESS_GROUP:-warrant-intake}"
 
-# Space-separated principals allowed to produce to the ingress topics.
-PROPOSERS="${PROPOSERS:-User:svc-remediator}"
-SIGNALLERS="${SIGNALLERS:-User:policy-opa}"
+# The one Kafka user allowed to produce to each ingress topic. Intake takes
+# every record on the proposals topic as proposed by the principal declared
+# in the principals file (ingress.proposals.principal) and every signal as
+# from its declared source (ingress.signals.source): these ACLs are what
+# make that declaration true, so each topic gets exactly one writer.
+PROPOSER="${PROPOSER:-User:agent-remediator}"
+SIGNALLER="${SIGNALLER:-User:policy-opa}"
 
 # allow PRINCIPAL topic|group NAME OPERATION...
 allow() {
@@ -108,10 +112,6 @@ allow User:warrant-auditor group warrant-assigned Describe
 allow User:warrant-operator topic "$DEAD_LETTER_TOPIC" Read Describe
 allow User:warrant-operator group warrant-operator Read Describe
 
-# Producers of ingress: proposals and signals, never the log itself.
-for principal in $PROPOSERS; do
-  allow "$principal" topic "$PROPOSALS_TOPIC" Write Describe
-done
-for principal in $SIGNALLERS; do
-  allow "$principal" topic "$SIGNALS_TOPIC" Write Describe
-done
+# Producers of ingress: one identity per topic, never the log itself.
+allow "$PROPOSER" topic "$PROPOSALS_TOPIC" Write Describe
+allow "$SIGNALLER" topic "$SIGNALS_TOPIC" Write Describe
