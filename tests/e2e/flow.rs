@@ -195,7 +195,7 @@ fn signature(secret: &str, timestamp: u64, body: &str) -> String {
     format!("v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// SPEC §3: SHA-256 of the canonical JSON of the action (sorted keys,
+/// docs/contract.md §3: SHA-256 of the canonical JSON of the action (sorted keys,
 /// compact; the strings here are ASCII, where that equals JCS).
 fn action_digest(kind: &str, target: &str, parameters: &[(&str, &str)]) -> String {
     let parameters: BTreeMap<&str, &str> = parameters.iter().copied().collect();
@@ -715,7 +715,7 @@ async fn the_seed_paper_flow_through_the_real_binaries() {
 
     // ---- 7. B: OPA's DENY stands. An approval is refused (Blocked), an
     // override without the override role is refused, and the incident
-    // commander's override authorizes it, marked as an override (SPEC §5).
+    // commander's override authorizes it, marked as an override (docs/contract.md §5).
     let record = api.await_status(&b, "BLOCKED").await;
     assert_eq!(record["signals"][0]["verdict"], "DENY", "{record}");
     let approve = api
@@ -902,12 +902,16 @@ impl Api {
 
     /// The history labels once the projector has `entries` entries.
     async fn labels_after(&self, instance: &str, entries: usize) -> Vec<String> {
-        eventually(WAIT, &format!("{entries} entries in {instance}"), || async {
-            let (_, record) =
-                get_json(&format!("{}/v1/instances/{instance}", self.projector)).await;
-            let labels = labels(&record);
-            (labels.len() >= entries).then_some(labels)
-        })
+        eventually(
+            WAIT,
+            &format!("{entries} entries in {instance}"),
+            || async {
+                let (_, record) =
+                    get_json(&format!("{}/v1/instances/{instance}", self.projector)).await;
+                let labels = labels(&record);
+                (labels.len() >= entries).then_some(labels)
+            },
+        )
         .await
     }
 }
@@ -984,7 +988,9 @@ async fn adversarial_clients_cannot_authorize_past_a_deadline_close_anothers_gra
     );
 
     // ---- Colliding `principal/key` pairs never share an event (or a grant).
-    let (twice, digest) = api.proposed(SERVICE_TOKEN, "db.vacuum", "staging/db2").await;
+    let (twice, digest) = api
+        .proposed(SERVICE_TOKEN, "db.vacuum", "staging/db2")
+        .await;
     api.decided(
         &twice,
         BOB,
@@ -1006,14 +1012,15 @@ async fn adversarial_clients_cannot_authorize_past_a_deadline_close_anothers_gra
     let second = claim(DEPLOYER_X_TOKEN, "1").await.expect("intake answers");
     let status = second.status().as_u16();
     let body: Value = second.json().await.unwrap_or(Value::Null);
-    assert_eq!(status, 409, "another executor's grant was handed over: {body}");
+    assert_eq!(
+        status, 409,
+        "another executor's grant was handed over: {body}"
+    );
     assert_eq!(error_code(&body), "NoExecutionsLeft", "{body}");
 
     // ---- An instance id cannot be squatted; a true retry gets the original.
     let chosen = "0b3c6c8e-8a57-4f33-9a0e-5d7f1f0e2a11";
-    let proposal = |target: &str| {
-        json!({ "instance_id": chosen, "action": { "kind": "db.vacuum", "target": target } })
-    };
+    let proposal = |target: &str| json!({ "instance_id": chosen, "action": { "kind": "db.vacuum", "target": target } });
     let (status, original) = api
         .post("/v1/proposals", DAVE_TOKEN, &proposal("staging/db3"))
         .await;
@@ -1032,7 +1039,13 @@ async fn adversarial_clients_cannot_authorize_past_a_deadline_close_anothers_gra
         .post("/v1/proposals", DAVE_TOKEN, &proposal("staging/db3"))
         .await;
     assert_eq!(status, 202, "{retry}");
-    assert_eq!(retry, original, "a true retry is answered with the original");
+    assert_eq!(
+        retry, original,
+        "a true retry is answered with the original"
+    );
     let record = api.await_status(chosen, "AWAITING_DECISION").await;
-    assert_eq!(labels(&record), ["ActionProposed: NONE -> AWAITING_DECISION"]);
+    assert_eq!(
+        labels(&record),
+        ["ActionProposed: NONE -> AWAITING_DECISION"]
+    );
 }

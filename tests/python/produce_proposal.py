@@ -41,7 +41,7 @@ def single_object(schema, datum):
 
 
 def action_digest(action):
-    # SPEC §3: for string-only maps, JCS equals sorted compact JSON as UTF-8.
+    # docs/contract.md §3: for string-only maps, JCS equals sorted compact JSON as UTF-8.
     canonical = json.dumps(action, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

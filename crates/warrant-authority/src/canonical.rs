@@ -139,7 +139,11 @@ mod tests {
             ("db_migrate", "staging"),
             ("a-b.c_d.9", "Prod/Payments Cluster/ü"),
         ] {
-            assert_eq!(check_action(&action(kind, target)), Ok(()), "{kind} {target}");
+            assert_eq!(
+                check_action(&action(kind, target)),
+                Ok(()),
+                "{kind} {target}"
+            );
         }
     }
 

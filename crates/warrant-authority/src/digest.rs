@@ -4,7 +4,7 @@ use sha2::{Digest, Sha256};
 use warrant_schema::Action;
 
 /// Lowercase hex SHA-256 of the RFC 8785 (JCS) canonical JSON of
-/// `{"kind", "target", "parameters"}` (SPEC §3).
+/// `{"kind", "target", "parameters"}` (docs/contract.md §3).
 ///
 /// For our string-only object JCS reduces to: keys sorted by UTF-16 code
 /// units, no whitespace, and strings escaped as ECMAScript's `JSON.stringify`

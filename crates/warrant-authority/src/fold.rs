@@ -1,4 +1,4 @@
-//! The fold: one event in, one history entry out (SPEC §5).
+//! The fold: one event in, one history entry out (docs/contract.md §5).
 //!
 //! [`step`] is the whole rule book. It reads nothing but its arguments, so
 //! the projector, intake and the auditors' replay compute the same records
@@ -188,7 +188,10 @@ fn past_decision_deadline(
     match body {
         EventBody::DeadlineReached(_) | EventBody::ActionProposed(_) => None,
         EventBody::ExecutionReported(report)
-            if !instance.grants.iter().any(|g| g.grant_id == report.grant_id) =>
+            if !instance
+                .grants
+                .iter()
+                .any(|g| g.grant_id == report.grant_id) =>
         {
             None
         }
@@ -236,7 +239,7 @@ impl Instance {
         at > self.proposal.decision_deadline
     }
 
-    /// Where a paused instance stands given its signals (SPEC §5, Signals).
+    /// Where a paused instance stands given its signals (docs/contract.md §5, Signals).
     fn paused_status_from_signals(&self, at: TimestampMillis) -> Status {
         let requirement = &self.proposal.requirement;
         if self

@@ -33,7 +33,7 @@ impl Ledger {
     /// Fold one log record into the instance its key names (or its
     /// partition's quarantine, see [`crate::QUARANTINE`]). Records of one
     /// partition must come in log order; how partitions interleave does not
-    /// matter, since an instance's records are all in one partition (SPEC
+    /// matter, since an instance's records are all in one partition (docs/contract.md
     /// §2) and each partition has its own quarantine.
     pub fn apply(
         &mut self,

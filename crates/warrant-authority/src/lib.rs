@@ -1,4 +1,4 @@
-//! Warrant's rule book: the authority semantics of SPEC §4 and §5.
+//! Warrant's rule book: the authority semantics of docs/contract.md §4 and §5.
 //!
 //! This crate owns the answer to "may this action run, and who said so". It
 //! holds the ruleset (parse, validate, resolve), the action digest, and the

@@ -1,5 +1,5 @@
 //! The execution record of one instance: the state the fold decides on, and
-//! the history entries it appends (SPEC §5, §7).
+//! the history entries it appends (docs/contract.md §5, §7).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -123,7 +123,7 @@ pub struct Proposal {
     pub decision_deadline: TimestampMillis,
 }
 
-/// The statuses of SPEC §5, with what each one needs to carry.
+/// The statuses of docs/contract.md §5, with what each one needs to carry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
     AwaitingSignals,
@@ -144,7 +144,7 @@ pub enum Status {
     Withdrawn,
 }
 
-/// Status names exactly as the SPEC and the HTTP API spell them.
+/// Status names exactly as the contract (docs/contract.md) and the HTTP API spell them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum StatusName {
@@ -274,7 +274,7 @@ pub enum Authority {
     Rule { rule_id: String },
 }
 
-/// The most restrictive of all counted decisions (SPEC §5).
+/// The most restrictive of all counted decisions (docs/contract.md §5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EffectiveScope {
     pub constraints: BTreeMap<String, String>,
@@ -456,7 +456,7 @@ macro_rules! codes {
 }
 
 codes!(
-    /// The refusal codes of SPEC §5, the full list.
+    /// The refusal codes of docs/contract.md §5, the full list.
     RefusalCode {
         AlreadyProposed,
         UnknownInstance,
@@ -480,7 +480,7 @@ codes!(
 );
 
 codes!(
-    /// Violation kinds of SPEC §5.
+    /// Violation kinds of docs/contract.md §5.
     ViolationKind { UngrantedExecution }
 );
 

@@ -1,4 +1,4 @@
-//! The authority rules (SPEC §4): a versioned YAML file that says, for each
+//! The authority rules (docs/contract.md §4): a versioned YAML file that says, for each
 //! kind of action on each target, who must approve and under which limits.
 //!
 //! Loading is where mistakes are caught: a ruleset that could leave an action
@@ -497,7 +497,9 @@ rules:
         );
         // A longer first segment is another target, however it is spelled.
         assert_eq!(
-            rules.resolve(&action("payments.refund", "production/eu")).id,
+            rules
+                .resolve(&action("payments.refund", "production/eu"))
+                .id,
             "everything-else"
         );
         let without_slash = EXAMPLE.replace("target: \"prod/\"", "target: \"prod\"");
@@ -507,7 +509,9 @@ rules:
             "payments-prod"
         );
         assert_eq!(
-            rules.resolve(&action("payments.refund", "production/eu")).id,
+            rules
+                .resolve(&action("payments.refund", "production/eu"))
+                .id,
             "everything-else"
         );
     }

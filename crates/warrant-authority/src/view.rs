@@ -1,4 +1,4 @@
-//! The minimum authoritative execution record (SPEC §7) as one value, built
+//! The minimum authoritative execution record (docs/contract.md §7) as one value, built
 //! from an instance's state and history. The projector serves it, replay
 //! prints it, and `--verify` compares them, so both build it here.
 
@@ -15,7 +15,7 @@ use warrant_schema::{
 use crate::record::*;
 
 /// Records whose Kafka key is not a canonical instance UUID are kept in a
-/// quarantine record (SPEC §5: Malformed, "in a quarantine record"), one per
+/// quarantine record (docs/contract.md §5: Malformed, "in a quarantine record"), one per
 /// partition: `quarantine-<partition>`, e.g. `quarantine-0`. Per partition
 /// because the log orders records only within a partition: one quarantine
 /// across partitions would chain its entries in whatever order a reader

@@ -1,4 +1,4 @@
-//! Properties of the fold over arbitrary event sequences (SPEC §1, §5):
+//! Properties of the fold over arbitrary event sequences (docs/contract.md §1, §5):
 //! totality, determinism, resume-equals-replay, and safety.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -350,7 +350,7 @@ fn events(m: &Materialized) -> impl Iterator<Item = LogEvent<'_>> {
     })
 }
 
-/// Checks SPEC §1's safety claims from the events themselves, not from the
+/// Checks docs/contract.md §1's safety claims from the events themselves, not from the
 /// fold's state: who authorized, and what a grant was issued for.
 fn assert_safe(m: &Materialized, history: &[HistoryEntry]) {
     let mut proposal: Option<ActionProposed> = None;
@@ -615,7 +615,7 @@ fn ledger_of<'a>(records: impl IntoIterator<Item = &'a Record>) -> Ledger {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-    /// SPEC §1.3: a fold reads no other partition. Records under keys that
+    /// docs/contract.md §1.3: a fold reads no other partition. Records under keys that
     /// are not instance ids, in two partitions, give the same records and
     /// the same checkpoint digest however the partitions interleave (as the
     /// projector and replay may read them differently).

@@ -23,7 +23,10 @@ pub enum Invalid {
     #[error("instance_id {0:?} is not a UUID instance id")]
     InstanceId(String),
     #[error("{field} {problem}")]
-    Field { field: &'static str, problem: String },
+    Field {
+        field: &'static str,
+        problem: String,
+    },
     #[error("the action is not in canonical form: {0}")]
     Action(NotCanonical),
     /// The submission names another identity than the one the door
@@ -240,12 +243,7 @@ mod tests {
             ("service.restart", "./prod/payments", "action.target"),
             ("service.restart", "prod//payments", "action.target"),
         ] {
-            let result = proposal(
-                stamp(),
-                "svc:remediator",
-                draft(kind, target),
-                &ruleset(),
-            );
+            let result = proposal(stamp(), "svc:remediator", draft(kind, target), &ruleset());
             match result {
                 Err(Invalid::Action(error)) => assert_eq!(error.field, field, "{kind} {target}"),
                 // Targets are case-sensitive: `Prod` is another target, so

@@ -1,7 +1,7 @@
 //! Every id intake mints. Ids that a retry, a re-delivery or a second
 //! sweeper must reproduce are UUIDv5 of what identifies the attempt, so the
 //! repeat lands on the log as a recorded `Duplicate` instead of a second
-//! event (SPEC §2); the rest are random.
+//! event (docs/contract.md §2); the rest are random.
 
 use uuid::Uuid;
 use warrant_schema::DeadlineKind;
@@ -20,7 +20,8 @@ fn derive(name: &str) -> String {
 /// different part lists share a name: joining free-form parts with `/`
 /// would give `deployer` + `x/1` and `deployer/x` + `1` the same id.
 fn derive_parts(label: &str, parts: &[&str]) -> String {
-    let mut name = Vec::with_capacity(label.len() + parts.iter().map(|p| p.len() + 9).sum::<usize>());
+    let mut name =
+        Vec::with_capacity(label.len() + parts.iter().map(|p| p.len() + 9).sum::<usize>());
     name.extend_from_slice(label.as_bytes());
     for part in parts {
         name.push(0);

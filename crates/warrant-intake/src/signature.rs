@@ -1,4 +1,4 @@
-//! The reviewers' webhook signature (SPEC §6):
+//! The reviewers' webhook signature (docs/contract.md §6):
 //! `X-Warrant-Signature: v1=<hex HMAC-SHA256(secret, timestamp + "." + raw body)>`
 //! with `X-Warrant-Timestamp: <unix seconds>` no more than
 //! [`MAX_CLOCK_SKEW_SECS`] from intake's clock.
@@ -48,7 +48,10 @@ pub fn matching_tag<T: AsRef<[u8]>>(key: &[u8], message: &[u8], tags: &[T]) -> O
     tags.iter().position(|tag| {
         let tag = tag.as_ref();
         tag.len() == 32
-            && expected == hmac::digest::CtOutput::new(*hmac::digest::generic_array::GenericArray::from_slice(tag))
+            && expected
+                == hmac::digest::CtOutput::new(
+                    *hmac::digest::generic_array::GenericArray::from_slice(tag),
+                )
     })
 }
 

@@ -1,4 +1,4 @@
-//! The deadline sweeper (SPEC §3 `DeadlineReached`).
+//! The deadline sweeper (docs/contract.md §3 `DeadlineReached`).
 //!
 //! It derives what is due from the projector's state — paused instances
 //! against their decision deadline, authorized ones against their grant's

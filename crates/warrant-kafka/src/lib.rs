@@ -1,6 +1,6 @@
 //! The one place Warrant talks to Kafka's configuration.
 //!
-//! Every rdkafka client is built here, so the guarantees SPEC §1.7 and §2
+//! Every rdkafka client is built here, so the guarantees docs/contract.md §1.7 and §2
 //! rest on are set once: producers are idempotent with `acks=all`, consumers
 //! read `read_committed` and never auto-commit. Topic names live here too,
 //! and [`KafkaArgs::unique_for_tests`] gives each test its own topics.
@@ -31,7 +31,7 @@ pub struct KafkaArgs {
         default_value = "127.0.0.1:9092"
     )]
     pub brokers: String,
-    /// The authoritative log (SPEC §2).
+    /// The authoritative log (docs/contract.md §2).
     #[arg(
         long = "log-topic",
         env = "WARRANT_LOG_TOPIC",
@@ -188,7 +188,7 @@ impl KafkaArgs {
 
     /// The only producer configuration Warrant uses: nothing is acknowledged
     /// before every in-sync replica has it, and retries never duplicate or
-    /// reorder (SPEC §1.7).
+    /// reorder (docs/contract.md §1.7).
     pub fn producer(&self) -> Result<FutureProducer, Error> {
         self.client_config()
             .set("acks", "all")
@@ -235,7 +235,7 @@ impl KafkaArgs {
     }
 
     /// Create Warrant's topics if missing: `log_partitions` for the log,
-    /// compaction for rulesets (SPEC §2). Existing topics are left alone.
+    /// compaction for rulesets (docs/contract.md §2). Existing topics are left alone.
     pub async fn create_topics(&self, log_partitions: i32) -> Result<(), Error> {
         let admin = self.admin()?;
         // The log is the record and dead letters wait for a human: neither

@@ -1,6 +1,6 @@
 //! The projector: folds `warrant.log` into a sled view and serves it.
 //!
-//! This crate owns the read side of SPEC §6: it consumes every partition of
+//! This crate owns the read side of docs/contract.md §6: it consumes every partition of
 //! the log (assigned by hand, from offsets kept in sled), folds each record
 //! with `warrant_authority::step` — the same code replay runs — and commits
 //! states, history entries, a status index and the consumed offsets in one

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use warrant_authority::StatusName;
 
-/// The paused statuses (SPEC §5), in a fixed order.
+/// The paused statuses (docs/contract.md §5), in a fixed order.
 pub const PAUSED: [StatusName; 3] = [
     StatusName::AwaitingSignals,
     StatusName::AwaitingDecision,

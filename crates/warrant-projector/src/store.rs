@@ -2,7 +2,7 @@
 //! index and the consumed offsets, all in one tree so that one `Batch`
 //! commits them together.
 //!
-//! The view is disposable (NOTES.md, sled): the log is the truth. A
+//! The view is disposable (docs/operations.md, "Rebuilding a projector"): the log is the truth. A
 //! directory that fails to open, carries another format or another topic,
 //! or was marked corrupt is wiped and rebuilt from offset 0.
 //!
@@ -453,7 +453,7 @@ impl Store {
         Ok(Some((state, history)))
     }
 
-    /// The execution record of one instance (SPEC §7).
+    /// The execution record of one instance (docs/contract.md §7).
     pub fn record(&self, instance_id: &str) -> Result<Option<ExecutionRecord>, Error> {
         Ok(self
             .history(instance_id)?

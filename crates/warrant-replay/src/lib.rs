@@ -1,4 +1,4 @@
-//! The auditors' tool (SPEC §6 "Replay"): read a range of `warrant.log`
+//! The auditors' tool (docs/contract.md §6 "Replay"): read a range of `warrant.log`
 //! (or an export of it), fold it with the shared fold, print execution
 //! records, compare them with a projector, export ranges to Avro files.
 //!

@@ -32,7 +32,7 @@ Replay Warrant's log for auditors: rebuild execution records, verify a projector
 
 warrant-replay reads a range of the authoritative log (--log-topic, default
 warrant.log) or an export file, folds it with the same code as the projector
-and prints the execution record of every instance (SPEC §7).
+and prints the execution record of every instance (docs/contract.md §7).
 
 RANGES are half-open per partition: --from is the first offset read, --to the
 first offset NOT read (like a high watermark or a projector checkpoint offset).

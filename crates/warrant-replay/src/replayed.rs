@@ -48,7 +48,7 @@ pub struct ReplayedInstance {
     /// applied `ActionProposed`. Its hashes cannot be rebuilt from the range.
     pub partial: bool,
     /// Other partitions holding records under the same instance id. Never
-    /// the case on a log that keeps SPEC §2 (all events of an instance in one
+    /// the case on a log that keeps docs/contract.md §2 (all events of an instance in one
     /// partition; quarantines are per partition); it happens when partitions
     /// were added to the topic while instances were open, which moves their
     /// later events elsewhere. Each partition is folded on its own, and such
@@ -822,7 +822,7 @@ mod tests {
 
     #[test]
     fn an_id_in_two_partitions_gives_two_records_that_name_each_other() {
-        // Off contract (SPEC §2): an instance's events in two partitions, as
+        // Off contract (docs/contract.md §2): an instance's events in two partitions, as
         // after partitions were added to the topic.
         let mut feed = Feed::new(0);
         let key = id(1);

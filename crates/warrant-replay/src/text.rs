@@ -1,4 +1,4 @@
-//! `--format text`: an execution record as an auditor reads it (SPEC §7),
+//! `--format text`: an execution record as an auditor reads it (docs/contract.md §7),
 //! every time in UTC, every entry with its log position and hash.
 
 use std::fmt::Write as _;

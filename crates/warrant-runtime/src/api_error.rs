@@ -1,4 +1,4 @@
-//! The one error shape both HTTP services answer with (SPEC §6: bad input
+//! The one error shape both HTTP services answer with (docs/contract.md §6: bad input
 //! gets `{"error":{"code","message"}}` and a 4xx): intake's API and the
 //! projector's read API build every error response from [`ApiError`], so a
 //! client parses one shape whichever service it talks to.

@@ -95,7 +95,7 @@ pub struct ContextRef {
     pub note: Option<String>,
 }
 
-/// The rule resolved at proposal time (SPEC §3), copied into the event so the
+/// The rule resolved at proposal time (docs/contract.md §3), copied into the event so the
 /// fold never looks rules up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

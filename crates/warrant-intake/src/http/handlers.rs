@@ -23,11 +23,11 @@ use super::extract::{
     InstanceId, OptionalJson, RawBody,
 };
 use super::AppState;
-use crate::{door, ids};
 use crate::log::{AppendError, Appended};
 use crate::metrics::ClaimLabels;
 use crate::principals::{Caller, Kind};
 use crate::signature::{self, SignatureError};
+use crate::{door, ids};
 
 /// `POST /v1/proposals`.
 #[derive(Debug, Clone, Deserialize)]
@@ -292,8 +292,7 @@ pub async fn propose(
     };
     let snapshot = state.config.snapshot();
     let ruleset = &snapshot.ruleset.ruleset;
-    let envelope =
-        door::proposal(stamp, &caller.principal, draft, ruleset).map_err(invalid)?;
+    let envelope = door::proposal(stamp, &caller.principal, draft, ruleset).map_err(invalid)?;
     let EventBody::ActionProposed(proposed) = &envelope.body else {
         return Err(ApiError::internal(&door::Invalid::Field {
             field: "body",
@@ -377,9 +376,10 @@ fn answer_existing(
     let original = record.proposal.as_ref().filter(|proposal| {
         proposal.submitted_by == caller.principal && proposal.action_digest == digest
     });
-    let first = record.history.iter().find(|entry| {
-        matches!(entry.outcome, Outcome::Applied { from: None, .. })
-    });
+    let first = record
+        .history
+        .iter()
+        .find(|entry| matches!(entry.outcome, Outcome::Applied { from: None, .. }));
     match (original, first) {
         (Some(proposal), Some(first)) => {
             let body = json!({

@@ -1,4 +1,4 @@
-//! Intake's HTTP API (SPEC §6). Every handler authenticates first, then
+//! Intake's HTTP API (docs/contract.md §6). Every handler authenticates first, then
 //! validates, then stamps an [`Envelope`](warrant_schema::Envelope) and
 //! appends it; a 2xx is sent only after Kafka acknowledged the append.
 //! Every client mistake is a 4xx with `{"error":{"code","message"}}`.

@@ -616,7 +616,10 @@ async fn an_idempotency_key_never_hands_one_executor_another_executors_grant() {
     assert!(second.json.get("grant_id").is_none());
     // The holder's own retry still gets its grant back.
     let again = h.send(claim("deployer-token-000001", "x/1")).await;
-    assert_eq!(again.ok(StatusCode::CREATED)["grant_id"], granted["grant_id"]);
+    assert_eq!(
+        again.ok(StatusCode::CREATED)["grant_id"],
+        granted["grant_id"]
+    );
 }
 
 #[tokio::test]
@@ -677,7 +680,10 @@ async fn bogus_signature_tags_are_capped_and_a_real_one_among_them_counts() {
     let hidden = h
         .send(request(vec![bogus.clone(), bogus.clone(), real]))
         .await;
-    assert_eq!(hidden.ok(StatusCode::ACCEPTED)["reviewer"]["principal"], "alice");
+    assert_eq!(
+        hidden.ok(StatusCode::ACCEPTED)["reviewer"]["principal"],
+        "alice"
+    );
 }
 
 #[tokio::test]
