@@ -62,7 +62,7 @@ def test_golden_bytes_decode_to_the_same_fields():
         header = single_object_header(schema)
         assert raw[:10] == header, vector["name"]
         decoded = fastavro.schemaless_reader(
-            io.BytesIO(raw[10:]), schema, return_record_name=True
+            io.BytesIO(raw[10:]), schema, return_record_name=True, return_record_name_override=True
         )
         assert plain(decoded) == vector["value"], vector["name"]
 

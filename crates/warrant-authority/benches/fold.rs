@@ -46,6 +46,7 @@ fn realistic_mix() -> Vec<Vec<u8>> {
             justification: "heap profile confirms the leak".to_owned(),
             scope: Scope::default(),
             evidence_refs: vec!["https://pprof.example/heap/123".to_owned()],
+            proof: None,
         })
     };
     let mut first_claim = None;

@@ -126,6 +126,11 @@ fn decide(state: &mut InstanceState, envelope: &Envelope, seq: u64) -> Outcome {
     }
     let at = envelope.recorded_at;
     if let Phase::Proposed(instance) = &state.phase {
+        if let EventBody::DecisionRecorded(decision) = &envelope.body {
+            if let Some(refusal) = unproven_decision(instance, envelope, decision) {
+                return refusal;
+            }
+        }
         if let Some(refusal) = past_decision_deadline(instance, at, &envelope.body) {
             return refusal;
         }
@@ -167,6 +172,38 @@ fn decide(state: &mut InstanceState, envelope: &Envelope, seq: u64) -> Outcome {
         (Phase::Proposed(instance), EventBody::ProposalWithdrawn(_)) => {
             on_withdrawn(instance, &envelope.submitted_by)
         }
+    }
+}
+
+/// A decision that carries a reviewer's signature counts only if the
+/// signature verifies over the recorded bytes and those bytes are exactly
+/// this decision on this instance's action (`BadSignature` otherwise); a
+/// rule with `decisions: signed` takes no decision without one. Checked
+/// before anything else about the decision, so a forged proof is named as
+/// such whatever the instance's status.
+fn unproven_decision(
+    instance: &Instance,
+    envelope: &Envelope,
+    decision: &DecisionRecorded,
+) -> Option<Outcome> {
+    match &decision.proof {
+        Some(proof) => crate::signed::check_proof(
+            proof,
+            decision,
+            &envelope.instance_id,
+            &instance.proposal.action_digest,
+            envelope.recorded_at,
+        )
+        .err()
+        .map(|error| refuse(RefusalCode::BadSignature, error.to_string())),
+        None if instance.proposal.requirement.signed_decisions => Some(refuse(
+            RefusalCode::RoleNotPermitted,
+            format!(
+                "rule {} takes only decisions signed with the reviewer's own key; this one is attested by intake",
+                instance.proposal.requirement.rule_id
+            ),
+        )),
+        None => None,
     }
 }
 

@@ -35,6 +35,10 @@ impl Ev {
         self.at = Some(T0 + minutes * MINUTE);
         self
     }
+    fn at_ms(mut self, millis: i64) -> Ev {
+        self.at = Some(T0 + millis);
+        self
+    }
     fn id(mut self, event_id: &str) -> Ev {
         self.event_id = Some(event_id.to_owned());
         self
@@ -65,6 +69,7 @@ fn proposed() -> ActionProposed {
         decision_timeout_ms: 60 * MINUTE,
         grant_ttl_ms: 15 * MINUTE,
         max_executions: 1,
+        signed_decisions: false,
     };
     proposed
 }
@@ -126,6 +131,7 @@ fn decision(
             justification: justification.to_owned(),
             scope,
             evidence_refs: vec![],
+            proof: None,
         }),
         &format!("reviewer:{principal}"),
     )
@@ -186,16 +192,26 @@ fn claim() -> Ev {
 }
 
 fn claim_digest(digest: &str) -> Ev {
+    claim_as("svc:deployer", digest)
+}
+
+/// Intake names the authenticated caller as the executor, so both agree.
+fn claim_as(executor: &str, digest: &str) -> Ev {
     ev(
         EventBody::ExecutionRequested(ExecutionRequested {
-            executor: "svc:deployer".to_owned(),
+            executor: executor.to_owned(),
             action_digest: digest.to_owned(),
         }),
-        "svc:deployer",
+        executor,
     )
 }
 
 fn report_grant(grant_id: &str, outcome: ExecutionOutcome) -> Ev {
+    report_as("svc:deployer", grant_id, outcome)
+}
+
+/// A report submitted by `reporter`, whoever holds the grant.
+fn report_as(reporter: &str, grant_id: &str, outcome: ExecutionOutcome) -> Ev {
     ev(
         EventBody::ExecutionReported(ExecutionReported {
             grant_id: grant_id.to_owned(),
@@ -203,7 +219,7 @@ fn report_grant(grant_id: &str, outcome: ExecutionOutcome) -> Ev {
             detail: None,
             result_digest: None,
         }),
-        "svc:deployer",
+        reporter,
     )
 }
 
@@ -294,6 +310,8 @@ impl Scenario {
         Then {
             entry,
             state: self.state,
+            step: self.step,
+            last_grant: self.last_grant,
         }
     }
 }
@@ -301,6 +319,8 @@ impl Scenario {
 struct Then {
     entry: HistoryEntry,
     state: InstanceState,
+    step: i64,
+    last_grant: Option<String>,
 }
 
 impl Then {
@@ -329,6 +349,38 @@ impl Then {
             self.entry.outcome
         );
         self
+    }
+
+    /// The status after the event, whatever its outcome (a refusal leaves it).
+    #[track_caller]
+    fn then_still(self, expected: StatusName) -> Then {
+        assert_eq!(
+            self.state.status(),
+            Some(expected),
+            "outcome {:?}",
+            self.entry.outcome
+        );
+        self
+    }
+
+    #[track_caller]
+    fn then_violation(self, expected: ViolationKind) -> Then {
+        assert!(
+            matches!(&self.entry.outcome, Outcome::Violation { violation, .. } if *violation == expected),
+            "expected violation {expected}, got {:?}",
+            self.entry.outcome
+        );
+        self
+    }
+
+    /// Continue the same scenario with one more event.
+    fn and_when(self, event: Ev) -> Then {
+        Scenario {
+            state: self.state,
+            step: self.step,
+            last_grant: self.last_grant,
+        }
+        .when(event)
     }
 
     fn instance(&self) -> &Instance {
@@ -904,6 +956,153 @@ fn everything_after_a_final_status_is_refused() {
                 .then_refused(AlreadyFinal);
         }
     }
+}
+
+// --- past the decision deadline, sweeper behind --------------------------------
+//
+// The sweeper's DeadlineReached can land any time after the deadline. Until
+// it does, a paused instance must not move on an event recorded too late;
+// without that rule a late ALLOW authorized by rule, and a late withdrawal or
+// rejection was applied as if the clock had not run out.
+
+const SECOND: i64 = 1_000;
+
+/// Review UNLESS_ALL_SIGNALS_ALLOW on OPA, one approval, a 1 s decision
+/// deadline, proposed at T0.
+fn unreviewed_with_a_one_second_deadline() -> Ev {
+    propose_with(|p| {
+        p.requirement.review = ReviewMode::UnlessAllSignalsAllow;
+        p.requirement.approvals_required = 1;
+        p.requirement.decision_timeout_ms = SECOND;
+    })
+    .at_ms(0)
+}
+
+/// The same instance once OPA said PAUSE in time: awaiting a decision.
+fn awaiting_a_decision_with_a_one_second_deadline() -> Vec<Ev> {
+    vec![
+        unreviewed_with_a_one_second_deadline(),
+        signal("opa", SignalVerdict::Pause).at_ms(500),
+    ]
+}
+
+#[test]
+fn a_late_allow_is_refused_and_the_sweeper_then_expires_the_pause() {
+    given(&[unreviewed_with_a_one_second_deadline()])
+        .when(allow().at_ms(2 * SECOND))
+        .then_refused(RefusalCode::Expired)
+        .then_still(AwaitingSignals)
+        .and_when(deadline(DeadlineKind::Decision).at_ms(2 * SECOND))
+        .then_status(StatusName::Expired);
+}
+
+#[test]
+fn an_allow_exactly_at_the_decision_deadline_still_authorizes_by_rule() {
+    given(&[unreviewed_with_a_one_second_deadline()])
+        .when(allow().at_ms(SECOND))
+        .then_status(Authorized);
+}
+
+#[test]
+fn a_late_approval_is_refused_expired_whether_or_not_the_reviewer_may_approve() {
+    given(&awaiting_a_decision_with_a_one_second_deadline())
+        .when(approve("alice").at_ms(2 * SECOND))
+        .then_refused(RefusalCode::Expired)
+        .then_still(AwaitingDecision);
+    // The deadline is weighed first: a late approval is not refused for
+    // lack of a role, as if a reviewer with one could still have counted.
+    given(&awaiting_a_decision_with_a_one_second_deadline())
+        .when(approve_as("mallory", &["dev"]).at_ms(2 * SECOND))
+        .then_refused(RefusalCode::Expired)
+        .then_still(AwaitingDecision);
+}
+
+#[test]
+fn late_rejections_overrides_and_claims_are_refused_expired() {
+    for late in [
+        reject("alice"),
+        override_by("carol", &["ic"], "SEV1"),
+        claim(),
+    ] {
+        given(&awaiting_a_decision_with_a_one_second_deadline())
+            .when(late.at_ms(2 * SECOND))
+            .then_refused(RefusalCode::Expired)
+            .then_still(AwaitingDecision);
+    }
+}
+
+#[test]
+fn a_late_withdrawal_is_refused_and_the_pause_can_only_expire() {
+    given(&[unreviewed_with_a_one_second_deadline()])
+        .when(withdraw(PROPOSING_SERVICE).at_ms(2 * SECOND))
+        .then_refused(RefusalCode::Expired)
+        .then_still(AwaitingSignals)
+        .and_when(deadline(DeadlineKind::Decision).at_ms(3 * SECOND))
+        .then_status(StatusName::Expired);
+}
+
+#[test]
+fn a_late_second_proposal_is_still_refused_as_already_proposed() {
+    given(&[unreviewed_with_a_one_second_deadline()])
+        .when(propose().at_ms(2 * SECOND))
+        .then_refused(AlreadyProposed);
+}
+
+#[test]
+fn an_unknown_grant_reported_past_the_decision_deadline_is_still_a_violation() {
+    // Something ran without authority whatever the clock says: the record
+    // must show it rather than file it under Expired.
+    let then = given(&[unreviewed_with_a_one_second_deadline()])
+        .when(
+            report_grant(
+                "ffffffff-ffff-4fff-8fff-ffffffffffff",
+                ExecutionOutcome::Succeeded,
+            )
+            .at_ms(2 * SECOND),
+        )
+        .then_violation(ViolationKind::UngrantedExecution)
+        .then_still(AwaitingSignals);
+    assert_eq!(then.instance().violations.len(), 1);
+}
+
+// --- only the grant holder reports ------------------------------------------------
+
+const EXECUTOR_A: &str = "svc:deployer-a";
+const EXECUTOR_B: &str = "svc:deployer-b";
+
+fn executing_for_a() -> Vec<Ev> {
+    let mut events = authorized();
+    events.push(claim_as(EXECUTOR_A, samples::ACTION_DIGEST));
+    events
+}
+
+#[test]
+fn another_executor_cannot_close_a_grant_and_the_holder_still_can() {
+    given(&executing_for_a())
+        .when(report_as(EXECUTOR_B, LAST_GRANT, ExecutionOutcome::Failed))
+        .then_refused(NotGrantHolder)
+        .then_still(Executing)
+        .and_when(report_as(
+            EXECUTOR_A,
+            LAST_GRANT,
+            ExecutionOutcome::Succeeded,
+        ))
+        .then_status(Completed);
+}
+
+#[test]
+fn a_refused_foreign_report_leaves_the_grant_open() {
+    let then = given(&executing_for_a())
+        .when(report_as(
+            EXECUTOR_B,
+            LAST_GRANT,
+            ExecutionOutcome::Succeeded,
+        ))
+        .then_refused(NotGrantHolder);
+    let grants = &then.instance().grants;
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].executor, EXECUTOR_A);
+    assert_eq!(grants[0].report, None);
 }
 
 // --- the log itself ------------------------------------------------------------

@@ -15,6 +15,7 @@ mod fold;
 mod ledger;
 mod record;
 mod ruleset;
+pub mod signed;
 mod view;
 
 pub use canonical::{
@@ -27,5 +28,6 @@ pub use record::*;
 pub use ruleset::{Rule, Ruleset, RulesetError};
 pub use view::{
     checkpoint_digest, instance_for_key, instance_key, quarantine_instance, quarantine_partition,
-    DecisionView, EntryView, ExecutionRecord, ProposalView, SignalView, TransitionView, QUARANTINE,
+    Attestation, DecisionView, EntryView, ExecutionRecord, ProposalView, SignalView,
+    TransitionView, QUARANTINE,
 };

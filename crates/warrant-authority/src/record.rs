@@ -476,6 +476,7 @@ codes!(
         Early,
         AlreadyFinal,
         NotGrantHolder,
+        BadSignature,
     }
 );
 

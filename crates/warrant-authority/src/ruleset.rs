@@ -93,6 +93,18 @@ struct RuleFile {
     grant_ttl_ms: i64,
     #[serde(default = "one")]
     max_executions: i32,
+    /// `signed`: only decisions signed with the reviewer's own key count.
+    #[serde(default)]
+    decisions: DecisionsFile,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum DecisionsFile {
+    /// Signed by the reviewer's key, or attested by intake (HMAC).
+    #[default]
+    Any,
+    Signed,
 }
 
 fn one() -> i32 {
@@ -265,6 +277,7 @@ fn validate(rule: RuleFile) -> Result<Rule, RulesetError> {
             decision_timeout_ms: rule.decision_timeout_ms,
             grant_ttl_ms: rule.grant_ttl_ms,
             max_executions: rule.max_executions,
+            signed_decisions: rule.decisions == DecisionsFile::Signed,
         },
         id,
     })

@@ -126,6 +126,42 @@ pub struct DecisionView {
     pub scope: Scope,
     pub evidence_refs: Vec<String>,
     pub outcome: String,
+    /// Who vouches for this decision: the reviewer's own key, or intake.
+    pub attestation: Attestation,
+}
+
+/// How a decision is proven (docs/signatures.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Attestation {
+    /// Signed with the reviewer's own Ed25519 key; anyone can verify it
+    /// offline from the record (the fold did: a bad proof is refused
+    /// `BadSignature`).
+    SignedByReviewer { key_id: String, public_key: String },
+    /// Attested by intake, which checked an HMAC with a secret it holds.
+    AttestedByIntake,
+}
+
+impl Attestation {
+    pub fn of(decision: &warrant_schema::DecisionRecorded) -> Attestation {
+        match &decision.proof {
+            Some(proof) => Attestation::SignedByReviewer {
+                key_id: proof.key_id.clone(),
+                public_key: proof.public_key.clone(),
+            },
+            None => Attestation::AttestedByIntake,
+        }
+    }
+
+    /// `signed by the reviewer (key …)` or `attested by intake (HMAC)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Attestation::SignedByReviewer { key_id, .. } => {
+                format!("signed by the reviewer (key {key_id})")
+            }
+            Attestation::AttestedByIntake => "attested by intake (HMAC)".to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +262,7 @@ impl ExecutionRecord {
                     scope: decision.scope.clone(),
                     evidence_refs: decision.evidence_refs.clone(),
                     outcome: outcome_label(&entry.outcome),
+                    attestation: Attestation::of(decision),
                 }),
                 EventBody::ActionProposed(_)
                 | EventBody::ExecutionRequested(_)

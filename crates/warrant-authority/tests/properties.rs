@@ -278,6 +278,7 @@ fn build(
                         max_executions: *max_executions,
                     },
                     evidence_refs: vec![],
+                    proof: None,
                 }),
                 &format!("reviewer:{}", PRINCIPALS[*principal]),
             )

@@ -55,7 +55,7 @@ use crate::paused::{PausedQueue, PAUSED};
 /// partition (`quarantine-<partition>`), no longer to one `quarantine` for
 /// the whole log; a view of format 1 would keep a stale `quarantine` record
 /// in its checkpoint digest.
-pub const FORMAT: &str = "warrant-projector/2";
+pub const FORMAT: &str = "warrant-projector/3";
 
 const META_FORMAT: &[u8] = b"~format";
 const META_TOPIC: &[u8] = b"~topic";

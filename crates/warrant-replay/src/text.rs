@@ -219,6 +219,7 @@ fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
             name(&decision.verdict),
             decision.outcome
         )?;
+        writeln!(out, "         {}", decision.attestation.describe())?;
         writeln!(out, "         justification: {:?}", decision.justification)?;
         writeln!(out, "         scope: {}", requested_scope(&decision.scope))?;
         for evidence in &decision.evidence_refs {

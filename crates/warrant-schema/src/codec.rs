@@ -36,8 +36,10 @@ pub mod avsc {
     /// written under one of these must stay readable: the decoder picks the
     /// writer schema by fingerprint. Add the old file here before changing a
     /// schema, and give every new Rust field `#[serde(default)]`.
-    pub const ENVELOPE_HISTORY: &[&str] =
-        &[include_str!("../../../schemas/history/envelope.v1.avsc")];
+    pub const ENVELOPE_HISTORY: &[&str] = &[
+        include_str!("../../../schemas/history/envelope.v1.avsc"),
+        include_str!("../../../schemas/history/envelope.v2.avsc"),
+    ];
     pub const PROPOSAL_SUBMITTED_HISTORY: &[&str] = &[include_str!(
         "../../../schemas/history/proposal_submitted.v1.avsc"
     )];

@@ -45,6 +45,7 @@ pub fn requirement() -> Requirement {
         decision_timeout_ms: 3_600_000,
         grant_ttl_ms: 900_000,
         max_executions: 1,
+        signed_decisions: false,
     }
 }
 
@@ -150,6 +151,7 @@ pub fn envelopes() -> Vec<(&'static str, Envelope)> {
                         max_executions: Some(1),
                     },
                     evidence_refs: vec!["https://pprof.example/heap/123".to_owned()],
+                    proof: None,
                 }),
             ),
         ),
@@ -168,6 +170,7 @@ pub fn envelopes() -> Vec<(&'static str, Envelope)> {
                     justification: String::new(),
                     scope: Scope::default(),
                     evidence_refs: vec![],
+                    proof: None,
                 }),
             ),
         ),
@@ -216,6 +219,7 @@ pub fn envelopes() -> Vec<(&'static str, Envelope)> {
                         max_executions: Some(2),
                     },
                     evidence_refs: vec![],
+                    proof: None,
                 }),
             ),
         ),
@@ -275,4 +279,51 @@ pub fn signal_submitted() -> SignalSubmitted {
             version: "18".to_owned(),
         },
     }
+}
+
+/// The public half of the sample reviewer key (Ed25519, secret key 32 bytes
+/// of 0x2a: test material only, never a real key).
+pub const SIGNED_REVIEWER_PUBLIC_KEY: &str =
+    "197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61";
+
+/// A decision signed with the reviewer's own key (envelope v2): dave
+/// approves the sample instance two minutes after the proposal. The proof
+/// verifies (warrant-authority's tests check it), so the golden vector
+/// pins a real signature, not just the field layout.
+pub fn signed_decision() -> Envelope {
+    envelope(
+        "0b7d6a3e-1f2c-4e5d-8a9b-0c1d2e3f4a20",
+        120_000,
+        "reviewer:dave",
+        EventBody::DecisionRecorded(DecisionRecorded {
+            reviewer: Reviewer {
+                principal: "dave".to_owned(),
+                roles: vec!["sre".to_owned()],
+            },
+            verdict: DecisionVerdict::Approve,
+            justification: "reviewed the heap profile; signed with my own key".to_owned(),
+            scope: Scope::default(),
+            evidence_refs: vec![],
+            proof: Some(DecisionProof {
+                scheme: "ed25519".to_owned(),
+                key_id: "b600306cfa76723f".to_owned(),
+                public_key: SIGNED_REVIEWER_PUBLIC_KEY.to_owned(),
+                signed_payload: concat!(
+                    "warrant.decision.v1\n",
+                    "{\"instance_id\":\"6f1c2b9e-4d0a-4c7e-9a51-0d2f3b8c7e11\",",
+                    "\"action_digest\":\"78a07f2ff9440dd82e55eb205ed9fb4928d80b291b34532957c322406816fdd4\",",
+                    "\"verdict\":\"APPROVE\",",
+                    "\"justification\":\"reviewed the heap profile; signed with my own key\",",
+                    "\"scope\":{\"constraints\":{},\"not_after\":null,\"max_executions\":null},",
+                    "\"evidence_refs\":[],\"timestamp\":1795000120,\"key_id\":\"b600306cfa76723f\"}"
+                )
+                .to_owned(),
+                signature: concat!(
+                    "687e66260e8cbd6f897ee9edcb6635588c10f79134aac1ea7303968f9f77c0b5",
+                    "34aea49e2656b7567dc826ea45068ea3055b884cbf8640c6d1e307a8b15f1a06"
+                )
+                .to_owned(),
+            }),
+        }),
+    )
 }

@@ -109,6 +109,10 @@ pub struct Requirement {
     pub decision_timeout_ms: i64,
     pub grant_ttl_ms: i64,
     pub max_executions: i32,
+    /// Only decisions signed with the reviewer's own key count (added in
+    /// envelope v2; v1 events decode with `false`).
+    #[serde(default)]
+    pub signed_decisions: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -157,6 +161,26 @@ pub struct DecisionRecorded {
     pub justification: String,
     pub scope: Scope,
     pub evidence_refs: Vec<String>,
+    /// The reviewer's own signature (added in envelope v2; `None` for
+    /// decisions intake attests with HMAC, and for every v1 event).
+    #[serde(default)]
+    pub proof: Option<DecisionProof>,
+}
+
+/// A decision signed with the reviewer's own Ed25519 key, recorded so that
+/// replay re-verifies it offline (docs/signatures.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionProof {
+    /// `ed25519`.
+    pub scheme: String,
+    pub key_id: String,
+    /// Lowercase hex of the 32-byte public key.
+    pub public_key: String,
+    /// Exactly the bytes that were signed, as UTF-8 text.
+    pub signed_payload: String,
+    /// Lowercase hex of the 64-byte signature.
+    pub signature: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -38,6 +38,12 @@ fn current_vectors() -> Vec<Vector> {
             hex: hex::encode(encode(&envelope).expect("samples encode")),
         })
         .collect();
+    vectors.push(Vector {
+        name: "decision_signed_by_reviewer".to_owned(),
+        record: "warrant.Envelope".to_owned(),
+        value: serde_json::to_value(samples::signed_decision()).expect("serialize"),
+        hex: hex::encode(encode(&samples::signed_decision()).expect("encode")),
+    });
     let proposal = samples::proposal_submitted();
     vectors.push(Vector {
         name: "proposal_submitted".to_owned(),

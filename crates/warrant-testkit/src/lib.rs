@@ -191,6 +191,7 @@ impl InstanceScript {
                 justification: format!("{principal} decided"),
                 scope: Scope::default(),
                 evidence_refs: vec![],
+                proof: None,
             }),
         )
     }

@@ -529,6 +529,7 @@ pub async fn decide(
                 max_executions: request.scope.max_executions,
             },
             evidence_refs: request.evidence_refs,
+            proof: None,
         }),
     );
     let appended = append(&state, &envelope).await?;
