@@ -31,6 +31,12 @@ fn derive_parts(label: &str, parts: &[&str]) -> String {
     Uuid::new_v5(&NAMESPACE, &name).hyphenated().to_string()
 }
 
+/// 122 random bits as 32 lowercase hex digits (a UUIDv4 without dashes),
+/// for session tokens and challenges.
+pub fn random_hex() -> String {
+    Uuid::new_v4().simple().to_string()
+}
+
 /// A fresh random id (UUIDv4), canonical form.
 pub fn random() -> String {
     Uuid::new_v4().hyphenated().to_string()

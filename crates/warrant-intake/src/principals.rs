@@ -74,6 +74,17 @@ pub struct Reviewer {
     pub principal: String,
     pub roles: Vec<String>,
     secrets: Vec<Vec<u8>>,
+    /// Ed25519 public keys (at most two, for rotation), by key id.
+    pub keys: Vec<ReviewerKey>,
+}
+
+/// One of a reviewer's own public keys (docs/signatures.md).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct ReviewerKey {
+    /// First 16 hex digits of the SHA-256 of the key.
+    pub key_id: String,
+    /// The 32-byte public key, lowercase hex.
+    pub public_key: String,
 }
 
 impl std::fmt::Debug for Reviewer {
@@ -83,6 +94,7 @@ impl std::fmt::Debug for Reviewer {
             .field("principal", &self.principal)
             .field("roles", &self.roles)
             .field("secrets", &self.secrets.len())
+            .field("keys", &self.keys)
             .finish()
     }
 }
@@ -199,7 +211,11 @@ struct TokenFile {
 struct ReviewerFile {
     principal: String,
     roles: Vec<String>,
+    #[serde(default)]
     secrets: Vec<String>,
+    /// `ed25519:<64 hex digits>`, the line `warrant keygen` prints.
+    #[serde(default)]
+    keys: Vec<String>,
 }
 
 fn token_hash(token: &[u8]) -> [u8; 32] {
@@ -246,6 +262,7 @@ impl Principals {
             principals.tokens.insert(hash, caller);
         }
         let mut secret_owner: BTreeMap<Vec<u8>, String> = BTreeMap::new();
+        let mut key_owner: BTreeMap<String, String> = BTreeMap::new();
         for entry in file.reviewers {
             let reviewer = validate_reviewer(entry)?;
             if principals.reviewers.contains_key(&reviewer.principal) {
@@ -256,6 +273,18 @@ impl Principals {
             }
             for secret in &reviewer.secrets {
                 if let Some(first) = secret_owner.insert(secret.clone(), reviewer.principal.clone())
+                {
+                    if first != reviewer.principal {
+                        return Err(PrincipalsError::SharedSecret {
+                            first,
+                            second: reviewer.principal,
+                        });
+                    }
+                }
+            }
+            for key in &reviewer.keys {
+                if let Some(first) =
+                    key_owner.insert(key.key_id.clone(), reviewer.principal.clone())
                 {
                     if first != reviewer.principal {
                         return Err(PrincipalsError::SharedSecret {
@@ -290,6 +319,36 @@ impl Principals {
         self.reviewers.values()
     }
 
+    /// The reviewer holding the key `key_id`, and that key.
+    pub fn key(&self, key_id: &str) -> Option<(&Reviewer, &ReviewerKey)> {
+        self.reviewers.values().find_map(|reviewer| {
+            reviewer
+                .keys
+                .iter()
+                .find(|key| key.key_id == key_id)
+                .map(|key| (reviewer, key))
+        })
+    }
+
+    /// The reviewer directory without any secret: names, roles and public
+    /// keys, as published to the principals topic so an auditor can tie a
+    /// key to a reviewer at a time. Deterministic (sorted by name), so its
+    /// digest names the directory version.
+    pub fn directory(&self) -> Directory {
+        Directory {
+            reviewers: self
+                .reviewers
+                .values()
+                .map(|reviewer| DirectoryEntry {
+                    principal: reviewer.principal.clone(),
+                    roles: reviewer.roles.clone(),
+                    keys: reviewer.keys.clone(),
+                    hmac: !reviewer.secrets.is_empty(),
+                })
+                .collect(),
+        }
+    }
+
     /// Number of tokens and reviewers, for the start-up log line.
     pub fn counts(&self) -> (usize, usize) {
         (self.tokens.len(), self.reviewers.len())
@@ -313,6 +372,29 @@ impl Principals {
                     .find_map(|secret| signature::matching_tag(secret, message, tags))
                     .map(|tag| (reviewer, tag))
             })
+    }
+}
+
+/// The published reviewer directory (`warrant.principals`): never secrets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct Directory {
+    pub reviewers: Vec<DirectoryEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct DirectoryEntry {
+    pub principal: String,
+    pub roles: Vec<String>,
+    pub keys: Vec<ReviewerKey>,
+    /// Whether intake also holds an HMAC secret for this reviewer (its
+    /// decisions can then be attested by intake, not proven by a key).
+    pub hmac: bool,
+}
+
+impl Directory {
+    /// The exact bytes published: compact JSON.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
     }
 }
 
@@ -426,11 +508,46 @@ fn validate_reviewer(entry: ReviewerFile) -> Result<Reviewer, PrincipalsError> {
             "needs at least one role, and no empty role".to_owned(),
         ));
     }
-    if entry.secrets.is_empty() || entry.secrets.len() > MAX_REVIEWER_SECRETS {
+    if entry.secrets.len() > MAX_REVIEWER_SECRETS {
         return Err(fail(format!(
-            "needs 1 to {MAX_REVIEWER_SECRETS} secrets, has {}",
+            "has {} secrets; at most {MAX_REVIEWER_SECRETS} (the current one and the one being rotated in)",
             entry.secrets.len()
         )));
+    }
+    if entry.keys.len() > MAX_REVIEWER_SECRETS {
+        return Err(fail(format!(
+            "has {} keys; at most {MAX_REVIEWER_SECRETS} (the current one and the one being rotated in)",
+            entry.keys.len()
+        )));
+    }
+    if entry.secrets.is_empty() && entry.keys.is_empty() {
+        return Err(fail(
+            "needs an Ed25519 key (keys) or an HMAC secret (secrets) to sign decisions with"
+                .to_owned(),
+        ));
+    }
+    let mut keys: Vec<ReviewerKey> = Vec::with_capacity(entry.keys.len());
+    for text in &entry.keys {
+        let key = text
+            .strip_prefix("ed25519:")
+            .ok_or(())
+            .and_then(|hex_key| {
+                warrant_authority::signed::parse_public_key(hex_key).map_err(|_| ())
+            })
+            .map_err(|()| {
+                fail(format!(
+                    "key {:?} is not ed25519:<64 lowercase hex digits> of a valid Ed25519 public key",
+                    text.chars().take(80).collect::<String>()
+                ))
+            })?;
+        let key = ReviewerKey {
+            key_id: warrant_authority::signed::key_id(key.as_bytes()),
+            public_key: hex::encode(key.as_bytes()),
+        };
+        if keys.contains(&key) {
+            return Err(fail("lists the same key twice".to_owned()));
+        }
+        keys.push(key);
     }
     if entry.secrets.iter().any(|s| s.len() < MIN_SECRET_LEN) {
         return Err(fail(format!(
@@ -442,6 +559,7 @@ fn validate_reviewer(entry: ReviewerFile) -> Result<Reviewer, PrincipalsError> {
         return Err(fail("lists the same secret twice".to_owned()));
     }
     Ok(Reviewer {
+        keys,
         principal: entry.principal.clone(),
         roles: entry.roles.clone(),
         secrets: entry
@@ -541,7 +659,7 @@ mod tests {
         .contains("the same token is given to \"a\" and \"b\""));
         assert!(
             error_of("reviewers:\n  - {principal: r, roles: [sre], secrets: [a, b, c]}\n")
-                .contains("needs 1 to 2 secrets, has 3")
+                .contains("has 3 secrets; at most 2")
         );
         assert!(error_of(
             "reviewers:\n  - {principal: r, roles: [], secrets: [\"0123456789abcdef\"]}\n"
@@ -647,6 +765,52 @@ mod tests {
         // One principal may hold several tokens under its exact name.
         let text = "tokens:\n  - {principal: svc, kind: service, token: \"0123456789abcdef\"}\n  - {principal: svc, kind: executor, token: \"0123456789abcdeg\"}\n";
         assert!(Principals::parse(text.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn reviewers_may_hold_their_own_keys_instead_of_secrets() {
+        let key = "197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61";
+        let text = format!(
+            "reviewers:\n  - {{principal: dave, roles: [sre], keys: [\"ed25519:{key}\"]}}\n"
+        );
+        let principals = Principals::parse(text.as_bytes()).expect("valid");
+        let (dave, found) = principals.key("b600306cfa76723f").expect("the key");
+        assert_eq!(
+            (dave.principal.as_str(), found.public_key.as_str()),
+            ("dave", key)
+        );
+        let directory = principals.directory();
+        assert_eq!(directory.reviewers[0].keys[0].key_id, "b600306cfa76723f");
+        assert!(!directory.reviewers[0].hmac);
+        let published = String::from_utf8(directory.to_bytes()).expect("utf-8");
+        assert!(!published.contains("secret"), "{published}");
+        for (bad, expected) in [
+            (
+                format!("[\"{key}\"]"),
+                "is not ed25519:<64 lowercase hex digits>",
+            ),
+            (
+                format!("[\"ed25519:{}\"]", key.to_uppercase()),
+                "is not ed25519:",
+            ),
+            (
+                format!("[\"ed25519:{key}\", \"ed25519:{key}\"]"),
+                "the same key twice",
+            ),
+            (
+                "[]".to_owned(),
+                "needs an Ed25519 key (keys) or an HMAC secret",
+            ),
+        ] {
+            let text = format!("reviewers:\n  - {{principal: dave, roles: [sre], keys: {bad}}}\n");
+            assert!(
+                error_of(&text).contains(expected),
+                "{bad}: {}",
+                error_of(&text)
+            );
+        }
+        let shared = format!("reviewers:\n  - {{principal: dave, roles: [sre], keys: [\"ed25519:{key}\"]}}\n  - {{principal: erin, roles: [sre], keys: [\"ed25519:{key}\"]}}\n");
+        assert!(error_of(&shared).contains("share a secret"));
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub const SIGNATURE_HEADER: &str = "x-warrant-signature";
 /// Optional: names the reviewer whose key signed, so an unknown name is a
 /// 403 and only that reviewer's keys are tried. Never trusted on its own.
 pub const REVIEWER_HEADER: &str = "x-warrant-reviewer";
+/// A signature header value starting with this is a reviewer's own
+/// Ed25519 signature, not an HMAC (docs/signatures.md).
+pub const ED25519_PREFIX: &str = "ed25519=";
 /// Most tags one signature header may carry: one per secret of a reviewer
 /// in rotation, with room to spare.
 pub const MAX_SIGNATURE_TAGS: usize = 4;

@@ -10,11 +10,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
-use warrant_authority::{EntryView, LogPosition, Outcome, RefusalCode};
+use warrant_authority::{signed, EntryView, LogPosition, Outcome, RefusalCode};
 use warrant_schema::{
-    Action, ContextRef, DecisionRecorded, DecisionVerdict, Envelope, EventBody, ExecutionOutcome,
-    ExecutionReported, ExecutionRequested, PolicyRef, ProposalWithdrawn, ProposerKind, Reviewer,
-    Scope, SignalVerdict,
+    Action, ContextRef, DecisionProof, DecisionRecorded, DecisionVerdict, Envelope, EventBody,
+    ExecutionOutcome, ExecutionReported, ExecutionRequested, PolicyRef, ProposalWithdrawn,
+    ProposerKind, Reviewer, Scope, SignalVerdict,
 };
 
 use super::error::{ApiError, EventRef};
@@ -467,6 +467,11 @@ pub async fn decide(
     let timestamp =
         signature::check_timestamp(header(&headers, signature::TIMESTAMP_HEADER), now_secs)
             .map_err(signature_error)?;
+    if let Some(signed) = header(&headers, signature::SIGNATURE_HEADER)
+        .and_then(|value| value.trim().strip_prefix(signature::ED25519_PREFIX))
+    {
+        return decide_signed(&state, &instance_id, timestamp, signed, &body).await;
+    }
     let tags = signature::parse_signatures(header(&headers, signature::SIGNATURE_HEADER))
         .map_err(signature_error)?;
     let principals = state.config.snapshot().principals;
@@ -496,18 +501,7 @@ pub async fn decide(
             "the signed body's instance_id differs from the instance in the path",
         ));
     }
-    if request.scope.max_executions.is_some_and(|max| max < 1) {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            "scope.max_executions must be at least 1",
-        ));
-    }
-    if request.scope.not_after.is_some_and(|at| at < 0) {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            "scope.not_after must be unix milliseconds",
-        ));
-    }
+    check_scope(&request.scope.max_executions, &request.scope.not_after)?;
     ensure_known(&state, &instance_id).await?;
     let event_id = ids::decision_event_id(&instance_id, &hex::encode(tag));
     let recorded = Reviewer {
@@ -538,6 +532,145 @@ pub async fn decide(
         appended,
         json!({ "reviewer": recorded }),
     ))
+}
+
+/// A decision signed with the reviewer's own key: `X-Warrant-Signature:
+/// ed25519=<hex>` over [`signed::DECISION_PREFIX`] followed by the raw
+/// body, which is the [`signed::SignedDecision`] itself. The reviewer is
+/// whoever holds the named key; nothing is appended unless the signature
+/// verifies, the timestamps agree, and the digest signed is the instance's.
+/// The exact bytes and the signature go on the log, so the fold (and every
+/// replay) verifies them again without trusting intake.
+async fn decide_signed(
+    state: &AppState,
+    instance_id: &str,
+    timestamp: &str,
+    signature_hex: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let unauthorized = |code: &'static str, message: String| ApiError::unauthorized(code, message);
+    let signature = signed::parse_signature(signature_hex).map_err(|_| {
+        unauthorized(
+            "invalid_signature",
+            "X-Warrant-Signature must be ed25519=<128 lowercase hex digits>".to_owned(),
+        )
+    })?;
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("malformed_json", "the signed body is not UTF-8"))?;
+    let decision: signed::SignedDecision = parse_json(body)?;
+    let principals = state.config.snapshot().principals;
+    let Some((reviewer, key)) = principals.key(&decision.key_id) else {
+        return Err(unauthorized(
+            "unknown_key",
+            format!(
+                "key {:?} is not in the reviewer directory",
+                truncate(&decision.key_id, 40)
+            ),
+        ));
+    };
+    let payload = format!("{}{text}", signed::DECISION_PREFIX);
+    let verifying =
+        signed::parse_public_key(&key.public_key).map_err(|error| ApiError::internal(&error))?;
+    if signed::verify(&verifying, payload.as_bytes(), &signature).is_err() {
+        return Err(unauthorized(
+            "bad_signature",
+            format!(
+                "the signature does not verify with key {} over the prefix and the body",
+                key.key_id
+            ),
+        ));
+    }
+    if decision.timestamp.to_string() != timestamp {
+        return Err(unauthorized(
+            "stale_timestamp",
+            "the signed timestamp differs from X-Warrant-Timestamp".to_owned(),
+        ));
+    }
+    if parse_instance_id(&decision.instance_id)? != instance_id {
+        return Err(ApiError::bad_request(
+            "instance_mismatch",
+            "the signed body's instance_id differs from the instance in the path",
+        ));
+    }
+    check_scope(&decision.scope.max_executions, &decision.scope.not_after)?;
+    let record = match state.projector.record(instance_id).await {
+        Ok(Some(record)) => record,
+        Ok(None) => {
+            return Err(ApiError::not_found(
+                "unknown_instance",
+                format!("no instance {instance_id} has been proposed"),
+            ))
+        }
+        Err(error) => {
+            tracing::warn!(instance_id, error = %crate::error_chain(&error), "projector unavailable");
+            return Err(ApiError::unavailable(
+                "projector_unavailable",
+                "cannot check the signed action digest: the projector is unavailable",
+            ));
+        }
+    };
+    let Some(proposal) = record.proposal.as_ref() else {
+        return Err(ApiError::not_found(
+            "unknown_instance",
+            format!("no instance {instance_id} has been proposed"),
+        ));
+    };
+    if proposal.action_digest != decision.action_digest {
+        return Err(unauthorized(
+            "digest_mismatch",
+            format!(
+                "the decision was signed over action digest {} but instance {instance_id} proposes {}",
+                truncate(&decision.action_digest, 64),
+                proposal.action_digest
+            ),
+        ));
+    }
+    let recorded = Reviewer {
+        principal: reviewer.principal.clone(),
+        roles: reviewer.roles.clone(),
+    };
+    let envelope = envelope(
+        state,
+        instance_id,
+        ids::decision_event_id(instance_id, signature_hex),
+        &format!("reviewer:{}", reviewer.principal),
+        EventBody::DecisionRecorded(DecisionRecorded {
+            reviewer: recorded.clone(),
+            verdict: decision.verdict,
+            justification: decision.justification.clone(),
+            scope: decision.scope.to_scope(),
+            evidence_refs: decision.evidence_refs.clone(),
+            proof: Some(DecisionProof {
+                scheme: signed::ED25519.to_owned(),
+                key_id: key.key_id.clone(),
+                public_key: key.public_key.clone(),
+                signed_payload: payload,
+                signature: signature_hex.to_owned(),
+            }),
+        }),
+    );
+    let appended = append(state, &envelope).await?;
+    Ok(accepted(
+        &envelope,
+        appended,
+        json!({ "reviewer": recorded, "attestation": "SIGNED_BY_REVIEWER", "key_id": key.key_id }),
+    ))
+}
+
+fn check_scope(max_executions: &Option<i32>, not_after: &Option<i64>) -> Result<(), ApiError> {
+    if max_executions.is_some_and(|max| max < 1) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "scope.max_executions must be at least 1",
+        ));
+    }
+    if not_after.is_some_and(|at| at < 0) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "scope.not_after must be unix milliseconds",
+        ));
+    }
+    Ok(())
 }
 
 fn lowercase_digest(text: &str) -> Result<String, ApiError> {

@@ -6,6 +6,7 @@
 mod error;
 mod extract;
 mod handlers;
+mod reads;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -26,6 +27,7 @@ pub use handlers::{
     ClaimRequest, DecisionRequest, ProposalRequest, ReportRequest, ScopeRequest, SignalRequest,
     WithdrawalRequest,
 };
+pub use reads::{session_message, Session, Sessions, SESSION_COOKIE};
 
 use crate::config::Shared;
 use crate::log::LogAppender;
@@ -71,7 +73,8 @@ impl Clock for ManualClock {
     }
 }
 
-/// What `/readyz` reports: set by the background checks in `run`.
+/// What `/readyz` reports: set by the background tasks intake starts (the
+/// log topic's metadata check, and publishing the ruleset at start-up).
 #[derive(Debug)]
 pub struct Readiness {
     /// The log topic answered a metadata request recently.
@@ -90,6 +93,20 @@ impl Readiness {
 
     pub fn is_ready(&self) -> bool {
         self.log.load(Ordering::Relaxed) && self.ruleset_published.load(Ordering::Relaxed)
+    }
+
+    /// For requests resolved against the ruleset: a 503 with `Retry-After`
+    /// until the ruleset in force is on the rulesets topic, since what they
+    /// append would cite rules an auditor cannot fetch.
+    pub fn require_ruleset(&self) -> Result<(), ApiError> {
+        if self.ruleset_published.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(ApiError::unavailable(
+                "ruleset_unpublished",
+                "intake is starting: the ruleset in force is not on the rulesets topic yet (Kafka is not reachable or still loading); retry",
+            ))
+        }
     }
 }
 
@@ -160,6 +177,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub readiness: Arc<Readiness>,
     pub recent: Arc<RecentInstances>,
+    /// Reviewers' read-only sessions (console and CLI).
+    pub sessions: Arc<Sessions>,
     pub options: HttpOptions,
 }
 
@@ -220,13 +239,30 @@ pub fn router_with_routes(state: AppState) -> (Router, Vec<RouteInfo>) {
         "/v1/instances/{id}/withdrawal",
         post(handlers::withdraw),
     )
+    .add("get", "/v1/instances", get(reads::queue))
+    .add("get", "/v1/instances/{id}", get(reads::record))
+    .add("post", "/v1/sessions/challenge", post(reads::challenge))
+    .add("post", "/v1/sessions", post(reads::open_session))
+    .add("get", "/v1/session", get(reads::whoami))
+    .add(
+        "delete",
+        "/v1/session",
+        axum::routing::delete(reads::close_session),
+    )
     .add("get", "/healthz", get(healthz))
     .add("get", "/readyz", get(readyz))
     .add("get", "/metrics", get(metrics))
     .add("get", "/openapi.json", get(openapi));
     let max_body = state.options.max_body_bytes;
+    // The console is pages, not API: outside the OpenAPI route table.
     let router = routes
         .router
+        .route(
+            "/console",
+            get(|| async { axum::response::Redirect::permanent("/console/") }),
+        )
+        .route("/console/", get(reads::console_file))
+        .route("/console/{file}", get(reads::console_file))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -247,6 +247,7 @@ pub(crate) fn harness_with(options: HttpOptions) -> Harness {
         readiness: Arc::new(Readiness::new(true)),
         // Off, so every lookup goes to the projector.
         recent: Arc::new(RecentInstances::new(0)),
+        sessions: Arc::new(Sessions::default()),
         options,
     };
     Harness {
@@ -1765,4 +1766,271 @@ fn the_request_span_takes_the_instance_from_the_path() {
     assert_eq!(instance_in_path("/v1/instances/abc"), Some("abc"));
     assert_eq!(instance_in_path("/v1/instances/"), None);
     assert_eq!(instance_in_path("/v1/proposals"), None);
+}
+
+mod signed_by_the_reviewer {
+    use ed25519_dalek::{Signer, SigningKey};
+    use warrant_authority::{signed, Attestation};
+
+    use super::*;
+
+    /// dave's own key: test material only.
+    fn dave_key() -> SigningKey {
+        SigningKey::from_bytes(&[0x2a; 32])
+    }
+
+    fn with_dave(h: &Harness) -> String {
+        let public = hex::encode(dave_key().verifying_key().as_bytes());
+        let text = String::from_utf8(example("principals.yaml")).expect("utf-8");
+        let text = text.replacen(
+            "reviewers:\n",
+            &format!("reviewers:\n  - principal: dave\n    roles: [sre]\n    keys: [\"ed25519:{public}\"]\n"),
+            1,
+        );
+        let principals = Principals::parse(text.as_bytes()).expect("valid principals");
+        let snapshot = h.state.config.snapshot();
+        h.state
+            .config
+            .replace(snapshot.ruleset.clone(), Arc::new(principals));
+        signed::key_id(dave_key().verifying_key().as_bytes())
+    }
+
+    fn body(h: &Harness, digest: &str, key_id: &str) -> String {
+        json!({
+            "instance_id": INSTANCE,
+            "action_digest": digest,
+            "verdict": "APPROVE",
+            "justification": "signed with my own key",
+            "scope": { "constraints": {}, "not_after": null, "max_executions": null },
+            "evidence_refs": [],
+            "timestamp": h.clock.now_millis() / 1000,
+            "key_id": key_id,
+        })
+        .to_string()
+    }
+
+    fn request(timestamp: i64, signature: &str, body: &str) -> Request<Body> {
+        Request::builder()
+            .method("POST")
+            .uri(format!("/v1/instances/{INSTANCE}/decisions"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("X-Warrant-Timestamp", timestamp.to_string())
+            .header("X-Warrant-Signature", signature)
+            .body(Body::from(body.to_owned()))
+            .expect("request")
+    }
+
+    fn sign(body: &str) -> String {
+        let payload = format!("{}{body}", signed::DECISION_PREFIX);
+        format!(
+            "ed25519={}",
+            hex::encode(dave_key().sign(payload.as_bytes()).to_bytes())
+        )
+    }
+
+    #[tokio::test]
+    async fn a_signed_approval_is_recorded_with_its_proof_and_counts_once() {
+        let h = harness();
+        let key_id = with_dave(&h);
+        let proposed = h.propose_restart(INSTANCE).await;
+        let digest = proposed["action_digest"]
+            .as_str()
+            .expect("digest")
+            .to_owned();
+        h.post(
+            &format!("/v1/instances/{INSTANCE}/signals"),
+            Some(POLICY),
+            &allow(),
+        )
+        .await
+        .ok(StatusCode::ACCEPTED);
+        let body = body(&h, &digest, &key_id);
+        let now = h.clock.now_millis() / 1000;
+        let answer = h.send(request(now, &sign(&body), &body)).await;
+        let accepted = answer.ok(StatusCode::ACCEPTED).clone();
+        assert_eq!(accepted["reviewer"]["principal"], "dave");
+        assert_eq!(accepted["attestation"], "SIGNED_BY_REVIEWER");
+        // A replayed signed request lands as a recorded duplicate.
+        let again = h.send(request(now, &sign(&body), &body)).await;
+        assert_eq!(
+            again.ok(StatusCode::ACCEPTED)["event_id"],
+            accepted["event_id"]
+        );
+        assert_eq!(h.refusals(INSTANCE), vec![RefusalCode::Duplicate]);
+        let record = h.projector.record_of(INSTANCE).expect("record");
+        assert_eq!(record.decisions.len(), 2);
+        assert_eq!(
+            record.decisions[0].attestation,
+            Attestation::SignedByReviewer {
+                key_id: key_id.clone(),
+                public_key: hex::encode(dave_key().verifying_key().as_bytes()),
+            }
+        );
+        let envelopes = h.log.envelopes();
+        let EventBody::DecisionRecorded(decision) = &envelopes[2].body else {
+            panic!("not a decision");
+        };
+        let proof = decision.proof.as_ref().expect("the proof is on the log");
+        assert_eq!(
+            proof.signed_payload,
+            format!("{}{body}", signed::DECISION_PREFIX)
+        );
+    }
+
+    #[tokio::test]
+    async fn anything_but_a_good_signature_over_this_instances_digest_is_a_401() {
+        let h = harness();
+        let key_id = with_dave(&h);
+        let proposed = h.propose_restart(INSTANCE).await;
+        let digest = proposed["action_digest"]
+            .as_str()
+            .expect("digest")
+            .to_owned();
+        let now = h.clock.now_millis() / 1000;
+        let good = body(&h, &digest, &key_id);
+        let other_digest = body(&h, &"ab".repeat(32), &key_id);
+        let unknown_key = body(&h, &digest, "0123456789abcdef");
+        let cases: Vec<(Request<Body>, &str)> = vec![
+            (
+                request(now, &sign(&other_digest), &other_digest),
+                "digest_mismatch",
+            ),
+            (
+                request(now, &sign(&unknown_key), &unknown_key),
+                "unknown_key",
+            ),
+            (
+                request(now, &sign(&good), &good.replace("my own", "my 0wn")),
+                "bad_signature",
+            ),
+            (request(now, "ed25519=zz", &good), "invalid_signature"),
+            (request(now - 400, &sign(&good), &good), "stale_timestamp"),
+            (request(now + 1, &sign(&good), &good), "stale_timestamp"),
+        ];
+        for (request, code) in cases {
+            let answer = h.send(request).await;
+            assert_eq!(
+                (answer.status, answer.code()),
+                (StatusCode::UNAUTHORIZED, code),
+                "{}",
+                answer.text
+            );
+        }
+        assert_eq!(h.log.len(), 1, "nothing but the proposal was appended");
+    }
+
+    fn get_with(path: &str, headers: &[(&str, &str)]) -> Request<Body> {
+        let mut builder = Request::builder().uri(path);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(Body::empty()).expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_reviewer_reads_after_signing_a_fresh_challenge_and_only_then() {
+        let h = harness();
+        let key_id = with_dave(&h);
+        h.propose_restart(INSTANCE).await;
+        let record_path = format!("/v1/instances/{INSTANCE}");
+        let anonymous = h.send(get_with(&record_path, &[])).await;
+        assert_eq!(
+            (anonymous.status, anonymous.code()),
+            (StatusCode::UNAUTHORIZED, "missing_session")
+        );
+        let challenge = h
+            .send(post("/v1/sessions/challenge", None, String::new()))
+            .await;
+        let challenge = challenge.ok(StatusCode::CREATED)["challenge"]
+            .as_str()
+            .expect("challenge")
+            .to_owned();
+        let message = super::super::session_message(&challenge, &key_id);
+        let signature = hex::encode(dave_key().sign(message.as_bytes()).to_bytes());
+        let open = || {
+            post(
+                "/v1/sessions",
+                None,
+                json!({ "key_id": key_id, "challenge": challenge, "signature": signature })
+                    .to_string(),
+            )
+        };
+        let opened = h.send(open()).await;
+        let cookie = opened
+            .headers
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .expect("a session cookie")
+            .to_owned();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        let session = opened.ok(StatusCode::CREATED)["session"]
+            .as_str()
+            .expect("session")
+            .to_owned();
+        let cookie_header = format!("warrant_session={session}");
+        let record = h
+            .send(get_with(&record_path, &[("cookie", &cookie_header)]))
+            .await;
+        assert_eq!(record.ok(StatusCode::OK)["instance_id"], INSTANCE);
+        let queue = h
+            .send(get_with(
+                "/v1/instances?status=AWAITING_SIGNALS&role=sre",
+                &[("cookie", &cookie_header)],
+            ))
+            .await;
+        let queue = queue.ok(StatusCode::OK).clone();
+        assert_eq!(queue["instances"][0]["instance_id"], INSTANCE);
+        assert_eq!(
+            queue["instances"][0]["rule"]["approver_roles"],
+            json!(["sre"])
+        );
+        let other_role = h
+            .send(get_with(
+                "/v1/instances?status=AWAITING_SIGNALS&role=payments",
+                &[("cookie", &cookie_header)],
+            ))
+            .await;
+        assert_eq!(other_role.ok(StatusCode::OK)["instances"], json!([]));
+        // A challenge is good for one session only.
+        let reused = h.send(open()).await;
+        assert_eq!(
+            (reused.status, reused.code()),
+            (StatusCode::UNAUTHORIZED, "unknown_challenge")
+        );
+        // A session expires.
+        h.clock.set(NOW_MS + 16 * 60_000);
+        let expired = h
+            .send(get_with(&record_path, &[("cookie", &cookie_header)]))
+            .await;
+        assert_eq!(expired.status, StatusCode::UNAUTHORIZED);
+        // Bearer tokens read too.
+        let bearer = format!("Bearer {SERVICE}");
+        let with_token = h
+            .send(get_with(&record_path, &[("authorization", &bearer)]))
+            .await;
+        assert_eq!(with_token.status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn the_console_is_served_with_a_strict_content_security_policy() {
+        let h = harness();
+        for path in ["/console/", "/console/app.js", "/console/style.css"] {
+            let answer = h.send(get_with(path, &[])).await;
+            assert_eq!(answer.status, StatusCode::OK, "{path}");
+            let csp = answer
+                .headers
+                .get(header::CONTENT_SECURITY_POLICY)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            assert!(
+                csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+                "{csp}"
+            );
+        }
+        let missing = h.send(get_with("/console/../principals.yaml", &[])).await;
+        assert_ne!(missing.status, StatusCode::OK);
+    }
 }

@@ -1,0 +1,1 @@
+// The reviewers console (being written).
