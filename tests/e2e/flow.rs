@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use warrant_e2e::{
     binary, checkpoint_total, end_offsets_total, eventually, free_port, get_json, read_topic,
-    repo_root, venv_python, KillOnDrop,
+    repo_root, start_services, venv_python, Services,
 };
 use warrant_kafka::rdkafka::message::{Headers, Message};
 use warrant_kafka::rdkafka::producer::FutureRecord;
@@ -97,95 +97,6 @@ fn ruleset_file(dir: &Path) -> PathBuf {
     let path = dir.join("ruleset.yaml");
     std::fs::write(&path, text).expect("write ruleset");
     path
-}
-
-/// The projector and intake, as processes. Their logs go to files that are
-/// printed if the test fails.
-struct Services {
-    projector: KillOnDrop,
-    intake: KillOnDrop,
-    logs: Vec<PathBuf>,
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        self.projector.kill();
-        self.intake.kill();
-        if std::thread::panicking() {
-            for log in &self.logs {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(60).collect();
-                eprintln!("---- last lines of {} ----", log.display());
-                for line in tail.iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
-    }
-}
-
-fn log_file(path: &Path) -> Stdio {
-    std::fs::File::create(path)
-        .map(Stdio::from)
-        .expect("a log file")
-}
-
-fn topic_flags(args: &KafkaArgs) -> Vec<String> {
-    vec![
-        format!("--brokers={}", args.brokers),
-        format!("--log-topic={}", args.log_topic),
-        format!("--proposals-topic={}", args.proposals_topic),
-        format!("--signals-topic={}", args.signals_topic),
-        format!("--dead-letter-topic={}", args.dead_letter_topic),
-        format!("--rulesets-topic={}", args.rulesets_topic),
-    ]
-}
-
-fn start_services(
-    args: &KafkaArgs,
-    dir: &Path,
-    projector_url: &str,
-    intake_port: u16,
-    sweeper: bool,
-) -> Services {
-    let projector_log = dir.join("projector.log");
-    let intake_log = dir.join("intake.log");
-    let projector = Command::new(binary("warrant-projector"))
-        .args(topic_flags(args))
-        .arg(format!(
-            "--listen={}",
-            projector_url.trim_start_matches("http://")
-        ))
-        .arg("--data-dir")
-        .arg(dir.join("projector"))
-        .stdout(Stdio::null())
-        .stderr(log_file(&projector_log))
-        .spawn()
-        .map(KillOnDrop)
-        .expect("the projector starts");
-    let intake = Command::new(binary("warrant-intake"))
-        .args(topic_flags(args))
-        .arg(format!("--listen=127.0.0.1:{intake_port}"))
-        .arg(format!("--projector-url={projector_url}"))
-        .arg("--ruleset")
-        .arg(ruleset_file(dir))
-        .arg("--principals")
-        .arg(principals_file(dir))
-        // Never the default group: other intakes on this broker use it.
-        .arg(format!("--ingress-group={}-intake", args.log_topic))
-        .arg("--ingress=true")
-        .arg(format!("--sweeper={sweeper}"))
-        .arg("--sweep-interval-ms=200")
-        .stdout(Stdio::null())
-        .stderr(log_file(&intake_log))
-        .spawn()
-        .map(KillOnDrop)
-        .expect("intake starts");
-    Services {
-        projector,
-        intake,
-        logs: vec![projector_log, intake_log],
-    }
 }
 
 /// `HMAC-SHA256(secret, timestamp + "." + body)` as the webhook header value.
@@ -380,7 +291,15 @@ async fn the_seed_paper_flow_through_the_real_binaries() {
     let dir = tempfile::tempdir().expect("tempdir");
     let projector_url = format!("http://127.0.0.1:{}", free_port());
     let intake_port = free_port();
-    let _services = start_services(&args, dir.path(), &projector_url, intake_port, true);
+    let _services = start_services(
+        &args,
+        dir.path(),
+        &projector_url,
+        intake_port,
+        true,
+        &principals_file(dir.path()),
+        &ruleset_file(dir.path()),
+    );
     let api = Api {
         http: reqwest::Client::new(),
         intake: format!("http://127.0.0.1:{intake_port}"),
@@ -871,7 +790,15 @@ async fn ready_services(sweeper: bool) -> (KafkaArgs, tempfile::TempDir, Service
     let dir = tempfile::tempdir().expect("tempdir");
     let projector_url = format!("http://127.0.0.1:{}", free_port());
     let intake_port = free_port();
-    let services = start_services(&args, dir.path(), &projector_url, intake_port, sweeper);
+    let services = start_services(
+        &args,
+        dir.path(),
+        &projector_url,
+        intake_port,
+        sweeper,
+        &principals_file(dir.path()),
+        &ruleset_file(dir.path()),
+    );
     let api = Api {
         http: reqwest::Client::new(),
         intake: format!("http://127.0.0.1:{intake_port}"),

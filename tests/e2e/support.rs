@@ -1,9 +1,11 @@
-//! Helpers shared by the end-to-end tests: the built binaries and a tiny
-//! HTTP client for the projector.
+//! Helpers shared by the end-to-end tests: the built binaries, the services
+//! as processes, and a tiny HTTP client for the projector.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use warrant_kafka::KafkaArgs;
 
 /// A workspace binary, built if this test run has not built it yet.
 pub fn binary(name: &str) -> PathBuf {
@@ -149,4 +151,99 @@ pub fn end_offsets_total(args: &warrant_kafka::KafkaArgs, topic: &str) -> i64 {
                 .1
         })
         .sum()
+}
+
+/// The projector and intake, as processes. Their logs go to files that are
+/// printed if the test fails.
+#[derive(Debug)]
+pub struct Services {
+    pub projector: KillOnDrop,
+    pub intake: KillOnDrop,
+    pub logs: Vec<PathBuf>,
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        self.projector.kill();
+        self.intake.kill();
+        if std::thread::panicking() {
+            for log in &self.logs {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                eprintln!("---- last lines of {} ----", log.display());
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+fn log_file(path: &Path) -> Stdio {
+    std::fs::File::create(path)
+        .map(Stdio::from)
+        .expect("a log file")
+}
+
+pub fn topic_flags(args: &KafkaArgs) -> Vec<String> {
+    vec![
+        format!("--brokers={}", args.brokers),
+        format!("--log-topic={}", args.log_topic),
+        format!("--proposals-topic={}", args.proposals_topic),
+        format!("--signals-topic={}", args.signals_topic),
+        format!("--dead-letter-topic={}", args.dead_letter_topic),
+        format!("--rulesets-topic={}", args.rulesets_topic),
+    ]
+}
+
+/// Start the projector and intake on `args`' topics, with their logs and
+/// the projector's data in `dir`, intake on `intake_port` with the given
+/// principals and ruleset files, the sweeper on or off.
+pub fn start_services(
+    args: &KafkaArgs,
+    dir: &Path,
+    projector_url: &str,
+    intake_port: u16,
+    sweeper: bool,
+    principals: &Path,
+    ruleset: &Path,
+) -> Services {
+    let projector_log = dir.join("projector.log");
+    let intake_log = dir.join("intake.log");
+    let projector = Command::new(binary("warrant-projector"))
+        .args(topic_flags(args))
+        .arg(format!(
+            "--listen={}",
+            projector_url.trim_start_matches("http://")
+        ))
+        .arg("--data-dir")
+        .arg(dir.join("projector"))
+        .stdout(Stdio::null())
+        .stderr(log_file(&projector_log))
+        .spawn()
+        .map(KillOnDrop)
+        .expect("the projector starts");
+    let intake = Command::new(binary("warrant-intake"))
+        .args(topic_flags(args))
+        .arg(format!("--listen=127.0.0.1:{intake_port}"))
+        .arg(format!("--projector-url={projector_url}"))
+        .arg("--ruleset")
+        .arg(ruleset)
+        .arg("--principals")
+        .arg(principals)
+        // Never the default group: other intakes on this broker use it.
+        .arg(format!("--ingress-group={}-intake", args.log_topic))
+        .arg("--ingress=true")
+        .arg(format!("--sweeper={sweeper}"))
+        .arg("--sweep-interval-ms=200")
+        .stdout(Stdio::null())
+        .stderr(log_file(&intake_log))
+        .spawn()
+        .map(KillOnDrop)
+        .expect("intake starts");
+    Services {
+        projector,
+        intake,
+        logs: vec![projector_log, intake_log],
+    }
 }
