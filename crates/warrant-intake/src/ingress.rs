@@ -31,11 +31,14 @@ use warrant_schema::{Envelope, ProposalSubmitted, SignalSubmitted};
 
 use crate::config::Shared;
 use crate::http::Clock;
+use crate::log::{
+    is_permanent, log_append, DeadLetter, KafkaLog, Truncated, TRUNCATED_DEAD_LETTER_BYTES,
+    TRUNCATED_DEAD_LETTER_KEY_BYTES,
+};
+use crate::metrics::{IngressLabels, Metrics, RefusedLabels, TopicLabels};
 use crate::principals::IngressIdentities;
-use crate::{door, ids};
-use crate::log::{log_append, DeadLetter, KafkaLog};
-use crate::metrics::{IngressLabels, Metrics};
 use crate::Error;
+use crate::{door, ids};
 
 /// Largest envelope intake appends: below Kafka's default 1 MB message limit.
 pub const MAX_ENVELOPE_BYTES: usize = 900_000;
@@ -194,13 +197,58 @@ struct Item {
     reason: Option<String>,
 }
 
+/// An item on its way to Kafka, and how much of its record a dead letter
+/// still carries.
+struct Pending {
+    item: Item,
+    cut: Cut,
+}
+
+/// How much of a dead-lettered record its dead letter carries. It only
+/// steps down, each time Kafka refused the previous form for good (see
+/// [`crate::log::is_permanent`]): a record Kafka can never take must not
+/// hold up the records behind it on its partition.
+enum Cut {
+    /// The original key and value, untouched (docs/contract.md §2).
+    Whole,
+    /// At most [`TRUNCATED_DEAD_LETTER_BYTES`] of the value.
+    Truncated(Original),
+    /// No value at all: only the headers say what the record was.
+    Bare(Original),
+}
+
+/// What a cut dead letter says about the whole record.
+struct Original {
+    sha256: String,
+    /// The produce error that refused the record whole.
+    cause: String,
+}
+
+impl Cut {
+    fn original(&self) -> Option<&Original> {
+        match self {
+            Cut::Whole => None,
+            Cut::Truncated(original) | Cut::Bare(original) => Some(original),
+        }
+    }
+
+    /// How many of a value's `len` bytes the dead letter carries.
+    fn kept(&self, len: usize) -> usize {
+        match self {
+            Cut::Whole => len,
+            Cut::Truncated(_) => len.min(TRUNCATED_DEAD_LETTER_BYTES),
+            Cut::Bare(_) => 0,
+        }
+    }
+}
+
 enum Delivered {
     Done,
     Stopped,
 }
 
 impl Ingress {
-    /// Subscribe to both ingress topics.
+    /// Create the consumer; [`Ingress::subscribe`] joins the group.
     pub fn new(
         log: KafkaLog,
         config: Shared,
@@ -221,18 +269,6 @@ impl Ingress {
             group: options.group.clone(),
             source,
         })?;
-        consumer
-            .subscribe(&[&topics.proposals_topic, &topics.signals_topic])
-            .map_err(|source| Error::Consumer {
-                group: options.group.clone(),
-                source,
-            })?;
-        tracing::info!(
-            group = %options.group,
-            proposals = %topics.proposals_topic,
-            signals = %topics.signals_topic,
-            "ingress subscribed"
-        );
         Ok(Ingress {
             consumer: Arc::new(consumer),
             log,
@@ -242,6 +278,26 @@ impl Ingress {
             options,
             appended: AtomicU64::new(0),
         })
+    }
+
+    /// Join the consumer group on both ingress topics. Only once intake can
+    /// append: a member that does not consume yet would hold its share of
+    /// the partitions idle, and leaving a group mid-rebalance can block.
+    pub fn subscribe(&self) -> Result<(), Error> {
+        let topics = self.log.topics();
+        self.consumer
+            .subscribe(&[&topics.proposals_topic, &topics.signals_topic])
+            .map_err(|source| Error::Consumer {
+                group: self.options.group.clone(),
+                source,
+            })?;
+        tracing::info!(
+            group = %self.options.group,
+            proposals = %topics.proposals_topic,
+            signals = %topics.signals_topic,
+            "ingress subscribed"
+        );
+        Ok(())
     }
 
     /// Consume until `shutdown` turns true; the batch in hand is finished
@@ -345,39 +401,57 @@ impl Ingress {
     ) -> Delivered {
         let snapshot = self.config.snapshot();
         let now = self.clock.now_millis();
-        let items: Vec<Item> = messages
+        let mut items: Vec<Pending> = messages
             .into_iter()
-            .map(|message| {
-                self.item(
+            .map(|message| Pending {
+                item: self.item(
                     message,
                     &snapshot.ruleset.ruleset,
                     snapshot.principals.ingress(),
                     now,
-                )
+                ),
+                cut: Cut::Whole,
             })
             .collect();
         // Enqueue everything (librdkafka batches it), then wait in order.
         let mut deliveries = Vec::with_capacity(items.len());
-        for item in &items {
-            deliveries.push(self.enqueue(item).await);
+        for pending in &items {
+            deliveries.push(self.enqueue(pending).await);
         }
-        for (item, delivery) in items.iter().zip(deliveries) {
-            let mut result = match delivery {
-                Ok(future) => match future.await {
-                    Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
-                    Ok(Err((error, _))) => Err(error),
-                    Err(_canceled) => Err(KafkaError::Canceled),
-                },
-                Err(error) => Err(error),
+        for (pending, delivery) in items.iter_mut().zip(deliveries) {
+            // A refusal is only taken as the record's own fault when the
+            // record was alone: librdkafka refusing to enqueue it, or Kafka
+            // refusing it re-sent by itself. A batch it shared may have been
+            // refused for the batch's size.
+            let (mut result, mut alone) = match delivery {
+                Ok(future) => (
+                    match future.await {
+                        Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+                        Ok(Err((error, _))) => Err(error),
+                        Err(_canceled) => Err(KafkaError::Canceled),
+                    },
+                    false,
+                ),
+                Err(error) => (Err(error), true),
             };
             let mut backoff = Duration::from_millis(100);
             loop {
                 match result {
                     Ok((partition, offset)) => {
-                        self.delivered(item, partition, offset);
+                        self.delivered(pending, partition, offset);
                         break;
                     }
+                    Err(error) if alone && is_permanent(&error) => {
+                        // Retrying the same record cannot succeed: send what
+                        // it falls back to at once, or give up on it loudly.
+                        if !self.fall_back(pending, &error) {
+                            self.dropped(pending, &error);
+                            break;
+                        }
+                        result = self.send_one(pending).await;
+                    }
                     Err(error) => {
+                        let item = &pending.item;
                         tracing::warn!(
                             topic = item.message.topic(),
                             partition = item.message.partition(),
@@ -393,7 +467,8 @@ impl Ingress {
                             _ = tokio::time::sleep(backoff) => {}
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(5));
-                        result = self.send_one(item).await;
+                        result = self.send_one(pending).await;
+                        alone = true;
                     }
                 }
             }
@@ -402,9 +477,96 @@ impl Ingress {
         Delivered::Done
     }
 
+    /// Kafka refused `pending`'s record for good: make it the next thing it
+    /// can become. An envelope the log refuses becomes a dead letter with
+    /// that reason; a dead letter refused whole is sent truncated, then
+    /// bare. `false` when nothing is left to try.
+    fn fall_back(&self, pending: &mut Pending, error: &KafkaError) -> bool {
+        let message = &pending.item.message;
+        let code = error
+            .rdkafka_error_code()
+            .map_or_else(|| "unknown".to_owned(), |code| format!("{code:?}"));
+        let target = if pending.item.envelope.is_some() {
+            "log"
+        } else {
+            "dead_letter"
+        };
+        self.metrics
+            .ingress_refused
+            .get_or_create(&RefusedLabels {
+                topic: message.topic().to_owned(),
+                target,
+                error: code,
+            })
+            .inc();
+        if pending.item.envelope.take().is_some() {
+            tracing::warn!(
+                topic = message.topic(),
+                source_partition = message.partition(),
+                source_offset = message.offset(),
+                error = %error,
+                "the log refused an ingress envelope for good; dead-lettering the record instead"
+            );
+            pending.item.reason = Some(format!("the log refused the envelope: {error}"));
+            return true;
+        }
+        if matches!(pending.cut, Cut::Bare(_)) {
+            return false;
+        }
+        let value = message.payload().unwrap_or_default();
+        let original = |sha256: Option<String>| Original {
+            sha256: sha256.unwrap_or_else(|| warrant_authority::sha256_hex(value)),
+            cause: error.to_string(),
+        };
+        pending.cut = match std::mem::replace(&mut pending.cut, Cut::Whole) {
+            // Truncating would keep it whole: straight to no bytes at all.
+            Cut::Whole if value.len() <= TRUNCATED_DEAD_LETTER_BYTES => Cut::Bare(original(None)),
+            Cut::Whole => Cut::Truncated(original(None)),
+            Cut::Truncated(previous) | Cut::Bare(previous) => {
+                Cut::Bare(original(Some(previous.sha256)))
+            }
+        };
+        tracing::warn!(
+            topic = message.topic(),
+            source_partition = message.partition(),
+            source_offset = message.offset(),
+            size = value.len(),
+            keeps = pending.cut.kept(value.len()),
+            error = %error,
+            "the dead-letter topic refused the record for good; dead-lettering it cut short"
+        );
+        true
+    }
+
+    /// Not even a bare dead letter could be produced. The record is given
+    /// up rather than holding its partition forever; it is still on its
+    /// ingress topic, and this line and a metric say where.
+    fn dropped(&self, pending: &Pending, error: &KafkaError) {
+        let message = &pending.item.message;
+        tracing::error!(
+            topic = message.topic(),
+            source_partition = message.partition(),
+            source_offset = message.offset(),
+            size = message.payload().map_or(0, <[u8]>::len),
+            sha256 = pending.cut.original().map(|o| o.sha256.as_str()),
+            reason = pending.item.reason.as_deref().unwrap_or_default(),
+            error = %error,
+            "ingress record dropped: Kafka refused even a dead letter without its bytes"
+        );
+        self.metrics
+            .ingress_records
+            .get_or_create(&IngressLabels {
+                topic: message.topic().to_owned(),
+                result: "dropped",
+            })
+            .inc();
+    }
+
     /// The record to produce for an item: its envelope on the log, or the
-    /// original key and bytes on the dead-letter topic with their origin.
-    fn record<'a>(&'a self, item: &'a Item) -> FutureRecord<'a, [u8], [u8]> {
+    /// original key and bytes (as much as its cut keeps) on the dead-letter
+    /// topic with their origin.
+    fn record<'a>(&'a self, pending: &'a Pending) -> FutureRecord<'a, [u8], [u8]> {
+        let item = &pending.item;
         let message = &item.message;
         match &item.envelope {
             Some((envelope, bytes)) => FutureRecord::to(&self.log.topics().log_topic)
@@ -412,16 +574,29 @@ impl Ingress {
                 .payload(bytes.as_slice()),
             None => {
                 let value = message.payload().unwrap_or_default();
+                let kept = &value[..pending.cut.kept(value.len())];
+                let key = match &pending.cut {
+                    Cut::Whole => message.key(),
+                    // A key this long may be why it was refused.
+                    _ => message
+                        .key()
+                        .filter(|key| key.len() <= TRUNCATED_DEAD_LETTER_KEY_BYTES),
+                };
                 let letter = DeadLetter {
                     reason: item.reason.as_deref().unwrap_or("invalid record"),
                     topic: message.topic(),
                     partition: message.partition(),
                     offset: message.offset(),
+                    truncated: pending.cut.original().map(|original| Truncated {
+                        original_size: value.len(),
+                        original_sha256: &original.sha256,
+                        cause: &original.cause,
+                    }),
                 };
                 let mut record = FutureRecord::to(&self.log.topics().dead_letter_topic)
-                    .payload(value)
+                    .payload(kept)
                     .headers(letter.headers());
-                if let Some(key) = message.key() {
+                if let Some(key) = key {
                     record = record.key(key);
                 }
                 record
@@ -430,8 +605,8 @@ impl Ingress {
     }
 
     /// Put one record in the producer's queue, waiting while it is full.
-    async fn enqueue(&self, item: &Item) -> Result<DeliveryFuture, KafkaError> {
-        let mut record = self.record(item);
+    async fn enqueue(&self, pending: &Pending) -> Result<DeliveryFuture, KafkaError> {
+        let mut record = self.record(pending);
         loop {
             match self.log.producer().send_result(record) {
                 Ok(delivery) => return Ok(delivery),
@@ -445,8 +620,8 @@ impl Ingress {
     }
 
     /// Send one record again and wait for it, at most the produce timeout.
-    async fn send_one(&self, item: &Item) -> Result<(i32, i64), KafkaError> {
-        let future = self.enqueue(item).await?;
+    async fn send_one(&self, pending: &Pending) -> Result<(i32, i64), KafkaError> {
+        let future = self.enqueue(pending).await?;
         match tokio::time::timeout(self.log.timeout(), future).await {
             Ok(Ok(Ok(delivery))) => Ok((delivery.partition, delivery.offset)),
             Ok(Ok(Err((error, _)))) => Err(error),
@@ -457,7 +632,8 @@ impl Ingress {
         }
     }
 
-    fn delivered(&self, item: &Item, partition: i32, offset: i64) {
+    fn delivered(&self, pending: &Pending, partition: i32, offset: i64) {
+        let item = &pending.item;
         let message = &item.message;
         let topic = message.topic().to_owned();
         match &item.envelope {
@@ -481,6 +657,7 @@ impl Ingress {
                     .inc();
             }
             None => {
+                let original = pending.cut.original();
                 tracing::warn!(
                     topic = message.topic(),
                     source_partition = message.partition(),
@@ -488,8 +665,19 @@ impl Ingress {
                     reason = item.reason.as_deref().unwrap_or_default(),
                     dead_letter_partition = partition,
                     dead_letter_offset = offset,
+                    truncated = original.is_some(),
+                    original_size = original.map(|_| message.payload().map_or(0, <[u8]>::len)),
+                    original_sha256 = original.map(|o| o.sha256.as_str()),
                     "ingress record dead-lettered"
                 );
+                if original.is_some() {
+                    self.metrics
+                        .dead_letters_truncated
+                        .get_or_create(&TopicLabels {
+                            topic: topic.clone(),
+                        })
+                        .inc();
+                }
                 self.metrics
                     .ingress_records
                     .get_or_create(&IngressLabels {
@@ -503,10 +691,10 @@ impl Ingress {
 
     /// Store the next offset of every partition the batch touched, then
     /// commit them: everything before them is acknowledged.
-    async fn commit(&self, items: &[Item]) {
+    async fn commit(&self, items: &[Pending]) {
         let mut next: std::collections::BTreeMap<(String, i32), i64> =
             std::collections::BTreeMap::new();
-        for item in items {
+        for Pending { item, .. } in items {
             let key = (item.message.topic().to_owned(), item.message.partition());
             let offset = item.message.offset() + 1;
             let entry = next.entry(key).or_insert(offset);
@@ -672,21 +860,19 @@ mod tests {
 
     #[test]
     fn identity_comes_from_the_topic_not_the_record() {
-        let reason = |source, bytes: &[u8], identities: &IngressIdentities| {
-            match validate(
-                source,
-                "warrant.signals",
-                0,
-                1,
-                Some(bytes),
-                &ruleset(),
-                identities,
-                "kafka:warrant.signals",
-                7,
-            ) {
-                Verdict::DeadLetter(reason) => reason,
-                Verdict::Append(_) => panic!("accepted"),
-            }
+        let reason = |source, bytes: &[u8], identities: &IngressIdentities| match validate(
+            source,
+            "warrant.signals",
+            0,
+            1,
+            Some(bytes),
+            &ruleset(),
+            identities,
+            "kafka:warrant.signals",
+            7,
+        ) {
+            Verdict::DeadLetter(reason) => reason,
+            Verdict::Append(_) => panic!("accepted"),
         };
         // Anyone who can write the signals topic could otherwise ALLOW as OPA.
         let mut forged = samples::signal_submitted();
@@ -710,8 +896,10 @@ mod tests {
         );
         // A topic nobody declared has no identity at all.
         let bytes = warrant_schema::encode(&samples::proposal_submitted()).expect("encodes");
-        assert!(reason(Source::Proposals, &bytes, &IngressIdentities::default())
-            .contains("not declared in the principals file"));
+        assert!(
+            reason(Source::Proposals, &bytes, &IngressIdentities::default())
+                .contains("not declared in the principals file")
+        );
     }
 
     #[test]

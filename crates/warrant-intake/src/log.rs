@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::util::Timeout;
 use serde::Serialize;
 use warrant_kafka::KafkaArgs;
@@ -68,21 +68,44 @@ impl std::fmt::Debug for KafkaLog {
     }
 }
 
-/// Where a dead-lettered record came from and why (SPEC §2); its key and
-/// value are the original ones, untouched.
+/// Most bytes of the original value a truncated dead letter keeps: enough
+/// for a person to see what the record was. Its size and SHA-256 headers
+/// identify the original, which is still on the ingress topic.
+pub const TRUNCATED_DEAD_LETTER_BYTES: usize = 64 * 1024;
+
+/// Longest original key a truncated dead letter keeps: a key this long is
+/// itself a reason the record cannot be produced.
+pub const TRUNCATED_DEAD_LETTER_KEY_BYTES: usize = 1024;
+
+/// Where a dead-lettered record came from and why (docs/contract.md §2);
+/// its key and value are the original ones, untouched, unless `truncated`
+/// says the whole record could not be dead-lettered.
 #[derive(Debug, Clone)]
 pub struct DeadLetter<'a> {
     pub reason: &'a str,
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
+    pub truncated: Option<Truncated<'a>>,
+}
+
+/// What a dead letter that carries only part of its record says about the
+/// whole: `warrant.original.size`, `warrant.original.sha256` (of the
+/// original value), `warrant.truncated: true` and, in
+/// `warrant.truncated.cause`, the produce error that refused it whole.
+#[derive(Debug, Clone)]
+pub struct Truncated<'a> {
+    pub original_size: usize,
+    /// Lowercase hex.
+    pub original_sha256: &'a str,
+    pub cause: &'a str,
 }
 
 impl DeadLetter<'_> {
     pub fn headers(&self) -> OwnedHeaders {
         let partition = self.partition.to_string();
         let offset = self.offset.to_string();
-        OwnedHeaders::new_with_capacity(4)
+        let headers = OwnedHeaders::new_with_capacity(8)
             .insert(Header {
                 key: "warrant.reason",
                 value: Some(self.reason),
@@ -98,8 +121,47 @@ impl DeadLetter<'_> {
             .insert(Header {
                 key: "warrant.source.offset",
                 value: Some(&offset),
+            });
+        let Some(truncated) = &self.truncated else {
+            return headers;
+        };
+        let size = truncated.original_size.to_string();
+        headers
+            .insert(Header {
+                key: "warrant.truncated",
+                value: Some("true"),
+            })
+            .insert(Header {
+                key: "warrant.original.size",
+                value: Some(&size),
+            })
+            .insert(Header {
+                key: "warrant.original.sha256",
+                value: Some(truncated.original_sha256),
+            })
+            .insert(Header {
+                key: "warrant.truncated.cause",
+                value: Some(truncated.cause),
             })
     }
+}
+
+/// Whether Kafka refused a record in a way no retry of the same record can
+/// change: it is too large, or malformed for the topic. Anything else
+/// (timeouts, a broker away, a leader moving, even authorization, which an
+/// operator can fix) may succeed later.
+pub fn is_permanent(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error,
+        KafkaError::MessageProduction(
+            Code::MessageSizeTooLarge
+                | Code::InvalidMessageSize
+                | Code::MessageBatchTooLarge
+                | Code::InvalidRecord
+                | Code::BadMessage
+        )
+    )
 }
 
 impl KafkaLog {
@@ -168,15 +230,58 @@ impl KafkaLog {
                 None,
             )
             .await?;
-        tracing::info!(
-            topic = %self.topics.rulesets_topic,
-            digest,
-            version = loaded.ruleset.version(),
-            partition = appended.partition,
-            offset = appended.offset,
-            "published ruleset"
-        );
+        log_published(&self.topics.rulesets_topic, loaded, appended);
         Ok(appended)
+    }
+
+    /// Queue a ruleset's record for the rulesets topic without waiting for
+    /// it. Start-up keeps waiting on this one delivery, which librdkafka
+    /// retries for `message.timeout.ms`, instead of queueing a copy per
+    /// attempt that would all land once Kafka is back.
+    pub fn enqueue_ruleset(&self, loaded: &LoadedRuleset) -> Result<DeliveryFuture, AppendError> {
+        let topic = &self.topics.rulesets_topic;
+        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+            .key(loaded.ruleset.digest().as_bytes())
+            .payload(&loaded.text);
+        self.producer
+            .send_result(record)
+            .map_err(|(source, _record)| AppendError::Kafka {
+                topic: topic.clone(),
+                source,
+            })
+    }
+
+    /// Why `topic` cannot take records now, according to the broker's
+    /// metadata, or `None` if it can. Blocks for at most `timeout`.
+    pub fn topic_problem(&self, topic: &str, timeout: Duration) -> Option<String> {
+        let metadata = match self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), Timeout::After(timeout))
+        {
+            Ok(metadata) => metadata,
+            Err(error) => return Some(format!("no broker answered: {error}")),
+        };
+        match metadata.topics().iter().find(|t| t.name() == topic) {
+            None => Some(format!("the broker does not list topic {topic}")),
+            Some(found) => match found.error() {
+                Some(code) => Some(format!(
+                    "topic {topic}: {}",
+                    rdkafka::types::RDKafkaErrorCode::from(code)
+                )),
+                None if found.partitions().is_empty() => {
+                    Some(format!("topic {topic} has no partitions"))
+                }
+                None => None,
+            },
+        }
+    }
+
+    /// Drop every record still queued or in flight, unacknowledged: their
+    /// deliveries fail. For a shutdown that has nothing worth flushing.
+    pub fn discard_queued(&self) {
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
     }
 
     /// Wait up to `timeout` for everything queued to be delivered.
@@ -204,6 +309,18 @@ impl LogAppender for KafkaLog {
             Ok(appended)
         })
     }
+}
+
+/// The line a published ruleset writes.
+pub fn log_published(topic: &str, loaded: &LoadedRuleset, appended: Appended) {
+    tracing::info!(
+        topic = %topic,
+        digest = loaded.ruleset.digest(),
+        version = loaded.ruleset.version(),
+        partition = appended.partition,
+        offset = appended.offset,
+        "published ruleset"
+    );
 }
 
 /// The one log line every append writes. Inside a request, the request's

@@ -25,8 +25,24 @@ pub struct AppendLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IngressLabels {
     pub topic: String,
-    /// `appended` or `dead_lettered`.
+    /// `appended`, `dead_lettered`, or `dropped` (not even a dead letter
+    /// without the record's bytes could be produced; logged as an error).
     pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// The ingress topic the record came from.
+    pub topic: String,
+    /// Where it was going: `log` or `dead_letter`.
+    pub target: &'static str,
+    /// The Kafka error code, e.g. `MessageSizeTooLarge`.
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,11 +69,14 @@ pub struct Metrics {
     pub http_requests: HistogramFamily<HttpLabels>,
     pub appends: Family<AppendLabels, Counter>,
     pub ingress_records: Family<IngressLabels, Counter>,
+    pub ingress_refused: Family<RefusedLabels, Counter>,
+    pub dead_letters_truncated: Family<TopicLabels, Counter>,
     pub claims: Family<ClaimLabels, Counter>,
     pub deadlines: Family<DeadlineLabels, Counter>,
     pub sweeps_failed: Counter,
     pub reloads_failed: Counter,
     pub ruleset_loaded_at: Gauge,
+    pub ruleset_publish_retries: Counter,
 }
 
 impl Default for Metrics {
@@ -87,6 +106,18 @@ impl Metrics {
             "ingress_records",
             "Ingress records processed, by topic and result",
             ingress_records.clone(),
+        );
+        let ingress_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "ingress_refused",
+            "Ingress records Kafka refused for good (no retry could succeed), by ingress topic, target and error; each falls back to a dead letter, truncated if need be",
+            ingress_refused.clone(),
+        );
+        let dead_letters_truncated = Family::<TopicLabels, Counter>::default();
+        registry.register(
+            "dead_letters_truncated",
+            "Dead letters carrying only a prefix of their record (or none of it), by ingress topic",
+            dead_letters_truncated.clone(),
         );
         let claims = Family::<ClaimLabels, Counter>::default();
         registry.register(
@@ -118,16 +149,25 @@ impl Metrics {
             "Unix time the ruleset in force was loaded",
             ruleset_loaded_at.clone(),
         );
+        let ruleset_publish_retries = Counter::default();
+        registry.register(
+            "ruleset_publish_retries",
+            "Start-up attempts to publish the ruleset that Kafka did not acknowledge in time",
+            ruleset_publish_retries.clone(),
+        );
         Metrics {
             registry,
             http_requests,
             appends,
             ingress_records,
+            ingress_refused,
+            dead_letters_truncated,
             claims,
             deadlines,
             sweeps_failed,
             reloads_failed,
             ruleset_loaded_at,
+            ruleset_publish_retries,
         }
     }
 

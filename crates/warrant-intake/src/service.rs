@@ -8,7 +8,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::Producer;
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use warrant_kafka::KafkaArgs;
@@ -16,8 +19,8 @@ use warrant_kafka::KafkaArgs;
 use crate::config::{load_principals, LoadedRuleset, Paths, Shared};
 use crate::http::{AppState, Clock, HttpOptions, Readiness, RecentInstances, SystemClock};
 use crate::ingress::{Ingress, IngressOptions};
-use crate::log::KafkaLog;
-use crate::metrics::Metrics;
+use crate::log::{Appended, KafkaLog};
+use crate::metrics::{HttpLabels, Metrics};
 use crate::projector::HttpProjector;
 use crate::sweeper::Sweeper;
 use crate::Error;
@@ -178,6 +181,7 @@ pub struct Intake {
     addr: SocketAddr,
     stop: Arc<watch::Sender<bool>>,
     stopped: watch::Receiver<bool>,
+    published: watch::Receiver<Publication>,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
     server: JoinHandle<Result<(), Error>>,
     log: KafkaLog,
@@ -193,9 +197,30 @@ impl std::fmt::Debug for Intake {
 }
 
 impl Intake {
-    /// Load the files, publish the ruleset, bind the listener and start
-    /// every task. Fails (and starts nothing) if any of that fails.
+    /// Load the files, bind the listener and start every task, then wait
+    /// for the first attempt to publish the ruleset to end (at most the
+    /// produce timeout). Fails, starting nothing, only on what a retry
+    /// cannot fix (the files, the flags, the listen address). If Kafka did
+    /// not take the ruleset yet, intake is up but not ready and keeps
+    /// trying in the background (see [`Intake::launch`]).
     pub async fn start(args: Args) -> Result<Intake, Error> {
+        let intake = Intake::launch(args).await?;
+        let mut published = intake.published.clone();
+        let mut stopped = intake.stopped.clone();
+        tokio::select! {
+            _ = published.wait_for(|p| p.published || p.attempts > 0) => {}
+            _ = stopped_signal(&mut stopped) => {}
+        }
+        Ok(intake)
+    }
+
+    /// Like [`Intake::start`] but without waiting on Kafka at all, so a
+    /// stop signal is heard from the first moment. Until the ruleset is on
+    /// the rulesets topic (retried with backoff, each retry logged),
+    /// `/readyz` answers 503, `POST /v1/proposals` answers 503 with
+    /// `Retry-After` (a proposal would cite rules an auditor cannot fetch)
+    /// and ingress does not consume.
+    pub async fn launch(args: Args) -> Result<Intake, Error> {
         args.validate()?;
         let ruleset = LoadedRuleset::load(&args.ruleset)?;
         let principals = load_principals(&args.principals)?;
@@ -212,13 +237,8 @@ impl Intake {
         let metrics = Arc::new(Metrics::new());
         let log = KafkaLog::new(&args.kafka, Duration::from_millis(args.produce_timeout_ms))
             .map_err(Error::Kafka)?;
-        log.publish_ruleset(&ruleset)
-            .await
-            .map_err(Error::PublishRuleset)?;
-        metrics.ruleset_loaded_at.set(crate::now_millis() / 1000);
         let config = Shared::new(ruleset, principals);
         let readiness = Arc::new(Readiness::new(false));
-        readiness.ruleset_published.store(true, Ordering::Relaxed);
         let projector = Arc::new(
             HttpProjector::new(&args.projector_url, Duration::from_secs(5))
                 .map_err(Error::Projector)?,
@@ -232,6 +252,7 @@ impl Intake {
             clock: clock.clone(),
             readiness: readiness.clone(),
             recent: Arc::new(RecentInstances::new(10_000)),
+            sessions: Arc::new(crate::http::Sessions::default()),
             options: HttpOptions {
                 claim_timeout: Duration::from_millis(args.claim_timeout_ms),
                 max_body_bytes: args.max_body_bytes,
@@ -275,7 +296,11 @@ impl Intake {
 
         let (stop, stopped) = watch::channel(false);
         let stop = Arc::new(stop);
-        let router = crate::http::router(state);
+        let (published_tx, published) = watch::channel(Publication::default());
+        let router = crate::http::router(state).layer(axum::middleware::from_fn_with_state(
+            (readiness.clone(), metrics.clone()),
+            refuse_until_published,
+        ));
         let server = {
             let mut stopped = stopped.clone();
             let stop = stop.clone();
@@ -294,8 +319,42 @@ impl Intake {
         tracing::info!(%addr, "intake listening");
 
         let mut tasks = Vec::new();
+        tasks.push((
+            "publish",
+            tokio::spawn(publish_ruleset(
+                log.clone(),
+                config.clone(),
+                readiness.clone(),
+                metrics.clone(),
+                published_tx,
+                stopped.clone(),
+            )),
+        ));
         if let Some(ingress) = ingress {
-            tasks.push(("ingress", tokio::spawn(ingress.run(stopped.clone()))));
+            let mut published = published.clone();
+            let mut stopped = stopped.clone();
+            let stop = stop.clone();
+            tasks.push((
+                "ingress",
+                tokio::spawn(async move {
+                    // Every envelope cites the ruleset in force: none before
+                    // an auditor can fetch it, and no group membership either.
+                    tokio::select! {
+                        // Err: the publisher gave up, which it only does on a stop.
+                        waited = published.wait_for(|p| p.published) => if waited.is_err() {
+                            return;
+                        },
+                        _ = stopped_signal(&mut stopped) => return,
+                    }
+                    if let Err(error) = ingress.subscribe() {
+                        // Was a start-up failure; it still stops intake.
+                        tracing::error!(error = %crate::error_chain(&error), "ingress cannot start; stopping");
+                        stop.send_replace(true);
+                        return;
+                    }
+                    ingress.run(stopped).await;
+                }),
+            ));
         }
         if args.sweeper {
             let sweeper = Sweeper::new(Arc::new(log.clone()), projector, clock, metrics.clone());
@@ -327,11 +386,17 @@ impl Intake {
             addr,
             stop,
             stopped,
+            published,
             tasks,
             server,
             log,
             grace: Duration::from_millis(args.shutdown_timeout_ms),
         })
+    }
+
+    /// Whether the ruleset in force is on the rulesets topic yet.
+    pub fn ruleset_published(&self) -> bool {
+        self.published.borrow().published
     }
 
     /// Where the HTTP API listens (useful with port 0).
@@ -369,6 +434,14 @@ impl Intake {
                 Err(_elapsed) => tracing::warn!(task = name, "task did not stop in time"),
             }
         }
+        if !self.published.borrow().published {
+            // Kafka never took the ruleset, so flushing would only wait out
+            // the grace period; it is published again at the next start.
+            tracing::info!(
+                "the ruleset was never published; discarding what the producer still holds"
+            );
+            self.log.discard_queued();
+        }
         let log = self.log.clone();
         let grace = self.grace;
         match tokio::task::spawn_blocking(move || log.flush(grace)).await {
@@ -382,7 +455,8 @@ impl Intake {
 
 /// Run intake until `shutdown` resolves, then stop gracefully.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
-    let intake = Intake::start(args).await?;
+    // Not `start`: a SIGTERM while Kafka is still loading must be heard.
+    let intake = Intake::launch(args).await?;
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
         _ = intake.stopping() => {}
@@ -396,27 +470,164 @@ async fn stopped_signal(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
+/// How publishing the ruleset at start-up is going.
+#[derive(Debug, Clone, Copy, Default)]
+struct Publication {
+    /// Attempts that failed, and produce-timeout windows a pending attempt
+    /// spent unacknowledged: `start` returns after the first.
+    attempts: u32,
+    published: bool,
+}
+
+/// Publish the ruleset in force to the rulesets topic, retrying until Kafka
+/// acknowledges it or intake stops. A broker that is still loading, or a
+/// rulesets topic not created yet, is waited out, never fatal.
+async fn publish_ruleset(
+    log: KafkaLog,
+    config: Shared,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    progress: watch::Sender<Publication>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let topic = log.topics().rulesets_topic.clone();
+    let window = log.timeout();
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(500);
+    let mut attempt: u32 = 0;
+    loop {
+        // A SIGHUP reload may have published a newer ruleset meanwhile; the
+        // one in force is what must be on the topic.
+        let loaded = config.snapshot().ruleset;
+        attempt += 1;
+        let failure = match log.enqueue_ruleset(&loaded) {
+            Err(error) => crate::error_chain(&error),
+            Ok(mut delivery) => loop {
+                tokio::select! {
+                    _ = stopped_signal(&mut stopped) => {
+                        tracing::info!(topic = %topic, "stopping before the ruleset was published");
+                        return;
+                    }
+                    waited = tokio::time::timeout(window, &mut delivery) => match waited {
+                        Ok(Ok(Ok(delivered))) => {
+                            let appended = Appended {
+                                partition: delivered.partition,
+                                offset: delivered.offset,
+                            };
+                            crate::log::log_published(&topic, &loaded, appended);
+                            metrics.ruleset_loaded_at.set(crate::now_millis() / 1000);
+                            readiness.ruleset_published.store(true, Ordering::Relaxed);
+                            progress.send_modify(|p| p.published = true);
+                            return;
+                        }
+                        Ok(Ok(Err((error, _message)))) => break error.to_string(),
+                        Ok(Err(_canceled)) => break "the producer dropped the record".to_owned(),
+                        Err(_elapsed) => {
+                            // Still queued: librdkafka keeps retrying it, so
+                            // wait on, rather than queue a copy.
+                            metrics.ruleset_publish_retries.inc();
+                            progress.send_modify(|p| p.attempts += 1);
+                            let Some(problem) = unless_stopped(&mut stopped, topic_problem(&log, &topic)).await else {
+                                tracing::info!(topic = %topic, "stopping before the ruleset was published");
+                                return;
+                            };
+                            tracing::warn!(
+                                topic = %topic,
+                                digest = loaded.ruleset.digest(),
+                                attempt,
+                                waited_ms = started.elapsed().as_millis() as u64,
+                                retry_in_ms = window.as_millis() as u64,
+                                problem = problem.as_deref().unwrap_or("none seen; the broker may still be loading"),
+                                "the ruleset is not acknowledged yet; not ready, still trying"
+                            );
+                        }
+                    },
+                }
+            },
+        };
+        metrics.ruleset_publish_retries.inc();
+        progress.send_modify(|p| p.attempts += 1);
+        let Some(problem) = unless_stopped(&mut stopped, topic_problem(&log, &topic)).await else {
+            tracing::info!(topic = %topic, "stopping before the ruleset was published");
+            return;
+        };
+        tracing::warn!(
+            topic = %topic,
+            digest = loaded.ruleset.digest(),
+            attempt,
+            waited_ms = started.elapsed().as_millis() as u64,
+            retry_in_ms = backoff.as_millis() as u64,
+            error = %failure,
+            problem = problem.as_deref().unwrap_or("none seen"),
+            "cannot publish the ruleset; not ready, retrying"
+        );
+        tokio::select! {
+            _ = stopped_signal(&mut stopped) => {
+                tracing::info!(topic = %topic, "stopping before the ruleset was published");
+                return;
+            }
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// `future`'s output, or `None` if a shutdown begins first.
+async fn unless_stopped<T>(
+    stopped: &mut watch::Receiver<bool>,
+    future: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        output = future => Some(output),
+        _ = stopped_signal(stopped) => None,
+    }
+}
+
+/// [`KafkaLog::topic_problem`] off the async threads.
+async fn topic_problem(log: &KafkaLog, topic: &str) -> Option<String> {
+    let log = log.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || log.topic_problem(&topic, Duration::from_secs(3)))
+        .await
+        .unwrap_or_else(|error| Some(format!("the metadata check failed: {error}")))
+}
+
+/// Answer `POST /v1/proposals` 503 with `Retry-After` until the ruleset is
+/// published: a proposal is resolved against the ruleset and cites it.
+async fn refuse_until_published(
+    State((readiness, metrics)): State<(Arc<Readiness>, Arc<Metrics>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.method() == Method::POST && request.uri().path() == "/v1/proposals" {
+        if let Err(refused) = readiness.require_ruleset() {
+            // `track` (which counts requests) runs after routing, inside this layer.
+            metrics
+                .http_requests
+                .get_or_create(&HttpLabels {
+                    route: "/v1/proposals".to_owned(),
+                    status: refused.status.as_u16(),
+                })
+                .observe(0.0);
+            return refused.into_response();
+        }
+    }
+    next.run(request).await
+}
+
 /// Keep `/readyz` honest: ask for the log topic's metadata every few seconds.
 async fn check_log(log: KafkaLog, readiness: Arc<Readiness>, mut stopped: watch::Receiver<bool>) {
     loop {
-        let producer = log.producer().clone();
-        let topic = log.topics().log_topic.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(3))
-                .map(|metadata| {
-                    metadata.topics().iter().any(|t| {
-                        t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
-                    })
-                })
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
+        let problem = topic_problem(&log, &log.topics().log_topic).await;
+        let ok = problem.is_none();
         let was = readiness.log.swap(ok, Ordering::Relaxed);
         if was != ok {
-            tracing::info!(topic = %log.topics().log_topic, reachable = ok, "log topic reachability changed");
+            tracing::info!(
+                topic = %log.topics().log_topic,
+                reachable = ok,
+                problem = problem.as_deref(),
+                "log topic reachability changed"
+            );
         }
         tokio::select! {
             _ = stopped_signal(&mut stopped) => return,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
@@ -145,4 +146,58 @@ pub fn highs(args: &KafkaArgs, topic: &str) -> BTreeMap<i32, i64> {
         .map(|p| (p, watermarks(&consumer, topic, p).expect("watermarks").1))
         .filter(|(_, high)| *high > 0)
         .collect()
+}
+
+/// Create `topic` with `partitions` and the given topic-level configs (the
+/// broker does not auto-create topics, so one never created stays missing).
+pub async fn create_topic(
+    args: &KafkaArgs,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) {
+    let admin = args.admin().expect("admin client");
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (key, value) in configs {
+        new = new.set(key, value);
+    }
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics([&new], &options)
+        .await
+        .expect("create topics");
+    for result in results {
+        result.expect("topic created");
+    }
+    // Creation is acknowledged before every metadata answer lists it.
+    let consumer: BaseConsumer = args.assigned_consumer().expect("consumer");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !partitions_of(&consumer, topic).is_ok_and(|p| p.len() == partitions as usize) {
+        assert!(
+            Instant::now() < deadline,
+            "{topic} never showed up in metadata"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A record's header as text, if it has it.
+pub fn header(message: &OwnedMessage, key: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// `GET /metrics` of an intake, as text.
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
 }
