@@ -37,6 +37,7 @@ PROPOSALS_TOPIC="${WARRANT_PROPOSALS_TOPIC:-warrant.proposals}"
 SIGNALS_TOPIC="${WARRANT_SIGNALS_TOPIC:-warrant.signals}"
 DEAD_LETTER_TOPIC="${WARRANT_DEAD_LETTER_TOPIC:-warrant.dead-letter}"
 RULESETS_TOPIC="${WARRANT_RULESETS_TOPIC:-warrant.rulesets}"
+PRINCIPALS_TOPIC="${WARRANT_PRINCIPALS_TOPIC:-warrant.principals}"
 LOG_PARTITIONS="${WARRANT_LOG_PARTITIONS:-3}"
 
 JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
@@ -64,7 +65,7 @@ Environment (current value):
   WARRANT_KAFKA_START_TIMEOUT     seconds          ($START_TIMEOUT)
   WARRANT_KAFKA_VERSION           override the Kafka version pinned in deploy/kafka/pom.xml
   WARRANT_LOG_PARTITIONS          partitions of $LOG_TOPIC ($LOG_PARTITIONS)
-  WARRANT_{LOG,PROPOSALS,SIGNALS,DEAD_LETTER,RULESETS}_TOPIC   topic names
+  WARRANT_{LOG,PROPOSALS,SIGNALS,DEAD_LETTER,RULESETS,PRINCIPALS}_TOPIC   topic names
 
 Broker log: \$WARRANT_KAFKA_DATA/logs/server.log (JVM stdout/stderr: logs/broker.out).
 EOF
@@ -266,6 +267,8 @@ cmd_start() {
   if pid="$(broker_pid)"; then
     if port_open "$PORT"; then
       log "already running (pid $pid, $BOOTSTRAP, Kafka $(kafka_version))"
+      # A checkout newer than the running broker may need a new topic.
+      cmd_topics
       return 0
     fi
     log "broker pid $pid exists but port $PORT is not open yet; waiting"
@@ -329,6 +332,8 @@ create_topics() {
     "$DEAD_LETTER_TOPIC 1 --config retention.ms=-1"
     # Rulesets are keyed state: compaction keeps the latest version per key.
     "$RULESETS_TOPIC 1 --config cleanup.policy=compact"
+    # Reviewer directories too: one record per directory digest.
+    "$PRINCIPALS_TOPIC 1 --config cleanup.policy=compact"
   )
 
   local tmp spec name partitions extra_str failed=0

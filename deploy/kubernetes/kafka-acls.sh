@@ -58,6 +58,7 @@ PROPOSALS_TOPIC="${WARRANT_PROPOSALS_TOPIC:-warrant.proposals}"
 SIGNALS_TOPIC="${WARRANT_SIGNALS_TOPIC:-warrant.signals}"
 DEAD_LETTER_TOPIC="${WARRANT_DEAD_LETTER_TOPIC:-warrant.dead-letter}"
 RULESETS_TOPIC="${WARRANT_RULESETS_TOPIC:-warrant.rulesets}"
+PRINCIPALS_TOPIC="${WARRANT_PRINCIPALS_TOPIC:-warrant.principals}"
 INGRESS_GROUP="${WARRANT_INGRESS_GROUP:-warrant-intake}"
 
 # The one Kafka user allowed to produce to each ingress topic. Intake takes
@@ -90,6 +91,7 @@ allow() {
 # Intake: the only door into the log (and the rulesets and dead letters).
 allow User:warrant-intake topic "$LOG_TOPIC" Write Describe
 allow User:warrant-intake topic "$RULESETS_TOPIC" Write Describe
+allow User:warrant-intake topic "$PRINCIPALS_TOPIC" Write Describe
 allow User:warrant-intake topic "$DEAD_LETTER_TOPIC" Write Describe
 # Intake: the ingress consumer group.
 allow User:warrant-intake topic "$PROPOSALS_TOPIC" Read Describe
@@ -104,6 +106,7 @@ allow User:warrant-projector group warrant-assigned Describe
 # Auditors (warrant-replay): the log, and the rulesets that were in force.
 allow User:warrant-auditor topic "$LOG_TOPIC" Read Describe
 allow User:warrant-auditor topic "$RULESETS_TOPIC" Read Describe
+allow User:warrant-auditor topic "$PRINCIPALS_TOPIC" Read Describe
 allow User:warrant-auditor group warrant-replay Describe
 allow User:warrant-auditor group warrant-assigned Describe
 

@@ -760,6 +760,7 @@ async fn the_seed_paper_flow_through_the_real_binaries() {
         .args([
             format!("--brokers={}", args.brokers),
             format!("--log-topic={}", args.log_topic),
+            format!("--principals-topic={}", args.principals_topic),
         ])
         .args(["--quiet", "--verify", &projector_url])
         .output()

@@ -193,6 +193,7 @@ pub fn topic_flags(args: &KafkaArgs) -> Vec<String> {
         format!("--signals-topic={}", args.signals_topic),
         format!("--dead-letter-topic={}", args.dead_letter_topic),
         format!("--rulesets-topic={}", args.rulesets_topic),
+        format!("--principals-topic={}", args.principals_topic),
     ]
 }
 

@@ -48,6 +48,7 @@ TOPIC_FLAGS = (
     "--signals-topic",
     "--dead-letter-topic",
     "--rulesets-topic",
+    "--principals-topic",
 )
 # Env vars whose value is a file the binary reads, and a directory it writes.
 READ_FILES = ("WARRANT_RULESET", "WARRANT_PRINCIPALS")
@@ -589,7 +590,7 @@ def kafka_sh_topics() -> dict[str, TopicSpec]:
         spec = TopicSpec(partitions=int(numbers.get(partitions, partitions)))
         spec.configs = dict(re.findall(r"--config (\S+?)=(\S+)", extra))
         specs[names[var]] = spec
-    assert len(specs) == 5, f"could not read the five topics from deploy/kafka.sh (got {specs})"
+    assert len(specs) == 6, f"could not read the six topics from deploy/kafka.sh (got {specs})"
     return specs
 
 
@@ -609,9 +610,10 @@ def topic_problems(specs: dict[str, TopicSpec], defaults: dict[str, str], dev: d
         problems.append(f"topic {defaults['--log-topic']} must keep everything (retention.ms=-1), has {log.configs}")
     if log and log.configs.get("cleanup.policy", "delete") != "delete":
         problems.append(f"topic {defaults['--log-topic']} must never be compacted")
-    rulesets = specs.get(defaults["--rulesets-topic"])
-    if rulesets and rulesets.configs.get("cleanup.policy") != "compact":
-        problems.append(f"topic {defaults['--rulesets-topic']} must be compacted")
+    for flag in ("--rulesets-topic", "--principals-topic"):
+        keyed = specs.get(defaults[flag])
+        if keyed and keyed.configs.get("cleanup.policy") != "compact":
+            problems.append(f"topic {defaults[flag]} must be compacted")
     return problems
 
 
@@ -922,7 +924,7 @@ def test_kafka_acls_let_only_intake_write_the_log():
     def writers(topic):
         return {p for p, ops in grants.get(("topic", topic), {}).items() if ops & {"Write", "All"}}
 
-    for flag in ("--log-topic", "--rulesets-topic", "--dead-letter-topic"):
+    for flag in ("--log-topic", "--rulesets-topic", "--principals-topic", "--dead-letter-topic"):
         assert writers(defaults[flag]) == {"User:warrant-intake"}, f"{defaults[flag]} writers: {writers(defaults[flag])}"
     log = grants[("topic", defaults["--log-topic"])]
     assert log["User:warrant-projector"] == {"Read", "Describe"}

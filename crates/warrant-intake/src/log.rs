@@ -218,6 +218,34 @@ impl KafkaLog {
         }
     }
 
+    /// Publish the reviewer directory (names, roles, public keys; never a
+    /// secret) to the compacted principals topic under the SHA-256 of its
+    /// bytes, so an auditor can tie a key to a reviewer at a time
+    /// (docs/signatures.md). Returns the digest.
+    pub async fn publish_directory(
+        &self,
+        principals: &crate::principals::Principals,
+    ) -> Result<String, AppendError> {
+        let bytes = principals.directory().to_bytes();
+        let digest = warrant_authority::sha256_hex(&bytes);
+        let appended = self
+            .produce(
+                &self.topics.principals_topic,
+                Some(digest.as_bytes()),
+                &bytes,
+                None,
+            )
+            .await?;
+        tracing::info!(
+            topic = %self.topics.principals_topic,
+            digest = %digest,
+            partition = appended.partition,
+            offset = appended.offset,
+            "published reviewer directory"
+        );
+        Ok(digest)
+    }
+
     /// Publish a ruleset's exact text to the compacted rulesets topic under
     /// its digest, so an auditor can fetch the rules any instance cites.
     pub async fn publish_ruleset(&self, loaded: &LoadedRuleset) -> Result<Appended, AppendError> {

@@ -515,6 +515,12 @@ async fn publish_ruleset(
                                 offset: delivered.offset,
                             };
                             crate::log::log_published(&topic, &loaded, appended);
+                            // The directory goes first too: a signed
+                            // decision must never cite a key before the
+                            // directory naming its owner is on the log.
+                            if let Err(error) = log.publish_directory(&config.snapshot().principals).await {
+                                break crate::error_chain(&error);
+                            }
                             metrics.ruleset_loaded_at.set(crate::now_millis() / 1000);
                             readiness.ruleset_published.store(true, Ordering::Relaxed);
                             progress.send_modify(|p| p.published = true);
@@ -677,8 +683,20 @@ async fn reload_on_sighup(
 /// Reload the ruleset and the principals (see [`reload_on_sighup`]).
 pub async fn reload(paths: &Paths, config: &Shared, log: &KafkaLog, metrics: &Metrics) {
     let current = config.snapshot();
+    // Like a ruleset, a new directory is in force only once it is on the
+    // principals topic: a key must be published before it can sign.
     let principals = match load_principals(&paths.principals) {
-        Ok(principals) => Arc::new(principals),
+        Ok(principals) if principals.directory() == current.principals.directory() => {
+            Arc::new(principals)
+        }
+        Ok(principals) => match log.publish_directory(&principals).await {
+            Ok(_) => Arc::new(principals),
+            Err(error) => {
+                metrics.reloads_failed.inc();
+                tracing::error!(error = %crate::error_chain(&error), "new reviewer directory not published; keeping the principals in force");
+                current.principals.clone()
+            }
+        },
         Err(error) => {
             metrics.reloads_failed.inc();
             tracing::error!(error = %crate::error_chain(&error), "reload refused; keeping the principals in force");

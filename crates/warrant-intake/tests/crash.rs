@@ -47,6 +47,7 @@ fn spawn_intake(
         .args(["--signals-topic", &topics.signals_topic])
         .args(["--dead-letter-topic", &topics.dead_letter_topic])
         .args(["--rulesets-topic", &topics.rulesets_topic])
+        .args(["--principals-topic", &topics.principals_topic])
         .arg("--ruleset")
         .arg(example("ruleset.yaml"))
         .arg("--principals")

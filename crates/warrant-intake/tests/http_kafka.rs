@@ -153,6 +153,7 @@ async fn sighup_publishes_a_changed_ruleset_and_swaps_the_principals() {
         .args(["--brokers", &topics.brokers])
         .args(["--log-topic", &topics.log_topic])
         .args(["--rulesets-topic", &topics.rulesets_topic])
+        .args(["--principals-topic", &topics.principals_topic])
         .arg("--ruleset")
         .arg(&ruleset)
         .arg("--principals")

@@ -66,6 +66,14 @@ pub struct KafkaArgs {
         default_value = "warrant.rulesets"
     )]
     pub rulesets_topic: String,
+    /// Compacted topic of reviewer directories (names, roles, public keys;
+    /// never secrets), keyed by digest: which key was a reviewer's when.
+    #[arg(
+        long = "principals-topic",
+        env = "WARRANT_PRINCIPALS_TOPIC",
+        default_value = "warrant.principals"
+    )]
+    pub principals_topic: String,
     /// Extra librdkafka properties for every client, as KEY=VALUE: how to
     /// reach a secured cluster (security.protocol=SASL_SSL,
     /// sasl.mechanism=SCRAM-SHA-512, sasl.username=..., ssl.ca.location=...).
@@ -148,6 +156,7 @@ impl Default for KafkaArgs {
             signals_topic: "warrant.signals".to_owned(),
             dead_letter_topic: "warrant.dead-letter".to_owned(),
             rulesets_topic: "warrant.rulesets".to_owned(),
+            principals_topic: "warrant.principals".to_owned(),
             properties: Vec::new(),
         }
     }
@@ -169,6 +178,7 @@ impl KafkaArgs {
             signals_topic: name("signals"),
             dead_letter_topic: name("dead-letter"),
             rulesets_topic: name("rulesets"),
+            principals_topic: name("principals"),
             properties: Vec::new(),
         }
     }
@@ -248,6 +258,8 @@ impl KafkaArgs {
             NewTopic::new(&self.dead_letter_topic, 1, TopicReplication::Fixed(1))
                 .set("retention.ms", "-1"),
             NewTopic::new(&self.rulesets_topic, 1, TopicReplication::Fixed(1))
+                .set("cleanup.policy", "compact"),
+            NewTopic::new(&self.principals_topic, 1, TopicReplication::Fixed(1))
                 .set("cleanup.policy", "compact"),
         ];
         let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));

@@ -415,6 +415,66 @@ fn finish(
     }
 }
 
+/// Every reviewer directory on the principals topic, with the time each was
+/// published (the record timestamp), for the offline signature audit. The
+/// topic is small (one record per directory version, compacted), so it is
+/// read whole. A missing topic is an error: an auditor must not mistake
+/// "nothing to check against" for "nothing wrong".
+pub fn read_directories(
+    kafka: &KafkaArgs,
+) -> Result<Vec<crate::signatures::PublishedDirectory>, Error> {
+    let consumer = consumer(kafka)?;
+    let topic = &kafka.principals_topic;
+    let mut directories = Vec::new();
+    let mut list = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for partition in partitions_of(&consumer, topic)? {
+        let (low, high) = watermarks(&consumer, topic, partition)?;
+        if high > low {
+            list.add_partition_offset(topic, partition, Offset::Offset(low))
+                .map_err(|source| client_error(kafka, source))?;
+            ends.insert(partition, high);
+        }
+    }
+    if ends.is_empty() {
+        return Ok(directories);
+    }
+    consumer
+        .assign(&list)
+        .map_err(|source| client_error(kafka, source))?;
+    let deadline = Instant::now() + METADATA_TIMEOUT;
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    while ends
+        .iter()
+        .any(|(partition, high)| next.get(partition).copied().unwrap_or(0) < *high)
+    {
+        if Instant::now() > deadline {
+            return Err(Error::Stalled {
+                topic: topic.clone(),
+                positions: format!("{next:?} of {ends:?}"),
+                seconds: METADATA_TIMEOUT.as_secs(),
+            });
+        }
+        // Errors are end-of-partition notices; the loop condition decides.
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            next.insert(message.partition(), message.offset() + 1);
+            let digest = message
+                .key()
+                .map(|key| String::from_utf8_lossy(key).into_owned())
+                .unwrap_or_default();
+            let published_at = message.timestamp().to_millis().unwrap_or_default();
+            let Some(value) = message.payload() else {
+                continue;
+            };
+            match crate::signatures::parse_directory(&digest, published_at, value) {
+                Ok(directory) => directories.push(directory),
+                Err(problem) => tracing::warn!(topic = %topic, problem, "skipping a record"),
+            }
+        }
+    }
+    Ok(directories)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

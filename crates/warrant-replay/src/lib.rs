@@ -20,6 +20,7 @@ pub mod file;
 pub mod kafka;
 pub mod range;
 mod replayed;
+pub mod signatures;
 mod source;
 pub mod text;
 pub mod time;
@@ -31,7 +32,9 @@ use std::time::Duration;
 
 pub use error::Error;
 pub use range::{Bound, PartitionRange, RangeSpec};
-pub use replayed::{Folder, Keep, Replay, ReplayedInstance, ReplayedRecord, Summary};
+pub use replayed::{
+    Folder, Keep, Replay, ReplayedInstance, ReplayedRecord, SignedDecisionSeen, Summary,
+};
 pub use source::{Progress, RawRecord, Sink, Source};
 pub use verify::{verify, Verdict, VerifyOptions, VerifyReport};
 
@@ -128,6 +131,8 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
                 topic: kafka.log_topic.clone(),
                 ranges,
                 exact_ranges: true,
+                signed_decisions: merged.signed,
+                attested_decisions: merged.attested,
                 instances: merged.instances,
                 records: merged.records,
                 events: merged.events,
@@ -156,6 +161,8 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
                     .unwrap_or_default(),
                 ranges,
                 exact_ranges,
+                signed_decisions: merged.signed,
+                attested_decisions: merged.attested,
                 instances: merged.instances,
                 records: merged.records,
                 events: merged.events,

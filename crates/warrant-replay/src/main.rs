@@ -358,6 +358,23 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
+    // Every signed decision is checked offline: its proof (the fold did)
+    // and its key against the reviewer directory published before it.
+    let directories = match &options.source {
+        // Nothing signed, nothing to tie to a reviewer: no need to read them.
+        _ if replayed.signed_decisions.is_empty() => Some(Vec::new()),
+        Source::Kafka(kafka) => Some(
+            warrant_replay::kafka::read_directories(kafka)
+                .context("cannot read the reviewer directories (--principals-topic)")?,
+        ),
+        Source::File(_) => None,
+    };
+    let signatures = warrant_replay::signatures::audit(
+        &replayed.signed_decisions,
+        replayed.attested_decisions,
+        directories.as_deref(),
+    );
+
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     match write_output(&mut out, format, &replayed, report.as_ref()).and_then(|()| out.flush()) {
@@ -370,11 +387,15 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
 
     let summary = replayed.summary();
     eprintln!("{summary} in {:.2} s", fold_time.as_secs_f64());
+    if let Err(error) = signatures.write_text(&mut std::io::stderr().lock()) {
+        tracing::warn!(error = %error, "cannot print the signature audit");
+    }
     if args.instance.is_some() && replayed.instances.is_empty() {
         eprintln!("warrant-replay: no record of that instance in the range");
     }
     let code = match &report {
         Some(report) if report.failed() => ExitCode::from(1),
+        _ if signatures.failed() => ExitCode::from(1),
         _ => ExitCode::SUCCESS,
     };
     // Freeing a million instance states one by one takes longer than the

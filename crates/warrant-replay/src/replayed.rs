@@ -180,12 +180,32 @@ struct PartitionFold {
     instances: HashMap<String, Slot>,
 }
 
+/// A decision signed with a reviewer's own key, as replay saw it: what the
+/// offline signature audit (`crate::signatures`) checks against the
+/// reviewer directories published before it. Kept for every signed
+/// decision whatever `Keep` says (they are few), nothing for HMAC ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SignedDecisionSeen {
+    pub instance_id: String,
+    pub seq: u64,
+    pub position: LogPosition,
+    pub recorded_at: i64,
+    pub reviewer: String,
+    pub key_id: String,
+    pub public_key: String,
+    /// The fold's refusal of it, if any (`BadSignature` means the proof
+    /// did not verify: intake was bypassed or the log was tampered with).
+    pub refusal: Option<warrant_authority::RefusalCode>,
+}
+
 /// A [`Sink`] that folds records; one per reader thread, merged at the end.
 pub struct Folder {
     keep: Keep,
     only: Option<Only>,
     partitions: BTreeMap<i32, PartitionFold>,
     events: u64,
+    signed: Vec<SignedDecisionSeen>,
+    attested: u64,
 }
 
 impl std::fmt::Debug for Folder {
@@ -207,6 +227,8 @@ impl Folder {
             only: only.as_deref().map(Only::new),
             partitions: BTreeMap::new(),
             events: 0,
+            signed: Vec::new(),
+            attested: 0,
         }
     }
 
@@ -266,6 +288,23 @@ impl Folder {
             &mut slot.folded.state,
             LogEvent::decode(position, record.value),
         );
+        if let Some(warrant_schema::EventBody::DecisionRecorded(decision)) =
+            entry.event.as_ref().map(|e| &e.body)
+        {
+            match &decision.proof {
+                Some(proof) => self.signed.push(SignedDecisionSeen {
+                    instance_id: slot.folded.state.instance_id.clone(),
+                    seq: entry.seq,
+                    position,
+                    recorded_at: entry.recorded_at.unwrap_or_default(),
+                    reviewer: decision.reviewer.principal.clone(),
+                    key_id: proof.key_id.clone(),
+                    public_key: proof.public_key.clone(),
+                    refusal: entry.outcome.refusal(),
+                }),
+                None => self.attested += 1,
+            }
+        }
         if entry.seq == 1 {
             let proposal_applied = matches!(entry.outcome, Outcome::Applied { from: None, .. });
             slot.partial = part.starts_late && !proposal_applied;
@@ -285,8 +324,12 @@ impl Folder {
         let mut instances = Vec::new();
         let mut events = 0;
         let mut records = BTreeMap::new();
+        let mut signed = Vec::new();
+        let mut attested = 0;
         for folder in folders {
             events += folder.events;
+            signed.extend(folder.signed);
+            attested += folder.attested;
             for (partition, part) in folder.partitions {
                 *records.entry(partition).or_insert(0) += part.records;
                 instances.extend(part.instances.into_values().map(|slot| ReplayedInstance {
@@ -319,10 +362,13 @@ impl Folder {
                     .collect();
             }
         }
+        signed.sort_by(|a, b| (&a.instance_id, a.seq).cmp(&(&b.instance_id, b.seq)));
         FoldResult {
             instances,
             events,
             records,
+            signed,
+            attested,
         }
     }
 }
@@ -333,6 +379,8 @@ pub struct FoldResult {
     pub instances: Vec<ReplayedInstance>,
     pub events: u64,
     pub records: BTreeMap<i32, u64>,
+    pub signed: Vec<SignedDecisionSeen>,
+    pub attested: u64,
 }
 
 /// A record whose offset does not follow the previous one of its partition.
@@ -356,6 +404,10 @@ impl Sink for Folder {
 /// The result of a replay.
 #[derive(Debug)]
 pub struct Replay {
+    /// Every decision signed with a reviewer's own key in the range.
+    pub signed_decisions: Vec<SignedDecisionSeen>,
+    /// Decisions in the range attested by intake (HMAC).
+    pub attested_decisions: u64,
     /// What was read (`kafka <brokers> topic <t>` or `file <path>`).
     pub source: String,
     pub topic: String,
@@ -806,6 +858,8 @@ mod tests {
             );
         }
         let replay = Replay {
+            signed_decisions: Vec::new(),
+            attested_decisions: 0,
             source: String::new(),
             topic: String::new(),
             ranges: Vec::new(),

@@ -39,7 +39,8 @@ fn constraints(map: &std::collections::BTreeMap<String, String>) -> String {
     pairs.join(", ")
 }
 
-fn requested_scope(scope: &Scope) -> String {
+/// A decision's requested scope in one line (also `warrant`'s confirmation).
+pub fn requested_scope(scope: &Scope) -> String {
     format!(
         "constraints {}; not after {}; max executions {}",
         constraints(&scope.constraints),
