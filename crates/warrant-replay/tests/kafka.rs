@@ -25,7 +25,7 @@ use warrant_replay::{
     ExportOptions, Keep, RangeSpec, Replay, ReplayOptions, ReplayedRecord, Source, Verdict,
     VerifyOptions,
 };
-use warrant_schema::{samples, Envelope};
+use warrant_schema::{samples, Envelope, EventBody};
 
 /// The local broker; `deploy/kafka.sh` and these tests follow WARRANT_KAFKA_PORT.
 static BROKERS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -245,6 +245,8 @@ fn kafka_args(kafka: &KafkaArgs) -> Vec<String> {
         kafka.brokers.clone(),
         "--log-topic".to_owned(),
         kafka.log_topic.clone(),
+        "--principals-topic".to_owned(),
+        kafka.principals_topic.clone(),
     ]
 }
 
@@ -754,4 +756,144 @@ async fn an_export_replays_to_the_same_heads_and_a_flipped_byte_is_caught() {
         "{}",
         caught.stdout
     );
+}
+
+/// The sample proposal under a one-SRE rule, then the sample decision
+/// signed with the sample reviewer key (dave's), on partition 0.
+fn signed_history() -> Vec<ToSend> {
+    let mut proposal = samples::envelopes()[0].1.clone();
+    if let warrant_schema::EventBody::ActionProposed(proposed) = &mut proposal.body {
+        proposed.requirement.approvals_required = 1;
+        proposed.requirement.required_signals.clear();
+        proposed.requirement.approver_roles = vec!["sre".to_owned()];
+    }
+    let key = Some(samples::INSTANCE_ID.as_bytes().to_vec());
+    [proposal, samples::signed_decision()]
+        .iter()
+        .map(|envelope| {
+            let value = warrant_schema::encode(envelope).unwrap_or_else(|e| panic!("encode: {e}"));
+            (0, key.clone(), value, recent_millis())
+        })
+        .collect()
+}
+
+/// Publish a reviewer directory naming `holder` as the sample key's owner,
+/// at `published_at` (unix ms), the way intake does.
+async fn publish_directory(kafka: &KafkaArgs, holder: &str, published_at: i64) {
+    let value = serde_json::json!({ "reviewers": [{
+        "principal": holder,
+        "roles": ["sre"],
+        "keys": [{ "key_id": "b600306cfa76723f", "public_key": samples::SIGNED_REVIEWER_PUBLIC_KEY }],
+        "hmac": false,
+    }]})
+    .to_string();
+    let digest = warrant_authority::sha256_hex(value.as_bytes());
+    let producer = kafka.producer().unwrap_or_else(|e| panic!("producer: {e}"));
+    producer
+        .send(
+            FutureRecord::<str, str>::to(&kafka.principals_topic)
+                .key(&digest)
+                .payload(&value)
+                .timestamp(published_at),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_audits_every_signed_decision_against_the_directory_in_force() {
+    let signed_at = samples::signed_decision().recorded_at;
+    let kafka = fresh_topics().await;
+    produce(&kafka, signed_history()).await;
+    publish_directory(&kafka, "dave", signed_at - 60_000).await;
+    let args = kafka_args(&kafka);
+    let mut quiet: Vec<&str> = args.iter().map(String::as_str).collect();
+    quiet.extend(["--quiet", "--format", "text"]);
+    let run = run_binary(&quiet).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains("signatures: 1 signed by the reviewer, 0 attested by intake (HMAC); ok"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout
+            .contains("signed by the reviewer (key b600306cfa76723f)"),
+        "{}",
+        run.stdout
+    );
+
+    // A later directory (still before the decision) gives the key to erin:
+    // dave's signature no longer ties to dave.
+    publish_directory(&kafka, "erin", signed_at - 1_000).await;
+    let run = run_binary(&quiet).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "SIGNATURE {} entry 2 (partition 0, offset 1) by dave: key b600306cfa76723f is not dave's",
+            samples::INSTANCE_ID
+        )),
+        "{}",
+        run.stderr
+    );
+
+    // With no directory published before the decision, nothing vouches for the key.
+    let early = fresh_topics().await;
+    produce(&early, signed_history()).await;
+    publish_directory(&early, "dave", signed_at + 60_000).await;
+    let args = kafka_args(&early);
+    let mut quiet: Vec<&str> = args.iter().map(String::as_str).collect();
+    quiet.push("--quiet");
+    let run = run_binary(&quiet).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("no reviewer directory was published before it"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_signature_byte_in_an_export_makes_replay_fail() {
+    let kafka = fresh_topics().await;
+    produce(&kafka, signed_history()).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let file = dir.path().join("signed.avro");
+    let file_arg = file.to_string_lossy().into_owned();
+    let mut args = kafka_args(&kafka);
+    args.extend(["export", "--out", &file_arg, "--quiet"].map(str::to_owned));
+    args.rotate_right(4);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let exported = run_binary(&args).await;
+    assert_eq!(exported.code, 0, "{}", exported.stderr);
+
+    let clean = run_binary(&["--file", &file_arg, "--quiet"]).await;
+    assert_eq!(clean.code, 0, "{}", clean.stderr);
+    assert!(
+        clean
+            .stderr
+            .contains("1 verified but the key's owner not checked"),
+        "{}",
+        clean.stderr
+    );
+
+    let EventBody::DecisionRecorded(decision) = samples::signed_decision().body else {
+        panic!("not a decision");
+    };
+    let signature = decision.proof.map(|p| p.signature).unwrap_or_default();
+    flip_byte_of(&file, signature.as_bytes());
+    let caught = run_binary(&["--file", &file_arg, "--quiet", "--format", "text"]).await;
+    assert_eq!(caught.code, 1, "{}\n{}", caught.stdout, caught.stderr);
+    assert!(
+        caught.stderr.contains(&format!(
+            "SIGNATURE {} entry 2 (partition 0, offset 1) by dave: the proof does not verify",
+            samples::INSTANCE_ID
+        )),
+        "{}",
+        caught.stderr
+    );
+    assert!(caught.stdout.contains("BadSignature"), "{}", caught.stdout);
 }
