@@ -245,6 +245,19 @@ async fn sighup_publishes_a_changed_ruleset_and_swaps_the_principals() {
         .find(|m| m.key() == Some(digest.as_bytes()))
         .expect("the new ruleset, keyed by its digest");
     assert_eq!(latest.payload(), Some(new_rules.as_bytes()));
+    // The reviewer directory went to the principals topic at start, keyed
+    // by its digest and without a secret; the reload changed only tokens,
+    // so no second version was published.
+    let directories = read_all(&topics, &topics.principals_topic);
+    assert_eq!(directories.len(), 1);
+    let directory = directories[0].payload().expect("a directory");
+    assert_eq!(
+        directories[0].key(),
+        Some(warrant_authority::sha256_hex(directory).as_bytes())
+    );
+    let text = String::from_utf8_lossy(directory);
+    assert!(text.contains("\"principal\":\"alice\""), "{text}");
+    assert!(!text.contains("example-alice-secret"), "{text}");
 
     // A broken file changes nothing.
     std::fs::write(&ruleset, "rules: [").expect("write");
