@@ -69,8 +69,16 @@ pub fn check_kind(kind: &str) -> Result<(), String> {
 
 /// `target`: free text under [`check_text`]'s rules, in non-empty
 /// `/`-separated segments none of which is `.` or `..`. Case-sensitive.
+/// `\` and `%` are refused: an executor that reads either as a separator
+/// or an escape (`prod%2Fpayments`, `prod\payments`) would act on a
+/// target no rule prefix covered.
 pub fn check_target(target: &str) -> Result<(), String> {
     check_text(target)?;
+    if let Some(bad) = target.chars().find(|c| matches!(c, '\\' | '%')) {
+        return Err(format!(
+            "must not hold {bad:?}: it could be read as a separator or an escape"
+        ));
+    }
     for segment in target.split('/') {
         match segment {
             "" => return Err("must not have an empty '/'-separated segment".to_owned()),
@@ -81,8 +89,11 @@ pub fn check_target(target: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// 1–1024 characters of UTF-8, no control characters, no surrounding
-/// whitespace.
+/// 1–1024 characters of UTF-8 that read as what they are: no control or
+/// invisible (format, bidi, filler) characters, no whitespace but the plain
+/// space and none around the text, and in Unicode NFKC form, so fullwidth
+/// `ｐｒｏｄ`, a zero-width space or a bidi override cannot spell a target
+/// (or a name) that looks like another but matches differently.
 pub fn check_text(text: &str) -> Result<(), String> {
     let length = text.chars().count();
     if length == 0 || length > MAX_TARGET_LEN {
@@ -93,10 +104,61 @@ pub fn check_text(text: &str) -> Result<(), String> {
     if let Some(bad) = text.chars().find(|c| c.is_control()) {
         return Err(format!("must not hold control character {bad:?}"));
     }
+    if let Some(bad) = text.chars().find(|&c| is_invisible(c)) {
+        return Err(format!(
+            "must not hold invisible character U+{:04X}",
+            u32::from(bad)
+        ));
+    }
     if text.trim() != text {
         return Err("must not begin or end with whitespace".to_owned());
     }
+    if let Some(bad) = text.chars().find(|&c| c.is_whitespace() && c != ' ') {
+        return Err(format!(
+            "must not hold whitespace other than the plain space, not U+{:04X}",
+            u32::from(bad)
+        ));
+    }
+    if !unicode_normalization::is_nfkc(text) {
+        return Err(
+            "must be in Unicode NFKC form (no fullwidth, compatibility or decomposed spellings)"
+                .to_owned(),
+        );
+    }
     Ok(())
+}
+
+/// Characters that render as nothing (or reorder what follows): Unicode
+/// format characters, bidi controls, variation selectors, fillers and tag
+/// characters. Text holding one can look like text that does not.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x034F
+            | 0x061C
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x206F
+            | 0x2800
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF0..=0xFFFB
+            | 0x1D173..=0x1D17A
+            | 0xE0000..=0xE0FFF
+    )
+}
+
+/// Whether `text` holds anything a person would see (an override's
+/// justification must).
+pub fn is_visible_text(text: &str) -> bool {
+    text.chars()
+        .any(|c| !c.is_whitespace() && !c.is_control() && !is_invisible(c))
 }
 
 /// Whether `prefix` (a rule's target) covers `target` by whole segments:
@@ -137,7 +199,7 @@ mod tests {
             ("service.restart", "prod/payments"),
             ("payments.refund.partial", "prod/eu/acct-9"),
             ("db_migrate", "staging"),
-            ("a-b.c_d.9", "Prod/Payments Cluster/ü"),
+            ("a-b.c_d.9", "Prod/Payments Cluster/\u{fc}"),
         ] {
             assert_eq!(
                 check_action(&action(kind, target)),
@@ -188,6 +250,37 @@ mod tests {
         }
         assert!(check_target(&"é".repeat(1024)).is_ok());
         assert!(check_target(&"é".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn invisible_compatibility_and_escape_spellings_of_a_target_are_refused() {
+        for target in [
+            "\u{200b}prod/payments/api",
+            "\u{feff}prod/payments",
+            "prod\u{2060}/payments",
+            "\u{3164}prod/payments",
+            "\u{180e}prod/payments",
+            "\u{202e}prod/payments",
+            "pro\u{ad}d/payments",
+            "ｐｒｏｄ/payments",
+            "prod／payments",
+            "prod%2Fpayments%2Fapi",
+            "prod\\payments",
+            "staging/%2e%2e/prod",
+            "staging/．．/prod",
+            "prod/pay\u{a0}ments",
+            "prod\u{2800}/x",
+        ] {
+            assert!(check_target(target).is_err(), "{target:?} was accepted");
+        }
+        // Precomposed letters are NFKC. Other scripts, and combining marks
+        // without a precomposed form (`prod\u{301}`), spell other targets:
+        // no rule for `prod` matches them, and an executor that acts on
+        // them acts on what they say.
+        assert_eq!(check_target("prod/zürich"), Ok(()));
+        assert_eq!(check_target("prod/payments cluster"), Ok(()));
+        assert!(is_visible_text("ok"));
+        assert!(!is_visible_text("\u{200b} \u{2060}"));
     }
 
     #[test]

@@ -93,6 +93,21 @@ pub fn instance_id(text: &str) -> Result<String, Invalid> {
     ids::canonical_instance_id(text).ok_or_else(|| Invalid::InstanceId(shorten(text, 80)))
 }
 
+/// The instance id a proposer chose for a new instance. Version-5 UUIDs are
+/// refused: intake derives those (from an `Idempotency-Key`, or from an
+/// ingress record's position), and anyone who can compute another
+/// principal's derived id could otherwise take it first.
+pub fn chosen_instance_id(text: &str) -> Result<String, Invalid> {
+    let id = instance_id(text)?;
+    if uuid::Uuid::try_parse(&id).is_ok_and(|uuid| uuid.get_version_num() == 5) {
+        return Err(Invalid::Field {
+            field: "instance_id",
+            problem: "must not be a version-5 UUID: intake derives those; choose a random (v4) or time-ordered (v7) one".to_owned(),
+        });
+    }
+    Ok(id)
+}
+
 /// Validate a proposal, resolve its rule and build its `ActionProposed`.
 /// `principal` is the proposer the door authenticated.
 pub fn proposal(
@@ -294,6 +309,16 @@ mod tests {
             signal(stamp(), "opa", empty).expect_err("refused").code(),
             "invalid_field"
         );
+    }
+
+    #[test]
+    fn a_chosen_instance_id_may_not_be_one_intake_derives() {
+        let derived = ids::idempotent_instance_id("svc:remediator", "key-1");
+        assert_eq!(
+            chosen_instance_id(&derived).expect_err("refused").code(),
+            "invalid_field"
+        );
+        assert!(chosen_instance_id(samples::INSTANCE_ID).is_ok());
     }
 
     #[test]

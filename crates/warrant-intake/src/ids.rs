@@ -85,10 +85,21 @@ pub fn ingress_instance_id(topic: &str, partition: i32, offset: i64) -> String {
     derive(&format!("ingress-instance/{topic}/{partition}/{offset}"))
 }
 
-/// The event id of a decision: the signature is unique per signed request,
-/// so replaying a captured request inside the clock window is a duplicate.
-pub fn decision_event_id(instance_id: &str, signature_hex: &str) -> String {
-    derive(&format!("decision/{instance_id}/{signature_hex}"))
+/// The event id of a decision: the reviewer, the signed timestamp and the
+/// SHA-256 of the exact body. Replaying a captured request inside the clock
+/// window is a duplicate however it is re-signed: with only one of the
+/// tags a rotating reviewer sent, or with their other key.
+pub fn decision_event_id(
+    instance_id: &str,
+    reviewer: &str,
+    timestamp: &str,
+    body: &[u8],
+) -> String {
+    let body_sha256 = warrant_authority::sha256_hex(body);
+    derive_parts(
+        "decision.v2",
+        &[instance_id, reviewer, timestamp, &body_sha256],
+    )
 }
 
 /// The event id of a `DeadlineReached`: instance, deadline kind, deadline

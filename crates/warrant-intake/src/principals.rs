@@ -432,21 +432,27 @@ impl Names {
     }
 }
 
-/// Non-empty, no control characters, no surrounding whitespace.
+/// Non-empty, and text that reads as what it is: no control or invisible
+/// characters, no whitespace but single spaces inside, NFKC form (the
+/// canonical text rules of actions), so `bob` and `bob\u{200b}` or `ｂob`
+/// cannot be two reviewers for one person.
 fn check_name(what: &'static str, name: &str) -> Result<(), PrincipalsError> {
     let problem = if name.trim().is_empty() {
-        "must not be empty"
+        "must not be empty".to_owned()
     } else if name.trim() != name {
-        "must not begin or end with whitespace"
+        "must not begin or end with whitespace".to_owned()
     } else if name.chars().any(char::is_control) {
-        "must not hold control characters"
+        "must not hold control characters".to_owned()
     } else {
-        return Ok(());
+        match warrant_authority::check_text(name) {
+            Ok(()) => return Ok(()),
+            Err(problem) => problem,
+        }
     };
     Err(PrincipalsError::BadName {
         what,
         name: name.to_owned(),
-        problem: problem.to_owned(),
+        problem,
     })
 }
 
@@ -757,6 +763,14 @@ mod tests {
             (
                 "reviewers:\n  - {principal: bob, roles: [sre], secrets: [\"0123456789abcdef\"]}\ningress:\n  proposals: {principal: BOB}\n",
                 "\"bob\" and \"BOB\" differ only by case",
+            ),
+            (
+                "reviewers:\n  - {principal: \"bob\\u200b\", roles: [sre], secrets: [\"0123456789abcdef\"]}\n",
+                "must not hold invisible character U+200B",
+            ),
+            (
+                "reviewers:\n  - {principal: \"\\uff42ob\", roles: [sre], secrets: [\"0123456789abcdef\"]}\n",
+                "must be in Unicode NFKC form",
             ),
         ] {
             let error = error_of(text);

@@ -98,16 +98,6 @@ pub struct Args {
     #[arg(long, env = "WARRANT_INTAKE_CRASH_AFTER_APPENDS", hide = true)]
     pub crash_after_appends: Option<u64>,
 
-    /// `submitted_by` of envelopes from the proposals topic
-    /// [default: kafka:<proposals topic>].
-    #[arg(long, env = "WARRANT_PROPOSALS_SUBMITTED_BY")]
-    pub proposals_submitted_by: Option<String>,
-
-    /// `submitted_by` of envelopes from the signals topic
-    /// [default: kafka:<signals topic>].
-    #[arg(long, env = "WARRANT_SIGNALS_SUBMITTED_BY")]
-    pub signals_submitted_by: Option<String>,
-
     /// Run the deadline sweeper (`--sweeper=false` to disable).
     #[arg(
         long,
@@ -147,8 +137,6 @@ impl Args {
             ingress_instance_id: None,
             ingress_batch: 500,
             crash_after_appends: None,
-            proposals_submitted_by: None,
-            signals_submitted_by: None,
             sweeper: false,
             sweep_interval_ms: 5000,
             shutdown_timeout_ms: 10_000,
@@ -259,7 +247,6 @@ impl Intake {
             },
         };
         let ingress = if args.ingress {
-            let topics = &args.kafka;
             Some(Ingress::new(
                 log.clone(),
                 config.clone(),
@@ -268,14 +255,6 @@ impl Intake {
                 IngressOptions {
                     group: args.ingress_group.clone(),
                     instance_id: args.ingress_instance_id.clone(),
-                    proposals_submitted_by: args
-                        .proposals_submitted_by
-                        .clone()
-                        .unwrap_or_else(|| format!("kafka:{}", topics.proposals_topic)),
-                    signals_submitted_by: args
-                        .signals_submitted_by
-                        .clone()
-                        .unwrap_or_else(|| format!("kafka:{}", topics.signals_topic)),
                     batch: args.ingress_batch,
                     crash_after_appends: args.crash_after_appends,
                 },

@@ -49,9 +49,14 @@ pub enum Verdict {
         entries: u64,
         projector_entries: u64,
     },
-    /// Cannot be checked from this range (partial, or split across
-    /// partitions); not a failure.
+    /// Cannot be checked from this range (its first event lies before
+    /// it); not a failure.
     NotVerifiable { reason: String },
+    /// Records under this id sit in several partitions: off contract (an
+    /// instance lives in one partition), and the projector, which folds
+    /// by id, and replay, which folds each partition on its own, can then
+    /// disagree about what was authorized. A failure: an auditor must look.
+    Split { partitions: Vec<i32> },
     /// The projector does not know the instance.
     Missing,
     /// The projector has fewer entries than replay folded.
@@ -81,7 +86,8 @@ impl Verdict {
     pub fn is_failure(&self) -> bool {
         match self {
             Verdict::Verified { .. } | Verdict::NotVerifiable { .. } => false,
-            Verdict::Missing
+            Verdict::Split { .. }
+            | Verdict::Missing
             | Verdict::Behind { .. }
             | Verdict::Differs { .. }
             | Verdict::PositionDiffers { .. }
@@ -95,6 +101,7 @@ impl Verdict {
         match self {
             Verdict::Verified { .. } => "VERIFIED",
             Verdict::NotVerifiable { .. } => "PARTIAL",
+            Verdict::Split { .. } => "SPLIT",
             Verdict::Missing => "MISSING",
             Verdict::Behind { .. } => "BEHIND",
             Verdict::Differs { .. }
@@ -120,6 +127,10 @@ impl std::fmt::Display for Verdict {
                 "the {entries} replayed entries match (the projector has folded {projector_entries})"
             ),
             Verdict::NotVerifiable { reason } => write!(f, "not verifiable: {reason}"),
+            Verdict::Split { partitions } => write!(
+                f,
+                "records under this id are also in partition(s) {partitions:?}: an instance must live in one partition (were partitions added to the log?)"
+            ),
             Verdict::Missing => write!(f, "the projector does not know this instance"),
             Verdict::Behind {
                 entries,
@@ -157,11 +168,8 @@ impl std::fmt::Display for Verdict {
 /// (`None`: the projector answered 404).
 pub fn compare(ours: &Ours<'_>, theirs: Option<&ExecutionRecord>) -> Verdict {
     if !ours.other_partitions.is_empty() {
-        return Verdict::NotVerifiable {
-            reason: format!(
-                "records under this id are also in partition(s) {:?}; a chain across partitions depends on how they were interleaved",
-                ours.other_partitions
-            ),
+        return Verdict::Split {
+            partitions: ours.other_partitions.to_vec(),
         };
     }
     if ours.partial {
@@ -925,7 +933,7 @@ mod tests {
     }
 
     #[test]
-    fn partial_and_split_instances_are_not_verifiable_not_failed() {
+    fn partial_instances_are_not_verifiable_but_split_ones_fail() {
         let mine = mine(3);
         let mut partial = ours(&mine, true);
         partial.partial = true;
@@ -936,12 +944,18 @@ mod tests {
         );
         assert!(!verdict.is_failure());
 
+        // An instance in two partitions (partitions added to the log): the
+        // projector, folding by id, may have granted what replay refuses.
         let mut split = ours(&mine, true);
         split.other_partitions = &[0, 2];
-        assert!(matches!(
-            compare(&split, Some(&projector(3))),
-            Verdict::NotVerifiable { .. }
-        ));
+        let verdict = compare(&split, Some(&projector(3)));
+        assert_eq!(
+            verdict,
+            Verdict::Split {
+                partitions: vec![0, 2]
+            }
+        );
+        assert!(verdict.is_failure());
     }
 
     #[test]

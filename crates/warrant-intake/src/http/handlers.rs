@@ -264,7 +264,7 @@ pub async fn propose(
     // A chosen or derived id may already be someone's instance; a random
     // one cannot be.
     let (instance_id, chosen) = match (&request.instance_id, &key) {
-        (Some(text), _) => (door::instance_id(text).map_err(invalid)?, true),
+        (Some(text), _) => (door::chosen_instance_id(text).map_err(invalid)?, true),
         (None, Some(key)) => (ids::idempotent_instance_id(&caller.principal, key), true),
         (None, None) => (ids::random(), false),
     };
@@ -485,10 +485,7 @@ pub async fn decide(
         }
     }
     let message = signature::signed_message(timestamp, &body);
-    let Some((reviewer, tag)) = principals
-        .signer(&message, &tags, named)
-        .map(|(reviewer, index)| (reviewer, tags[index]))
-    else {
+    let Some((reviewer, _tag)) = principals.signer(&message, &tags, named) else {
         return Err(ApiError::unauthorized(
             "bad_signature",
             "the signature matches no reviewer key",
@@ -502,8 +499,13 @@ pub async fn decide(
         ));
     }
     check_scope(&request.scope.max_executions, &request.scope.not_after)?;
+    check_decision_text(
+        request.verdict,
+        &request.justification,
+        request.scope.constraints.keys(),
+    )?;
     ensure_known(&state, &instance_id).await?;
-    let event_id = ids::decision_event_id(&instance_id, &hex::encode(tag));
+    let event_id = ids::decision_event_id(&instance_id, &reviewer.principal, timestamp, &body);
     let recorded = Reviewer {
         principal: reviewer.principal.clone(),
         roles: reviewer.roles.clone(),
@@ -593,6 +595,11 @@ async fn decide_signed(
         ));
     }
     check_scope(&decision.scope.max_executions, &decision.scope.not_after)?;
+    check_decision_text(
+        decision.verdict,
+        &decision.justification,
+        decision.scope.constraints.keys(),
+    )?;
     let record = match state.projector.record(instance_id).await {
         Ok(Some(record)) => record,
         Ok(None) => {
@@ -632,7 +639,7 @@ async fn decide_signed(
     let envelope = envelope(
         state,
         instance_id,
-        ids::decision_event_id(instance_id, signature_hex),
+        ids::decision_event_id(instance_id, &reviewer.principal, timestamp, body),
         &format!("reviewer:{}", reviewer.principal),
         EventBody::DecisionRecorded(DecisionRecorded {
             reviewer: recorded.clone(),
@@ -655,6 +662,31 @@ async fn decide_signed(
         appended,
         json!({ "reviewer": recorded, "attestation": "SIGNED_BY_REVIEWER", "key_id": key.key_id }),
     ))
+}
+
+/// Constraint keys follow the canonical text rules (so `region` and
+/// `region\u{200b}` cannot be two constraints that never conflict), and an
+/// override's justification must hold something a person can read.
+fn check_decision_text<'a>(
+    verdict: DecisionVerdict,
+    justification: &str,
+    constraint_keys: impl Iterator<Item = &'a String>,
+) -> Result<(), ApiError> {
+    for key in constraint_keys {
+        warrant_authority::check_text(key).map_err(|problem| {
+            ApiError::bad_request(
+                "invalid_field",
+                format!("scope.constraints key {:?} {problem}", truncate(key, 40)),
+            )
+        })?;
+    }
+    if verdict == DecisionVerdict::Override && !warrant_authority::is_visible_text(justification) {
+        return Err(ApiError::bad_request(
+            "justification_required",
+            "an override needs a justification a person can read",
+        ));
+    }
+    Ok(())
 }
 
 fn check_scope(max_executions: &Option<i32>, not_after: &Option<i64>) -> Result<(), ApiError> {

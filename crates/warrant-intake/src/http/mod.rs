@@ -34,6 +34,9 @@ use crate::log::LogAppender;
 use crate::metrics::{HttpLabels, Metrics};
 use crate::projector::Projector;
 
+/// Longest a request body may take to arrive.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The OpenAPI 3.1 description of this API, written by hand.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 
@@ -267,6 +270,12 @@ pub fn router_with_routes(state: AppState) -> (Router, Vec<RouteInfo>) {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        // A client that sends its headers and then trickles (or never sends)
+        // its body would hold a connection and a task forever: nothing is
+        // authenticated before the body is read on the webhook.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_READ_TIMEOUT,
+        ))
         .with_state(state);
     (router, routes.table)
 }

@@ -2034,3 +2034,68 @@ mod signed_by_the_reviewer {
         assert_ne!(missing.status, StatusCode::OK);
     }
 }
+
+#[tokio::test]
+async fn a_replayed_decision_is_one_event_whichever_tag_or_key_signs_it() {
+    let h = harness();
+    h.propose_restart(INSTANCE).await;
+    let path = format!("/v1/instances/{INSTANCE}/decisions");
+    let timestamp = (h.clock.now_millis() / 1000).to_string();
+    let body = approve(INSTANCE).to_string();
+    let both = format!(
+        "{},{}",
+        signature::header_value(ALICE.as_bytes(), &timestamp, body.as_bytes()),
+        signature::header_value(ALICE_NEW.as_bytes(), &timestamp, body.as_bytes())
+    );
+    let only_new = signature::header_value(ALICE_NEW.as_bytes(), &timestamp, body.as_bytes());
+    let send = |tags: String| {
+        Request::builder()
+            .method("POST")
+            .uri(&path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("X-Warrant-Timestamp", &timestamp)
+            .header("X-Warrant-Signature", tags)
+            .body(Body::from(body.clone()))
+            .expect("request")
+    };
+    let first = h.send(send(both)).await;
+    let again = h.send(send(only_new)).await;
+    assert_eq!(
+        first.ok(StatusCode::ACCEPTED)["event_id"],
+        again.ok(StatusCode::ACCEPTED)["event_id"]
+    );
+    assert_eq!(
+        h.refusals(INSTANCE),
+        vec![RefusalCode::SignalsPending, RefusalCode::Duplicate]
+    );
+}
+
+#[tokio::test]
+async fn invisible_constraint_keys_and_blank_override_justifications_are_400s() {
+    let h = harness();
+    h.propose_restart(INSTANCE).await;
+    let cases = [
+        (
+            json!({ "instance_id": INSTANCE, "verdict": "APPROVE", "scope": { "constraints": { "region\u{200b}": "us" } } }),
+            "invalid_field",
+        ),
+        (
+            json!({ "instance_id": INSTANCE, "verdict": "APPROVE", "scope": { "constraints": { "": "us" } } }),
+            "invalid_field",
+        ),
+        (
+            json!({ "instance_id": INSTANCE, "verdict": "OVERRIDE", "justification": "\u{200b} \u{2060}" }),
+            "justification_required",
+        ),
+    ];
+    for (body, code) in cases {
+        let answer = h.decide(INSTANCE, CAROL, &body).await;
+        assert_eq!(
+            (answer.status, answer.code()),
+            (StatusCode::BAD_REQUEST, code),
+            "{body}: {}",
+            answer.text
+        );
+    }
+    assert_eq!(h.log.len(), 1);
+}
