@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# `make demo`: the whole system on this machine, driven as a user would with
-# curl. Starts Kafka (unless running), the projector and intake; an agent
-# proposes a production restart; OPA allows; an executor's early claim is
-# refused (paused); two SREs approve through the signed webhook;
-# a claim for another action is refused; the right claim gets a grant; the
-# executor reports; and the auditors' replay rebuilds the record from the log
-# and verifies it against the projector by hash.
+# `make demo`: the whole system on this machine, driven as its users would:
+# agents, policy engines and executors with curl, reviewers with the
+# `warrant` command line. Starts Kafka (unless running), the projector and
+# intake; two SREs make their own Ed25519 keys (`warrant keygen`), which are
+# registered in the demo's copy of the principals file; an agent proposes a
+# production restart; OPA allows; an executor's early claim is refused
+# (paused); the SREs see it in `warrant queue` and approve with `warrant
+# approve`, each signing with their own key; a claim for another action is
+# refused; the right claim gets a grant; the executor reports; and the
+# auditors' replay rebuilds the record from the log and verifies it against
+# the projector by hash, and both signatures offline.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,12 +20,10 @@ INTAKE="http://127.0.0.1:${WARRANT_DEMO_INTAKE_PORT:-8080}"
 PROJECTOR="http://127.0.0.1:${WARRANT_DEMO_PROJECTOR_PORT:-8081}"
 BIN="${CARGO_TARGET_DIR:-$REPO/target}/release"
 
-# The example principals (deploy/examples/principals.yaml). Example secrets only.
+# The example principals (deploy/examples/principals.yaml). Example tokens only.
 SERVICE_TOKEN="example-service-remediator-token-0001"
 POLICY_TOKEN="example-policy-opa-token-0001"
 EXECUTOR_TOKEN="example-executor-deployer-token-0001"
-ALICE_SECRET="example-alice-secret-2026-11"
-BOB_SECRET="example-bob-secret-2026-11"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '   %s\n' "$*"; }
@@ -50,14 +52,11 @@ post() { # path, token, json
     -H "Authorization: Bearer $2" -H 'Content-Type: application/json' -d "$3"
 }
 
-# The reviewers' webhook: HMAC-SHA256(secret, timestamp + "." + body).
-decide() { # instance, secret, json
-  local ts sig
-  ts=$(date +%s)
-  sig=$(printf '%s.%s' "$ts" "$3" | openssl dgst -sha256 -hmac "$2" -r | cut -d' ' -f1)
-  curl -sS -o "$DEMO/body.json" -w '%{http_code}' -X POST "$INTAKE/v1/instances/$1/decisions" \
-    -H 'Content-Type: application/json' -H "X-Warrant-Timestamp: $ts" \
-    -H "X-Warrant-Signature: v1=$sig" -d "$3"
+# A reviewer at the command line, with their own key file.
+warrant() { # reviewer, args...
+  local who="$1"
+  shift
+  WARRANT_INTAKE_URL="$INTAKE" WARRANT_KEY_FILE="$DEMO/$who.key" "$BIN/warrant" "$@"
 }
 
 expect() { # got, want, what
@@ -70,8 +69,30 @@ expect() { # got, want, what
 
 rm -rf "$DEMO" && mkdir -p "$DEMO"
 
-say "building warrant-intake, warrant-projector, warrant-replay (release)"
-cargo build --release --quiet -p warrant-intake -p warrant-projector -p warrant-replay
+say "building warrant-intake, warrant-projector, warrant-replay, warrant (release)"
+cargo build --release --quiet -p warrant-intake -p warrant-projector -p warrant-replay -p warrant-cli
+
+say "alice and bob (role sre) make their own keys: warrant keygen"
+for who in alice bob; do
+  "$BIN/warrant" keygen --out "$DEMO/$who.key" --principal "$who" --json >"$DEMO/$who.keygen.json"
+  show "$who: key $(jq -r .key_id "$DEMO/$who.keygen.json") in $DEMO/$who.key ($(ls -l "$DEMO/$who.key" | cut -c1-10))"
+done
+# The demo's copy of the example principals, with each public key added to
+# its reviewer's entry (the line `warrant keygen` prints), under the roles.
+awk -v alice="$(jq -r .principals_entry "$DEMO/alice.keygen.json")" \
+    -v bob="$(jq -r .principals_entry "$DEMO/bob.keygen.json")" '
+  { print }
+  /^  - principal: / { who = $3 }
+  /^    roles: / && (who == "alice" || who == "bob") {
+    printf "    keys: [\"%s\"]\n", (who == "alice" ? alice : bob)
+    who = ""
+  }' deploy/examples/principals.yaml >"$DEMO/principals.yaml"
+if [ "$(grep -c '^    keys: \["ed25519:' "$DEMO/principals.yaml")" != 2 ]; then
+  echo "demo: could not add the keys to $DEMO/principals.yaml (did the example change shape?)" >&2
+  exit 1
+fi
+show "registered in $DEMO/principals.yaml:"
+grep -B2 '^    keys:' "$DEMO/principals.yaml" | grep -v '^--$' | sed 's/^/     /'
 
 say "starting kafka (deploy/kafka.sh)"
 bash deploy/kafka.sh status >/dev/null 2>&1 || started_kafka=1
@@ -81,7 +102,7 @@ bash deploy/kafka.sh start
 run="demo-$(date +%s)"
 export WARRANT_LOG_TOPIC="$run.log" WARRANT_PROPOSALS_TOPIC="$run.proposals"
 export WARRANT_SIGNALS_TOPIC="$run.signals" WARRANT_DEAD_LETTER_TOPIC="$run.dead-letter"
-export WARRANT_RULESETS_TOPIC="$run.rulesets"
+export WARRANT_RULESETS_TOPIC="$run.rulesets" WARRANT_PRINCIPALS_TOPIC="$run.principals"
 WARRANT_LOG_TOPIC="$WARRANT_LOG_TOPIC" bash deploy/kafka.sh topics >/dev/null
 
 say "starting the projector ($PROJECTOR) and intake ($INTAKE)"
@@ -89,7 +110,7 @@ say "starting the projector ($PROJECTOR) and intake ($INTAKE)"
   >"$DEMO/projector.log" 2>&1 &
 pids+=($!)
 "$BIN/warrant-intake" --listen "${INTAKE#http://}" --projector-url "$PROJECTOR" \
-  --ruleset deploy/examples/ruleset.yaml --principals deploy/examples/principals.yaml \
+  --ruleset deploy/examples/ruleset.yaml --principals "$DEMO/principals.yaml" \
   >"$DEMO/intake.log" 2>&1 &
 pids+=($!)
 wait_for "$PROJECTOR/healthz" "the projector"
@@ -115,11 +136,19 @@ say "the executor tries to run before anyone approved: paused, refused"
 code=$(post "/v1/instances/$instance/executions" "$EXECUTOR_TOKEN" "{\"action_digest\": \"$digest\"}")
 expect "$code" 409 "POST executions"
 
-say "alice and bob (role sre) approve through the signed webhook"
-code=$(decide "$instance" "$ALICE_SECRET" "{\"instance_id\": \"$instance\", \"verdict\": \"APPROVE\", \"justification\": \"heap profile confirms the leak\", \"scope\": {\"constraints\": {\"strategy\": \"rolling\"}}}")
-expect "$code" 202 "alice APPROVE"
-code=$(decide "$instance" "$BOB_SECRET" "{\"instance_id\": \"$instance\", \"verdict\": \"APPROVE\", \"justification\": \"ok for the rolling restart\"}")
-expect "$code" 202 "bob APPROVE"
+say "alice looks at what awaits a decision: warrant queue"
+for _ in $(seq 1 100); do
+  warrant alice queue --json | jq -e --arg id "$instance" '.instances[] | select(.instance_id == $id)' \
+    >/dev/null && break
+  sleep 0.1
+done
+warrant alice queue
+
+say "alice and bob approve, each signing with their own key: warrant approve --yes"
+warrant alice approve "$instance" --yes --justification "heap profile confirms the leak" \
+  --constraint strategy=rolling
+echo
+warrant bob approve "$instance" --yes --justification "ok for the rolling restart"
 
 say "a claim for a different action is refused"
 code=$(post "/v1/instances/$instance/executions" "$EXECUTOR_TOKEN" \

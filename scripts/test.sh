@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every test Warrant has, from a fresh checkout: `make test` runs this and so
 # does CI (.ci/run). It installs what the tests need (the Python check's
-# packages, the Kafka jars), starts a local Kafka for the end-to-end tests,
-# and stops it again unless it was already running.
+# packages, Chromium and Playwright for the console, the Kafka jars), starts
+# a local Kafka for the end-to-end tests, and stops it again unless it was
+# already running.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +18,18 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # pip is quiet when the requirements are already satisfied.
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+
+# The console's end-to-end test (tests/e2e/console.rs) drives Debian's
+# Chromium with Playwright from PyPI; Playwright's own browser download is
+# never used.
+step "browser for the console test (/usr/bin/chromium, playwright)"
+if [ ! -x /usr/bin/chromium ]; then
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
+  $sudo apt-get update
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+fi
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/e2e/requirements-browser.txt
 
 step "kafka (deploy/kafka.sh)"
 started_kafka=0
