@@ -1,4 +1,4 @@
-//! One test per rule of SPEC §5, each a line or two:
+//! One test per rule of docs/contract.md §5, each a line or two:
 //! `given(&[events]).when(event).then_…(expected)`.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! An exhaustive, bounded model check of the fold (SPEC §1, §5).
+//! An exhaustive, bounded model check of the fold (docs/contract.md §1, §5).
 //!
 //! Every event sequence up to a depth (6 by default; set
 //! `WARRANT_EXHAUSTIVE_DEPTH=8` for the full run) over a small alphabet is
@@ -505,7 +505,7 @@ impl Model {
         principal == PROPOSER || principal == PROPOSING_SERVICE
     }
 
-    /// The status signals put a paused instance in (SPEC §5, Signals).
+    /// The status signals put a paused instance in (docs/contract.md §5, Signals).
     fn paused_status_with(
         &self,
         shape: &Shape,
@@ -532,7 +532,7 @@ impl Model {
         }
     }
 
-    /// The effective scope of an authorization at `at` (SPEC §5, Effective
+    /// The effective scope of an authorization at `at` (docs/contract.md §5, Effective
     /// scope): the grant TTL and the rule, narrowed by every counted
     /// decision and by `extra` (an override's own scope).
     fn window_at(&self, shape: &Shape, at: i64, extra: Option<&Scope>) -> Window {
@@ -614,7 +614,7 @@ fn has_role(roles: &[String], role: &str) -> bool {
     roles.iter().any(|r| r == role)
 }
 
-/// The outcome SPEC §5 prescribes for `envelope` given the model.
+/// The outcome docs/contract.md §5 prescribes for `envelope` given the model.
 fn expected(model: &Model, envelope: &Envelope) -> Expect {
     use RefusalCode as R;
     use StatusName as S;
@@ -1033,7 +1033,7 @@ fn advance(
 ) -> Option<Stepped> {
     let (envelope, bytes) = events.get(op, ops, slot, n, &before.model)?;
     let mut state = before.state.clone();
-    // The fold is total (SPEC §1.6): a panic is a failure like any other,
+    // The fold is total (docs/contract.md §1.6): a panic is a failure like any other,
     // reported with the sequence that caused it.
     let folded = panic::catch_unwind(AssertUnwindSafe(|| {
         step(

@@ -1,5 +1,5 @@
 //! Kafka ingress: `warrant.proposals` and `warrant.signals` in, envelopes on
-//! `warrant.log` out (SPEC §2), at least once and without Kafka
+//! `warrant.log` out (docs/contract.md §2), at least once and without Kafka
 //! transactions.
 //!
 //! Records are handled in batches, in order. Each valid record becomes an

@@ -2,7 +2,7 @@
 //! and its Kafka implementation (idempotent producer, `acks=all`).
 //!
 //! An append returns only once Kafka acknowledged the record, or fails; it
-//! never reports success for something that is not on the log (SPEC §1.7).
+//! never reports success for something that is not on the log (docs/contract.md §1.7).
 //! A delivery that takes longer than the produce timeout is reported as a
 //! failure even though librdkafka may still deliver it later; the caller
 //! answers 503 and a retry with the same derived event id is a duplicate.

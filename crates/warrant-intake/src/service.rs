@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(long, env = "WARRANT_INTAKE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// The authority rules (YAML, SPEC §4). Published to the rulesets topic
+    /// The authority rules (YAML, docs/contract.md §4). Published to the rulesets topic
     /// at start and on every SIGHUP that changes it.
     #[arg(long, env = "WARRANT_RULESET")]
     pub ruleset: PathBuf,

@@ -100,8 +100,10 @@ async fn a_killed_intake_loses_nothing_and_duplicates_fold_as_duplicates() {
     let records: Vec<(Option<Vec<u8>>, Vec<u8>)> = (0..RECORDS)
         .map(|n| {
             let mut proposal = samples::proposal_submitted();
+            // Chosen ids are random-format (v4) UUIDs: intake refuses to
+            // let anyone choose a v5 one, which it derives itself.
             proposal.instance_id =
-                (n % 3 != 0).then(|| ids::ingress_event_id("crash-instance", 0, n as i64));
+                (n % 3 != 0).then(|| format!("00000000-0000-4000-8000-{n:012x}"));
             proposal
                 .action
                 .parameters
