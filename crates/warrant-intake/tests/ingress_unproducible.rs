@@ -38,11 +38,8 @@ fn noise(len: usize, mut seed: u64) -> String {
 /// its own instance id.
 fn proposal_of_size(size: usize, instance: u64) -> Vec<u8> {
     let mut proposal: ProposalSubmitted = samples::proposal_submitted();
-    proposal.instance_id = Some(ids::ingress_event_id(
-        "unproducible-test",
-        0,
-        instance as i64,
-    ));
+    // A random-format (v4) id: intake refuses chosen v5 ones.
+    proposal.instance_id = Some(format!("00000000-0000-4000-8000-{instance:012x}"));
     let mut padding = size.saturating_sub(1000);
     // The string's length prefix grows with it: adjust until exact.
     for _ in 0..10 {
@@ -62,11 +59,7 @@ fn proposal_of_size(size: usize, instance: u64) -> Vec<u8> {
 
 fn small_proposal(instance: u64) -> Vec<u8> {
     let mut proposal = samples::proposal_submitted();
-    proposal.instance_id = Some(ids::ingress_event_id(
-        "unproducible-test",
-        1,
-        instance as i64,
-    ));
+    proposal.instance_id = Some(format!("00000000-0000-4000-9000-{instance:012x}"));
     warrant_schema::encode(&proposal).expect("encode")
 }
 
