@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use warrant_e2e::{
-    binary, checkpoint_total, end_offsets_total, eventually, free_port, get_json, repo_root,
-    start_services,
+    binary, eventually, free_port, get_json, replay_verifies, repo_root, start_services,
 };
 
 // The example principals (deploy/examples/principals.yaml). Example tokens only.
@@ -510,30 +509,7 @@ async fn reviewers_decide_with_their_own_keys_through_the_cli() {
     );
 
     // ---- The auditors' replay verifies every hash and both signatures.
-    let end = end_offsets_total(&args, &args.log_topic);
-    eventually(WAIT, "the projector to fold the whole log", || async {
-        let (_, checkpoint) = get_json(&format!("{projector_url}/v1/checkpoint")).await;
-        (checkpoint_total(&checkpoint) == end).then_some(())
-    })
-    .await;
-    let output = std::process::Command::new(binary("warrant-replay"))
-        .args([
-            format!("--brokers={}", args.brokers),
-            format!("--log-topic={}", args.log_topic),
-            format!("--principals-topic={}", args.principals_topic),
-        ])
-        .args(["--quiet", "--verify", &projector_url])
-        .output()
-        .expect("replay runs");
-    let replayed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "replay --verify failed: {replayed}"
-    );
+    let replayed = replay_verifies(&args, &projector_url).await;
     assert!(
         replayed.contains("1 instances: 1 verified; ok"),
         "{replayed}"

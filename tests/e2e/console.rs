@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use warrant_e2e::{
-    binary, checkpoint_total, end_offsets_total, eventually, free_port, get_json, repo_root,
-    start_services, venv_python,
+    eventually, free_port, get_json, replay_verifies, repo_root, start_services, venv_python,
 };
 
 // The example principals (deploy/examples/principals.yaml). Example secrets only.
@@ -276,31 +275,7 @@ async fn two_reviewers_approve_in_real_chromium_with_keys_made_in_their_browsers
     );
 
     // ---- The auditors' replay re-verifies every signature and hash.
-    let end = end_offsets_total(&args, &args.log_topic);
-    eventually(WAIT, "the projector to fold the whole log", || async {
-        let (_, checkpoint) = get_json(&format!("{projector_url}/v1/checkpoint")).await;
-        (checkpoint_total(&checkpoint) == end).then_some(())
-    })
-    .await;
-    let output = Command::new(binary("warrant-replay"))
-        .args([
-            format!("--brokers={}", args.brokers),
-            format!("--log-topic={}", args.log_topic),
-            // Where replay finds which key was whose when each decision was signed.
-            format!("--principals-topic={}", args.principals_topic),
-        ])
-        .args(["--quiet", "--verify", &projector_url])
-        .output()
-        .expect("replay runs");
-    let replayed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "replay --verify failed: {replayed}"
-    );
+    let replayed = replay_verifies(&args, &projector_url).await;
     assert!(
         replayed.contains("2 instances: 2 verified; ok"),
         "{replayed}"

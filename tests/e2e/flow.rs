@@ -25,8 +25,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use warrant_e2e::{
-    binary, checkpoint_total, end_offsets_total, eventually, free_port, get_json, read_topic,
-    repo_root, start_services, venv_python, Services,
+    eventually, free_port, get_json, read_topic, replay_verifies, repo_root, start_services,
+    venv_python, Services,
 };
 use warrant_kafka::rdkafka::message::{Headers, Message};
 use warrant_kafka::rdkafka::producer::FutureRecord;
@@ -750,27 +750,7 @@ async fn the_seed_paper_flow_through_the_real_binaries() {
 
     // ---- 10. The auditors' replay rebuilds every record from the log and
     // verifies it against the projector, once the projector has it all.
-    let end = end_offsets_total(&args, &args.log_topic);
-    eventually(WAIT, "the projector to fold the whole log", || async {
-        let (_, checkpoint) = get_json(&format!("{projector_url}/v1/checkpoint")).await;
-        (checkpoint_total(&checkpoint) == end).then_some(())
-    })
-    .await;
-    let output = Command::new(binary("warrant-replay"))
-        .args([
-            format!("--brokers={}", args.brokers),
-            format!("--log-topic={}", args.log_topic),
-            format!("--principals-topic={}", args.principals_topic),
-        ])
-        .args(["--quiet", "--verify", &projector_url])
-        .output()
-        .expect("replay runs");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "replay --verify failed: {report}");
+    let report = replay_verifies(&args, &projector_url).await;
     assert!(
         report.contains("4 instances: 4 verified; ok"),
         "every one of the four instances verified: {report}"

@@ -248,3 +248,37 @@ pub fn start_services(
         logs: vec![projector_log, intake_log],
     }
 }
+
+/// Wait until the projector at `projector_url` has folded the whole log,
+/// then run `warrant-replay --verify` against it (signatures audited with
+/// the test's principals topic) and require success. Returns the report,
+/// stdout then stderr, for the caller's own checks.
+pub async fn replay_verifies(args: &KafkaArgs, projector_url: &str) -> String {
+    let end = end_offsets_total(args, &args.log_topic);
+    eventually(
+        Duration::from_secs(20),
+        "the projector to fold the whole log",
+        || async {
+            let (_, checkpoint) = get_json(&format!("{projector_url}/v1/checkpoint")).await;
+            (checkpoint_total(&checkpoint) == end).then_some(())
+        },
+    )
+    .await;
+    let output = Command::new(binary("warrant-replay"))
+        .args([
+            format!("--brokers={}", args.brokers),
+            format!("--log-topic={}", args.log_topic),
+            // Where replay finds which key was whose when each decision was signed.
+            format!("--principals-topic={}", args.principals_topic),
+        ])
+        .args(["--quiet", "--verify", projector_url])
+        .output()
+        .expect("replay runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "replay --verify failed: {report}");
+    report
+}
