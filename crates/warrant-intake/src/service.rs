@@ -510,10 +510,7 @@ async fn publish_ruleset(
                         Err(_elapsed) => {
                             // Still queued: librdkafka keeps retrying it, so
                             // wait on, rather than queue a copy.
-                            metrics.ruleset_publish_retries.inc();
-                            progress.send_modify(|p| p.attempts += 1);
-                            let Some(problem) = unless_stopped(&mut stopped, topic_problem(&log, &topic)).await else {
-                                tracing::info!(topic = %topic, "stopping before the ruleset was published");
+                            let Some(problem) = count_retry(&log, &topic, &metrics, &progress, &mut stopped).await else {
                                 return;
                             };
                             tracing::warn!(
@@ -530,10 +527,8 @@ async fn publish_ruleset(
                 }
             },
         };
-        metrics.ruleset_publish_retries.inc();
-        progress.send_modify(|p| p.attempts += 1);
-        let Some(problem) = unless_stopped(&mut stopped, topic_problem(&log, &topic)).await else {
-            tracing::info!(topic = %topic, "stopping before the ruleset was published");
+        let Some(problem) = count_retry(&log, &topic, &metrics, &progress, &mut stopped).await
+        else {
             return;
         };
         tracing::warn!(
@@ -558,6 +553,25 @@ async fn publish_ruleset(
 }
 
 /// `future`'s output, or `None` if a shutdown begins first.
+/// Count a failed or slow publication attempt and ask the broker why the
+/// topic does not take records; `None` when intake is stopping meanwhile
+/// (said in the log), so the publisher returns.
+async fn count_retry(
+    log: &KafkaLog,
+    topic: &str,
+    metrics: &Metrics,
+    progress: &watch::Sender<Publication>,
+    stopped: &mut watch::Receiver<bool>,
+) -> Option<Option<String>> {
+    metrics.ruleset_publish_retries.inc();
+    progress.send_modify(|p| p.attempts += 1);
+    let problem = unless_stopped(stopped, topic_problem(log, topic)).await;
+    if problem.is_none() {
+        tracing::info!(topic = %topic, "stopping before the ruleset was published");
+    }
+    problem
+}
+
 async fn unless_stopped<T>(
     stopped: &mut watch::Receiver<bool>,
     future: impl Future<Output = T>,

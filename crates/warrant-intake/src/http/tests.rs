@@ -2099,3 +2099,41 @@ async fn invisible_constraint_keys_and_blank_override_justifications_are_400s() 
     }
     assert_eq!(h.log.len(), 1);
 }
+
+/// A request body that never arrives: headers sent, then nothing.
+struct NeverEndingBody;
+
+impl axum::body::HttpBody for NeverEndingBody {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_never_arrives_is_cut_off_not_waited_for_forever() {
+    let h = harness();
+    let request = Request::builder()
+        .method("POST")
+        .uri(format!("/v1/instances/{INSTANCE}/decisions"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, "60000")
+        .body(Body::new(NeverEndingBody))
+        .expect("request");
+    // Paused time jumps to the body timeout as soon as nothing else runs.
+    let answer = tokio::time::timeout(BODY_READ_TIMEOUT * 2, h.send(request))
+        .await
+        .expect("intake kept waiting on a body that never arrives");
+    assert!(
+        answer.status.is_client_error(),
+        "{}: {}",
+        answer.status,
+        answer.text
+    );
+    assert_eq!(h.log.len(), 0);
+}
