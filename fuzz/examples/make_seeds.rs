@@ -8,7 +8,9 @@ use std::path::Path;
 use warrant_schema::{encode, samples};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("seeds")
+        .join(target);
     std::fs::create_dir_all(&dir).expect("seed directory");
     std::fs::write(dir.join(name), bytes).expect("seed file");
 }
@@ -46,7 +48,8 @@ fn main() {
     write("fold", "duplicates", &twice);
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let example = |name: &str| std::fs::read(root.join("deploy/examples").join(name)).expect("example");
+    let example =
+        |name: &str| std::fs::read(root.join("deploy/examples").join(name)).expect("example");
     write("ruleset", "example", &example("ruleset.yaml"));
     write("principals", "example", &example("principals.yaml"));
 

@@ -22,7 +22,8 @@ const MAX_EVENTS: usize = 64;
 fn palette() -> &'static [Envelope] {
     static PALETTE: OnceLock<Vec<Envelope>> = OnceLock::new();
     PALETTE.get_or_init(|| {
-        let mut envelopes: Vec<Envelope> = samples::envelopes().into_iter().map(|(_, e)| e).collect();
+        let mut envelopes: Vec<Envelope> =
+            samples::envelopes().into_iter().map(|(_, e)| e).collect();
         envelopes.push(samples::signed_decision());
         envelopes
     })
@@ -69,7 +70,12 @@ fuzz_target!(|data: &[u8]| {
         let entry = step(&mut state, event);
         assert_eq!(entry.seq, index as u64 + 1, "one entry per event, in order");
         if let Some(status) = final_status {
-            assert_eq!(state.status(), Some(status), "left a final status at entry {}", entry.seq);
+            assert_eq!(
+                state.status(),
+                Some(status),
+                "left a final status at entry {}",
+                entry.seq
+            );
         } else if state.status().is_some_and(|s| s.is_final()) {
             final_status = state.status();
         }

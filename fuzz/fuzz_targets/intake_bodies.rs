@@ -21,7 +21,7 @@ use warrant_intake::config::{LoadedRuleset, Shared};
 use warrant_intake::http::{
     router, AppState, HttpOptions, ManualClock, Readiness, RecentInstances, Sessions,
 };
-use warrant_intake::log::{Appended, AppendError, BoxFuture, LogAppender};
+use warrant_intake::log::{AppendError, Appended, BoxFuture, LogAppender};
 use warrant_intake::metrics::Metrics;
 use warrant_intake::principals::Principals;
 use warrant_intake::projector::{Page, Projector, ProjectorError};
@@ -54,7 +54,10 @@ impl MemoryLog {
 }
 
 impl LogAppender for MemoryLog {
-    fn append<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<Appended, AppendError>> {
+    fn append<'a>(
+        &'a self,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, Result<Appended, AppendError>> {
         Box::pin(async move {
             let bytes = warrant_schema::encode(envelope).map_err(AppendError::Encode)?;
             let mut records = self.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -70,7 +73,10 @@ impl LogAppender for MemoryLog {
 struct FoldingProjector(Arc<MemoryLog>);
 
 impl Projector for FoldingProjector {
-    fn record<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ExecutionRecord>, ProjectorError>> {
+    fn record<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ExecutionRecord>, ProjectorError>> {
         Box::pin(async move { Ok(self.0.ledger().get(id).map(|f| f.record())) })
     }
 
@@ -118,8 +124,9 @@ impl Projector for FoldingProjector {
 fn config() -> &'static Shared {
     static CONFIG: OnceLock<Shared> = OnceLock::new();
     CONFIG.get_or_init(|| {
-        let ruleset = LoadedRuleset::parse(include_bytes!("../../deploy/examples/ruleset.yaml").to_vec())
-            .expect("the example ruleset loads");
+        let ruleset =
+            LoadedRuleset::parse(include_bytes!("../../deploy/examples/ruleset.yaml").to_vec())
+                .expect("the example ruleset loads");
         let principals = Principals::parse(include_bytes!("../../deploy/examples/principals.yaml"))
             .expect("the example principals load");
         Shared::new(ruleset, principals)
@@ -144,10 +151,10 @@ fuzz_target!(|data: &[u8]| {
     // The sample instance exists, so the per-instance routes reach their
     // validation instead of stopping at 404.
     let (_, proposal) = samples::envelopes().swap_remove(0);
-    log.0
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push((proposal.instance_id.clone(), warrant_schema::encode(&proposal).expect("encodes")));
+    log.0.lock().unwrap_or_else(PoisonError::into_inner).push((
+        proposal.instance_id.clone(),
+        warrant_schema::encode(&proposal).expect("encodes"),
+    ));
     let state = AppState {
         config: config().clone(),
         log: log.clone(),
@@ -181,13 +188,22 @@ fuzz_target!(|data: &[u8]| {
         0 => {}
         4 => {
             let timestamp = (NOW_MS / 1000).to_string();
-            builder = builder.header("X-Warrant-Timestamp", timestamp.as_str()).header(
-                "X-Warrant-Signature",
-                warrant_intake::signature::header_value(REVIEWER_SECRET.as_bytes(), &timestamp, body),
-            );
+            builder = builder
+                .header("X-Warrant-Timestamp", timestamp.as_str())
+                .header(
+                    "X-Warrant-Signature",
+                    warrant_intake::signature::header_value(
+                        REVIEWER_SECRET.as_bytes(),
+                        &timestamp,
+                        body,
+                    ),
+                );
         }
         n => {
-            builder = builder.header(header::AUTHORIZATION, format!("Bearer {}", TOKENS[usize::from(n) - 1]));
+            builder = builder.header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", TOKENS[usize::from(n) - 1]),
+            );
         }
     }
     if key % 2 == 1 {
