@@ -19,7 +19,7 @@ use tower::ServiceExt;
 use warrant_authority::{EntryView, ExecutionRecord, Ledger, LogPosition, StatusName};
 use warrant_intake::config::{LoadedRuleset, Shared};
 use warrant_intake::http::{
-    router, AppState, HttpOptions, ManualClock, Readiness, RecentInstances, Sessions,
+    router, AppState, CallerWaits, HttpOptions, ManualClock, Readiness, RecentInstances, Sessions,
 };
 use warrant_intake::log::{AppendError, Appended, BoxFuture, LogAppender};
 use warrant_intake::metrics::Metrics;
@@ -164,6 +164,7 @@ fuzz_target!(|data: &[u8]| {
         readiness: Arc::new(Readiness::new(true)),
         recent: Arc::new(RecentInstances::new(0)),
         sessions: Arc::new(Sessions::default()),
+        waits: Arc::new(CallerWaits::new(4)),
         options: HttpOptions {
             claim_timeout: Duration::from_millis(20),
             max_body_bytes: 65_536,
