@@ -115,3 +115,20 @@ def test_string_maps_equal_pythons_sorted_compact_json_within_the_bmp():
         }
         expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         assert canonical_json(value) == expected.encode()
+
+
+@pytest.mark.parametrize("value", [2**53, -(2**53), 2**60, 1152921504606846976, -(2**63), 10**30])
+def test_integers_outside_the_i_json_safe_range_are_refused(value):
+    # 2**60 and 10**30 are exact doubles, but JCS would print their shortest
+    # double form (1152921504606847000), not the integer itself.
+    with pytest.raises(ValueError, match=str(value)):
+        canonical_json(value)
+    with pytest.raises(ValueError):
+        canonical_json({"n": [value]})
+
+
+def test_the_safe_range_itself_is_accepted():
+    assert canonical_json(2**53 - 1) == b"9007199254740991"
+    assert canonical_json(-(2**53 - 1)) == b"-9007199254740991"
+    # A float is a double already: its JCS form is the number it is.
+    assert canonical_json(float(2**60)) == b"1152921504606847000"

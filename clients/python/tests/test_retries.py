@@ -289,3 +289,237 @@ def test_a_2xx_without_the_promised_fields_is_a_typed_error(sleeps):
     with pytest.raises(warrant.ServerError) as raised:
         client_for(intake).propose(ACTION)
     assert raised.value.code == "malformed_response"
+
+
+# -- too_many_waiters: a crowded wait API is no reason to give up ------------
+
+GRANTED = {
+    "instance_id": INSTANCE,
+    "grant_id": "g0000000-0000-5000-8000-000000000001",
+    "action_digest": action_digest(ACTION),
+    "scope": {},
+    "not_after": 0,
+    "event_id": "e0000000-0000-5000-8000-000000000002",
+    "partition": 1,
+    "offset": 8,
+}
+
+
+def crowded() -> httpx.Response:
+    return error(503, "too_many_waiters", {"Retry-After": "1"})
+
+
+class CrowdedIntake(Intake):
+    """Every long poll is refused too_many_waiters; plain reads answer `records` in order."""
+
+    def __init__(
+        self, *records: dict[str, Any], routes: dict[str, Any] | None = None, retry_after: bool = True
+    ) -> None:
+        super().__init__(httpx.Response(500))
+        self.records = list(records)
+        self.routes = routes or {}
+        self.retry_after = retry_after
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        for suffix, answer in self.routes.items():
+            if request.url.path.endswith(suffix) and request.method == "POST":
+                return answer
+        if "wait_ms" in request.url.params:
+            return crowded() if self.retry_after else error(503, "too_many_waiters")
+        current = self.records.pop(0) if len(self.records) > 1 else self.records[0]
+        return httpx.Response(200, json=current)
+
+    def long_polls(self) -> int:
+        return sum(1 for r in self.requests if "wait_ms" in r.url.params)
+
+    def plain_reads(self) -> int:
+        return sum(1 for r in self.requests if r.method == "GET" and "wait_ms" not in r.url.params)
+
+
+def test_wait_reads_plainly_while_every_waiter_slot_is_taken(sleeps):
+    intake = CrowdedIntake(*[record("AWAITING_DECISION", 1)] * 7, record("AUTHORIZED", 2))
+    # max_retries bounds retries of one request, not a wait: the wait goes on.
+    result = client_for(intake, max_retries=1).wait(INSTANCE, timeout=60)
+    assert result["status"] == "AUTHORIZED"
+    assert intake.plain_reads() == 8
+    assert intake.long_polls() == 8, "each pause ends with another try at the long poll"
+    kinds = ["wait_ms" in r.url.params for r in intake.requests]
+    assert kinds == [True, False] * 8, "a refused long poll is followed by a plain read at once"
+    # Paced by Retry-After (1 s, plus a little jitter), never a spin.
+    assert len(sleeps) == 7 and all(1.0 <= s <= 1.25 for s in sleeps), sleeps
+
+
+def test_wait_resumes_long_polling_when_a_slot_frees(sleeps):
+    intake = Intake(
+        crowded(),
+        httpx.Response(200, json=record("AWAITING_DECISION", 1)),  # the plain read
+        httpx.Response(200, json=record("AUTHORIZED", 2)),  # a long poll again
+    )
+    assert client_for(intake).wait(INSTANCE, timeout=60)["status"] == "AUTHORIZED"
+    params = [r.url.params for r in intake.requests]
+    assert ["wait_ms" in p for p in params] == [True, False, True]
+    assert params[2]["after_seq"] == "1", "the plain read's entries count as seen"
+
+
+@pytest.fixture()
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A fake monotonic clock that sleeping advances; returns the sleeps."""
+    now = [1000.0]
+    slept: list[float] = []
+    monkeypatch.setattr(_sync.time, "monotonic", lambda: now[0])
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(_sync.time, "sleep", sleep)
+    return slept
+
+
+def test_a_crowded_wait_without_retry_after_backs_off(clock):
+    intake = CrowdedIntake(record("AWAITING_DECISION", 1), retry_after=False)
+    with pytest.raises(WaitTimeout):
+        client_for(intake).wait(INSTANCE, timeout=60)
+    assert clock[0] <= 0.25, "backoff starts at 0.25 s"
+    assert max(clock) > 4.0 and all(s <= 8.0 for s in clock), clock
+    assert sum(clock) <= 60.0 + 1e-9
+
+
+def test_a_crowded_wait_ends_with_wait_timeout_not_unavailable(clock):
+    intake = CrowdedIntake(record("AWAITING_DECISION", 1))
+    with pytest.raises(WaitTimeout) as raised:
+        client_for(intake, max_retries=0).wait(INSTANCE, timeout=10)
+    assert raised.value.record == record("AWAITING_DECISION", 1)
+    # Retry-After 1 s for 10 s: about ten rounds, and no sleep past the deadline.
+    assert 7 <= intake.plain_reads() <= 11
+    assert sum(clock) <= 10.0 + 1e-9
+
+
+def test_the_guard_runs_an_approved_action_although_every_waiter_slot_is_taken(sleeps):
+    intake = CrowdedIntake(
+        record("AWAITING_DECISION", 1),
+        record("AUTHORIZED", 2),
+        routes={
+            "/v1/proposals": httpx.Response(202, json=ACCEPTED),
+            "/executions": httpx.Response(201, json=GRANTED),
+            "/reports": httpx.Response(202, json={"instance_id": INSTANCE}),
+        },
+    )
+    ran = []
+    with client_for(intake, max_retries=1).guard(ACTION) as grant:
+        ran.append(grant.grant_id)
+    assert ran == [GRANTED["grant_id"]]
+    assert intake.requests[-1].url.path.endswith("/reports")
+
+
+def test_async_wait_reads_plainly_while_every_waiter_slot_is_taken(sleeps):
+    intake = CrowdedIntake(*[record("AWAITING_DECISION", 1)] * 3, record("AUTHORIZED", 2))
+
+    async def run() -> dict[str, Any]:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(intake))
+        async with AsyncClient("http://intake.test", "svc-token", http_client=http, max_retries=1) as c:
+            return await c.wait(INSTANCE, timeout=60)
+
+    assert asyncio.run(run())["status"] == "AUTHORIZED"
+    assert intake.plain_reads() == 4 and intake.long_polls() == 4
+    assert len(sleeps) == 3 and all(1.0 <= s <= 1.25 for s in sleeps)
+
+
+def test_other_503s_of_a_wait_still_give_unavailable(sleeps):
+    intake = Intake(error(503, "projector_unavailable", {"Retry-After": "1"}))
+    with pytest.raises(Unavailable) as raised:
+        client_for(intake, max_retries=2).wait(INSTANCE, timeout=60)
+    assert raised.value.code == "projector_unavailable" and raised.value.attempts == 3
+
+
+# -- the guard runs a body at most once, and says when the body ran ---------
+
+
+def with_grants(status: str, *reports: str | None) -> dict[str, Any]:
+    grants = [
+        {"grant_id": f"g-{i}", "report": None if outcome is None else {"outcome": outcome}}
+        for i, outcome in enumerate(reports)
+    ]
+    return {**record(status, 3), "grants": grants}
+
+
+@pytest.mark.parametrize(
+    "earlier",
+    [
+        with_grants("EXECUTING", None),  # an earlier run claimed and died
+        with_grants("AUTHORIZED", "SUCCEEDED"),  # a rule allowing more executions
+        with_grants("AUTHORIZED", "FAILED"),
+        with_grants("COMPLETED", "SUCCEEDED"),
+    ],
+)
+def test_the_guard_never_claims_an_instance_that_already_shows_a_grant(sleeps, earlier):
+    intake = Intake(httpx.Response(202, json=ACCEPTED), httpx.Response(200, json=earlier))
+    with pytest.raises(warrant.AlreadyExecuted) as raised:
+        with client_for(intake).guard(ACTION, instance_id=INSTANCE):
+            pytest.fail("the body ran a second time on the same instance")
+    assert isinstance(raised.value, warrant.NotAuthorized)
+    assert raised.value.instance_id == INSTANCE
+    assert raised.value.status == earlier["status"]
+    assert raised.value.record["grants"] == earlier["grants"]
+    assert not any(r.url.path.endswith("/executions") for r in intake.requests)
+
+
+def test_a_lost_success_report_is_report_failed_not_unavailable(sleeps):
+    lost = error(503, "log_unavailable", {"Retry-After": "1"})
+    intake = Intake(
+        httpx.Response(202, json=ACCEPTED),
+        httpx.Response(200, json=record("AUTHORIZED", 2)),
+        httpx.Response(201, json=GRANTED),
+        lost,
+    )
+    guard = client_for(intake, max_retries=2).guard(ACTION)
+    ran = []
+    with pytest.raises(warrant.ReportFailed) as raised:
+        with guard as grant:
+            ran.append(grant.grant_id)
+    assert ran == [GRANTED["grant_id"]]
+    failure = raised.value
+    assert not isinstance(failure, Unavailable), "a retry-on-Unavailable loop must not re-run the body"
+    assert failure.grant == guard.grant and failure.outcome == "SUCCEEDED"
+    assert isinstance(failure.cause, Unavailable) and failure.cause.code == "log_unavailable"
+    assert failure.__cause__ is failure.cause and guard.report_error is failure.cause
+    assert failure.instance_id == INSTANCE
+
+
+def test_async_lost_success_report_is_report_failed(sleeps):
+    intake = Intake(
+        httpx.Response(202, json=ACCEPTED),
+        httpx.Response(200, json=record("AUTHORIZED", 2)),
+        httpx.Response(201, json=GRANTED),
+        error(503, "log_unavailable"),
+    )
+
+    async def run() -> Any:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(intake))
+        async with AsyncClient("http://intake.test", "svc", http_client=http, max_retries=1) as c:
+            guard = c.guard(ACTION)
+            with pytest.raises(warrant.ReportFailed) as raised:
+                async with guard:
+                    pass
+            return guard, raised.value
+
+    guard, failure = asyncio.run(run())
+    assert failure.outcome == "SUCCEEDED" and failure.grant == guard.grant
+    assert guard.report_error is failure.cause
+
+
+def test_an_async_guard_never_claims_an_instance_that_already_shows_a_grant(sleeps):
+    intake = Intake(
+        httpx.Response(202, json=ACCEPTED), httpx.Response(200, json=with_grants("EXECUTING", None))
+    )
+
+    async def run() -> None:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(intake))
+        async with AsyncClient("http://intake.test", "svc", http_client=http) as c:
+            async with c.guard(ACTION, instance_id=INSTANCE):
+                pytest.fail("the body ran a second time")
+
+    with pytest.raises(warrant.AlreadyExecuted):
+        asyncio.run(run())
+    assert not any(r.url.path.endswith("/executions") for r in intake.requests)

@@ -76,6 +76,30 @@ def test_guard_reports_failed_with_the_exceptions_text_and_reraises(system, clie
     assert reported["detail"] == f"OSError: {marker}"
 
 
+def test_a_guard_on_an_instance_already_claimed_never_runs_the_body(system, client, reviewer):
+    # An earlier run claimed and died (no report): the record is EXECUTING.
+    # A retried job guarding the same instance id must not claim again.
+    instance_id = str(uuid.uuid4())
+    action = staging_action()
+    client.propose(action, instance_id=instance_id)
+    client.wait(instance_id, until={"AWAITING_DECISION"}, timeout=20)
+    system.decide(instance_id, "alice")
+    client.wait(instance_id, until={"AUTHORIZED"}, timeout=20)
+    earlier = client.claim(instance_id, action)
+    with pytest.raises(warrant.AlreadyExecuted) as raised:
+        with client.guard(action, instance_id=instance_id, timeout=20):
+            pytest.fail("the body ran again under a second grant")
+    assert raised.value.status == "EXECUTING"
+    assert [g["grant_id"] for g in raised.value.record["grants"]] == [earlier.grant_id]
+    # Reported now, the instance is done; guarding it again still refuses.
+    client.report(earlier, "SUCCEEDED")
+    system.await_record(instance_id, {"COMPLETED"})
+    with pytest.raises(warrant.AlreadyExecuted):
+        with client.guard(action, instance_id=instance_id, timeout=20):
+            pytest.fail("the body ran again after completion")
+    assert len(system.record(instance_id)["grants"]) == 1
+
+
 def test_guard_rejected_raises_rejected_and_never_claims(system, client, reviewer):
     instance_id = str(uuid.uuid4())
     reviewer.decide_when_waiting(instance_id, reviewer="bob", verdict="REJECT")

@@ -17,6 +17,7 @@ from ._async import AsyncClient, AsyncGuard
 from ._canonical import action_digest, canonical_json
 from ._core import FINAL, PAUSED, Grant, Proposal
 from ._errors import (
+    AlreadyExecuted,
     ApiError,
     AuthenticationError,
     BadRequest,
@@ -28,6 +29,7 @@ from ._errors import (
     PermissionDenied,
     Refused,
     Rejected,
+    ReportFailed,
     ServerError,
     Unavailable,
     WaitTimeout,
@@ -68,6 +70,8 @@ __all__ = [
     "Rejected",
     "Expired",
     "Withdrawn",
+    "AlreadyExecuted",
+    "ReportFailed",
     "WaitTimeout",
 ]
 

@@ -11,7 +11,7 @@ import httpx
 
 from . import _core
 from ._core import Call, Grant, Proposal, Response, RetryPolicy, Until
-from ._errors import Unavailable, WaitTimeout, WarrantError
+from ._errors import ReportFailed, Unavailable, WaitTimeout, WarrantError
 
 T = TypeVar("T")
 
@@ -56,6 +56,8 @@ class AsyncClient:
                 error: Exception | None = None
             except httpx.TransportError as failure:
                 response, error = None, failure
+            if response is not None and call.hand_back is not None and call.hand_back(response):
+                return call.read(response)
             delay = self.retry.delay(attempt, response)
             if delay is None:
                 if response is None:
@@ -209,7 +211,13 @@ class AsyncGuard:
     ) -> Literal[False]:
         assert self.grant is not None  # __aexit__ runs only after __aenter__ returned it
         if exc is None:
-            self.report = await self._client.report(self.grant, "SUCCEEDED")
+            try:
+                self.report = await self._client.report(self.grant, "SUCCEEDED")
+            except WarrantError as failure:
+                # The body ran: an Unavailable here would read as "never
+                # started" and invite a retry that runs it again.
+                self.report_error = failure
+                raise ReportFailed(self.grant, "SUCCEEDED", failure) from failure
             return False
         try:
             self.report = await self._client.report(

@@ -13,7 +13,10 @@ import hashlib
 import math
 from typing import Any, Mapping
 
-__all__ = ["canonical_json", "action_digest", "canonical_action"]
+__all__ = ["canonical_json", "action_digest", "canonical_action", "MAX_SAFE_INTEGER"]
+
+# The largest integer every JSON implementation reads exactly (I-JSON, RFC 7493).
+MAX_SAFE_INTEGER = 2**53 - 1
 
 # JSON.stringify's short escapes; every other control character is \u00xx.
 _SHORT_ESCAPES = {
@@ -87,10 +90,16 @@ def _encode(value: Any, out: list[str]) -> None:
     elif isinstance(value, str):
         out.append(_string(value))
     elif isinstance(value, int):
-        as_float = float(value)
-        if int(as_float) != value:
-            raise ValueError(f"integer {value} is not exactly representable as an IEEE 754 double")
-        out.append(_number(as_float))
+        # I-JSON (RFC 7493 §2.2): beyond ±(2**53 − 1) an integer's JSON text
+        # names a double that many integers round to, and JCS prints that
+        # double's shortest form, not the integer: a reviewer would read a
+        # number other than the one the tool receives.
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise ValueError(
+                f"integer {value} is outside the I-JSON safe range ±(2**53 - 1) = "
+                f"±{MAX_SAFE_INTEGER}; pass it as a string"
+            )
+        out.append(_number(float(value)))
     elif isinstance(value, float):
         out.append(_number(value))
     elif isinstance(value, Mapping):

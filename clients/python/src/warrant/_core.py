@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from ._canonical import action_digest
 from ._errors import (
+    AlreadyExecuted,
     ApiError,
     AuthenticationError,
     BadRequest,
@@ -123,6 +124,9 @@ class Call(Generic[T]):
 
     request: Request
     read: Callable[[Response], T]
+    # An answer for which this is true goes to `read` at once, even when its
+    # status would be retried (a wait handles `too_many_waiters` itself).
+    hand_back: Callable[[Response], bool] | None = None
 
 
 def new_idempotency_key() -> str:
@@ -370,6 +374,17 @@ class RetryPolicy:
         return jittered
 
 
+TOO_MANY_WAITERS = "too_many_waiters"
+
+
+def is_crowded(response: Response) -> bool:
+    """A 503 `too_many_waiters`: the long poll found every waiter slot taken.
+
+    Only the long poll is refused: a plain read of the record still answers.
+    """
+    return response.status == 503 and _error_parts(response)[0] == TOO_MANY_WAITERS
+
+
 def _retry_after(response: Response | None) -> float | None:
     if response is None:
         return None
@@ -410,6 +425,10 @@ class WaitPlan:
     # When an intake without the wait API answers at once, poll at this pace.
     MIN_POLL_S = 0.05
     MAX_POLL_S = 1.0
+    # While long polls are refused `too_many_waiters`, read plainly at the
+    # pace of Retry-After, or of this backoff when there is none.
+    CROWDED_BASE_S = 0.25
+    CROWDED_MAX_S = 8.0
 
     def __init__(self, token: str, instance_id: str, until: Until, timeout: float, after_seq: int, now: float) -> None:
         self.token = token
@@ -422,19 +441,56 @@ class WaitPlan:
         self._poll = self.MIN_POLL_S
         self._sent_at = now
         self._wait_ms = 0
+        # After a `too_many_waiters`: the next request is a plain read.
+        self._plain = False
+        self._crowded = 0  # long polls refused in a row
+        self._crowded_pause: float | None = None  # the refusal's Retry-After
+        self.plain_reads = 0
 
     def next_call(self, now: float) -> Call[Response] | None:
-        """The next long poll, or None when the timeout has passed."""
+        """The next long poll (or plain read), or None when the timeout has passed."""
         remaining = self.deadline - now
         if remaining <= 0:
             return None
-        self._wait_ms = max(1, min(MAX_WAIT_MS, int(remaining * 1000)))
         self._sent_at = now
-        call = get(self.token, self.instance_id, after_seq=self.after_seq, wait_ms=self._wait_ms)
-        return Call(call.request, lambda response: response)
+        if self._plain:
+            self._wait_ms = 0
+            call = get(self.token, self.instance_id)
+        else:
+            self._wait_ms = max(1, min(MAX_WAIT_MS, int(remaining * 1000)))
+            call = get(self.token, self.instance_id, after_seq=self.after_seq, wait_ms=self._wait_ms)
+        return Call(call.request, lambda response: response, hand_back=is_crowded)
 
-    def observe(self, response: Response, now: float) -> tuple[bool, float]:
+    def observe(
+        self, response: Response, now: float, rng: Callable[[], float] = random.random
+    ) -> tuple[bool, float]:
         """(done, seconds to sleep before the next poll)."""
+        if is_crowded(response):
+            # Every waiter slot is taken (possibly by someone else's waits):
+            # not a reason to give up before the wait's own deadline. Read
+            # the record at once without waiting, then, paced, try to long
+            # poll again.
+            self._crowded += 1
+            self._crowded_pause = _retry_after(response)
+            if not self._plain:
+                self._plain = True
+                return False, 0.0
+            self._plain = False
+            return False, self._crowded_delay(now, rng)
+        if self._plain:
+            self._plain = False
+            self.plain_reads += 1
+            if response.status == 404:
+                return False, self._crowded_delay(now, rng)
+            record = decoded(lambda answer: dict(_expect(answer, 200)))(response)
+            self.record = record
+            if self.check(record):
+                return True, 0.0
+            history = record.get("history") or []
+            if len(history) > self.after_seq:
+                self.after_seq = len(history)
+            return False, self._crowded_delay(now, rng)
+        self._crowded = 0
         if response.status == 404:
             # Not in the view yet: a waiter may start right after proposing.
             return False, self._backoff(now)
@@ -449,6 +505,16 @@ class WaitPlan:
             return False, 0.0
         return False, self._backoff(now)
 
+    def _crowded_delay(self, now: float, rng: Callable[[], float]) -> float:
+        """How long to wait before the next long-poll attempt while crowded."""
+        pause = self._crowded_pause
+        if pause is None or pause > MAX_RETRY_AFTER_S:
+            backoff = min(self.CROWDED_MAX_S, self.CROWDED_BASE_S * 2.0 ** max(0, self._crowded - 1))
+            pause = backoff * (0.5 + 0.5 * rng())
+        else:
+            pause += self.CROWDED_BASE_S * rng()
+        return min(pause, max(0.0, self.deadline - now))
+
     def _backoff(self, now: float) -> float:
         # A long poll that came back well before wait_ms with nothing new
         # was not a long poll (an older intake): pace the loop instead.
@@ -461,12 +527,20 @@ class WaitPlan:
 
 # -- the guard's decisions ---------------------------------------------------
 
-RUNNABLE = frozenset({"AUTHORIZED", "EXECUTING"})
+# EXECUTING is not runnable: it means an earlier run holds an unreported grant.
+RUNNABLE = frozenset({"AUTHORIZED"})
 
 
 def refusal_for(instance_id: str, record: dict[str, Any]) -> NotAuthorized | None:
-    """None when the record allows a claim; otherwise the exception to raise."""
+    """None when the record allows a claim; otherwise the exception to raise.
+
+    A guard runs its body at most once per instance: a record that already
+    shows a grant (an earlier run of the same instance id, reported or not)
+    is refused, even under a rule that allows more executions.
+    """
     status = record.get("status")
+    if record.get("grants"):
+        return AlreadyExecuted(instance_id, status, record, code="AlreadyExecuted")
     if status in RUNNABLE:
         return None
     if status == "REJECTED":

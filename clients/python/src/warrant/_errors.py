@@ -14,7 +14,9 @@
     ├── NotAuthorized            the instance ended without authority to run: .status, .code, .instance_id, .record
     │   ├── Rejected             REJECTED
     │   ├── Expired              EXPIRED
-    │   └── Withdrawn            WITHDRAWN
+    │   ├── Withdrawn            WITHDRAWN
+    │   └── AlreadyExecuted      the record already shows a grant: the guard runs a body once per instance
+    ├── ReportFailed             the guard's body ran but its SUCCEEDED report was lost: .grant, .outcome, .cause
     └── WaitTimeout              the wait's own timeout passed: .instance_id, .record
 """
 
@@ -38,6 +40,8 @@ __all__ = [
     "Rejected",
     "Expired",
     "Withdrawn",
+    "AlreadyExecuted",
+    "ReportFailed",
     "WaitTimeout",
 ]
 
@@ -157,6 +161,42 @@ class Expired(NotAuthorized):
 
 class Withdrawn(NotAuthorized):
     """The proposer withdrew the proposal."""
+
+
+class AlreadyExecuted(NotAuthorized):
+    """The record already shows a grant: an earlier run claimed this instance.
+
+    A guard runs its body at most once per instance, so re-entering it with
+    the same `instance_id` (a retried job) never claims again, whether the
+    earlier run reported (`COMPLETED`, `FAILED`, or `AUTHORIZED` again under
+    a rule allowing more executions) or died after its claim (`EXECUTING`).
+    `.record["grants"]` says what happened to the earlier grant.
+    """
+
+
+class ReportFailed(WarrantError):
+    """The guard's body ran, but its report could not be sent.
+
+    Not an `Unavailable`: the effect happened, so retrying the guarded
+    operation would run it again. `.grant` is the grant the body ran under,
+    `.outcome` the outcome that was not recorded, `.cause` the error of the
+    report (also `__cause__`). Post it later with
+    `client.report(e.grant, e.outcome)`; until then the record shows the
+    grant without a report.
+    """
+
+    def __init__(self, grant: Any, outcome: str, cause: WarrantError) -> None:
+        instance_id = getattr(grant, "instance_id", None)
+        grant_id = getattr(grant, "grant_id", None)
+        super().__init__(
+            f"the body ran under grant {grant_id} of instance {instance_id}, but reporting "
+            f"{outcome} failed: {cause}; do not run it again, report it with "
+            f"client.report(grant, {outcome!r})"
+        )
+        self.grant = grant
+        self.outcome = outcome
+        self.cause = cause
+        self.instance_id = instance_id
 
 
 class WaitTimeout(WarrantError):

@@ -10,7 +10,7 @@ import httpx
 
 from . import _core
 from ._core import Call, Grant, Proposal, Response, RetryPolicy, Until
-from ._errors import Unavailable, WaitTimeout, WarrantError
+from ._errors import ReportFailed, Unavailable, WaitTimeout, WarrantError
 
 T = TypeVar("T")
 
@@ -62,6 +62,8 @@ class Client:
                 error: Exception | None = None
             except httpx.TransportError as failure:
                 response, error = None, failure
+            if response is not None and call.hand_back is not None and call.hand_back(response):
+                return call.read(response)
             delay = self.retry.delay(attempt, response)
             if delay is None:
                 if response is None:
@@ -179,7 +181,10 @@ class Client:
 
         Nothing is sent until the block is entered: then propose, wait while
         paused, claim. On exit the outcome is reported: SUCCEEDED, or FAILED
-        with the exception's text (the exception is re-raised).
+        with the exception's text (the exception is re-raised). A lost
+        SUCCEEDED report raises ReportFailed (the body ran: do not retry it).
+        The body runs at most once per instance: a record that already shows
+        a grant (the same `instance_id` guarded before) raises AlreadyExecuted.
         """
         return Guard(self, action, context_refs, rationale, instance_id, timeout)
 
@@ -233,7 +238,13 @@ class Guard:
     ) -> Literal[False]:
         assert self.grant is not None  # __exit__ runs only after __enter__ returned it
         if exc is None:
-            self.report = self._client.report(self.grant, "SUCCEEDED")
+            try:
+                self.report = self._client.report(self.grant, "SUCCEEDED")
+            except WarrantError as failure:
+                # The body ran: an Unavailable here would read as "never
+                # started" and invite a retry that runs it again.
+                self.report_error = failure
+                raise ReportFailed(self.grant, "SUCCEEDED", failure) from failure
             return False
         try:
             self.report = self._client.report(self.grant, "FAILED", detail=_core.failure_detail(exc))
