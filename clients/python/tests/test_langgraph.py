@@ -37,6 +37,7 @@ from warrant import Client, action_digest  # noqa: E402
 from warrant.langgraph import (  # noqa: E402
     AlreadyExecuted,
     ArgumentsChanged,
+    GuardConfigError,
     NotAuthorizedToRun,
     WarrantToolGuard,
     instance_id_for,
@@ -140,8 +141,8 @@ class Run:
         self.guard = make_guard(client, prefix, **options)
         self.graph = build_graph(self.guard, self.tool, self.call_id, ARGS)
         self.config = {"configurable": {"thread_id": self.thread_id}}
-        self.instance_id = instance_id_for(self.thread_id, self.call_id)
-        self.action = tool_action("deploy.restart", f"{prefix}/api", ARGS)
+        self.instance_id = instance_id_for(self.thread_id, self.call_id, tool_name=TOOL_NAME)
+        self.action = tool_action("deploy.restart", f"{prefix}/api", ARGS, tool_name=TOOL_NAME)
 
     def start(self) -> dict[str, Any]:
         """Run until the guard's interrupt; its payload."""
@@ -170,24 +171,53 @@ def events(record: dict[str, Any]) -> list[str]:
 
 
 def test_instance_ids_are_stable_version_4_and_distinct() -> None:
-    first = instance_id_for("thread-1", "call-1")
-    assert first == instance_id_for("thread-1", "call-1")
+    first = instance_id_for("thread-1", "call-1", tool_name="t")
+    assert first == instance_id_for("thread-1", "call-1", tool_name="t")
     assert uuid.UUID(first).version == 4
     assert uuid.UUID(first).variant == uuid.RFC_4122
     # Length-prefixed parts: moving a character between the parts is another id.
-    assert first != instance_id_for("thread-1c", "all-1")
-    assert first != instance_id_for("thread-1", "call-2")
-    assert first != instance_id_for("thread-1", "call-1", namespace="other-app")
+    assert first != instance_id_for("thread-1c", "all-1", tool_name="t")
+    assert first != instance_id_for("thread-1", "call-2", tool_name="t")
+    assert first != instance_id_for("thread-1", "call-1", namespace="other-app", tool_name="t")
+    # The tool's name is a part: the same call id under another tool is another instance.
+    assert first != instance_id_for("thread-1", "call-1", tool_name="u")
+    assert instance_id_for("a", "b", tool_name="cd") != instance_id_for("a", "cb", tool_name="d")
 
 
 def test_parameters_are_the_canonical_json_of_each_argument() -> None:
     args = {"replicas": 3, "tags": {"b": 1, "a": "x"}}
-    action = tool_action("deploy.restart", "staging/api", args)
-    assert action["parameters"] == {"replicas": "3", "tags": '{"a":"x","b":1}'}
+    action = tool_action("deploy.restart", "staging/api", args, tool_name="restart")
+    assert action["parameters"] == {
+        "replicas": "3",
+        "tags": '{"a":"x","b":1}',
+        "@tool": '"restart"',
+    }
     # A string argument is quoted: "3" and 3 are two different actions.
-    assert tool_action("k", "t", {"replicas": "3"})["parameters"] == {"replicas": '"3"'}
-    assert action_digest(tool_action("k", "t", {"replicas": "3"})) != action_digest(
-        tool_action("k", "t", {"replicas": 3})
+    assert tool_action("k", "t", {"replicas": "3"}, tool_name="x")["parameters"] == {
+        "replicas": '"3"',
+        "@tool": '"x"',
+    }
+    assert action_digest(tool_action("k", "t", {"replicas": "3"}, tool_name="x")) != action_digest(
+        tool_action("k", "t", {"replicas": 3}, tool_name="x")
+    )
+
+
+def test_the_tool_name_is_bound_into_the_action() -> None:
+    restart = tool_action("k", "t", {"service": "api"}, tool_name="restart_service")
+    delete = tool_action("k", "t", {"service": "api"}, tool_name="delete_service")
+    assert action_digest(restart) != action_digest(delete)
+    # The reserved parameter cannot be supplied (or overridden) by an argument.
+    with pytest.raises(GuardConfigError, match="@tool"):
+        tool_action("k", "t", {"@tool": "restart_service"}, tool_name="delete_service")
+
+
+def test_integers_beyond_the_safe_range_are_refused_as_arguments() -> None:
+    # 2**60 is exactly a double; JCS would print 1152921504606847000, which is
+    # not the integer the tool would receive.
+    with pytest.raises(ValueError, match="1152921504606846976"):
+        tool_action("k", "t", {"message_id": 2**60}, tool_name="delete_message")
+    assert tool_action("k", "t", {"n": 2**53 - 1}, tool_name="x")["parameters"]["n"] == str(
+        2**53 - 1
     )
 
 
@@ -271,7 +301,7 @@ def test_a_call_authorized_by_its_policy_signal_runs_without_a_reviewer(
     system: Any, client: Client
 ) -> None:
     run = Run(client, kind="cache.flush")
-    run.action = tool_action("cache.flush", "staging/api", ARGS)
+    run.action = tool_action("cache.flush", "staging/api", ARGS, tool_name=TOOL_NAME)
     paused = run.start()
     assert paused["status"] == "AWAITING_SIGNALS"
     assert paused["action"] == run.action
@@ -355,7 +385,7 @@ def test_changed_arguments_are_refused_and_never_claimed(system: Any, client: Cl
 
     assert raised.value.instance_id == run.instance_id
     assert raised.value.authorized_digest == action_digest(run.action)
-    tampered_action = tool_action("deploy.restart", "staging/api", tampered)
+    tampered_action = tool_action("deploy.restart", "staging/api", tampered, tool_name=TOOL_NAME)
     assert raised.value.digest == action_digest(tampered_action)
     assert run.tool.runs == []
     record = system.record(run.instance_id)
@@ -363,6 +393,61 @@ def test_changed_arguments_are_refused_and_never_claimed(system: Any, client: Cl
     assert record["grants"] == []
     assert events(record) == ["ActionProposed", "DecisionRecorded"]
     assert record["proposal"]["action"]["parameters"] == run.action["parameters"]
+
+
+def test_a_call_renamed_to_another_tool_never_runs_under_the_approval(
+    system: Any, client: Client
+) -> None:
+    run = Run(client)
+    deleted: list[dict[str, Any]] = []
+
+    @tool("delete_service")
+    def delete_service(service: str, strategy: str, replicas: int) -> str:
+        """Delete a staging service."""
+        deleted.append({"service": service})
+        return "DELETED"
+
+    calls = [{"name": TOOL_NAME, "args": dict(ARGS), "id": run.call_id, "type": "tool_call"}]
+
+    def model(state: State) -> dict[str, Any]:
+        if isinstance(state["messages"][-1], ToolMessage):
+            return {"messages": [AIMessage(content="done", id=f"final-{run.call_id}")]}
+        return {"messages": [AIMessage(content="", tool_calls=calls, id=f"ai-{run.call_id}")]}
+
+    builder = StateGraph(State)
+    builder.add_node("model", model)
+    builder.add_node("tools", ToolNode([run.tool.tool, delete_service], **run.guard.hooks()))
+    builder.add_edge(START, "model")
+    builder.add_conditional_edges("model", tools_condition, {"tools": "tools", END: END})
+    builder.add_edge("tools", "model")
+    run.graph = builder.compile(checkpointer=InMemorySaver())
+
+    paused = run.start()
+    assert paused["action"]["parameters"]["@tool"] == '"restart_service"'
+    system.decide(run.instance_id, "alice", "APPROVE")
+    system.await_record(run.instance_id, {"AUTHORIZED"})
+    # Same message id, same tool-call id, same arguments: another tool.
+    renamed = {"name": "delete_service", "args": dict(ARGS), "id": run.call_id, "type": "tool_call"}
+    run.graph.update_state(
+        run.config,
+        {"messages": [AIMessage(content="", tool_calls=[renamed], id=f"ai-{run.call_id}")]},
+        as_node="model",
+    )
+
+    again = only_interrupt(run.resume("approved"))
+
+    # The renamed call is its own proposal, waiting for its own decision;
+    # the approval of restart_service is never spent on it.
+    assert deleted == [] and run.tool.runs == []
+    renamed_instance = instance_id_for(run.thread_id, run.call_id, tool_name="delete_service")
+    assert again["instance_id"] == renamed_instance != run.instance_id
+    assert again["tool"] == "delete_service"
+    assert again["status"] == "AWAITING_DECISION"
+    proposed = system.record(renamed_instance)["proposal"]["action"]
+    assert proposed["parameters"]["@tool"] == '"delete_service"'
+    approved = system.record(run.instance_id)
+    assert approved["status"] == "AUTHORIZED"
+    assert approved["grants"] == []
 
 
 def test_rerun_and_second_resume_land_on_the_same_instance_and_run_once(
@@ -462,7 +547,7 @@ def test_two_calls_in_one_message_are_two_instances(system: Any, client: Client)
     web_args = {**ARGS, "service": "web"}
     web = {"name": TOOL_NAME, "args": web_args, "id": f"{run.call_id}-web", "type": "tool_call"}
     run.graph = build_graph(run.guard, run.tool, run.call_id, ARGS, web)
-    web_instance = instance_id_for(run.thread_id, web["id"])
+    web_instance = instance_id_for(run.thread_id, web["id"], tool_name=TOOL_NAME)
 
     run.start()
     # ToolNode runs the calls side by side: both are proposed in the first

@@ -56,6 +56,7 @@ __all__ = [
     "GuardError",
     "InstanceConflict",
     "NotAuthorizedToRun",
+    "TOOL_PARAMETER",
     "ToolRefused",
     "WarrantToolGuard",
     "instance_id_for",
@@ -66,9 +67,15 @@ log = logging.getLogger("warrant.langgraph")
 
 
 # Changing this string changes every derived instance id, so a graph resumed
-# across an upgrade would propose a second instance for a call already
-# proposed: it never changes.
-_INSTANCE_NAMESPACE = "warrant.langgraph.instance.v1"
+# across an upgrade proposes a second instance for a call already proposed.
+# v2: the tool's name became one of the parts (and the "@tool" parameter),
+# so a call pending across that upgrade is proposed and reviewed again.
+_INSTANCE_NAMESPACE = "warrant.langgraph.instance.v2"
+
+# The parameter that binds the tool's name into the action. "@" cannot start
+# a Python parameter name, so no function tool's argument collides with it;
+# a tool whose schema has such an argument cannot be guarded.
+TOOL_PARAMETER = "@tool"
 
 # A report's detail is for people reading the record; a tool's whole error
 # output does not belong on the log.
@@ -152,28 +159,42 @@ class ToolRefused(NotAuthorizedToRun):
 # -- actions and instance ids ------------------------------------------------
 
 
-def tool_action(kind: str, target: str, args: Mapping[str, Any]) -> dict[str, Any]:
+def tool_action(
+    kind: str, target: str, args: Mapping[str, Any], *, tool_name: str
+) -> dict[str, Any]:
     """The action for a tool call: each argument becomes one parameter.
 
     A parameter's value is the canonical JSON text of the argument, so the
     action digest binds the exact value and its type (``"5"`` and ``5`` are
-    different actions).
+    different actions). The reserved parameter ``"@tool"`` holds the
+    canonical JSON of the tool's name, so the digest also binds which tool
+    runs; an argument of that name is refused (``GuardConfigError``).
     """
+    if TOOL_PARAMETER in args:
+        raise GuardConfigError(
+            f"tool {tool_name!r} has an argument named {TOOL_PARAMETER!r}, the parameter "
+            "the guard reserves for the tool's name; such a tool cannot be guarded"
+        )
     parameters = {str(key): canonical_json(value).decode("utf-8") for key, value in args.items()}
+    parameters[TOOL_PARAMETER] = canonical_json(tool_name).decode("utf-8")
     return {"kind": kind, "target": target, "parameters": parameters}
 
 
-def instance_id_for(thread_id: str, tool_call_id: str, namespace: str = "") -> str:
+def instance_id_for(
+    thread_id: str, tool_call_id: str, namespace: str = "", *, tool_name: str
+) -> str:
     """The instance id of one tool call in one thread, formatted as a UUID version 4.
 
     The id must be the same every time the node runs for this call (so a
     re-run after resume lands on the instance already proposed), which a
     random id is not; and it must not be version 5, which intake derives
-    itself and refuses as a chosen id. The parts are length-prefixed so no
-    choice of thread and call ids produces another pair's id.
+    itself and refuses as a chosen id. The tool's name is one of the parts,
+    so a call renamed after its proposal is another instance, never the
+    approved one. The parts are length-prefixed so no choice of thread,
+    tool and call ids produces another triple's id.
     """
     digest = hashlib.sha256()
-    for part in (_INSTANCE_NAMESPACE, namespace, thread_id, tool_call_id):
+    for part in (_INSTANCE_NAMESPACE, namespace, thread_id, tool_name, tool_call_id):
         encoded = part.encode("utf-8")
         digest.update(len(encoded).to_bytes(8, "big"))
         digest.update(encoded)
@@ -290,7 +311,7 @@ class WarrantToolGuard:
     def action_for(self, tool_name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         kind = self._kind(tool_name, args) if callable(self._kind) else self._kind
         target = self._target(tool_name, args) if callable(self._target) else self._target
-        return tool_action(kind, target, args)
+        return tool_action(kind, target, args, tool_name=tool_name)
 
     def instance_id(self, request: ToolCallRequest) -> str:
         config = getattr(request.runtime, "config", None) or {}
@@ -306,11 +327,20 @@ class WarrantToolGuard:
                 f"tool call {request.tool_call['name']!r} has no id; the guard derives "
                 "the Warrant instance from it"
             )
-        return instance_id_for(str(thread_id), str(call_id), self._namespace)
+        return instance_id_for(
+            str(thread_id), str(call_id), self._namespace, tool_name=str(request.tool_call["name"])
+        )
 
     def _prepare(self, request: ToolCallRequest) -> _Prepared:
         """Propose, pause until decided, re-check the arguments, claim."""
         call = request.tool_call
+        # ToolNode runs request.tool, resolved from the call's name; a request
+        # whose tool is another one would run what the digest does not name.
+        tool = getattr(request, "tool", None)
+        if tool is not None and getattr(tool, "name", call["name"]) != call["name"]:
+            raise GuardConfigError(
+                f"tool call {call['name']!r} would run tool {tool.name!r}; the tool was not run"
+            )
         # The arguments that will run are this copy: whatever else holds the
         # request's dict cannot change them between the digest and the run.
         args = copy.deepcopy(dict(call["args"]))
