@@ -957,3 +957,80 @@ async fn adversarial_clients_cannot_authorize_past_a_deadline_close_anothers_gra
         ["ActionProposed: NONE -> AWAITING_DECISION"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_agent_learns_of_the_decision_without_polling() {
+    let (_args, _dir, _services, api) = ready_services(false).await;
+    let (instance, _) = api
+        .proposed(SERVICE_TOKEN, "db.vacuum", "staging/wait")
+        .await;
+    // Waiting right after the 202, before the projector has folded the
+    // proposal: an instance not folded yet counts as 0 entries.
+    let (status, record) = get_json(&format!(
+        "{}/v1/instances/{instance}?after_seq=0&wait_ms=20000",
+        api.projector
+    ))
+    .await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["status"], "AWAITING_DECISION");
+    let seen = record["history"].as_array().map_or(0, Vec::len);
+    assert_eq!(seen, 1);
+
+    // The agent waits through intake with its own token, for anything
+    // after what it has seen.
+    let waiting = {
+        let (http, url) = (
+            api.http.clone(),
+            format!(
+                "{}/v1/instances/{instance}?after_seq={seen}&wait_ms=25000",
+                api.intake
+            ),
+        );
+        tokio::spawn(async move {
+            let response = http
+                .get(url)
+                .bearer_auth(SERVICE_TOKEN)
+                .send()
+                .await
+                .expect("intake answers");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.expect("json"),
+                Instant::now(),
+            )
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "answered before anything changed");
+
+    api.decided(
+        &instance,
+        ALICE,
+        "alice",
+        json!({ "instance_id": instance, "verdict": "APPROVE", "justification": "routine" }),
+    )
+    .await;
+    let decided = Instant::now();
+    let (status, record, answered) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("woken by the decision's commit, long before wait_ms")
+        .expect("the waiting task");
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["status"], "AUTHORIZED", "{record}");
+    assert_eq!(record["history"].as_array().map(Vec::len), Some(2));
+    let latency = answered.saturating_duration_since(decided);
+    eprintln!("decision 202 → waiter answered: {} ms", latency.as_millis());
+    assert!(latency < Duration::from_secs(5), "{latency:?}");
+
+    // Nothing new: the unchanged record after wait_ms.
+    let started = Instant::now();
+    let (status, record) = get_json(&format!(
+        "{}/v1/instances/{instance}?after_seq=2&wait_ms=300",
+        api.projector
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(record["history"].as_array().map(Vec::len), Some(2));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}

@@ -13,6 +13,9 @@
 const SESSION_PREFIX = "warrant.session.v1\n";
 const DECISION_PREFIX = "warrant.decision.v1\n";
 const POLL_MS = 2000;
+// A record page asks intake to hold each read until the record changes
+// (the wait API), so a decision shows up the moment it is folded.
+const WAIT_MS = 25000;
 const STATUSES = [
   "AWAITING_DECISION", "AWAITING_SIGNALS", "BLOCKED", "AUTHORIZED", "EXECUTING",
   "COMPLETED", "FAILED", "REJECTED", "EXPIRED", "WITHDRAWN",
@@ -420,13 +423,16 @@ function instancePage(id) {
     recordBox, formBox, result, logBox);
   const mine = generation;
   let shown = null;
+  let shownEntries = 0;
   let shownAt = 0;
 
   const poll = async () => {
     if (mine !== generation) return;
+    const seen = shown === null ? 0 : shownEntries;
+    const asked = Date.now();
     let record;
     try {
-      record = await api(`/v1/instances/${encodeURIComponent(id)}`);
+      record = await api(`/v1/instances/${encodeURIComponent(id)}?after_seq=${seen}&wait_ms=${shown === null ? 0 : WAIT_MS}`);
     } catch (error) {
       if (mine !== generation) return;
       recordBox.replaceChildren(signInPrompt(error));
@@ -435,22 +441,28 @@ function instancePage(id) {
       return;
     }
     if (mine !== generation) return;
-    if (record.head_hash !== shown) {
+    const changed = record.head_hash !== shown;
+    if (changed) {
       shown = record.head_hash;
+      shownEntries = (record.history || []).length;
       shownAt = Date.now();
       recordBox.replaceChildren(recordView(record));
       logBox.replaceChildren(logView(record));
       updateForm(formBox, record, result);
-    } else if (Date.now() - shownAt > 30_000) {
+    } else if (Date.now() - shownAt > 20_000) {
       // Nothing new on the log: only the ages and time left moved on.
       shownAt = Date.now();
       recordBox.replaceChildren(recordView(record));
     }
     const waiting = !FINAL.has(record.status);
     page.querySelector("#poll-state").textContent = waiting
-      ? `Refreshing every ${POLL_MS / 1000} s · last ${new Date().toLocaleTimeString()}`
+      ? `Live: shown as soon as the log changes · last checked ${new Date().toLocaleTimeString()}`
       : `Final: ${record.status}.`;
-    if (waiting) setTimeout(poll, POLL_MS);
+    if (!waiting) return;
+    // An answer that came back at once with nothing new (an intake without
+    // the wait API, say) must not turn into a tight loop.
+    const quick = !changed && Date.now() - asked < 500;
+    setTimeout(poll, quick ? POLL_MS : 0);
   };
   poll();
   return page;

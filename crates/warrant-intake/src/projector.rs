@@ -4,6 +4,9 @@
 //!
 //! The contract (served by warrant-projector):
 //! - `GET {base}/v1/instances/{id}` → 200 [`ExecutionRecord`] or 404;
+//! - `GET {base}/v1/instances/{id}?after_seq=N&wait_ms=M` → the same, once
+//!   the record has more than N entries or M ms have passed; 503
+//!   `too_many_waiters` when every waiter slot is taken;
 //! - `GET {base}/v1/instances/{id}/entries?partition=P&offset=O&wait_ms=N`
 //!   → 200 [`EntryView`] once the entry at that log position is folded and
 //!   committed, or 404 `{"error":{"code":"not_folded"}}` after `wait_ms`;
@@ -16,8 +19,11 @@ use warrant_authority::{EntryView, ExecutionRecord, LogPosition, StatusName};
 
 use crate::log::BoxFuture;
 
-/// Largest `wait_ms` asked of the projector in one request.
+/// Largest `wait_ms` asked of the projector for a claim's entry.
 pub const MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// Largest `wait_ms` of a record wait, the projector's own cap.
+pub const MAX_RECORD_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectorError {
@@ -37,6 +43,8 @@ pub enum ProjectorError {
     },
     #[error("invalid projector url {0}: expected http://host:port (no TLS support is built in)")]
     Url(String),
+    #[error("the projector at {url} has no free waiter slot")]
+    Busy { url: String },
 }
 
 /// One line of `GET /v1/instances`.
@@ -63,6 +71,15 @@ pub trait Projector: Send + Sync + 'static {
     fn record<'a>(
         &'a self,
         instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ExecutionRecord>, ProjectorError>>;
+
+    /// The execution record once it has more than `after_seq` history
+    /// entries, or as it is after `wait`; `None` if still unknown then.
+    fn wait_record<'a>(
+        &'a self,
+        instance_id: &'a str,
+        after_seq: u64,
+        wait: Duration,
     ) -> BoxFuture<'a, Result<Option<ExecutionRecord>, ProjectorError>>;
 
     /// The history entry at `position`, waiting up to `wait` for the fold to
@@ -165,6 +182,35 @@ impl Projector for HttpProjector {
                 None,
             )
             .await
+        })
+    }
+
+    fn wait_record<'a>(
+        &'a self,
+        instance_id: &'a str,
+        after_seq: u64,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Option<ExecutionRecord>, ProjectorError>> {
+        Box::pin(async move {
+            let wait = wait.min(MAX_RECORD_WAIT);
+            let query = [
+                ("after_seq", after_seq.to_string()),
+                ("wait_ms", wait.as_millis().to_string()),
+            ];
+            let found = self
+                .get(
+                    &format!("/v1/instances/{}", segment(instance_id)),
+                    &query,
+                    Some(wait + Duration::from_secs(5)),
+                )
+                .await;
+            match found {
+                // The only 503 a record wait gets: its waiter slots are full.
+                Err(ProjectorError::Status { url, status: 503 }) => {
+                    Err(ProjectorError::Busy { url })
+                }
+                other => other,
+            }
         })
     }
 

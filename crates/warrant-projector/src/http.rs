@@ -15,7 +15,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use warrant_authority::{EntryView, LogPosition, StatusName};
 use warrant_runtime::ApiError;
 
@@ -34,12 +34,18 @@ pub const MAX_LIMIT: usize = 1000;
 pub struct AppState {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
-    /// Changes after every committed batch; wakes the entry long-poll.
+    /// Changes after every committed batch; wakes both long-polls.
     pub committed: watch::Receiver<Progress>,
+    /// One permit per record long-poll that may wait at once.
+    pub waiters: Arc<Semaphore>,
 }
 
-/// The longest a client may ask `GET /v1/instances/{id}/entries` to wait.
-const MAX_ENTRY_WAIT: Duration = Duration::from_secs(30);
+/// Default bound on concurrent record long-polls (`--max-waiters`).
+pub const DEFAULT_MAX_WAITERS: usize = 1024;
+
+/// The longest a client may ask either long-poll to wait (`wait_ms` above
+/// it is clamped, not refused, so a client need not know the cap).
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// The HTTP API of the projector.
 pub fn router(state: AppState) -> Router {
@@ -116,15 +122,107 @@ async fn read<T: Send + 'static>(
     result.map_err(|error| ApiError::internal(&error))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordQuery {
+    after_seq: Option<String>,
+    wait_ms: Option<String>,
+}
+
+/// `wait_ms` as a duration, clamped to [`MAX_WAIT`].
+fn wait_of(text: Option<&str>) -> Result<Duration, ApiError> {
+    match text {
+        None => Ok(Duration::ZERO),
+        Some(text) => text
+            .parse::<u64>()
+            .map(|ms| Duration::from_millis(ms).min(MAX_WAIT))
+            .map_err(|_| non_negative("wait_ms", text)),
+    }
+}
+
+fn non_negative(what: &str, text: &str) -> ApiError {
+    ApiError::bad_request(
+        "invalid_query",
+        format!("{what} must be a non-negative integer, not {text:?}"),
+    )
+}
+
+/// `GET /v1/instances/{id}[?after_seq=N&wait_ms=M]`: the execution record.
+/// With `wait_ms`, the answer waits until the record has more than
+/// `after_seq` entries (default 0, so a caller may start waiting before the
+/// proposal is folded) or `wait_ms` has passed, then sends the record as it
+/// is: agents and the console learn of a decision without polling.
 async fn get_instance(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<RecordQuery>,
 ) -> Result<Response, ApiError> {
+    let after_seq = match query.after_seq.as_deref() {
+        None => 0,
+        Some(text) => text
+            .parse::<u64>()
+            .map_err(|_| non_negative("after_seq", text))?,
+    };
+    let wait = wait_of(query.wait_ms.as_deref())?;
+    if !wait.is_zero() {
+        wait_for_entries(&state, &id, after_seq, wait).await?;
+    }
     let lookup = id.clone();
     let record = read(&state.store, move |store| store.record(&lookup)).await?;
     match record {
         Some(record) => Ok(Json(record).into_response()),
         None => Err(not_found(format!("no instance {id:?} in the view"))),
+    }
+}
+
+/// Hold the request until instance `id` has more than `after_seq` history
+/// entries, `wait` has passed, or the fold stopped. An idle waiter is a
+/// parked task: it reads the store only when a batch commits, and then only
+/// the instance's small state, never its history.
+async fn wait_for_entries(
+    state: &AppState,
+    id: &str,
+    after_seq: u64,
+    wait: Duration,
+) -> Result<(), ApiError> {
+    let Ok(_permit) = state.waiters.clone().try_acquire_owned() else {
+        state.metrics.waiters_refused.inc();
+        return Err(ApiError::unavailable(
+            "too_many_waiters",
+            "every waiter slot is taken; retry, or read without wait_ms",
+        ));
+    };
+    state.metrics.record_waiters.inc();
+    // Decrement however this future ends, a client hanging up included.
+    let _waiting = GaugeGuard(&state.metrics.record_waiters);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut committed = state.committed.clone();
+    loop {
+        // Mark the current value seen before reading the store, so a commit
+        // that lands in between still wakes the wait below.
+        committed.borrow_and_update();
+        let lookup = id.to_owned();
+        let entries = read(&state.store, move |store| {
+            Ok(store.state(&lookup)?.map_or(0, |state| state.entries))
+        })
+        .await?;
+        if entries > after_seq {
+            return Ok(());
+        }
+        match tokio::time::timeout_at(deadline, committed.changed()).await {
+            Ok(Ok(())) => {}
+            // Out of time, or the fold stopped: answer with what is there.
+            Ok(Err(_)) | Err(_) => return Ok(()),
+        }
+    }
+}
+
+/// Decrements a gauge when dropped.
+struct GaugeGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -145,31 +243,19 @@ async fn get_entry(
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<EntryQuery>,
 ) -> Result<Response, ApiError> {
-    let invalid = |what: &str, text: &str| {
-        ApiError::bad_request(
-            "invalid_query",
-            format!("{what} must be a non-negative integer, not {text:?}"),
-        )
-    };
     let partition = query
         .partition
         .parse::<i32>()
         .ok()
         .filter(|p| *p >= 0)
-        .ok_or_else(|| invalid("partition", &query.partition))?;
+        .ok_or_else(|| non_negative("partition", &query.partition))?;
     let offset = query
         .offset
         .parse::<i64>()
         .ok()
         .filter(|o| *o >= 0)
-        .ok_or_else(|| invalid("offset", &query.offset))?;
-    let wait = match query.wait_ms.as_deref() {
-        None => Duration::ZERO,
-        Some(text) => {
-            Duration::from_millis(text.parse::<u64>().map_err(|_| invalid("wait_ms", text))?)
-        }
-    }
-    .min(MAX_ENTRY_WAIT);
+        .ok_or_else(|| non_negative("offset", &query.offset))?;
+    let wait = wait_of(query.wait_ms.as_deref())?;
     let deadline = tokio::time::Instant::now() + wait;
     let position = LogPosition { partition, offset };
     let mut committed = state.committed.clone();
@@ -368,6 +454,7 @@ mod tests {
             store,
             metrics: Arc::new(Metrics::new()),
             committed: watch::channel(Progress::default()).1,
+            waiters: Arc::new(Semaphore::new(DEFAULT_MAX_WAITERS)),
         });
         Fixture {
             _dir: dir,
@@ -570,6 +657,182 @@ mod tests {
         assert_eq!(body.as_object().unwrap().len(), 4);
     }
 
+    /// A store holding instance 21's first three events, the sender that
+    /// announces commits, and an app with `max_waiters` slots.
+    fn waiting_fixture(
+        max_waiters: usize,
+    ) -> (
+        tempfile::TempDir,
+        Arc<Store>,
+        watch::Sender<Progress>,
+        Router,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let first: Vec<_> = history_for(&instance_id(21), 3)
+            .iter()
+            .map(|e| record(0, e))
+            .collect();
+        fold_into(&store, &first);
+        let (progress, committed) = watch::channel(Progress::default());
+        let app = router(AppState {
+            store: store.clone(),
+            metrics: Arc::new(Metrics::new()),
+            committed,
+            waiters: Arc::new(Semaphore::new(max_waiters)),
+        });
+        (dir, store, progress, app)
+    }
+
+    /// Commit instance 21's fourth event and announce the batch.
+    fn commit_fourth_event(store: &Arc<Store>, progress: &watch::Sender<Progress>) {
+        let fourth = history_for(&instance_id(21), 4).pop().unwrap();
+        fold_into(store, &[record(0, &fourth)]);
+        progress.send_modify(|p| p.batches += 1);
+    }
+
+    #[tokio::test]
+    async fn a_record_wait_answers_as_soon_as_a_commit_adds_an_entry() {
+        let (_dir, store, progress, app) = waiting_fixture(DEFAULT_MAX_WAITERS);
+        let uri = format!(
+            "/v1/instances/{}?after_seq=3&wait_ms=30000",
+            instance_id(21)
+        );
+        let started = Instant::now();
+        let waiting = tokio::spawn(async move { get_json(&app, &uri).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "answered before anything changed");
+
+        commit_fourth_event(&store, &progress);
+        let (status, body) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the commit, long before wait_ms")
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["history"].as_array().unwrap().len(), 4);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_record_wait_that_times_out_answers_with_the_unchanged_record() {
+        let (_dir, _store, _progress, app) = waiting_fixture(DEFAULT_MAX_WAITERS);
+        let started = Instant::now();
+        let uri = format!("/v1/instances/{}?after_seq=3&wait_ms=150", instance_id(21));
+        let (status, body) = get_json(&app, &uri).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["history"].as_array().unwrap().len(), 3);
+        assert!(started.elapsed() >= Duration::from_millis(150));
+
+        // A record that already has more entries than after_seq answers at
+        // once, however long the client offered to wait (clamped, not refused).
+        let started = Instant::now();
+        let uri = format!(
+            "/v1/instances/{}?after_seq=1&wait_ms=99999999",
+            instance_id(21)
+        );
+        let (status, body) = get_json(&app, &uri).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["history"].as_array().unwrap().len(), 3);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_wait_on_an_instance_not_folded_yet_sees_its_proposal_land() {
+        let (_dir, store, progress, app) = waiting_fixture(DEFAULT_MAX_WAITERS);
+        let unknown = format!("/v1/instances/{}?wait_ms=100", instance_id(22));
+        let (status, body) = get_json(&app, &unknown).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "still unknown when the wait ends"
+        );
+        assert_error(&body, "not_found");
+
+        let uri = format!("/v1/instances/{}?wait_ms=30000", instance_id(22));
+        let waiting = tokio::spawn(async move { get_json(&app, &uri).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished());
+        let proposal = history_for(&instance_id(22), 1);
+        fold_into(&store, &[record(0, &proposal[0])]);
+        progress.send_modify(|p| p.batches += 1);
+        let (status, body) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the commit")
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["instance_id"], instance_id(22));
+    }
+
+    #[tokio::test]
+    async fn waiters_beyond_the_bound_are_told_to_retry() {
+        let (_dir, store, progress, app) = waiting_fixture(1);
+        let uri = format!(
+            "/v1/instances/{}?after_seq=3&wait_ms=30000",
+            instance_id(21)
+        );
+        let holder = {
+            let (app, uri) = (app.clone(), uri.clone());
+            tokio::spawn(async move { get_json(&app, &uri).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let request = HttpRequest::builder()
+            .uri(&uri)
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let body: Value =
+            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
+        assert_error(&body, "too_many_waiters");
+        // A plain read needs no slot.
+        let (status, _) = get_json(&app, &format!("/v1/instances/{}", instance_id(21))).await;
+        assert_eq!(status, StatusCode::OK);
+
+        let (_, _, metrics) = call(&app, Method::GET, "/metrics").await;
+        let text = String::from_utf8(metrics).unwrap();
+        assert!(
+            text.contains("warrant_projector_record_waiters 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warrant_projector_record_waiters_refused_total 1"),
+            "{text}"
+        );
+
+        commit_fourth_event(&store, &progress);
+        let (status, _) = holder.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        // The slot is free again once the holder has answered.
+        let uri = format!("/v1/instances/{}?after_seq=0&wait_ms=10", instance_id(21));
+        let (status, _) = get_json(&app, &uri).await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, _, metrics) = call(&app, Method::GET, "/metrics").await;
+        let text = String::from_utf8(metrics).unwrap();
+        assert!(
+            text.contains("warrant_projector_record_waiters 0"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_wait_parameters_are_json_400s() {
+        let (_dir, _store, _progress, app) = waiting_fixture(DEFAULT_MAX_WAITERS);
+        for query in [
+            "after_seq=-1",
+            "after_seq=x&wait_ms=10",
+            "wait_ms=soon",
+            "wait=10",
+        ] {
+            let uri = format!("/v1/instances/{}?{query}", instance_id(21));
+            let (status, body) = get_json(&app, &uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+            assert_error(&body, "invalid_query");
+        }
+    }
+
     #[tokio::test]
     async fn ready_only_once_caught_up_with_the_log() {
         let dir = tempfile::tempdir().unwrap();
@@ -579,6 +842,7 @@ mod tests {
             store,
             metrics: Arc::new(Metrics::new()),
             committed,
+            waiters: Arc::new(Semaphore::new(DEFAULT_MAX_WAITERS)),
         });
         let (status, body) = get_json(&app, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

@@ -98,6 +98,14 @@ pub struct Args {
     /// Seconds between progress lines in the log.
     #[arg(long, env = "WARRANT_PROJECTOR_PROGRESS_SECS", default_value_t = 5)]
     pub progress_secs: u64,
+    /// Requests that may wait at once on `GET /v1/instances/{id}?wait_ms=`;
+    /// beyond it they are answered 503 `too_many_waiters` with Retry-After.
+    #[arg(
+        long,
+        env = "WARRANT_PROJECTOR_MAX_WAITERS",
+        default_value_t = http::DEFAULT_MAX_WAITERS
+    )]
+    pub max_waiters: usize,
 }
 
 impl Args {
@@ -116,6 +124,7 @@ impl Args {
             exit_at_end: self.exit_at_end,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
             progress_interval: Duration::from_secs(self.progress_secs),
+            max_waiters: self.max_waiters,
         };
         config.validate()?;
         Ok(config)
@@ -135,6 +144,8 @@ pub struct Config {
     pub exit_at_end: bool,
     pub shutdown_timeout: Duration,
     pub progress_interval: Duration,
+    /// Bound on concurrent record long-polls.
+    pub max_waiters: usize,
 }
 
 impl Config {
@@ -152,6 +163,7 @@ impl Config {
             exit_at_end: false,
             shutdown_timeout: Duration::from_secs(10),
             progress_interval: Duration::from_secs(5),
+            max_waiters: http::DEFAULT_MAX_WAITERS,
         }
     }
 
@@ -171,6 +183,9 @@ impl Config {
         }
         if self.progress_interval.is_zero() {
             return fail("progress seconds must be at least 1");
+        }
+        if self.max_waiters == 0 || self.max_waiters > tokio::sync::Semaphore::MAX_PERMITS {
+            return fail("max waiters must be at least 1");
         }
         Ok(())
     }
@@ -254,6 +269,7 @@ impl Projector {
             store: store.clone(),
             metrics: metrics.clone(),
             committed: progress.clone(),
+            waiters: Arc::new(tokio::sync::Semaphore::new(config.max_waiters)),
         });
         let server = tokio::spawn(async move {
             axum::serve(listener, app)

@@ -58,6 +58,10 @@ pub struct Metrics {
     oldest_paused: Mutex<OldestPaused>,
     pub commit_seconds: Histogram,
     pub http_seconds: Family<HttpLabel, Histogram>,
+    /// Record long-polls holding a waiter slot right now.
+    pub record_waiters: Gauge,
+    /// Record long-polls turned away because every slot was taken.
+    pub waiters_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -85,6 +89,8 @@ impl Metrics {
             http_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 14))
             }),
+            record_waiters: Gauge::default(),
+            waiters_refused: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -146,6 +152,16 @@ impl Metrics {
             "http_request_duration_seconds",
             "HTTP request latency by route and status",
             metrics.http_seconds.clone(),
+        );
+        registry.register(
+            "record_waiters",
+            "Requests waiting on GET /v1/instances/{id}?wait_ms for a record to change",
+            metrics.record_waiters.clone(),
+        );
+        registry.register(
+            "record_waiters_refused",
+            "Record waits answered 503 too_many_waiters (every waiter slot taken)",
+            metrics.waiters_refused.clone(),
         );
         // Pre-create the per-code and per-status series so dashboards see zeros.
         for code in warrant_authority::RefusalCode::ALL {

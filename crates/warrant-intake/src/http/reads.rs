@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 use warrant_authority::{signed, StatusName};
 
-use super::extract::{instance_id as parse_instance_id, parse_json, RawBody};
+use super::extract::{instance_id as parse_instance_id, parse_json, ApiQuery, RawBody};
 use super::{ApiError, AppState};
 use crate::ids;
 
@@ -293,19 +293,65 @@ fn projector_unavailable(error: &dyn std::error::Error) -> ApiError {
     ApiError::unavailable("projector_unavailable", "the projector is unavailable")
 }
 
-/// `GET /v1/instances/{id}`: the execution record, as the projector has it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordQuery {
+    #[serde(default)]
+    pub after_seq: Option<String>,
+    #[serde(default)]
+    pub wait_ms: Option<String>,
+}
+
+fn non_negative(what: &str, text: &str) -> ApiError {
+    ApiError::bad_request(
+        "invalid_query",
+        format!("{what} must be a non-negative integer, not {text:?}"),
+    )
+}
+
+/// `GET /v1/instances/{id}[?after_seq=N&wait_ms=M]`: the execution record,
+/// as the projector has it. With `wait_ms` the projector holds the answer
+/// until the record has more than `after_seq` entries (capped at
+/// [`crate::projector::MAX_RECORD_WAIT`]), so a caller learns of a decision
+/// the moment it is folded.
 pub async fn record(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<RecordQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     reader(&state, &headers)?;
     let instance_id = parse_instance_id(&id)?;
-    match state.projector.record(&instance_id).await {
+    let after_seq = match query.after_seq.as_deref() {
+        None => 0,
+        Some(text) => text
+            .parse::<u64>()
+            .map_err(|_| non_negative("after_seq", text))?,
+    };
+    let wait = match query.wait_ms.as_deref() {
+        None => std::time::Duration::ZERO,
+        Some(text) => text
+            .parse::<u64>()
+            .map(std::time::Duration::from_millis)
+            .map_err(|_| non_negative("wait_ms", text))?,
+    };
+    let found = if wait.is_zero() {
+        state.projector.record(&instance_id).await
+    } else {
+        state
+            .projector
+            .wait_record(&instance_id, after_seq, wait)
+            .await
+    };
+    match found {
         Ok(Some(record)) => Ok(Json(record).into_response()),
         Ok(None) => Err(ApiError::not_found(
             "unknown_instance",
             format!("no instance {instance_id} has been proposed"),
+        )),
+        Err(crate::projector::ProjectorError::Busy { .. }) => Err(ApiError::unavailable(
+            "too_many_waiters",
+            "every waiter slot is taken; retry, or read without wait_ms",
         )),
         Err(error) => Err(projector_unavailable(&error)),
     }
@@ -331,7 +377,7 @@ pub struct QueueQuery {
 pub async fn queue(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<QueueQuery>,
+    ApiQuery(query): ApiQuery<QueueQuery>,
 ) -> Result<Response, ApiError> {
     reader(&state, &headers)?;
     let status = match query.status.as_deref() {

@@ -108,6 +108,8 @@ impl LogAppender for StubLog {
 pub(crate) struct FoldingProjector {
     log: Arc<StubLog>,
     pub(crate) down: AtomicBool,
+    /// Answers record waits as if every waiter slot were taken.
+    pub(crate) busy: AtomicBool,
     /// Never reaches new positions (a projector that fell behind).
     lagging: AtomicBool,
     /// Sees only this many records of the log (a projector that lags).
@@ -147,6 +149,34 @@ impl Projector for FoldingProjector {
                 return Err(unreachable_projector());
             }
             Ok(self.record_of(instance_id))
+        })
+    }
+
+    fn wait_record<'a>(
+        &'a self,
+        instance_id: &'a str,
+        after_seq: u64,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Option<ExecutionRecord>, ProjectorError>> {
+        Box::pin(async move {
+            // The stub has no commit signal to wait on: poll its ledger.
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                if self.down.load(Ordering::SeqCst) {
+                    return Err(unreachable_projector());
+                }
+                if self.busy.load(Ordering::SeqCst) {
+                    return Err(ProjectorError::Busy {
+                        url: "http://projector.invalid".to_owned(),
+                    });
+                }
+                let record = self.record_of(instance_id);
+                let entries = record.as_ref().map_or(0, |r| r.history.len() as u64);
+                if entries > after_seq || tokio::time::Instant::now() >= deadline {
+                    return Ok(record);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         })
     }
 
@@ -234,6 +264,7 @@ pub(crate) fn harness_with(options: HttpOptions) -> Harness {
     let projector = Arc::new(FoldingProjector {
         log: log.clone(),
         down: AtomicBool::new(false),
+        busy: AtomicBool::new(false),
         lagging: AtomicBool::new(false),
         visible: Mutex::new(None),
     });
@@ -2136,4 +2167,108 @@ async fn a_body_that_never_arrives_is_cut_off_not_waited_for_forever() {
         answer.text
     );
     assert_eq!(h.log.len(), 0);
+}
+
+// ------------------------------------------------------ waiting for a record
+
+fn get_bearer(path: &str, token: &str) -> Request<Body> {
+    Request::builder()
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .expect("request")
+}
+
+#[tokio::test]
+async fn a_record_wait_answers_when_the_next_entry_is_folded() {
+    let h = Arc::new(harness());
+    h.propose_restart(INSTANCE).await;
+    let seen = h
+        .send(get_bearer(&format!("/v1/instances/{INSTANCE}"), SERVICE))
+        .await;
+    let entries = seen.ok(StatusCode::OK)["history"]
+        .as_array()
+        .expect("history")
+        .len();
+    assert_eq!(entries, 1);
+
+    let waiting = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let path = format!("/v1/instances/{INSTANCE}?after_seq={entries}&wait_ms=20000");
+            h.send(get_bearer(&path, SERVICE)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "answered before anything changed");
+    h.post(
+        &format!("/v1/instances/{INSTANCE}/signals"),
+        Some(POLICY),
+        &allow(),
+    )
+    .await
+    .ok(StatusCode::ACCEPTED);
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("woken by the signal, long before wait_ms")
+        .expect("the request task");
+    let history = answer.ok(StatusCode::OK)["history"]
+        .as_array()
+        .expect("history")
+        .len();
+    assert_eq!(history, 2);
+}
+
+#[tokio::test]
+async fn record_waits_refuse_bad_parameters_and_pass_on_a_full_projector() {
+    let h = harness();
+    h.propose_restart(INSTANCE).await;
+    for query in ["after_seq=-1&wait_ms=10", "wait_ms=later", "wait=10"] {
+        let path = format!("/v1/instances/{INSTANCE}?{query}");
+        let answer = h.send(get_bearer(&path, SERVICE)).await;
+        assert_eq!(
+            (answer.status, answer.code()),
+            (StatusCode::BAD_REQUEST, "invalid_query"),
+            "{query}: {}",
+            answer.text
+        );
+    }
+    // Waiting needs the same credentials as reading.
+    let path = format!("/v1/instances/{INSTANCE}?after_seq=1&wait_ms=10");
+    let anonymous = h.send(get(&path)).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+
+    // A wait that ends with nothing new answers the unchanged record.
+    let unchanged = h.send(get_bearer(&path, EXECUTOR)).await;
+    assert_eq!(
+        unchanged.ok(StatusCode::OK)["history"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    // Still unknown when the wait ends: 404.
+    let unknown = "00000000-0000-4000-8000-0000000000ff";
+    let answer = h
+        .send(get_bearer(
+            &format!("/v1/instances/{unknown}?wait_ms=20"),
+            SERVICE,
+        ))
+        .await;
+    assert_eq!(
+        (answer.status, answer.code()),
+        (StatusCode::NOT_FOUND, "unknown_instance")
+    );
+
+    h.projector.busy.store(true, Ordering::SeqCst);
+    let answer = h.send(get_bearer(&path, SERVICE)).await;
+    assert_eq!(
+        (answer.status, answer.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "too_many_waiters")
+    );
+    assert_eq!(answer.headers[header::RETRY_AFTER], "1");
+    // A plain read needs no waiter slot.
+    let plain = h
+        .send(get_bearer(&format!("/v1/instances/{INSTANCE}"), SERVICE))
+        .await;
+    plain.ok(StatusCode::OK);
 }
