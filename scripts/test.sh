@@ -56,3 +56,14 @@ cargo test --workspace
 
 step "python: another team's fastavro reads and writes our wire format"
 "$VENV/bin/python" -m pytest -q tests/python
+
+# The SDK is installed the way users install it (pip install ./clients/python,
+# not editable), so its packaging and shipped schemas are tested too. Its
+# tests start the real intake and projector (the binaries just built) on
+# fresh topics of the local broker.
+step "python: the SDK and its LangGraph adapter against the real intake, projector and broker"
+cargo build --workspace --bins --quiet
+"$VENV/bin/pip" install --quiet --disable-pip-version-check \
+  -r clients/python/requirements-test.txt -r clients/python/requirements-langgraph.txt
+"$VENV/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps ./clients/python
+WARRANT_BIN_DIR="${CARGO_TARGET_DIR:-$REPO/target}/debug" "$VENV/bin/python" -m pytest -q clients/python/tests
