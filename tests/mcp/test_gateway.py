@@ -127,3 +127,189 @@ async def test_the_same_call_after_completion_is_a_new_instance(
     assert len(ran(calls_file, "restart")) == 1
     record = await in_thread(system.await_record, second, {"AWAITING_DECISION"})
     assert record["grants"] == []
+
+
+async def test_changed_arguments_do_not_run_on_an_earlier_approval(
+    system: Any, tmp_path: pathlib.Path, calls_file: pathlib.Path
+) -> None:
+    approved_args = {"service": unique("billing"), "strategy": {"kind": "canary", "percent": 5}}
+    changed_args = {**approved_args, "strategy": {"kind": "all-at-once"}}
+    approved = instance_id("restart", approved_args)
+    changed = instance_id("restart", changed_args)
+    assert approved != changed
+    async with open_gateway(system, tmp_path, calls_file, "--max-wait=2s") as gateway:
+        # Proposed, then left waiting past --max-wait; the reviewers approve
+        # while no call is held, so the instance sits AUTHORIZED, unclaimed.
+        first = await gateway.call("restart", approved_args)
+        assert first.is_error and approved in text_of(first)
+        await in_thread(system.decide, approved, "alice", "APPROVE")
+        await in_thread(system.decide, approved, "bob", "APPROVE")
+        await in_thread(system.await_record, approved, {"AUTHORIZED"})
+
+        # The same tool with changed arguments is another action: its own
+        # instance, waiting for its own review; nothing runs.
+        other = await gateway.call("restart", changed_args)
+        assert other.is_error, text_of(other)
+        assert changed in text_of(other) and "still awaiting review" in text_of(other)
+        assert ran(calls_file, "restart") == []
+        assert (await in_thread(system.record, approved))["grants"] == []
+
+        # An executor presenting the changed action's digest on the approved
+        # instance is refused by the fold: the grant covers one digest only.
+        async with httpx.AsyncClient() as client:
+            claim = await client.post(
+                f"{system.intake_url}/v1/instances/{approved}/executions",
+                headers={"Authorization": f"Bearer {system.tokens[GATEWAY_PRINCIPAL]['executor']}"},
+                json={"action_digest": action_digest(action_for("restart", changed_args))},
+            )
+        assert claim.status_code == 409, claim.text
+        assert claim.json()["error"]["code"] == "DigestMismatch"
+
+        # Retrying the approved call runs it, with exactly the approved texts.
+        retried = await gateway.call("restart", approved_args)
+    assert not retried.is_error, text_of(retried)
+    runs = ran(calls_file, "restart")
+    assert len(runs) == 1
+    record = await in_thread(system.await_record, approved, {"COMPLETED"})
+    parameters = record["proposal"]["action"]["parameters"]
+    assert {name: jcs(value) for name, value in runs[0]["arguments"].items()} == parameters
+    assert record["proposal"]["action_digest"] == action_digest(action_for("restart", approved_args))
+
+
+async def test_a_rejected_call_returns_an_error_and_never_runs(
+    system: Any, tmp_path: pathlib.Path, calls_file: pathlib.Path
+) -> None:
+    arguments = {"service": unique("ledger"), "strategy": "rolling"}
+    instance = instance_id("restart", arguments)
+    async with open_gateway(system, tmp_path, calls_file) as gateway:
+        call = asyncio.create_task(gateway.call("restart", arguments))
+        await in_thread(system.await_record, instance, {"AWAITING_DECISION"})
+        await in_thread(system.decide, instance, "alice", "APPROVE")
+        await in_thread(system.decide, instance, "bob", "REJECT", justification="change freeze")
+        result = await asyncio.wait_for(call, 30)
+    assert result.is_error
+    message = text_of(result)
+    assert "REJECTED" in message and instance in message, message
+    assert "bob" in message and "change freeze" in message, message
+    assert ran(calls_file) == []
+    record = await in_thread(system.record, instance)
+    assert record["status"] == "REJECTED" and record["grants"] == []
+
+
+async def test_an_upstream_failure_is_reported_failed(
+    system: Any, tmp_path: pathlib.Path, calls_file: pathlib.Path
+) -> None:
+    arguments = {"reason": unique("disk full")}
+    instance = instance_id("fail", arguments)
+    async with open_gateway(system, tmp_path, calls_file) as gateway:
+        call = asyncio.create_task(gateway.call("fail", arguments))
+        await in_thread(system.await_record, instance, {"AWAITING_DECISION"})
+        await in_thread(system.decide, instance, "alice", "APPROVE")
+        await in_thread(system.decide, instance, "bob", "APPROVE")
+        result = await asyncio.wait_for(call, 30)
+    # The upstream's own error result is what the client gets.
+    assert result.is_error
+    assert f"upstream refused: {arguments['reason']}" in text_of(result)
+    assert ran(calls_file, "fail") == [
+        {"tool": "fail", "arguments": arguments, "pid": ran(calls_file, "fail")[0]["pid"]}
+    ]
+    record = await in_thread(system.await_record, instance, {"FAILED"})
+    assert record["grants"][0]["report"]["outcome"] == "FAILED"
+    # The report's detail (on the log, not in the record) carries the text.
+    events = await in_thread(system.log_events, instance)
+    reports = [fields for name, fields in (e["body"] for e in events) if name == "warrant.ExecutionReported"]
+    assert len(reports) == 1
+    assert reports[0]["outcome"] == "FAILED"
+    assert arguments["reason"] in (reports[0]["detail"] or "")
+
+
+async def test_killed_mid_wait_the_retry_continues_the_same_instance(
+    system: Any, tmp_path: pathlib.Path, calls_file: pathlib.Path
+) -> None:
+    arguments = {"service": unique("checkout"), "strategy": {"kind": "rolling"}}
+    instance = instance_id("restart", arguments)
+    async with open_gateway(system, tmp_path, calls_file) as gateway:
+        call = asyncio.create_task(gateway.call("restart", arguments))
+        await in_thread(system.await_record, instance, {"AWAITING_DECISION"})
+        await in_thread(system.decide, instance, "alice", "APPROVE")
+        await approvals_applied(system, instance, 1)
+        gateway.kill()
+        with pytest.raises(BaseException):
+            await asyncio.wait_for(call, 30)
+    assert ran(calls_file) == []
+
+    # A new gateway process, the same call: no new instance, no 409, and it
+    # completes once the second reviewer approves.
+    async with open_gateway(system, tmp_path, calls_file) as gateway:
+        call = asyncio.create_task(gateway.call("restart", arguments))
+        await asyncio.sleep(2)
+        assert not call.done()
+        await in_thread(system.decide, instance, "bob", "APPROVE")
+        result = await asyncio.wait_for(call, 30)
+    assert not result.is_error, text_of(result)
+    assert [r["arguments"] for r in ran(calls_file, "restart")] == [arguments]
+    record = await in_thread(system.await_record, instance, {"COMPLETED"})
+    proposals = [e for e in record["history"] if e["event"] == "ActionProposed"]
+    assert len(proposals) == 1, record["history"]
+    assert projector_status(system, instance_id("restart", arguments, epoch=1)) == 404
+
+
+async def test_waiting_past_max_wait_names_the_instance_and_a_retry_continues_it(
+    system: Any, tmp_path: pathlib.Path, calls_file: pathlib.Path
+) -> None:
+    arguments = {"service": unique("inventory"), "strategy": "rolling"}
+    instance = instance_id("restart", arguments)
+    async with open_gateway(system, tmp_path, calls_file, "--max-wait=2s") as gateway:
+        started = time.monotonic()
+        result = await gateway.call("restart", arguments)
+        waited = time.monotonic() - started
+        again = await gateway.call("restart", arguments)
+    assert result.is_error
+    message = text_of(result)
+    assert instance in message, message
+    assert "still awaiting review" in message and "continues the same instance" in message, message
+    assert 1.5 < waited < 10, waited
+    assert again.is_error and instance in text_of(again)
+    assert ran(calls_file) == []
+    record = await in_thread(system.record, instance)
+    assert record["status"] == "AWAITING_DECISION"
+    assert [e["event"] for e in record["history"]] == ["ActionProposed"]
+
+
+async def test_an_allow_listed_read_only_tool_passes_through_without_a_proposal(
+    system: Any, tmp_path: pathlib.Path, calls_file: pathlib.Path
+) -> None:
+    async with open_gateway(system, tmp_path, calls_file, "--allow-read-only") as gateway:
+        listed = await gateway.session.list_tools()
+        tools = {tool.name: tool for tool in listed.tools}
+        assert set(tools) >= {"restart", "fail", "status"}
+        assert tools["status"].annotations.read_only_hint is True
+        assert tools["restart"].annotations.read_only_hint is False
+
+        log_before = await in_thread(system.log_end_total)
+        result = await gateway.call("status", {})
+        assert not result.is_error, text_of(result)
+        assert text_of(result) == "all services up"
+        assert await in_thread(system.log_end_total) == log_before
+    assert [r["tool"] for r in ran(calls_file)] == ["status"]
+
+    # Without the flag the same read-only tool is held like any other.
+    async with open_gateway(system, tmp_path, calls_file, "--max-wait=1s") as gateway:
+        held = await gateway.call("status", {})
+    assert held.is_error and instance_id("status", {}) in text_of(held)
+    assert [r["tool"] for r in ran(calls_file)] == ["status"]
+
+
+async def test_intake_unreachable_fails_closed(
+    system: Any, tmp_path: pathlib.Path, calls_file: pathlib.Path
+) -> None:
+    class Elsewhere:
+        # The real system's tokens, an intake URL nothing listens on.
+        intake_url = "http://127.0.0.1:9"
+        tokens = system.tokens
+
+    async with open_gateway(Elsewhere, tmp_path, calls_file) as gateway:
+        result = await gateway.call("restart", {"service": unique("x"), "strategy": "rolling"})
+    assert result.is_error
+    assert "fail closed" in text_of(result), text_of(result)
+    assert ran(calls_file) == []
