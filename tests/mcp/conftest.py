@@ -15,10 +15,12 @@ import os
 import pathlib
 import shlex
 import signal
+import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
@@ -145,6 +147,58 @@ async def open_gateway(
                 started = _gateway_pids(system.intake_url) - before
                 assert len(started) == 1, f"expected one new warrant-mcp process, found {started}"
                 yield Gateway(session=session, pid=started.pop(), log=log)
+
+
+@contextlib.contextmanager
+def http_gateway(
+    system: Any, workdir: pathlib.Path, calls_file: pathlib.Path, *flags: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """warrant-mcp serving streamable HTTP (--listen); yields (MCP URL, process)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    upstream = shlex.join([sys.executable, str(HERE / "upstream_server.py")])
+    tokens = system.tokens[GATEWAY_PRINCIPAL]
+    env = {
+        **os.environ,
+        "WARRANT_TOKEN": tokens["service"],
+        "WARRANT_EXECUTOR_TOKEN": tokens["executor"],
+        "UPSTREAM_CALLS_FILE": str(calls_file),
+        "RUST_LOG": "warrant_mcp=debug,info",
+    }
+    log = workdir / f"gateway-http-{uuid.uuid4().hex[:8]}.log"
+    with log.open("wb") as errlog:
+        process = subprocess.Popen(
+            [
+                str(gateway_binary()),
+                f"--intake-url={system.intake_url}",
+                f"--server-name={SERVER_NAME}",
+                f"--upstream-command={upstream}",
+                f"--listen=127.0.0.1:{port}",
+                "--progress-interval=1s",
+                *flags,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errlog,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"warrant-mcp --listen did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/mcp", process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
 
 
 def ran(calls_file: pathlib.Path, tool: str | None = None) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from conftest import (
     GATEWAY_PRINCIPAL,
     action_digest,
     action_for,
+    http_gateway,
     instance_id,
     jcs,
     open_gateway,
@@ -313,3 +314,46 @@ async def test_intake_unreachable_fails_closed(
     assert result.is_error
     assert "fail closed" in text_of(result), text_of(result)
     assert ran(calls_file) == []
+
+
+async def test_over_streamable_http_and_a_graceful_stop(
+    system: Any, tmp_path: pathlib.Path, calls_file: pathlib.Path
+) -> None:
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    arguments = {"service": unique("gateway-http"), "strategy": "rolling"}
+    instance = instance_id("restart", arguments)
+    waiting_args = {"service": unique("never-approved"), "strategy": "rolling"}
+    progress: list[str] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(message or "")
+
+    with http_gateway(system, tmp_path, calls_file) as (url, process):
+        async with streamable_http_client(url) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                call = asyncio.create_task(
+                    session.call_tool("restart", arguments, progress_callback=on_progress)
+                )
+                await in_thread(system.await_record, instance, {"AWAITING_DECISION"})
+                await in_thread(system.decide, instance, "alice", "APPROVE")
+                await in_thread(system.decide, instance, "bob", "APPROVE")
+                result = await asyncio.wait_for(call, 30)
+                assert not result.is_error, text_of(result)
+                assert any(instance in m for m in progress), progress
+
+                # SIGTERM while a call waits for review: the call ends with a
+                # tool error (nothing ran) and the gateway exits cleanly.
+                held = asyncio.create_task(session.call_tool("restart", waiting_args))
+                await in_thread(
+                    system.await_record, instance_id("restart", waiting_args), {"AWAITING_DECISION"}
+                )
+                process.terminate()
+                stopped = await asyncio.wait_for(held, 15)
+                assert stopped.is_error and "was stopped" in text_of(stopped), text_of(stopped)
+                assert instance_id("restart", waiting_args) in text_of(stopped)
+        assert await in_thread(process.wait, 15) == 0
+    assert [r["arguments"] for r in ran(calls_file, "restart")] == [arguments]
+    await in_thread(system.await_record, instance, {"COMPLETED"})

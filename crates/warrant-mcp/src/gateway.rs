@@ -16,6 +16,7 @@ use rmcp::{ErrorData, Peer, RoleClient, RoleServer, ServerHandler};
 use tokio::sync::{Mutex, RwLock};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use warrant_authority::{sha256_hex, StatusName};
 
 use crate::action::{self, ActionError, ToolAction};
@@ -92,6 +93,11 @@ pub enum CallError {
         "the call was cancelled while Warrant instance {instance} awaited review; nothing ran"
     )]
     Cancelled { instance: String },
+    #[error(
+        "warrant-mcp was stopped while Warrant instance {instance} awaited review; nothing ran. \
+         Retrying the same call continues the same instance."
+    )]
+    Stopping { instance: String },
     #[error("no unused Warrant instance id left for these arguments after {0} earlier uses")]
     EpochsExhausted(u64),
     #[error(
@@ -120,7 +126,11 @@ struct Inner {
     /// Makes claim idempotency keys this process's own, so two gateways
     /// sharing an executor token never receive each other's grant.
     process_nonce: String,
+    /// Cancelled when the gateway stops: calls still waiting for review
+    /// return at once; calls already granted run to their report.
     shutdown: CancellationToken,
+    /// Every call in progress, so a stop can wait for granted ones.
+    calls: TaskTracker,
 }
 
 /// The gateway, one per process; cheap to clone (one per HTTP session).
@@ -154,7 +164,28 @@ impl Gateway {
                 in_flight: Mutex::new(HashMap::new()),
                 process_nonce: uuid::Uuid::new_v4().simple().to_string(),
                 shutdown,
+                calls: TaskTracker::new(),
             }),
+        }
+    }
+
+    /// After the stop token was cancelled: waits up to `limit` for calls in
+    /// progress (a granted call runs to its report), so no execution is
+    /// left open on the log by a graceful stop.
+    pub async fn drain(&self, limit: Duration) {
+        self.inner.calls.close();
+        let open = self.inner.calls.len();
+        if open > 0 {
+            tracing::info!(calls = open, "waiting for calls in progress to finish");
+        }
+        if tokio::time::timeout(limit, self.inner.calls.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                calls = self.inner.calls.len(),
+                "calls still running at the stop; their executions stay open on the log"
+            );
         }
     }
 
@@ -184,6 +215,10 @@ impl Gateway {
         params: CallToolRequestParams,
         context: &RequestContext<RoleServer>,
     ) -> CallToolResult {
+        let _in_progress = self.inner.calls.token();
+        if self.inner.shutdown.is_cancelled() {
+            return tool_error("warrant-mcp is stopping; nothing was forwarded");
+        }
         let tool = params.name.to_string();
         let arguments = params.arguments.unwrap_or_default();
         let listing = self.listing(&tool).await;
@@ -350,7 +385,7 @@ impl Gateway {
             let read = tokio::select! {
                 read = self.inner.intake.record(instance, Some((seen, wait.as_millis() as u64))) => read,
                 _ = cancelled.cancelled() => return Err(CallError::Cancelled { instance: instance.to_owned() }),
-                _ = self.inner.shutdown.cancelled() => return Err(CallError::Cancelled { instance: instance.to_owned() }),
+                _ = self.inner.shutdown.cancelled() => return Err(CallError::Stopping { instance: instance.to_owned() }),
             };
             match read {
                 Ok(Some(fresh)) => {

@@ -28,6 +28,9 @@ use crate::gateway::{Gateway, Settings};
 use crate::intake::{Intake, IntakeError};
 use crate::upstream::{Upstream, UpstreamError};
 
+/// How long a stop leaves for the last answers to be written out.
+const FLUSH_PAUSE: Duration = Duration::from_millis(200);
+
 /// Errors that stop the gateway (a single call's failure never does).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -194,9 +197,21 @@ pub async fn run(
     let stop = CancellationToken::new();
     let gateway = Gateway::new(settings, intake, upstream.peer().clone(), stop.clone());
 
+    // A granted call may run for --call-timeout and then report.
+    let drain_limit = args.call_timeout + Duration::from_secs(30);
     let outcome = match args.listen {
-        None => serve_stdio(gateway, shutdown, stop.clone()).await,
-        Some(addr) => serve_http(gateway, addr, args.allowed_hosts, shutdown, stop.clone()).await,
+        None => serve_stdio(gateway, shutdown, stop.clone(), drain_limit).await,
+        Some(addr) => {
+            serve_http(
+                gateway,
+                addr,
+                args.allowed_hosts,
+                shutdown,
+                stop.clone(),
+                drain_limit,
+            )
+            .await
+        }
     };
     stop.cancel();
     if let Err(error) = upstream.cancel().await {
@@ -209,23 +224,37 @@ async fn serve_stdio(
     gateway: Gateway,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     stop: CancellationToken,
+    drain_limit: Duration,
 ) -> Result<(), Error> {
     let service = gateway
+        .clone()
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|error| Error::Stdio(error.to_string()))?;
     let cancel = service.cancellation_token();
+    let waiting = service.waiting();
+    tokio::pin!(waiting);
     tokio::select! {
-        finished = service.waiting() => {
+        finished = &mut waiting => {
             if let Err(error) = finished {
                 tracing::warn!(error = %error, "the MCP session ended with an error");
             }
             tracing::info!("the MCP client closed stdio");
-        }
-        _ = shutdown => {
+            // Nobody can read the answers now, but a call already granted
+            // still gets its report rather than an execution left open.
             stop.cancel();
-            cancel.cancel();
+            gateway.drain(drain_limit).await;
+            return Ok(());
         }
+        _ = shutdown => {}
+    }
+    stop.cancel();
+    gateway.drain(drain_limit).await;
+    // Let the answers of the calls that just returned reach the client.
+    tokio::time::sleep(FLUSH_PAUSE).await;
+    cancel.cancel();
+    if let Err(error) = waiting.await {
+        tracing::debug!(error = %error, "the MCP session ended with an error");
     }
     Ok(())
 }
@@ -236,16 +265,20 @@ async fn serve_http(
     allowed_hosts: Vec<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     stop: CancellationToken,
+    drain_limit: Duration,
 ) -> Result<(), Error> {
+    // Sessions end only after the calls in them have (see the stdio case).
+    let sessions = CancellationToken::new();
     let mut config =
-        StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token());
+        StreamableHttpServerConfig::default().with_cancellation_token(sessions.child_token());
     if !allowed_hosts.is_empty() {
         let mut hosts = config.allowed_hosts.clone();
         hosts.extend(allowed_hosts);
         config.allowed_hosts = hosts;
     }
+    let factory = gateway.clone();
     let service: StreamableHttpService<Gateway, LocalSessionManager> = StreamableHttpService::new(
-        move || Ok(gateway.clone()),
+        move || Ok(factory.clone()),
         Arc::new(LocalSessionManager::default()),
         config,
     );
@@ -258,6 +291,9 @@ async fn serve_http(
         .with_graceful_shutdown(async move {
             shutdown.await;
             stop.cancel();
+            gateway.drain(drain_limit).await;
+            tokio::time::sleep(FLUSH_PAUSE).await;
+            sessions.cancel();
         })
         .await
         .map_err(Error::Serve)

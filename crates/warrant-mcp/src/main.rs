@@ -39,7 +39,8 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format, "info");
+    // rmcp logs every handshake at info, with whole structs: keep it to warnings.
+    init_tracing(cli.log_format, "info,rmcp=warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
