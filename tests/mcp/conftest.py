@@ -117,17 +117,27 @@ def _gateway_pids(marker: str) -> set[int]:
 
 @contextlib.asynccontextmanager
 async def open_gateway(
-    system: Any, workdir: pathlib.Path, calls_file: pathlib.Path, *flags: str
+    system: Any,
+    workdir: pathlib.Path,
+    calls_file: pathlib.Path,
+    *flags: str,
+    upstream_url: str | None = None,
 ) -> AsyncIterator[Gateway]:
+    """A warrant-mcp on stdio in front of upstream_server.py, run as its child
+    (or reached at `upstream_url`), with an initialized client session."""
     from mcp.client.session import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
-    upstream = shlex.join([sys.executable, str(HERE / "upstream_server.py")])
+    if upstream_url is None:
+        command = shlex.join([sys.executable, str(HERE / "upstream_server.py")])
+        upstream = f"--upstream-command={command}"
+    else:
+        upstream = f"--upstream-url={upstream_url}"
     tokens = system.tokens[GATEWAY_PRINCIPAL]
     args = [
         f"--intake-url={system.intake_url}",
         f"--server-name={SERVER_NAME}",
-        f"--upstream-command={upstream}",
+        upstream,
         "--progress-interval=1s",
         *flags,
     ]
@@ -154,11 +164,7 @@ def http_gateway(
     system: Any, workdir: pathlib.Path, calls_file: pathlib.Path, *flags: str
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """warrant-mcp serving streamable HTTP (--listen); yields (MCP URL, process)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     upstream = shlex.join([sys.executable, str(HERE / "upstream_server.py")])
     tokens = system.tokens[GATEWAY_PRINCIPAL]
     env = {
@@ -186,19 +192,59 @@ def http_gateway(
             env=env,
         )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"warrant-mcp --listen did not start:\n{log.read_text()}")
-            time.sleep(0.05)
+        await_port(port, process, log)
         yield f"http://127.0.0.1:{port}/mcp", process
     finally:
         if process.poll() is None:
             process.kill()
         process.wait(timeout=10)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def await_port(port: int, process: subprocess.Popen[bytes], log: pathlib.Path) -> None:
+    import socket
+
+    deadline = time.monotonic() + 20
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on {port}:\n{log.read_text()}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def http_upstream(workdir: pathlib.Path, calls_file: pathlib.Path) -> Iterator[str]:
+    """upstream_server.py over streamable HTTP; yields its MCP URL."""
+    port = free_port()
+    log = workdir / "upstream-http.log"
+    with log.open("wb") as errlog:
+        process = subprocess.Popen(
+            [sys.executable, str(HERE / "upstream_server.py"), "--http", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=errlog,
+            stderr=errlog,
+            env={**os.environ, "UPSTREAM_CALLS_FILE": str(calls_file)},
+        )
+    try:
+        await_port(port, process, log)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def ran(calls_file: pathlib.Path, tool: str | None = None) -> list[dict[str, Any]]:

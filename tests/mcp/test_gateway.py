@@ -24,6 +24,7 @@ from conftest import (
     action_digest,
     action_for,
     http_gateway,
+    http_upstream,
     instance_id,
     jcs,
     open_gateway,
@@ -357,3 +358,53 @@ async def test_over_streamable_http_and_a_graceful_stop(
         assert await in_thread(process.wait, 15) == 0
     assert [r["arguments"] for r in ran(calls_file, "restart")] == [arguments]
     await in_thread(system.await_record, instance, {"COMPLETED"})
+
+
+async def test_an_upstream_reached_over_streamable_http(
+    system: Any, tmp_path: pathlib.Path, calls_file: pathlib.Path
+) -> None:
+    arguments = {"service": unique("upstream-http"), "strategy": {"kind": "blue-green"}}
+    instance = instance_id("restart", arguments)
+    with http_upstream(tmp_path, calls_file) as url:
+        async with open_gateway(system, tmp_path, calls_file, upstream_url=url) as gateway:
+            listed = await gateway.session.list_tools()
+            assert {tool.name for tool in listed.tools} >= {"restart", "fail", "status"}
+            call = asyncio.create_task(gateway.call("restart", arguments))
+            await in_thread(system.await_record, instance, {"AWAITING_DECISION"})
+            assert ran(calls_file) == []
+            await in_thread(system.decide, instance, "alice", "APPROVE")
+            await in_thread(system.decide, instance, "bob", "APPROVE")
+            result = await asyncio.wait_for(call, 30)
+    assert not result.is_error, text_of(result)
+    assert [r["arguments"] for r in ran(calls_file, "restart")] == [arguments]
+    await in_thread(system.await_record, instance, {"COMPLETED"})
+
+
+async def test_an_id_taken_by_another_proposer_is_skipped(
+    system: Any, tmp_path: pathlib.Path, calls_file: pathlib.Path
+) -> None:
+    arguments = {"service": unique("squatted"), "strategy": "rolling"}
+    taken = instance_id("restart", arguments, epoch=0)
+    # Another service proposes the same action under the gateway's first id.
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{system.intake_url}/v1/proposals",
+            headers={"Authorization": f"Bearer {system.tokens['agent:sdk']['service']}"},
+            json={"instance_id": taken, "action": action_for("restart", arguments)},
+        )
+    assert response.status_code == 202, response.text
+    await in_thread(system.await_record, taken, {"AWAITING_DECISION"})
+    # Approving the other proposer's instance must not run the gateway's call.
+    await in_thread(system.decide, taken, "alice", "APPROVE")
+    await in_thread(system.decide, taken, "bob", "APPROVE")
+    await in_thread(system.await_record, taken, {"AUTHORIZED"})
+
+    async with open_gateway(system, tmp_path, calls_file, "--max-wait=2s") as gateway:
+        result = await gateway.call("restart", arguments)
+    assert result.is_error
+    own = instance_id("restart", arguments, epoch=1)
+    assert own in text_of(result) and taken not in text_of(result), text_of(result)
+    assert ran(calls_file) == []
+    record = await in_thread(system.record, own)
+    assert record["proposal"]["proposer"]["principal"] == GATEWAY_PRINCIPAL
+    assert (await in_thread(system.record, taken))["grants"] == []

@@ -9,12 +9,15 @@ Tools:
 - ``restart(service, strategy)``: pretends to restart a service.
 - ``fail(reason)``: always fails (a tool error result).
 - ``status()``: read-only (``readOnlyHint: true``), reports that all is well.
+
+Served over stdio, or over streamable HTTP with ``--http PORT``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
@@ -57,4 +60,8 @@ def status() -> str:
 
 
 if __name__ == "__main__":
-    server.run("stdio")
+    # `--http PORT`: streamable HTTP on 127.0.0.1:PORT/mcp instead of stdio.
+    if len(sys.argv) == 3 and sys.argv[1] == "--http":
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        server.run("stdio")
