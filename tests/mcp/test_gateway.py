@@ -408,3 +408,57 @@ async def test_an_id_taken_by_another_proposer_is_skipped(
     record = await in_thread(system.record, own)
     assert record["proposal"]["proposer"]["principal"] == GATEWAY_PRINCIPAL
     assert (await in_thread(system.record, taken))["grants"] == []
+
+
+async def test_arguments_that_cannot_form_a_canonical_action_are_refused_unsent(
+    system: Any, tmp_path: pathlib.Path, calls_file: pathlib.Path
+) -> None:
+    async with open_gateway(system, tmp_path, calls_file) as gateway:
+        log_before = await in_thread(system.log_end_total)
+        # A key with surrounding whitespace is not a canonical parameter key.
+        padded = await gateway.call("restart", {"service": "api", " strategy": "rolling"})
+        # A double would round this integer: the approved text would name another number.
+        rounded = await gateway.call("restart", {"service": "api", "strategy": 9007199254740993})
+        assert await in_thread(system.log_end_total) == log_before
+    assert padded.is_error and "not forwarded" in text_of(padded), text_of(padded)
+    assert "strategy" in text_of(padded)
+    assert rounded.is_error and "9007199254740993" in text_of(rounded), text_of(rounded)
+    assert ran(calls_file) == []
+
+
+async def test_a_named_allow_listed_tool_passes_through(
+    system: Any, tmp_path: pathlib.Path, calls_file: pathlib.Path
+) -> None:
+    arguments = {"service": unique("scratch"), "strategy": "rolling"}
+    async with open_gateway(system, tmp_path, calls_file, "--allow-tool=restart") as gateway:
+        log_before = await in_thread(system.log_end_total)
+        result = await gateway.call("restart", arguments)
+        assert await in_thread(system.log_end_total) == log_before
+    assert not result.is_error, text_of(result)
+    assert [r["arguments"] for r in ran(calls_file, "restart")] == [arguments]
+    assert projector_status(system, instance_id("restart", arguments)) == 404
+
+
+async def test_identical_calls_at_once_never_share_a_grant(
+    system: Any, tmp_path: pathlib.Path, calls_file: pathlib.Path
+) -> None:
+    arguments = {"service": unique("twice"), "strategy": "rolling"}
+    first, second = instance_id("restart", arguments, 0), instance_id("restart", arguments, 1)
+    async with open_gateway(system, tmp_path, calls_file, "--max-wait=40s") as gateway:
+        calls = [asyncio.create_task(gateway.call("restart", arguments)) for _ in range(2)]
+        await in_thread(system.await_record, first, {"AWAITING_DECISION"})
+        await in_thread(system.decide, first, "alice", "APPROVE")
+        await in_thread(system.decide, first, "bob", "APPROVE")
+        # One of the two ran on the first instance's one grant; the other
+        # is now proposed again under the next id and waits for its own review.
+        await in_thread(system.await_record, first, {"COMPLETED"})
+        await in_thread(system.await_record, second, {"AWAITING_DECISION"}, 30.0)
+        assert len(ran(calls_file, "restart")) == 1
+        await in_thread(system.decide, second, "alice", "APPROVE")
+        await in_thread(system.decide, second, "bob", "APPROVE")
+        results = await asyncio.wait_for(asyncio.gather(*calls), 40)
+    assert all(not r.is_error for r in results), [text_of(r) for r in results]
+    assert len(ran(calls_file, "restart")) == 2
+    for instance in (first, second):
+        record = await in_thread(system.await_record, instance, {"COMPLETED"})
+        assert len(record["grants"]) == 1

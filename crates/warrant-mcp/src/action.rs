@@ -23,6 +23,10 @@ pub enum ActionError {
         #[source]
         source: JcsError,
     },
+    #[error(
+        "tool name '{0}' contains '/': its target would read as a deeper path under another server name"
+    )]
+    ToolName(String),
     #[error("the call does not form a canonical Warrant action: {field} {problem}")]
     NotCanonical { field: String, problem: String },
     #[error("authorized parameter '{parameter}' is not JSON text: {message}")]
@@ -46,6 +50,11 @@ pub fn build(
     tool: &str,
     arguments: &Map<String, Value>,
 ) -> Result<ToolAction, ActionError> {
+    // Server "demo" with tool "a/b" and server "demo/a" with tool "b"
+    // would be one target, one action, one instance: keep them apart.
+    if tool.contains('/') {
+        return Err(ActionError::ToolName(tool.to_owned()));
+    }
     let mut parameters = BTreeMap::new();
     for (name, value) in arguments {
         let text = jcs::canonicalize(value).map_err(|source| ActionError::Argument {
@@ -202,8 +211,10 @@ mod tests {
             matches!(bad_key, Err(ActionError::NotCanonical { .. })),
             "{bad_key:?}"
         );
-        let bad_tool = build("demo", "../escape", &args(json!({})));
+        let bad_tool = build("demo", "..", &args(json!({})));
         assert!(matches!(bad_tool, Err(ActionError::NotCanonical { .. })));
+        let nested = build("demo", "a/b", &args(json!({})));
+        assert!(matches!(nested, Err(ActionError::ToolName(_))));
         let big: Map<String, Value> =
             serde_json::from_str(r#"{"n": 9007199254740993}"#).expect("json");
         match build("demo", "t", &big) {
