@@ -221,7 +221,13 @@ impl Gateway {
         }
         let tool = params.name.to_string();
         let arguments = params.arguments.unwrap_or_default();
-        let listing = self.listing(&tool).await;
+        // The listing matters only for read-only hints; without the flag an
+        // unlisted tool must not cost a tools/list round trip per call.
+        let listing = if self.inner.settings.allow.read_only {
+            self.listing(&tool).await
+        } else {
+            None
+        };
         if self.inner.settings.allow.passes(&tool, listing.as_ref()) {
             tracing::info!(tool = %tool, "allow-listed: forwarded without a proposal");
             return match self.forward(&tool, arguments).await {
@@ -236,7 +242,7 @@ impl Gateway {
         {
             Ok(result) => result,
             Err(error) => {
-                tracing::warn!(tool = %tool, error = %error, "call not forwarded");
+                tracing::warn!(tool = %tool, error = %error, "the call ends with a tool error");
                 tool_error(&error.to_string())
             }
         }
