@@ -1,6 +1,6 @@
 # One entry point for routine tasks. The README's two commands are
 # `make demo` and `make test`.
-.PHONY: test demo kafka-up kafka-down bench-fold bench-log bench-intake fmt lint
+.PHONY: test demo kafka-up kafka-down bench-fold bench-log bench-intake fuzz fuzz-smoke fmt lint
 
 test: ## every test: Rust, Python, and end-to-end against a local Kafka
 	bash scripts/test.sh
@@ -22,6 +22,13 @@ bench-log: ## 1M events: kcat vs warrant-replay vs projector catch-up, and proje
 
 bench-intake: ## claim round trip and decisions at 2,000/s (acks=all), beside Kafka and HTTP baselines
 	bash scripts/bench-intake.sh
+
+FUZZ_SECONDS ?= 600
+fuzz: ## cargo fuzz, every target for FUZZ_SECONDS each (default 600); crashes fail the run
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-smoke: ## every fuzz target for a few seconds (what make test runs)
+	bash scripts/fuzz.sh 5
 
 fmt:
 	cargo fmt --all

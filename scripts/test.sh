@@ -54,6 +54,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test (unit, property, golden and end-to-end against the local broker)"
 cargo test --workspace
 
+# A few seconds per target: proves the targets build and still hold on their
+# seeds and the corpus grown so far; `make fuzz` is the long run.
+step "fuzz smoke (cargo fuzz, nightly; scripts/fuzz.sh)"
+bash scripts/fuzz.sh 5
+
 step "python: another team's fastavro reads and writes our wire format"
 "$VENV/bin/python" -m pytest -q tests/python
 

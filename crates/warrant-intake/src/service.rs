@@ -67,6 +67,15 @@ pub struct Args {
     #[arg(long, env = "WARRANT_MAX_BODY_BYTES", default_value_t = 65536)]
     pub max_body_bytes: usize,
 
+    /// Record waits (`GET /v1/instances/{id}?wait_ms=`) one caller may hold
+    /// at once; beyond it, 503 `too_many_waiters` with Retry-After.
+    #[arg(
+        long,
+        env = "WARRANT_MAX_WAITS_PER_CALLER",
+        default_value_t = crate::http::DEFAULT_MAX_WAITS_PER_CALLER
+    )]
+    pub max_waits_per_caller: usize,
+
     /// Consume the ingress topics (`--ingress=false` to disable).
     #[arg(
         long,
@@ -133,6 +142,7 @@ impl Args {
             claim_timeout_ms: 5000,
             produce_timeout_ms: 5000,
             max_body_bytes: 65_536,
+            max_waits_per_caller: crate::http::DEFAULT_MAX_WAITS_PER_CALLER,
             ingress: true,
             ingress_instance_id: None,
             ingress_batch: 500,
@@ -147,6 +157,9 @@ impl Args {
         let fail = |message: &str| Err(Error::Config(message.to_owned()));
         if self.claim_timeout_ms == 0 || self.produce_timeout_ms == 0 {
             return fail("--claim-timeout-ms and --produce-timeout-ms must be positive");
+        }
+        if self.max_waits_per_caller == 0 {
+            return fail("--max-waits-per-caller must be at least 1");
         }
         if !(1024..=warrant_schema::MAX_RECORD_BYTES / 2).contains(&self.max_body_bytes) {
             return fail("--max-body-bytes must be between 1024 and 524288");
@@ -241,6 +254,7 @@ impl Intake {
             readiness: readiness.clone(),
             recent: Arc::new(RecentInstances::new(10_000)),
             sessions: Arc::new(crate::http::Sessions::default()),
+            waits: Arc::new(crate::http::CallerWaits::new(args.max_waits_per_caller)),
             options: HttpOptions {
                 claim_timeout: Duration::from_millis(args.claim_timeout_ms),
                 max_body_bytes: args.max_body_bytes,

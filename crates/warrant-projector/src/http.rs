@@ -15,13 +15,14 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use warrant_authority::{EntryView, LogPosition, StatusName};
 use warrant_runtime::ApiError;
 
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::waiters::RecordWaiters;
 use crate::Progress;
 
 /// Page size of `GET /v1/instances` when `limit` is not given.
@@ -34,10 +35,10 @@ pub const MAX_LIMIT: usize = 1000;
 pub struct AppState {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
-    /// Changes after every committed batch; wakes both long-polls.
+    /// Changes after every committed batch; wakes the entry long-poll.
     pub committed: watch::Receiver<Progress>,
-    /// One permit per record long-poll that may wait at once.
-    pub waiters: Arc<Semaphore>,
+    /// Record long-polls, woken only when their own instance is written.
+    pub waiters: Arc<RecordWaiters>,
 }
 
 /// Default bound on concurrent record long-polls (`--max-waiters`).
@@ -129,14 +130,23 @@ struct RecordQuery {
     wait_ms: Option<String>,
 }
 
-/// `wait_ms` as a duration, clamped to [`MAX_WAIT`].
+/// `wait_ms` as a duration, clamped to [`MAX_WAIT`] (digits beyond u64
+/// included: a larger value is clamped, never refused).
 fn wait_of(text: Option<&str>) -> Result<Duration, ApiError> {
     match text {
         None => Ok(Duration::ZERO),
-        Some(text) => text
-            .parse::<u64>()
-            .map(|ms| Duration::from_millis(ms).min(MAX_WAIT))
-            .map_err(|_| non_negative("wait_ms", text)),
+        Some(text) => {
+            saturating_count("wait_ms", text).map(|ms| Duration::from_millis(ms).min(MAX_WAIT))
+        }
+    }
+}
+
+/// A non-negative integer; digits beyond u64 saturate.
+fn saturating_count(what: &str, text: &str) -> Result<u64, ApiError> {
+    match text.parse::<u64>() {
+        Ok(value) => Ok(value),
+        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => Ok(u64::MAX),
+        Err(_) => Err(non_negative(what, text)),
     }
 }
 
@@ -159,9 +169,7 @@ async fn get_instance(
 ) -> Result<Response, ApiError> {
     let after_seq = match query.after_seq.as_deref() {
         None => 0,
-        Some(text) => text
-            .parse::<u64>()
-            .map_err(|_| non_negative("after_seq", text))?,
+        Some(text) => saturating_count("after_seq", text)?,
     };
     let wait = wait_of(query.wait_ms.as_deref())?;
     if !wait.is_zero() {
@@ -176,16 +184,16 @@ async fn get_instance(
 }
 
 /// Hold the request until instance `id` has more than `after_seq` history
-/// entries, `wait` has passed, or the fold stopped. An idle waiter is a
-/// parked task: it reads the store only when a batch commits, and then only
-/// the instance's small state, never its history.
+/// entries, `wait` has passed, or the fold stopped. The store is read once;
+/// after that the waiter sleeps until a committed batch writes its own
+/// instance (see [`RecordWaiters`]), however busy the rest of the log is.
 async fn wait_for_entries(
     state: &AppState,
     id: &str,
     after_seq: u64,
     wait: Duration,
 ) -> Result<(), ApiError> {
-    let Ok(_permit) = state.waiters.clone().try_acquire_owned() else {
+    let Ok(mut waiting) = state.waiters.register(id) else {
         state.metrics.waiters_refused.inc();
         return Err(ApiError::unavailable(
             "too_many_waiters",
@@ -196,21 +204,23 @@ async fn wait_for_entries(
     // Decrement however this future ends, a client hanging up included.
     let _waiting = GaugeGuard(&state.metrics.record_waiters);
     let deadline = tokio::time::Instant::now() + wait;
-    let mut committed = state.committed.clone();
+    // Registered first: a batch committed from here on wakes us, one
+    // committed before is in what we read now.
+    let lookup = id.to_owned();
+    let entries = read(&state.store, move |store| {
+        Ok(store.state(&lookup)?.map_or(0, |state| state.entries))
+    })
+    .await?;
+    if entries > after_seq {
+        return Ok(());
+    }
     loop {
-        // Mark the current value seen before reading the store, so a commit
-        // that lands in between still wakes the wait below.
-        committed.borrow_and_update();
-        let lookup = id.to_owned();
-        let entries = read(&state.store, move |store| {
-            Ok(store.state(&lookup)?.map_or(0, |state| state.entries))
-        })
-        .await?;
-        if entries > after_seq {
-            return Ok(());
-        }
-        match tokio::time::timeout_at(deadline, committed.changed()).await {
-            Ok(Ok(())) => {}
+        match tokio::time::timeout_at(deadline, waiting.entries.changed()).await {
+            Ok(Ok(())) => {
+                if *waiting.entries.borrow_and_update() > after_seq {
+                    return Ok(());
+                }
+            }
             // Out of time, or the fold stopped: answer with what is there.
             Ok(Err(_)) | Err(_) => return Ok(()),
         }
@@ -454,7 +464,7 @@ mod tests {
             store,
             metrics: Arc::new(Metrics::new()),
             committed: watch::channel(Progress::default()).1,
-            waiters: Arc::new(Semaphore::new(DEFAULT_MAX_WAITERS)),
+            waiters: Arc::new(RecordWaiters::new(DEFAULT_MAX_WAITERS)),
         });
         Fixture {
             _dir: dir,
@@ -657,16 +667,11 @@ mod tests {
         assert_eq!(body.as_object().unwrap().len(), 4);
     }
 
-    /// A store holding instance 21's first three events, the sender that
-    /// announces commits, and an app with `max_waiters` slots.
+    /// A store holding instance 21's first three events, the waiter
+    /// registry commits announce to, and an app with `max_waiters` slots.
     fn waiting_fixture(
         max_waiters: usize,
-    ) -> (
-        tempfile::TempDir,
-        Arc<Store>,
-        watch::Sender<Progress>,
-        Router,
-    ) {
+    ) -> (tempfile::TempDir, Arc<Store>, Arc<RecordWaiters>, Router) {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = open(dir.path());
         let first: Vec<_> = history_for(&instance_id(21), 3)
@@ -674,26 +679,40 @@ mod tests {
             .map(|e| record(0, e))
             .collect();
         fold_into(&store, &first);
-        let (progress, committed) = watch::channel(Progress::default());
+        let waiters = Arc::new(RecordWaiters::new(max_waiters));
         let app = router(AppState {
             store: store.clone(),
             metrics: Arc::new(Metrics::new()),
-            committed,
-            waiters: Arc::new(Semaphore::new(max_waiters)),
+            committed: watch::channel(Progress::default()).1,
+            waiters: waiters.clone(),
         });
-        (dir, store, progress, app)
+        (dir, store, waiters, app)
     }
 
-    /// Commit instance 21's fourth event and announce the batch.
-    fn commit_fourth_event(store: &Arc<Store>, progress: &watch::Sender<Progress>) {
+    /// Commit `records` and announce what the batch wrote, as the commit
+    /// thread does.
+    fn commit(store: &Arc<Store>, waiters: &RecordWaiters, records: &[Record]) {
+        fold_into(store, records);
+        let written: Vec<(String, u64)> = records
+            .iter()
+            .filter_map(|(_, key, _)| String::from_utf8(key.clone()?).ok())
+            .map(|id| {
+                let entries = store.state(&id).unwrap().unwrap().entries;
+                (id, entries)
+            })
+            .collect();
+        waiters.committed(written.iter().map(|(id, n)| (id.as_str(), *n)));
+    }
+
+    /// Commit instance 21's fourth event.
+    fn commit_fourth_event(store: &Arc<Store>, waiters: &RecordWaiters) {
         let fourth = history_for(&instance_id(21), 4).pop().unwrap();
-        fold_into(store, &[record(0, &fourth)]);
-        progress.send_modify(|p| p.batches += 1);
+        commit(store, waiters, &[record(0, &fourth)]);
     }
 
     #[tokio::test]
     async fn a_record_wait_answers_as_soon_as_a_commit_adds_an_entry() {
-        let (_dir, store, progress, app) = waiting_fixture(DEFAULT_MAX_WAITERS);
+        let (_dir, store, waiters, app) = waiting_fixture(DEFAULT_MAX_WAITERS);
         let uri = format!(
             "/v1/instances/{}?after_seq=3&wait_ms=30000",
             instance_id(21)
@@ -702,8 +721,13 @@ mod tests {
         let waiting = tokio::spawn(async move { get_json(&app, &uri).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!waiting.is_finished(), "answered before anything changed");
+        // A batch that writes only another instance does not wake it.
+        let other = history_for(&instance_id(23), 1);
+        commit(&store, &waiters, &[record(0, &other[0])]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "woken by another instance's batch");
 
-        commit_fourth_event(&store, &progress);
+        commit_fourth_event(&store, &waiters);
         let (status, body) = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("woken by the commit, long before wait_ms")
@@ -715,7 +739,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_record_wait_that_times_out_answers_with_the_unchanged_record() {
-        let (_dir, _store, _progress, app) = waiting_fixture(DEFAULT_MAX_WAITERS);
+        let (_dir, _store, _waiters, app) = waiting_fixture(DEFAULT_MAX_WAITERS);
         let started = Instant::now();
         let uri = format!("/v1/instances/{}?after_seq=3&wait_ms=150", instance_id(21));
         let (status, body) = get_json(&app, &uri).await;
@@ -727,7 +751,7 @@ mod tests {
         // once, however long the client offered to wait (clamped, not refused).
         let started = Instant::now();
         let uri = format!(
-            "/v1/instances/{}?after_seq=1&wait_ms=99999999",
+            "/v1/instances/{}?after_seq=1&wait_ms=99999999999999999999",
             instance_id(21)
         );
         let (status, body) = get_json(&app, &uri).await;
@@ -738,7 +762,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wait_on_an_instance_not_folded_yet_sees_its_proposal_land() {
-        let (_dir, store, progress, app) = waiting_fixture(DEFAULT_MAX_WAITERS);
+        let (_dir, store, waiters, app) = waiting_fixture(DEFAULT_MAX_WAITERS);
         let unknown = format!("/v1/instances/{}?wait_ms=100", instance_id(22));
         let (status, body) = get_json(&app, &unknown).await;
         assert_eq!(
@@ -753,8 +777,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!waiting.is_finished());
         let proposal = history_for(&instance_id(22), 1);
-        fold_into(&store, &[record(0, &proposal[0])]);
-        progress.send_modify(|p| p.batches += 1);
+        commit(&store, &waiters, &[record(0, &proposal[0])]);
         let (status, body) = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("woken by the commit")
@@ -765,7 +788,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiters_beyond_the_bound_are_told_to_retry() {
-        let (_dir, store, progress, app) = waiting_fixture(1);
+        let (_dir, store, waiters, app) = waiting_fixture(1);
         let uri = format!(
             "/v1/instances/{}?after_seq=3&wait_ms=30000",
             instance_id(21)
@@ -802,7 +825,7 @@ mod tests {
             "{text}"
         );
 
-        commit_fourth_event(&store, &progress);
+        commit_fourth_event(&store, &waiters);
         let (status, _) = holder.await.unwrap();
         assert_eq!(status, StatusCode::OK);
         // The slot is free again once the holder has answered.
@@ -819,7 +842,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_wait_parameters_are_json_400s() {
-        let (_dir, _store, _progress, app) = waiting_fixture(DEFAULT_MAX_WAITERS);
+        let (_dir, _store, _waiters, app) = waiting_fixture(DEFAULT_MAX_WAITERS);
         for query in [
             "after_seq=-1",
             "after_seq=x&wait_ms=10",
@@ -842,7 +865,7 @@ mod tests {
             store,
             metrics: Arc::new(Metrics::new()),
             committed,
-            waiters: Arc::new(Semaphore::new(DEFAULT_MAX_WAITERS)),
+            waiters: Arc::new(RecordWaiters::new(DEFAULT_MAX_WAITERS)),
         });
         let (status, body) = get_json(&app, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::projection::{Projection, Sealed};
 use crate::store::Store;
+use crate::waiters::RecordWaiters;
 use crate::{Config, Progress};
 
 /// While catching up, how long the fold thread waits for a record before it
@@ -45,6 +46,8 @@ pub(crate) struct Ingest {
     pub metrics: Arc<Metrics>,
     pub stop: Arc<AtomicBool>,
     pub progress: watch::Sender<Progress>,
+    /// Woken per written instance after each durable batch.
+    pub waiters: Arc<RecordWaiters>,
 }
 
 enum ToCommit {
@@ -112,12 +115,17 @@ impl Ingest {
             let store = self.store.clone();
             let metrics = self.metrics.clone();
             let progress = self.progress.clone();
+            let waiters = self.waiters.clone();
             let config = self.config.clone();
             let highs: BTreeMap<i32, i64> =
                 marks.iter().map(|(p, (_, high))| (*p, *high)).collect();
             std::thread::Builder::new()
                 .name("warrant-commit".to_owned())
-                .spawn(move || commit_loop(receiver, &store, &metrics, &progress, &config, highs))
+                .spawn(move || {
+                    commit_loop(
+                        receiver, &store, &metrics, &progress, &waiters, &config, highs,
+                    )
+                })
                 .map_err(|source| Error::Spawn {
                     name: "commit",
                     source,
@@ -304,6 +312,7 @@ fn commit_loop(
     store: &Store,
     metrics: &Metrics,
     progress: &watch::Sender<Progress>,
+    waiters: &RecordWaiters,
     config: &Config,
     mut highs: BTreeMap<i32, i64>,
 ) -> Result<(), Error> {
@@ -328,9 +337,10 @@ fn commit_loop(
                 caught_up,
             }) => {
                 let began = Instant::now();
-                let batch = sealed.take_batch()?;
+                let (batch, written) = sealed.take_batch()?;
                 store.apply(batch, sealed.seq)?;
                 store.flush()?;
+                waiters.committed(written.iter().map(|(id, entries)| (id.as_str(), *entries)));
                 let seconds = began.elapsed().as_secs_f64();
                 // Durable from here on: report it.
                 metrics.committed(&sealed.stats, &sealed.counts, seconds);

@@ -23,6 +23,7 @@ pub mod projection;
 pub mod store;
 #[cfg(test)]
 mod testutil;
+pub mod waiters;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -265,11 +266,12 @@ impl Projector {
         })?;
         let (http_stop, mut http_stopped) = watch::channel(false);
         let (progress_tx, progress) = watch::channel(Progress::default());
+        let waiters = Arc::new(waiters::RecordWaiters::new(config.max_waiters));
         let app = router(AppState {
             store: store.clone(),
             metrics: metrics.clone(),
             committed: progress.clone(),
-            waiters: Arc::new(tokio::sync::Semaphore::new(config.max_waiters)),
+            waiters: waiters.clone(),
         });
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -288,6 +290,7 @@ impl Projector {
             metrics,
             stop: stop.clone(),
             progress: progress_tx,
+            waiters: waiters.clone(),
         };
         std::thread::Builder::new()
             .name("warrant-fold".to_owned())
@@ -308,6 +311,9 @@ impl Projector {
             if let Err(error) = &folded {
                 tracing::error!(error = %error_chain(error), "folding stopped");
             }
+            // Nothing will change any more: answer every record wait now
+            // rather than hold shutdown for up to a wait's length.
+            waiters.close();
             let _ = http_stop.send(true);
             let abort = server.abort_handle();
             let served = match tokio::time::timeout(shutdown_timeout, server).await {

@@ -55,12 +55,17 @@ pub struct Sealed {
 impl Sealed {
     /// The complete sled batch: serialises the states into it (and lets go
     /// of them, so the fold can take them back without a copy).
-    pub fn take_batch(&mut self) -> Result<sled::Batch, Error> {
+    ///
+    /// Also returns each written instance with its new entry count, for the
+    /// record waiters to be woken once the batch is durable.
+    pub fn take_batch(&mut self) -> Result<(sled::Batch, Vec<(String, u64)>), Error> {
         let mut batch = std::mem::take(&mut self.batch);
+        let mut written = Vec::with_capacity(self.states.len());
         for (key, state) in self.states.drain(..) {
             batch.insert(key, store::encode_index_value(&state)?);
+            written.push((state.instance_id.clone(), state.entries));
         }
-        Ok(batch)
+        Ok((batch, written))
     }
 }
 
@@ -308,7 +313,7 @@ impl Projection {
         let Some(mut sealed) = self.seal()? else {
             return Ok(None);
         };
-        let batch = sealed.take_batch()?;
+        let (batch, _) = sealed.take_batch()?;
         self.store.apply(batch, sealed.seq)?;
         self.store.flush()?;
         Ok(Some(sealed))

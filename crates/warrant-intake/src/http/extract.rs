@@ -122,6 +122,15 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
 #[derive(Debug)]
 pub struct ApiQuery<T>(pub T);
 
+impl<T: DeserializeOwned> ApiQuery<T> {
+    /// Parse the query of `uri` (for handlers that must authenticate first).
+    pub fn from_uri(uri: &axum::http::Uri) -> Result<ApiQuery<T>, ApiError> {
+        axum::extract::Query::<T>::try_from_uri(uri)
+            .map(|axum::extract::Query(value)| ApiQuery(value))
+            .map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))
+    }
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 

@@ -182,6 +182,8 @@ pub struct AppState {
     pub recent: Arc<RecentInstances>,
     /// Reviewers' read-only sessions (console and CLI).
     pub sessions: Arc<Sessions>,
+    /// Record waits in flight, per caller.
+    pub waits: Arc<CallerWaits>,
     pub options: HttpOptions,
 }
 
@@ -190,6 +192,65 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState")
             .field("options", &self.options)
             .finish_non_exhaustive()
+    }
+}
+
+/// Default for `--max-waits-per-caller`.
+pub const DEFAULT_MAX_WAITS_PER_CALLER: usize = 32;
+
+/// Record waits in flight per caller (token principal or reviewer). The
+/// projector's waiter slots are shared by everyone; without a share per
+/// caller, one token holder could take them all and every other agent's
+/// wait would be refused.
+#[derive(Debug)]
+pub struct CallerWaits {
+    per_caller: usize,
+    counts: Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One wait counted against its caller; given back when dropped.
+#[derive(Debug)]
+pub struct CallerWait<'a> {
+    waits: &'a CallerWaits,
+    caller: String,
+}
+
+impl CallerWaits {
+    pub fn new(per_caller: usize) -> CallerWaits {
+        CallerWaits {
+            per_caller,
+            counts: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Count one more wait for `caller`, or `None` if it has its share.
+    pub fn enter(&self, caller: &str) -> Option<CallerWait<'_>> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(caller.to_owned()).or_insert(0);
+        if *count >= self.per_caller {
+            return None;
+        }
+        *count += 1;
+        Some(CallerWait {
+            waits: self,
+            caller: caller.to_owned(),
+        })
+    }
+}
+
+impl Drop for CallerWait<'_> {
+    fn drop(&mut self) {
+        let mut counts = self
+            .waits
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.caller) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.caller);
+            }
+        }
     }
 }
 

@@ -309,35 +309,52 @@ fn non_negative(what: &str, text: &str) -> ApiError {
     )
 }
 
+/// A non-negative integer; digits beyond u64 saturate (a larger `wait_ms`
+/// is clamped, never refused).
+fn saturating_count(what: &str, text: &str) -> Result<u64, ApiError> {
+    match text.parse::<u64>() {
+        Ok(value) => Ok(value),
+        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => Ok(u64::MAX),
+        Err(_) => Err(non_negative(what, text)),
+    }
+}
+
 /// `GET /v1/instances/{id}[?after_seq=N&wait_ms=M]`: the execution record,
 /// as the projector has it. With `wait_ms` the projector holds the answer
 /// until the record has more than `after_seq` entries (capped at
 /// [`crate::projector::MAX_RECORD_WAIT`]), so a caller learns of a decision
-/// the moment it is folded.
+/// the moment it is folded. Each caller may hold a bounded share of waits.
 pub async fn record(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    ApiQuery(query): ApiQuery<RecordQuery>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    reader(&state, &headers)?;
+    // Credentials first: an anonymous caller learns nothing, not even
+    // which parameters exist.
+    let caller = match reader(&state, &headers)? {
+        Reader::Token { principal } => format!("token:{principal}"),
+        Reader::Reviewer(session) => format!("reviewer:{}", session.principal),
+    };
+    let ApiQuery(query) = ApiQuery::<RecordQuery>::from_uri(&uri)?;
     let instance_id = parse_instance_id(&id)?;
     let after_seq = match query.after_seq.as_deref() {
         None => 0,
-        Some(text) => text
-            .parse::<u64>()
-            .map_err(|_| non_negative("after_seq", text))?,
+        Some(text) => saturating_count("after_seq", text)?,
     };
     let wait = match query.wait_ms.as_deref() {
         None => std::time::Duration::ZERO,
-        Some(text) => text
-            .parse::<u64>()
-            .map(std::time::Duration::from_millis)
-            .map_err(|_| non_negative("wait_ms", text))?,
+        Some(text) => std::time::Duration::from_millis(saturating_count("wait_ms", text)?),
     };
     let found = if wait.is_zero() {
         state.projector.record(&instance_id).await
     } else {
+        let Some(_counted) = state.waits.enter(&caller) else {
+            return Err(ApiError::unavailable(
+                "too_many_waiters",
+                "this caller already holds its share of record waits; retry, or read without wait_ms",
+            ));
+        };
         state
             .projector
             .wait_record(&instance_id, after_seq, wait)

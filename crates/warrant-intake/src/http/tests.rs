@@ -279,6 +279,7 @@ pub(crate) fn harness_with(options: HttpOptions) -> Harness {
         // Off, so every lookup goes to the projector.
         recent: Arc::new(RecentInstances::new(0)),
         sessions: Arc::new(Sessions::default()),
+        waits: Arc::new(CallerWaits::new(2)),
         options,
     };
     Harness {
@@ -2233,10 +2234,18 @@ async fn record_waits_refuse_bad_parameters_and_pass_on_a_full_projector() {
             answer.text
         );
     }
-    // Waiting needs the same credentials as reading.
+    // Waiting needs the same credentials as reading, checked before the
+    // parameters: an anonymous caller learns nothing.
     let path = format!("/v1/instances/{INSTANCE}?after_seq=1&wait_ms=10");
     let anonymous = h.send(get(&path)).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let anonymous = h
+        .send(get(&format!("/v1/instances/{INSTANCE}?probe=1")))
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    // Beyond u64: clamped like any long wait, not refused.
+    let huge = format!("/v1/instances/{INSTANCE}?after_seq=0&wait_ms=99999999999999999999");
+    h.send(get_bearer(&huge, SERVICE)).await.ok(StatusCode::OK);
 
     // A wait that ends with nothing new answers the unchanged record.
     let unchanged = h.send(get_bearer(&path, EXECUTOR)).await;
@@ -2271,4 +2280,53 @@ async fn record_waits_refuse_bad_parameters_and_pass_on_a_full_projector() {
         .send(get_bearer(&format!("/v1/instances/{INSTANCE}"), SERVICE))
         .await;
     plain.ok(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn one_caller_cannot_take_every_record_wait() {
+    // The harness allows each caller two waits at once.
+    let h = Arc::new(harness());
+    h.propose_restart(INSTANCE).await;
+    let path = format!("/v1/instances/{INSTANCE}?after_seq=1&wait_ms=20000");
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            let (h, path) = (h.clone(), path.clone());
+            tokio::spawn(async move { h.send(get_bearer(&path, SERVICE)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let third = h.send(get_bearer(&path, SERVICE)).await;
+    assert_eq!(
+        (third.status, third.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "too_many_waiters"),
+        "{}",
+        third.text
+    );
+    assert_eq!(third.headers[header::RETRY_AFTER], "1");
+    // Another caller still waits, and a plain read needs no share.
+    let short = format!("/v1/instances/{INSTANCE}?after_seq=1&wait_ms=20");
+    h.send(get_bearer(&short, EXECUTOR))
+        .await
+        .ok(StatusCode::OK);
+    h.send(get_bearer(&format!("/v1/instances/{INSTANCE}"), SERVICE))
+        .await
+        .ok(StatusCode::OK);
+
+    // The next entry answers both holders, and their shares come back.
+    h.post(
+        &format!("/v1/instances/{INSTANCE}/signals"),
+        Some(POLICY),
+        &allow(),
+    )
+    .await
+    .ok(StatusCode::ACCEPTED);
+    for holder in holders {
+        let answer = tokio::time::timeout(Duration::from_secs(5), holder)
+            .await
+            .expect("woken by the signal")
+            .expect("the request task");
+        answer.ok(StatusCode::OK);
+    }
+    let again = format!("/v1/instances/{INSTANCE}?after_seq=2&wait_ms=20");
+    h.send(get_bearer(&again, SERVICE)).await.ok(StatusCode::OK);
 }
