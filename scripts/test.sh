@@ -72,3 +72,9 @@ cargo build --workspace --bins --quiet
   -r clients/python/requirements-test.txt -r clients/python/requirements-langgraph.txt
 "$VENV/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps ./clients/python
 WARRANT_BIN_DIR="${CARGO_TARGET_DIR:-$REPO/target}/debug" "$VENV/bin/python" -m pytest -q clients/python/tests
+
+# warrant-mcp between a real MCP client (the Python `mcp` package) and a
+# small upstream MCP server, in front of the real intake and projector.
+step "python: warrant-mcp between an MCP client and an upstream server, against the real system"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/mcp/requirements.txt
+WARRANT_BIN_DIR="${CARGO_TARGET_DIR:-$REPO/target}/debug" "$VENV/bin/python" -m pytest -q tests/mcp
