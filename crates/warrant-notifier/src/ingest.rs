@@ -48,6 +48,9 @@ pub(crate) struct Ingest {
     pub deliver: mpsc::UnboundedSender<Pending>,
 }
 
+/// The consumer and the (low, high) watermarks per partition at start.
+type Connected = (BaseConsumer<QuietContext>, BTreeMap<i32, (i64, i64)>);
+
 /// What the open batch holds.
 #[derive(Default)]
 struct Open {
@@ -209,9 +212,7 @@ impl Ingest {
         Ok(())
     }
 
-    fn connect(
-        &self,
-    ) -> Result<Option<(BaseConsumer<QuietContext>, BTreeMap<i32, (i64, i64)>)>, Error> {
+    fn connect(&self) -> Result<Option<Connected>, Error> {
         let topic = &self.config.kafka.log_topic;
         let consumer = consumer(&self.config)?;
         let mut delay = Duration::from_millis(500);
