@@ -836,6 +836,20 @@ async fn bench_delivery_lag() {
         .await
         .expect("probe topic");
     let producer = system.args.producer().expect("producer");
+    // Warm up: the first sends wait for the new topic's metadata.
+    for i in 0..20 {
+        let key = format!("warm-{i}");
+        producer
+            .send(
+                FutureRecord::to(&probe_topic)
+                    .key(&key)
+                    .payload(&b"warm"[..]),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(error, _)| error)
+            .expect("a warm-up record");
+    }
 
     let total = per_minute * seconds / 60;
     let interval = Duration::from_micros(60_000_000 / per_minute.max(1));

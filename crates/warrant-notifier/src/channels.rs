@@ -504,4 +504,33 @@ channels:
         .expect("the example is valid");
         assert!(!channels.channels.is_empty());
     }
+
+    #[test]
+    fn the_kubernetes_channels_validate_with_their_secret() {
+        let text = include_str!("../../../deploy/kubernetes/notifier.yaml");
+        let mut channels = None;
+        let mut secrets = std::collections::BTreeMap::new();
+        for document in serde_yaml::Deserializer::from_str(text) {
+            let value = serde_yaml::Value::deserialize(document).expect("yaml");
+            match value["kind"].as_str() {
+                Some("ConfigMap") => {
+                    channels = value["data"]["notifier.yaml"].as_str().map(str::to_owned)
+                }
+                Some("Secret") => {
+                    for (key, value) in value["stringData"].as_mapping().into_iter().flatten() {
+                        if let (Some(key), Some(value)) = (key.as_str(), value.as_str()) {
+                            secrets.insert(key.to_owned(), value.to_owned());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let channels = channels.expect("the ConfigMap's notifier.yaml");
+        let parsed = Channels::parse(&channels, &|name| secrets.get(name).cloned(), &|path| {
+            Err(format!("no file {}", path.display()))
+        })
+        .expect("the manifest's channels validate with the manifest's Secret");
+        assert_eq!(parsed.channels.len(), 4);
+    }
 }
