@@ -688,6 +688,66 @@ async fn notifications_reach_the_right_people_once_retried_and_never_held_up() {
             n["instance_id"] == d.as_str()
         })
         .await;
+
+    // ---- A good file adds a channel: it takes what is derived from now on
+    // (routing is decided when a notification is derived), and the
+    // notifier idles afterwards instead of spinning on the change.
+    let late = webhook(
+        "late",
+        &base,
+        "late",
+        "    routes:\n      - kinds: [review_needed]\n",
+    );
+    std::fs::write(
+        system.channels_path(),
+        format!("channels:\n{}{late}", channels.concat()),
+    )
+    .expect("write channels");
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(hup.success());
+    eventually(WAIT, "the reload", || async {
+        system
+            .notifier_log()
+            .contains("channels reloaded")
+            .then_some(())
+    })
+    .await;
+    let e = system.propose("test.remind", "sandbox/e").await;
+    receiver
+        .wait_for("late", "e's review request on the new channel", |n| {
+            n["instance_id"] == e.as_str()
+        })
+        .await;
+    assert!(
+        receiver
+            .at("late")
+            .iter()
+            .all(|r| r.json["instance_id"] == e.as_str()),
+        "nothing derived before the reload"
+    );
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // utime and stime, in clock ticks (fields 14 and 15; the command
+        // name in field 2 has no spaces here).
+        let fields: Vec<&str> = stat.split_whitespace().collect();
+        let tick = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        tick(13) + tick(14)
+    };
+    let before = cpu();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu() - before;
+    assert!(
+        used < 60,
+        "the idle notifier used {used} clock ticks of CPU in 2 s"
+    );
     eprintln!("notifier e2e: {:.1} s", started.elapsed().as_secs_f64());
 }
 
