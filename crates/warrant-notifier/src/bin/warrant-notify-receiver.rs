@@ -76,8 +76,13 @@ async fn receive(
             serde_json::json!({ "path": path, "signature": signed, "body": document })
         );
     } else if let Some(text) = document["text"].as_str() {
-        // A Slack-shaped message.
-        println!("/{path} [{signed}] slack: {text}");
+        // A Slack-shaped message; its last block names the kind and ids.
+        let context = document["blocks"]
+            .as_array()
+            .and_then(|blocks| blocks.last())
+            .and_then(|block| block["elements"][0]["text"].as_str())
+            .unwrap_or("");
+        println!("/{path} [{signed}] slack: {text} ({context})");
     } else {
         let field = |name: &str| document[name].as_str().unwrap_or("?").to_owned();
         println!(
