@@ -518,6 +518,9 @@ async fn notifications_reach_the_right_people_once_retried_and_never_held_up() {
         json!({ "counted": 0, "required": 1 })
     );
     assert!(signed_correctly(&reminder));
+    // An event after the reminder that leaves a paused (carol holds no
+    // approver role: refused) does not remind again.
+    system.decide(&a, CAROL, "APPROVE", "not my call").await;
 
     // ---- C: carol (ic) overrides; the alert goes to the incident
     // commander's webhook and to Slack, the outcome to the proposer. Then an
@@ -639,6 +642,12 @@ async fn notifications_reach_the_right_people_once_retried_and_never_held_up() {
         .filter(|r| r.json["instance_id"] == a.as_str() && r.json["kind"] == "review_needed")
         .count();
     assert_eq!(reviews_of_a, 1, "one review request per instance");
+    let reminders_of_a = receiver
+        .at("sre")
+        .iter()
+        .filter(|r| r.json["instance_id"] == a.as_str() && r.json["kind"] == "reminder")
+        .count();
+    assert_eq!(reminders_of_a, 1, "one reminder per instance");
     assert!(
         receiver
             .at("outcomes")

@@ -67,6 +67,10 @@ struct Fold<'a> {
     /// (decision deadline, instance id) of every instance that may still
     /// get a reminder; mirrors the store's `r` table.
     schedule: BTreeSet<(i64, String)>,
+    /// Paused instances whose reminder has fired: the next event of such an
+    /// instance (a refused decision, an approval short of quorum) must not
+    /// schedule it again. Mirrors the `f` table.
+    fired: HashSet<String>,
     offsets: BTreeMap<i32, i64>,
     open: Open,
 }
@@ -136,6 +140,7 @@ impl Ingest {
             ingest: &self,
             cache: HashMap::new(),
             schedule: self.store.reminders()?.into_iter().collect(),
+            fired: self.store.fired()?,
             offsets,
             open: Open::default(),
         };
@@ -360,18 +365,24 @@ impl Fold<'_> {
         let Some(instance) = state.instance() else {
             return;
         };
-        let key = (
-            instance.proposal.decision_deadline,
-            state.instance_id.clone(),
-        );
+        let id = &state.instance_id;
+        let key = (instance.proposal.decision_deadline, id.clone());
         let wanted = lead > 0 && reminder_due(state, lead).is_some();
         let scheduled = self.schedule.contains(&key);
-        if wanted && !scheduled {
-            self.open.writer.schedule(key.0, &key.1);
-            self.schedule.insert(key);
-        } else if !wanted && scheduled {
+        if wanted {
+            if !scheduled && !self.fired.contains(id) {
+                self.open.writer.schedule(key.0, &key.1);
+                self.schedule.insert(key);
+            }
+            return;
+        }
+        if scheduled {
             self.open.writer.unschedule(key.0, &key.1);
             self.schedule.remove(&key);
+        }
+        // No longer paused, and no status leads back to a pause.
+        if self.fired.remove(id) {
+            self.open.writer.unfired(id);
         }
     }
 
@@ -399,6 +410,8 @@ impl Fold<'_> {
             }
             self.cache.insert(key.1.clone(), state);
             self.open.writer.unschedule(key.0, &key.1);
+            self.open.writer.fired(&key.1);
+            self.fired.insert(key.1.clone());
             self.schedule.remove(&key);
         }
         self.commit()

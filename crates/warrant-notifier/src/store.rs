@@ -24,6 +24,7 @@
 //! | `s` instance-id | the `InstanceState` (MessagePack) |
 //! | `o` partition-i32-BE | next offset to consume, i64 BE |
 //! | `r` deadline-i64-BE instance-id | empty: the instance may get a reminder before that decision deadline |
+//! | `f` instance-id | empty: its reminder was fired (sent or found moot); never scheduled again while it stays paused |
 //! | `q` channel 0x00 notification-id (16 bytes) | a [`Pending`] delivery (JSON) |
 
 use std::collections::BTreeMap;
@@ -47,6 +48,7 @@ const STATE: u8 = b's';
 const OFFSET: u8 = b'o';
 const REMINDER: u8 = b'r';
 const OUTBOX: u8 = b'q';
+const FIRED: u8 = b'f';
 
 /// One notification waiting for one channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +248,16 @@ impl Store {
         Ok(out)
     }
 
+    /// Instances whose reminder has fired.
+    pub fn fired(&self) -> Result<std::collections::HashSet<String>, Error> {
+        let mut out = std::collections::HashSet::new();
+        for item in self.db.scan_prefix([FIRED]) {
+            let (key, _) = item.map_err(Error::sled("read fired reminders"))?;
+            out.insert(String::from_utf8_lossy(&key[1..]).into_owned());
+        }
+        Ok(out)
+    }
+
     /// Every outbox entry, parked or not.
     pub fn outbox(&self) -> Result<Vec<Pending>, Error> {
         let mut out = Vec::new();
@@ -319,6 +331,17 @@ impl BatchWriter {
 
     pub fn unschedule(&mut self, deadline: i64, instance_id: &str) {
         self.batch.remove(reminder_key(deadline, instance_id));
+        self.writes += 1;
+    }
+
+    pub fn fired(&mut self, instance_id: &str) {
+        self.batch
+            .insert(table_key(FIRED, instance_id.as_bytes()), &[]);
+        self.writes += 1;
+    }
+
+    pub fn unfired(&mut self, instance_id: &str) {
+        self.batch.remove(table_key(FIRED, instance_id.as_bytes()));
         self.writes += 1;
     }
 
@@ -415,6 +438,9 @@ mod tests {
             writer.offset(2, 17);
             writer.schedule(50, "i");
             writer.schedule(40, "j");
+            writer.fired("k");
+            writer.fired("l");
+            writer.unfired("l");
             writer.pending(&pending("a", 1)).expect("pending");
             writer.pending(&pending("b", 1)).expect("pending");
             store.apply(writer.into_batch()).expect("apply");
@@ -446,6 +472,10 @@ mod tests {
         assert_eq!(
             store.reminders().expect("reminders"),
             [(40, "j".to_owned()), (50, "i".to_owned())]
+        );
+        assert_eq!(
+            store.fired().expect("fired"),
+            std::collections::HashSet::from(["k".to_owned()])
         );
         let outbox = store.outbox().expect("outbox");
         assert_eq!(outbox.len(), 1);
