@@ -13,7 +13,8 @@
 //! - a receiver that hangs does not delay another channel;
 //! - a bad channels file on SIGHUP keeps the channels in force;
 //! - the notifier killed with SIGKILL mid-stream and restarted delivers every
-//!   notification at least once and no notification with a new id.
+//!   notification at least once and no notification with a new id; SIGTERM
+//!   then stops it gracefully.
 //!
 //! The benchmark (`bench_delivery_lag`, ignored) prints delivery lag from
 //! the log to the receiver beside Kafka's produce latency, measured in the
@@ -845,6 +846,30 @@ async fn a_notifier_killed_mid_stream_resumes_without_losing_or_renaming_anythin
         log.contains("store opened; resuming from its offsets"),
         "{log}"
     );
+
+    // SIGTERM: a graceful stop, exit 0, soon.
+    let mut notifier = system.notifier.take().expect("running");
+    let pid = notifier.child.0.id().to_string();
+    let term = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = notifier.child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(15),
+            "no graceful stop in 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert!(system.notifier_log().contains("notifier stopped"));
+    let (code, _) = get_json(&format!("{}/healthz", system.notifier_url())).await;
+    assert_eq!(code, 0, "HTTP stopped too");
     eprintln!(
         "after SIGKILL: {} notifications expected, {} deliveries ({} redelivered)",
         expected.len(),
