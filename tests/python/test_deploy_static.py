@@ -2,7 +2,7 @@
 
 docker-compose.yml, deploy/kubernetes/, deploy/Dockerfile and
 docs/operations.md name flags, WARRANT_* variables, ports, topics and files
-of Warrant's three binaries. Nothing runs them in CI (there is no Docker or
+of Warrant's binaries. Nothing runs them in CI (there is no Docker or
 Kubernetes here), so a renamed flag or a misspelt variable would only show
 up in a failed deployment. These tests read each binary's `--help` (clap
 prints every flag with `[env: WARRANT_X=]` and `[default: ...]`) and check
@@ -40,7 +40,7 @@ EXAMPLES = REPO / "deploy" / "examples"
 OPERATIONS = REPO / "docs" / "operations.md"
 KAFKA_SH = REPO / "deploy" / "kafka.sh"
 
-BINARIES = ("warrant-intake", "warrant-projector", "warrant-replay")
+BINARIES = ("warrant-intake", "warrant-projector", "warrant-replay", "warrant-notifier")
 # The KafkaArgs flag of each Warrant topic.
 TOPIC_FLAGS = (
     "--log-topic",
@@ -51,8 +51,8 @@ TOPIC_FLAGS = (
     "--principals-topic",
 )
 # Env vars whose value is a file the binary reads, and a directory it writes.
-READ_FILES = ("WARRANT_RULESET", "WARRANT_PRINCIPALS")
-WRITE_DIRS = ("WARRANT_PROJECTOR_DATA",)
+READ_FILES = ("WARRANT_RULESET", "WARRANT_PRINCIPALS", "WARRANT_NOTIFIER_CHANNELS")
+WRITE_DIRS = ("WARRANT_PROJECTOR_DATA", "WARRANT_NOTIFIER_DATA")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod")
 
 
@@ -620,7 +620,7 @@ def topic_problems(specs: dict[str, TopicSpec], defaults: dict[str, str], dev: d
 def topic_defaults() -> dict[str, str]:
     intake = help_of("warrant-intake")
     defaults = {flag: intake.default(flag) for flag in TOPIC_FLAGS}
-    for other in ("warrant-projector", "warrant-replay"):
+    for other in ("warrant-projector", "warrant-replay", "warrant-notifier"):
         for flag in TOPIC_FLAGS:
             assert help_of(other).default(flag) == defaults[flag], f"{other} {flag} default differs from intake's"
     return defaults
@@ -864,7 +864,7 @@ def test_files_and_data_are_on_the_right_volumes(compose, k8s):
     # Covered by invocation_problems for the real files; here the checker is
     # shown to catch a projector whose view would be on a read-only root.
     broken = copy.deepcopy(k8s)
-    sts = next(d for d in broken if d["kind"] == "StatefulSet")
+    sts = next(d for d in broken if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "warrant-projector")
     container = sts["spec"]["template"]["spec"]["containers"][0]
     next(e for e in container["env"] if e["name"] == "WARRANT_PROJECTOR_DATA")["value"] = "/data/projector"
     invocations, _ = k8s_invocations(broken)
@@ -1047,7 +1047,7 @@ def doc_problems(text: str) -> list[str]:
     for env in sorted(set(re.findall(r"WARRANT_[A-Z0-9_]*[A-Z0-9]", text)) - known_envs):
         problems.append(f"docs: {env} is not a variable of any Warrant binary or deploy/kafka.sh")
     metrics = registered_metrics()
-    for metric in sorted(set(re.findall(r"\b(warrant_(?:intake|projector)_[a-z0-9_]+)", text))):
+    for metric in sorted(set(re.findall(r"\b(warrant_(?:intake|projector|notifier)_[a-z0-9_]+)", text))):
         base = re.sub(r"_(total|count|sum|bucket)$", "", metric)
         if metric not in metrics and base not in metrics:
             problems.append(f"docs: metric {metric} is not registered in crates/*/src/metrics.rs")
@@ -1056,7 +1056,7 @@ def doc_problems(text: str) -> list[str]:
 
 def registered_metrics() -> set[str]:
     names = set()
-    for crate in ("warrant-intake", "warrant-projector"):
+    for crate in ("warrant-intake", "warrant-projector", "warrant-notifier"):
         text = (REPO / "crates" / crate / "src" / "metrics.rs").read_text()
         prefix = re.search(r'Registry::with_prefix\("([a-z_]+)"\)', text)
         assert prefix, f"{crate}: no Registry::with_prefix in metrics.rs"
@@ -1077,3 +1077,9 @@ def test_the_operations_doc_names_only_real_flags_variables_and_metrics():
     problems = doc_problems(broken)
     for expected in ("no flag --verfy", "`--sled-cache-gb`", "WARRANT_PROJECTOR_LSTEN", "warrant_projector_fold_lag_secs"):
         assert any(expected in p for p in problems), (expected, problems)
+
+
+def test_the_notifier_doc_names_only_real_flags_variables_and_metrics():
+    text = (REPO / "docs" / "notifier.md").read_text()
+    assert "warrant-notifier" in {name for name, _ in doc_commands(text)}
+    assert doc_problems(text) == []
