@@ -18,6 +18,7 @@ cd "$REPO"
 DEMO="$REPO/.cache/demo"
 INTAKE="http://127.0.0.1:${WARRANT_DEMO_INTAKE_PORT:-8080}"
 PROJECTOR="http://127.0.0.1:${WARRANT_DEMO_PROJECTOR_PORT:-8081}"
+NOTIFIER="http://127.0.0.1:${WARRANT_DEMO_NOTIFIER_PORT:-8082}"
 BIN="${CARGO_TARGET_DIR:-$REPO/target}/release"
 
 # The example principals (deploy/examples/principals.yaml). Example tokens only.
@@ -69,8 +70,8 @@ expect() { # got, want, what
 
 rm -rf "$DEMO" && mkdir -p "$DEMO"
 
-say "building warrant-intake, warrant-projector, warrant-replay, warrant (release)"
-cargo build --release --quiet -p warrant-intake -p warrant-projector -p warrant-replay -p warrant-cli
+say "building warrant-intake, warrant-projector, warrant-replay, warrant, warrant-notifier (release)"
+cargo build --release --quiet -p warrant-intake -p warrant-projector -p warrant-replay -p warrant-cli -p warrant-notifier
 
 say "alice and bob (role sre) make their own keys: warrant keygen"
 for who in alice bob; do
@@ -115,6 +116,21 @@ pids+=($!)
 pids+=($!)
 wait_for "$PROJECTOR/healthz" "the projector"
 wait_for "$INTAKE/readyz" "intake"
+
+# The example channels (deploy/examples/notifier.yaml) post to 127.0.0.1:9101,
+# where warrant-notify-receiver prints each notification (example secrets).
+say "starting the notifier ($NOTIFIER) and a receiver that prints what it sends"
+"$BIN/warrant-notify-receiver" --secret example-sre-webhook-secret \
+  --secret example-ic-webhook-secret --secret example-remediator-webhook-secret \
+  >"$DEMO/notifications.log" 2>"$DEMO/receiver.log" &
+pids+=($!)
+SRE_WEBHOOK_SECRET=example-sre-webhook-secret IC_WEBHOOK_SECRET=example-ic-webhook-secret \
+REMEDIATOR_WEBHOOK_SECRET=example-remediator-webhook-secret \
+SLACK_WEBHOOK_URL=http://127.0.0.1:9101/hooks/slack \
+  "$BIN/warrant-notifier" --channels deploy/examples/notifier.yaml --data-dir "$DEMO/notifier" \
+  --listen "${NOTIFIER#http://}" --intake-url "$INTAKE" >"$DEMO/notifier.log" 2>&1 &
+pids+=($!)
+wait_for "$NOTIFIER/readyz" "the notifier"
 
 say "an agent proposes restarting prod/payments/api"
 code=$(post /v1/proposals "$SERVICE_TOKEN" '{
@@ -172,6 +188,18 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 show "projector: instance $instance is $status"
+
+say "what the notifier told people about it (warrant-notify-receiver)"
+# The last one is the proposer's COMPLETED outcome.
+for _ in $(seq 1 100); do
+  grep -q "outcome COMPLETED $instance" "$DEMO/notifications.log" && break
+  sleep 0.1
+done
+if ! grep -q "outcome COMPLETED $instance" "$DEMO/notifications.log"; then
+  echo "demo: the notifier sent no COMPLETED outcome for $instance (see $DEMO/notifier.log)" >&2
+  exit 1
+fi
+grep -F "$instance" "$DEMO/notifications.log" | sed 's/^/   /'
 
 say "the auditors' replay: rebuild the record from the log and verify it by hash"
 "$BIN/warrant-replay" --quiet --instance "$instance" --format text --verify "$PROJECTOR"
