@@ -51,6 +51,12 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# Every binary first: the end-to-end tests (Rust and Python) run the
+# services as processes, and cargo test alone rebuilds only the binaries of
+# packages that have integration tests, so a stale one could be tested.
+step "cargo build --workspace --bins"
+cargo build --workspace --bins
+
 step "cargo test (unit, property, golden and end-to-end against the local broker)"
 cargo test --workspace
 
@@ -67,7 +73,6 @@ step "python: another team's fastavro reads and writes our wire format"
 # tests start the real intake and projector (the binaries just built) on
 # fresh topics of the local broker.
 step "python: the SDK and its LangGraph adapter against the real intake, projector and broker"
-cargo build --workspace --bins --quiet
 "$VENV/bin/pip" install --quiet --disable-pip-version-check \
   -r clients/python/requirements-test.txt -r clients/python/requirements-langgraph.txt
 "$VENV/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps ./clients/python

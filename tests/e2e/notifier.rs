@@ -878,6 +878,63 @@ async fn a_notifier_killed_mid_stream_resumes_without_losing_or_renaming_anythin
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_notifier_does_not_remind_of_what_was_decided_while_it_was_down() {
+    let receiver = Receiver::default();
+    let base = receiver.start().await;
+    let mut system = System::start(3).await;
+    std::fs::write(
+        system.channels_path(),
+        format!(
+            "channels:\n{}",
+            webhook(
+                "sre",
+                &base,
+                "sre",
+                "    routes:\n      - kinds: [review_needed, reminder, outcome]\n"
+            )
+        ),
+    )
+    .expect("write channels");
+    system.start_notifier().await;
+    let instance = system.propose("test.remind", "sandbox/down").await;
+    receiver
+        .wait_for("sre", "the review request", |n| {
+            n["instance_id"] == instance.as_str() && n["kind"] == "review_needed"
+        })
+        .await;
+    let proposed = now_ms();
+
+    // Down while the decision lands and while the reminder falls due.
+    if let Some(mut notifier) = system.notifier.take() {
+        notifier.child.kill();
+    }
+    system.decide(&instance, ALICE, "APPROVE", "ok").await;
+    system.await_status(&instance, "AUTHORIZED").await;
+    let due = proposed + REMIND_TIMEOUT_MS - REMIND_BEFORE_MS;
+    let wait = u64::try_from(due + 1_000 - now_ms()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+
+    // Back up: it folds the decision before it looks at reminders.
+    system.start_notifier().await;
+    receiver
+        .wait_for("sre", "the outcome", |n| {
+            n["instance_id"] == instance.as_str() && n["kind"] == "outcome"
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let reminded: Vec<Value> = receiver
+        .at("sre")
+        .into_iter()
+        .filter(|r| r.json["instance_id"] == instance.as_str() && r.json["kind"] == "reminder")
+        .map(|r| r.json)
+        .collect();
+    assert!(
+        reminded.is_empty(),
+        "reminded of a decided instance: {reminded:?}"
+    );
+}
+
 /// Delivery lag from the log to the receiver at ~1 000 instances/min, beside
 /// Kafka's produce latency (acks=all) measured in the same run:
 ///

@@ -261,7 +261,7 @@ impl RawChannel {
         }
         let url = one_of("url", self.url, self.url_env, self.url_file, env, read)?
             .ok_or("url (or url_env, url_file) is required")?;
-        check_url(&url)?;
+        check_url(&url, self.kind == "slack")?;
         let secret = one_of(
             "secret",
             self.secret,
@@ -331,10 +331,26 @@ impl RawChannel {
     }
 }
 
-fn check_url(url: &str) -> Result<(), String> {
+/// A Slack incoming-webhook URL *is* its secret, so it must not travel in
+/// clear text: https, except to this machine (a local relay or the demo's
+/// receiver). Webhook URLs may be plain http (an in-cluster receiver): their
+/// body is signed and the secret never travels.
+fn check_url(url: &str, secret_in_url: bool) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("url is not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err("url must be http:// or https:// with a host".to_owned());
+    }
+    let host = parsed
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if secret_in_url && parsed.scheme() != "https" && !loopback {
+        return Err("a slack url carries its secret: it must be https:// (plain http only to a loopback address)".to_owned());
     }
     Ok(())
 }
@@ -469,15 +485,15 @@ channels:
             ("channels:\n  - name: a\n    type: webhook\n    url: http://h/\n", "channels[0] \"a\": a webhook signs its body"),
             ("channels:\n  - name: a\n    type: pager\n    url: http://h/\n", "type \"pager\""),
             ("channels:\n  - name: a\n    type: slack\n    url: ftp://h/\n", "http:// or https://"),
-            ("channels:\n  - name: a\n    type: slack\n    url: http://h/\n  - name: a\n    type: slack\n    url: http://g/\n", "channels[1] \"a\": another channel has this name"),
+            ("channels:\n  - name: a\n    type: slack\n    url: https://h/\n  - name: a\n    type: slack\n    url: https://g/\n", "channels[1] \"a\": another channel has this name"),
             ("channels:\n  - name: a\n    type: webhook\n    url: http://h/\n    secret_env: NOPE\n", "secret_env names NOPE"),
             ("channels:\n  - name: a\n    type: webhook\n    url: http://h/\n    secret: x\n    secret_env: HOOK_SECRET\n", "give one of secret"),
-            ("channels:\n  - name: a\n    type: slack\n    url: http://h/\n    routes: [{kinds: [reviews]}]\n", "routes[0]: kind \"reviews\""),
-            ("channels:\n  - name: a\n    type: slack\n    url: http://h/\n    max_attempts: 0\n", "max_attempts"),
-            ("channels:\n  - name: \"a b\"\n    type: slack\n    url: http://h/\n", "channels[0] \"a b\": name"),
-            ("channels:\n  - name: a\n    type: slack\n    url: http://h/\n    colour: red\n", "unknown field `colour`"),
+            ("channels:\n  - name: a\n    type: slack\n    url: https://h/\n    routes: [{kinds: [reviews]}]\n", "routes[0]: kind \"reviews\""),
+            ("channels:\n  - name: a\n    type: slack\n    url: https://h/\n    max_attempts: 0\n", "max_attempts"),
+            ("channels:\n  - name: \"a b\"\n    type: slack\n    url: https://h/\n", "channels[0] \"a b\": name"),
+            ("channels:\n  - name: a\n    type: slack\n    url: https://h/\n    colour: red\n", "unknown field `colour`"),
             ("channels:\n  - name: a\n    type: slack\n    url_file: missing.url\n", "cannot read missing.url"),
-            ("channels:\n  - name: a\n    type: slack\n    url: http://h/\n    secret: s\n", "takes no secret"),
+            ("channels:\n  - name: a\n    type: slack\n    url: https://h/\n    secret: s\n", "takes no secret"),
         ];
         for (text, expected) in cases {
             let error = parse(text).expect_err(text);
@@ -532,5 +548,37 @@ channels:
         })
         .expect("the manifest's channels validate with the manifest's Secret");
         assert_eq!(parsed.channels.len(), 4);
+    }
+
+    #[test]
+    fn a_slack_url_must_not_travel_in_clear_text() {
+        let slack = |url: &str| {
+            parse(&format!(
+                "channels:\n  - name: s\n    type: slack\n    url: {url}\n    routes:\n      - kinds: [alert]\n"
+            ))
+        };
+        let refused =
+            slack("http://hooks.slack.example/T/B/secret").expect_err("plain http is refused");
+        assert!(refused.contains("https"), "{refused}");
+        for fine in [
+            "https://hooks.slack.example/T/B/secret",
+            "http://127.0.0.1:9101/hooks/slack",
+            "http://[::1]:9101/hooks/slack",
+            "http://localhost:9101/hooks/slack",
+        ] {
+            assert!(slack(fine).is_ok(), "{fine}: {:?}", slack(fine).err());
+        }
+    }
+
+    #[test]
+    fn no_part_of_a_slack_message_lets_the_action_mention_or_link() {
+        let mut hostile = notification(Kind::ReviewNeeded, "r", &["sre"], "p");
+        hostile.action.target = "staging/<!channel> <mailto:x@evil.example|click here>".to_owned();
+        hostile.instance_id = "<!here>".to_owned();
+        let message = hostile.slack_message().to_string();
+        for smuggled in ["<!channel>", "<!here>", "<mailto:", "|click here>"] {
+            assert!(!message.contains(smuggled), "{smuggled} in {message}");
+        }
+        assert!(message.contains("&lt;!channel&gt;"), "{message}");
     }
 }

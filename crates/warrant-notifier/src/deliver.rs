@@ -420,8 +420,10 @@ async fn send(request: reqwest::RequestBuilder) -> Attempt {
             error: "the receiver did not answer in time".to_owned(),
             retry_after: None,
         },
+        // Never the URL: a Slack webhook URL is its secret, and this text
+        // goes to the log, the store and GET /v1/outbox.
         Err(error) => Attempt::Failed {
-            error: error_chain(&error),
+            error: error_chain(&error.without_url()),
             retry_after: None,
         },
     }
@@ -444,6 +446,20 @@ pub fn summary(outbox: &[Pending]) -> BTreeMap<String, (u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_delivery_never_names_the_url() {
+        // A Slack webhook URL is its secret; nothing listens on port 1.
+        let client = reqwest::Client::new();
+        let request = client.post("http://127.0.0.1:1/services/T0/B0/SECRET-TOKEN");
+        match send(request).await {
+            Attempt::Failed { error, .. } => {
+                assert!(!error.contains("SECRET-TOKEN"), "{error}");
+                assert!(!error.is_empty());
+            }
+            Attempt::Delivered => panic!("nothing listens on port 1"),
+        }
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_stays_under_the_cap() {

@@ -185,8 +185,11 @@ impl Ingest {
             let caught_up = targets.iter().all(|(partition, high)| {
                 eof.contains(partition) || fold.offsets.get(partition).is_some_and(|n| n >= high)
             });
-            // Reminders are checked a few times a second, between records.
-            if last_reminders.elapsed() >= Duration::from_millis(100) {
+            // Reminders are checked a few times a second, between records,
+            // and only once caught up: a state read back while the log
+            // still holds its decision would remind reviewers of something
+            // already decided.
+            if announced && last_reminders.elapsed() >= Duration::from_millis(100) {
                 fold.fire_reminders(unix_millis())?;
                 last_reminders = Instant::now();
             }

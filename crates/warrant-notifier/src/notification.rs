@@ -251,7 +251,9 @@ impl Notification {
             .collect();
         let headline = self.headline();
         serde_json::json!({
-            "text": headline,
+            // The fallback line and push text is mrkdwn too: escaped like the
+            // blocks, so a proposed target cannot @channel or plant a link.
+            "text": slack_escape(&headline),
             "blocks": [
                 { "type": "section", "text": { "type": "mrkdwn", "text": format!("*{}*", slack_escape(&headline)) } },
                 { "type": "section", "fields": fields },
@@ -260,7 +262,7 @@ impl Notification {
                     { "type": "button", "text": { "type": "plain_text", "text": "Execution record" }, "url": self.links.record }
                 ] },
                 { "type": "context", "elements": [
-                    { "type": "mrkdwn", "text": format!("{} · instance {} · notification {}", self.kind, self.instance_id, self.id) }
+                    { "type": "mrkdwn", "text": format!("{} · instance {} · notification {}", self.kind, slack_escape(&self.instance_id), self.id) }
                 ] }
             ]
         })
