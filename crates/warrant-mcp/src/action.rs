@@ -17,6 +17,11 @@ pub const KIND: &str = "mcp.tool";
 /// Why a tool call cannot be proposed (nothing is forwarded then).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ActionError {
+    #[error(
+        "argument '{argument}' holds the number {number}, of magnitude 2^53 or more and not an exact \
+         integer literal: it may already have been rounded on its way to the gateway, so it is refused"
+    )]
+    Magnitude { argument: String, number: String },
     #[error("argument '{argument}' has no canonical JSON text: {source}")]
     Argument {
         argument: String,
@@ -57,6 +62,12 @@ pub fn build(
     }
     let mut parameters = BTreeMap::new();
     for (name, value) in arguments {
+        if let Some(number) = unsafe_magnitude(value) {
+            return Err(ActionError::Magnitude {
+                argument: name.clone(),
+                number,
+            });
+        }
         let text = jcs::canonicalize(value).map_err(|source| ActionError::Argument {
             argument: name.clone(),
             source,
@@ -76,6 +87,29 @@ pub fn build(
     })?;
     let digest = action_digest(&action);
     Ok(ToolAction { action, digest })
+}
+
+/// 2^53: from here on, not every integer has a double of its own.
+const EXACT_LIMIT: f64 = 9_007_199_254_740_992.0;
+
+/// The first number in `value` that the JSON reader may have rounded
+/// without a trace. An integer literal within 64 bits is read exactly (and
+/// the JCS step refuses it if a double would round it). Any other number
+/// of magnitude 2^53 or more is an integer-valued double that came from a
+/// fraction or exponent literal (`9007199254740993.0`, `1e30`) or from an
+/// integer literal past 64 bits, which serde_json rounds to a double before
+/// the gateway sees it: whether it was exact cannot be known, so it is
+/// refused rather than proposed as another number than the caller sent.
+fn unsafe_magnitude(value: &Value) -> Option<String> {
+    match value {
+        Value::Number(number) if number.is_f64() => number
+            .as_f64()
+            .filter(|double| double.abs() >= EXACT_LIMIT)
+            .map(|_| number.to_string()),
+        Value::Array(items) => items.iter().find_map(unsafe_magnitude),
+        Value::Object(map) => map.values().find_map(unsafe_magnitude),
+        _ => None,
+    }
 }
 
 /// The arguments to forward: each parsed from the exact text that was
@@ -228,12 +262,43 @@ mod tests {
         let call = build(
             "demo",
             "restart",
-            &args(json!({"service": "api", "n": 1.5e300, "list": [1, "x", null]})),
+            &args(json!({"service": "api", "n": 1.5e-300, "m": 12345.678, "list": [1, "x", null]})),
         )
         .expect("canonical");
         let forwarded = forwarded_arguments(&call.action).expect("forwardable");
         let rebuilt = build("demo", "restart", &forwarded).expect("canonical");
         assert_eq!(rebuilt.digest, call.digest);
+    }
+
+    #[test]
+    fn numbers_a_reader_may_have_rounded_are_refused() {
+        for text in [
+            r#"{"n": 123456789012345678901234567890}"#,
+            r#"{"n": -9223372036854775809}"#,
+            r#"{"n": 18446744073709551616}"#,
+            r#"{"n": 9007199254740993.0}"#,
+            r#"{"n": 9007199254740992.0}"#,
+            r#"{"n": 1e30}"#,
+            r#"{"n": {"deep": [1, -1.5e300]}}"#,
+        ] {
+            let arguments: Map<String, Value> = serde_json::from_str(text).expect("json");
+            match build("demo", "t", &arguments) {
+                Err(ActionError::Magnitude { argument, .. }) => assert_eq!(argument, "n", "{text}"),
+                other => panic!("{text}: expected a refusal, got {other:?}"),
+            }
+        }
+        // Exact integer literals within 64 bits that a double holds, and
+        // ordinary fractions, still pass.
+        for text in [
+            r#"{"n": 9007199254740992}"#,
+            r#"{"n": -9007199254740992}"#,
+            r#"{"n": 4503599627370495.5}"#,
+            r#"{"n": 0.1}"#,
+            r#"{"n": 1e-300}"#,
+        ] {
+            let arguments: Map<String, Value> = serde_json::from_str(text).expect("json");
+            assert!(build("demo", "t", &arguments).is_ok(), "{text}");
+        }
     }
 
     #[test]

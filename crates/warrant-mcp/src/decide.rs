@@ -41,6 +41,9 @@ pub struct GrantSeen {
     pub grant_id: String,
     #[serde(default)]
     pub executor: String,
+    /// The log position of the grant, when the record says.
+    #[serde(default)]
+    pub granted_seq: Option<u64>,
 }
 
 impl Record {
@@ -113,6 +116,16 @@ pub fn next(record: &Record) -> Next {
         StatusName::AwaitingSignals | StatusName::AwaitingDecision | StatusName::Blocked => {
             Next::Wait
         }
+        // An authorization for several executions that already issued a
+        // grant answered an earlier call: a new call never rides on it.
+        StatusName::Authorized if !record.grants.is_empty() => Next::Stop(Stop {
+            status,
+            detail: Some(
+                "this instance already issued a grant (another call ran on this approval); \
+                 it is not run again"
+                    .to_owned(),
+            ),
+        }),
         StatusName::Authorized => Next::Claim,
         // Someone else claimed or finished it while this call waited (another
         // gateway making the same call): never run a second time on it.
@@ -126,6 +139,27 @@ pub fn next(record: &Record) -> Next {
             detail: stop_detail(record, status),
         }),
     }
+}
+
+/// Whether `grant_id`, just granted to this call, was the first grant the
+/// instance issued. `None` while the record does not show it yet. A later
+/// grant means another call claimed the same approval first (two callers
+/// held on one instance of a rule allowing several executions): it must
+/// not run as well.
+pub fn first_grant(record: &Record, grant_id: &str) -> Option<bool> {
+    let (position, ours) = record
+        .grants
+        .iter()
+        .enumerate()
+        .find(|(_, g)| g.grant_id == grant_id)?;
+    let older = record.grants.iter().enumerate().any(|(at, other)| {
+        other.grant_id != grant_id
+            && match (other.granted_seq, ours.granted_seq) {
+                (Some(theirs), Some(mine)) => theirs < mine,
+                _ => at < position,
+            }
+    });
+    Some(!older)
 }
 
 fn stop_detail(record: &Record, status: StatusName) -> Option<String> {
@@ -162,6 +196,7 @@ mod tests {
                 .map(|n| GrantSeen {
                     grant_id: format!("g{n}"),
                     executor: "gateway:mcp".into(),
+                    granted_seq: Some(10 + n as u64),
                 })
                 .collect(),
             ..Record::default()
@@ -207,6 +242,40 @@ mod tests {
                 },
             }
         }
+    }
+
+    #[test]
+    fn an_authorization_that_already_granted_is_not_claimed_again() {
+        // Several executions allowed, one grant issued to another call.
+        match next(&record(Some(StatusName::Authorized), 1)) {
+            Next::Stop(stop) => {
+                assert_eq!(stop.status, StatusName::Authorized);
+                assert!(stop
+                    .detail
+                    .is_some_and(|d| d.contains("already issued a grant")));
+            }
+            other => panic!("expected a stop, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_the_first_grant_runs() {
+        let two = record(Some(StatusName::Executing), 2);
+        assert_eq!(first_grant(&two, "g0"), Some(true));
+        assert_eq!(first_grant(&two, "g1"), Some(false));
+        assert_eq!(first_grant(&two, "g9"), None, "not on the record yet");
+        // Sequence numbers win over list order.
+        let mut swapped = two.clone();
+        swapped.grants.reverse();
+        assert_eq!(first_grant(&swapped, "g0"), Some(true));
+        assert_eq!(first_grant(&swapped, "g1"), Some(false));
+        // Without sequence numbers, the order of the list.
+        let mut bare = two;
+        for grant in &mut bare.grants {
+            grant.granted_seq = None;
+        }
+        assert_eq!(first_grant(&bare, "g0"), Some(true));
+        assert_eq!(first_grant(&bare, "g1"), Some(false));
     }
 
     #[test]

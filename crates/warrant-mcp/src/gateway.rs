@@ -13,7 +13,7 @@ use rmcp::model::{
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, Peer, RoleClient, RoleServer, ServerHandler};
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,6 +35,16 @@ const CLAIM_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Longest text of an upstream error copied into a report's detail.
 const MAX_DETAIL: usize = 2000;
+
+/// At most this many `tools/list` pages are read for one read-only check,
+/// and at most this many tools: an upstream that keeps answering with a
+/// `nextCursor` must not grow the gateway without bound.
+const MAX_LIST_PAGES: usize = 100;
+const MAX_LISTED_TOOLS: usize = 10_000;
+
+/// How long a granted call looks for its grant on the record before it
+/// gives up (and reports the execution FAILED, not forwarded).
+const GRANT_VISIBLE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The gateway's settings that are not connections.
 #[derive(Debug, Clone)]
@@ -110,6 +120,31 @@ pub enum CallError {
     },
     #[error("the upstream MCP server failed: {0}")]
     Upstream(String),
+    #[error(
+        "Warrant instance {instance} granted this call after it had granted another call on the same \
+         approval; reported FAILED and not forwarded"
+    )]
+    NotFirstGrant { instance: String },
+    #[error(
+        "the grant on Warrant instance {instance} did not show on its record; reported FAILED and not forwarded (fail closed)"
+    )]
+    GrantUnseen { instance: String },
+}
+
+/// Why the upstream's tool listing could not be read (a tool is then not
+/// taken for read-only).
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error("the upstream did not list its tools within {0}s")]
+    Timeout(u64),
+    #[error("the upstream's tools/list failed: {0}")]
+    Failed(String),
+    #[error("the upstream's tool listing is longer than {MAX_LIST_PAGES} pages or {MAX_LISTED_TOOLS} tools")]
+    TooLong,
+    #[error("the upstream's tools/list repeated a cursor")]
+    CursorLoop,
+    #[error("warrant-mcp is stopping")]
+    Stopping,
 }
 
 /// The lock of one action digest, and how many calls hold or await it.
@@ -119,7 +154,6 @@ struct Inner {
     settings: Settings,
     intake: Intake,
     upstream: Peer<RoleClient>,
-    tools: RwLock<HashMap<String, Tool>>,
     /// One lock per action digest: two identical calls at once would land
     /// on one instance and could both run on its one grant.
     in_flight: Mutex<HashMap<String, InFlight>>,
@@ -160,7 +194,6 @@ impl Gateway {
                 settings,
                 intake,
                 upstream,
-                tools: RwLock::new(HashMap::new()),
                 in_flight: Mutex::new(HashMap::new()),
                 process_nonce: uuid::Uuid::new_v4().simple().to_string(),
                 shutdown,
@@ -189,18 +222,26 @@ impl Gateway {
         }
     }
 
+    /// How long one `tools/list` exchange with the upstream may take.
+    fn list_timeout(&self) -> Duration {
+        let settings = &self.inner.settings;
+        settings.call_timeout.min(settings.max_wait)
+    }
+
+    /// The upstream's current listing of `name`, read afresh for every
+    /// read-only decision (nothing is cached: an upstream that re-marks a
+    /// tool is believed at the next call). Bounded in time, pages and tools;
+    /// any failure means "not read-only".
     async fn listing(&self, name: &str) -> Option<Tool> {
-        if let Some(tool) = self.inner.tools.read().await.get(name) {
-            return Some(tool.clone());
-        }
-        match self.inner.upstream.list_all_tools().await {
-            Ok(tools) => {
-                let mut cache = self.inner.tools.write().await;
-                for tool in tools {
-                    cache.insert(tool.name.to_string(), tool);
-                }
-                cache.get(name).cloned()
+        let limit = self.list_timeout();
+        let found = tokio::select! {
+            found = tokio::time::timeout(limit, find_tool(&self.inner.upstream, name)) => {
+                found.unwrap_or(Err(ListError::Timeout(limit.as_secs())))
             }
+            _ = self.inner.shutdown.cancelled() => Err(ListError::Stopping),
+        };
+        match found {
+            Ok(tool) => tool,
             Err(error) => {
                 tracing::warn!(error = %error, "cannot list the upstream's tools; '{name}' is not taken for read-only");
                 None
@@ -219,6 +260,8 @@ impl Gateway {
         if self.inner.shutdown.is_cancelled() {
             return tool_error("warrant-mcp is stopping; nothing was forwarded");
         }
+        // --max-wait counts from here: a slow listing is part of the wait.
+        let started = Instant::now();
         let tool = params.name.to_string();
         let arguments = params.arguments.unwrap_or_default();
         // The listing matters only for read-only hints; without the flag an
@@ -237,7 +280,7 @@ impl Gateway {
         }
         let mut progress = Progress::new(context.peer.clone(), context.meta.get_progress_token());
         match self
-            .govern(&tool, &arguments, &mut progress, &context.ct)
+            .govern(&tool, &arguments, &mut progress, &context.ct, started)
             .await
         {
             Ok(result) => result,
@@ -254,11 +297,11 @@ impl Gateway {
         arguments: &serde_json::Map<String, serde_json::Value>,
         progress: &mut Progress,
         cancelled: &CancellationToken,
+        started: Instant,
     ) -> Result<CallToolResult, CallError> {
         let settings = &self.inner.settings;
         let call = action::build(&settings.server_name, tool, arguments)?;
-        let started = Instant::now();
-        let deadline = started + settings.max_wait;
+        let deadline = saturating_deadline(started, settings.max_wait);
 
         let slot = self.acquire(&call.digest).await;
         let held = match tokio::time::timeout_at(deadline, slot.lock()).await {
@@ -465,6 +508,14 @@ impl Gateway {
                 })
             }
         };
+        // Two callers held on one instance of a rule allowing several
+        // executions can both be granted: only the first grant runs.
+        if let Err(error) = self.check_first_grant(instance, &grant_id).await {
+            let detail = format!("not forwarded: {error}");
+            self.report(instance, &grant_id, Outcome::Failed, Some(&detail), None)
+                .await;
+            return Err(error);
+        }
         progress
             .send(&format!(
                 "Warrant instance {instance}: AUTHORIZED; running the call"
@@ -512,29 +563,71 @@ impl Gateway {
             .and_then(|value| jcs::canonicalize(&value).ok())
             .map(|text| sha256_hex(text.as_bytes()));
         let detail = detail.map(|d| truncate(&d, MAX_DETAIL));
+        self.report(
+            instance,
+            &grant_id,
+            outcome,
+            detail.as_deref(),
+            result_digest.as_deref(),
+        )
+        .await;
+        result
+    }
+
+    /// Re-reads the record after a granted claim: the call runs only if its
+    /// grant is on the record and no other grant came before it.
+    async fn check_first_grant(&self, instance: &str, grant_id: &str) -> Result<(), CallError> {
+        let intake = &self.inner.intake;
+        let deadline = Instant::now() + GRANT_VISIBLE_PATIENCE;
+        loop {
+            let record = retry_transient(deadline, || intake.record(instance, None)).await?;
+            match record
+                .as_ref()
+                .and_then(|r| decide::first_grant(r, grant_id))
+            {
+                Some(true) => return Ok(()),
+                Some(false) => {
+                    return Err(CallError::NotFirstGrant {
+                        instance: instance.to_owned(),
+                    })
+                }
+                None if Instant::now() < deadline => {
+                    sleep_until_or(self.inner.settings.poll_interval, deadline).await;
+                }
+                None => {
+                    return Err(CallError::GrantUnseen {
+                        instance: instance.to_owned(),
+                    })
+                }
+            }
+        }
+    }
+
+    async fn report(
+        &self,
+        instance: &str,
+        grant_id: &str,
+        outcome: Outcome,
+        detail: Option<&str>,
+        result_digest: Option<&str>,
+    ) {
+        let intake = &self.inner.intake;
         let report_deadline = Instant::now() + CLAIM_PATIENCE;
         match retry_transient(report_deadline, || {
-            intake.report(
-                instance,
-                &grant_id,
-                outcome,
-                detail.as_deref(),
-                result_digest.as_deref(),
-            )
+            intake.report(instance, grant_id, outcome, detail, result_digest)
         })
         .await
         {
             Ok(()) => {
                 tracing::info!(instance = %instance, grant = %grant_id, outcome = ?outcome, "reported")
             }
-            // The call ran: its result is the caller's either way. The
-            // record keeps showing the open execution, which is the truth
-            // the auditors see until someone reports it.
+            // The call ran (or was refused here): its result is the caller's
+            // either way. The record keeps showing the open execution, which
+            // is the truth the auditors see until someone reports it.
             Err(error) => {
                 tracing::error!(instance = %instance, grant = %grant_id, error = %error, "could not report the outcome")
             }
         }
-        result
     }
 
     /// Forwards an allow-listed call untouched.
@@ -578,19 +671,21 @@ impl ServerHandler for Gateway {
         request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let listed = self
-            .inner
-            .upstream
-            .list_tools(request)
-            .await
-            .map_err(|error| {
-                ErrorData::internal_error(format!("the upstream MCP server failed: {error}"), None)
-            })?;
-        let mut cache = self.inner.tools.write().await;
-        for tool in &listed.tools {
-            cache.insert(tool.name.to_string(), tool.clone());
+        let limit = self.list_timeout();
+        match tokio::time::timeout(limit, self.inner.upstream.list_tools(request)).await {
+            Ok(Ok(listed)) => Ok(listed),
+            Ok(Err(error)) => Err(ErrorData::internal_error(
+                format!("the upstream MCP server failed: {error}"),
+                None,
+            )),
+            Err(_) => Err(ErrorData::internal_error(
+                format!(
+                    "the upstream MCP server did not list its tools within {}s",
+                    limit.as_secs()
+                ),
+                None,
+            )),
         }
-        Ok(listed)
     }
 
     async fn call_tool(
@@ -675,8 +770,66 @@ fn truncate(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
+/// `start + wait`, or a year from `start` if that would overflow the clock.
+fn saturating_deadline(start: Instant, wait: Duration) -> Instant {
+    start
+        .checked_add(wait)
+        .or_else(|| start.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(start)
+}
+
 async fn sleep_until_or(pause: Duration, deadline: Instant) {
-    tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
+    // A huge Retry-After must not overflow the clock: it saturates at the deadline.
+    let until = Instant::now()
+        .checked_add(pause)
+        .map_or(deadline, |at| at.min(deadline));
+    tokio::time::sleep_until(until).await;
+}
+
+/// Pages through the upstream's `tools/list` for `name`, within
+/// [`MAX_LIST_PAGES`] and [`MAX_LISTED_TOOLS`], stopping at a repeated
+/// cursor. A name listed more than once is read-only only if every
+/// listing of it says so (the first listing without the hint is returned).
+pub async fn find_tool(upstream: &Peer<RoleClient>, name: &str) -> Result<Option<Tool>, ListError> {
+    let mut cursor: Option<String> = None;
+    let mut seen_cursors = std::collections::HashSet::new();
+    let mut listed = 0usize;
+    let mut found: Option<Tool> = None;
+    for _ in 0..MAX_LIST_PAGES {
+        let request = cursor
+            .clone()
+            .map(|c| PaginatedRequestParams::default().with_cursor(Some(c)));
+        let page = upstream
+            .list_tools(request)
+            .await
+            .map_err(|error| ListError::Failed(error.to_string()))?;
+        listed = listed.saturating_add(page.tools.len());
+        if listed > MAX_LISTED_TOOLS {
+            return Err(ListError::TooLong);
+        }
+        for tool in page.tools {
+            if tool.name != name {
+                continue;
+            }
+            let read_only =
+                |t: &Tool| t.annotations.as_ref().and_then(|a| a.read_only_hint) == Some(true);
+            match &found {
+                Some(earlier) if !read_only(earlier) => {}
+                _ if found.is_none() || !read_only(&tool) => found = Some(tool),
+                _ => {}
+            }
+        }
+        match page.next_cursor {
+            None => return Ok(found),
+            Some(next) => {
+                if !seen_cursors.insert(next.clone()) {
+                    return Err(ListError::CursorLoop);
+                }
+                cursor = Some(next);
+            }
+        }
+    }
+    Err(ListError::TooLong)
 }
 
 /// Repeats `attempt` while intake answers 503 (nothing decided), until
@@ -740,6 +893,19 @@ mod tests {
         }
         .to_string();
         assert!(refused.contains("DigestMismatch") && refused.contains("abc"));
+    }
+
+    #[tokio::test]
+    async fn a_huge_retry_after_saturates_at_the_deadline() {
+        let deadline = Instant::now() + Duration::from_millis(20);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            sleep_until_or(Duration::from_secs(u64::MAX), deadline),
+        )
+        .await
+        .expect("returns at the deadline, without overflowing");
+        let now = Instant::now();
+        assert!(saturating_deadline(now, Duration::MAX) > now);
     }
 
     #[test]

@@ -198,7 +198,7 @@ pub async fn run(
     let gateway = Gateway::new(settings, intake, upstream.peer().clone(), stop.clone());
 
     // A granted call may run for --call-timeout and then report.
-    let drain_limit = args.call_timeout + Duration::from_secs(30);
+    let drain_limit = args.call_timeout.saturating_add(Duration::from_secs(30));
     let outcome = match args.listen {
         None => serve_stdio(gateway, shutdown, stop.clone(), drain_limit).await,
         Some(addr) => {

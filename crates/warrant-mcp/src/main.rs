@@ -54,6 +54,10 @@ fn main() -> ExitCode {
     let result: anyhow::Result<()> = runtime
         .block_on(warrant_mcp::run(cli.args, shutdown_signal("warrant-mcp")))
         .map_err(anyhow::Error::from);
+    // The stdin reader of stdio mode sits in a blocking read until the
+    // client closes stdio; a plain drop of the runtime would wait for it,
+    // so a SIGTERM would not end the process.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -3,7 +3,7 @@
 
 use rmcp::service::RunningService;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
-use rmcp::{RoleClient, ServiceExt};
+use rmcp::{ClientCacheConfig, RoleClient, ServiceExt};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upstream {
@@ -31,6 +31,18 @@ pub enum UpstreamError {
 pub type Connection = RunningService<RoleClient, ()>;
 
 pub async fn connect(upstream: &Upstream) -> Result<Connection, UpstreamError> {
+    let connection = open(upstream).await?;
+    // rmcp would keep tools/list answers for as long as the upstream's
+    // ttlMs says, and serve a stale one when a fresh read fails: the
+    // read-only check must see the upstream's current listing, or nothing.
+    connection
+        .peer()
+        .set_response_cache_config(ClientCacheConfig::disabled())
+        .await;
+    Ok(connection)
+}
+
+async fn open(upstream: &Upstream) -> Result<Connection, UpstreamError> {
     match upstream {
         Upstream::Command(line) => {
             let words = shell_words::split(line)

@@ -26,9 +26,26 @@ use warrant_mcp::intake::Intake;
 
 // ---- the upstream -------------------------------------------------------
 
+/// How the upstream answers tools/list.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum Listing {
+    #[default]
+    Plain,
+    /// Never answers.
+    Hang,
+    /// A new page with a new cursor, forever.
+    Endless,
+    /// Always the same cursor.
+    Loop,
+}
+
 #[derive(Clone, Default)]
 struct Upstream {
     calls: Arc<Mutex<Vec<Map<String, Value>>>>,
+    listing: Listing,
+    /// Whether `status` is listed with readOnlyHint: true.
+    status_read_only: Arc<std::sync::atomic::AtomicBool>,
+    pages: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ServerHandler for Upstream {
@@ -41,9 +58,33 @@ impl ServerHandler for Upstream {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        use std::sync::atomic::Ordering;
+        let page = self.pages.fetch_add(1, Ordering::SeqCst);
+        match self.listing {
+            Listing::Plain => {}
+            Listing::Hang => std::future::pending::<()>().await,
+            Listing::Endless | Listing::Loop => {
+                let tools = (0..50)
+                    .map(|n| Tool::new(format!("t{page}-{n}"), "filler", Arc::new(Map::new())))
+                    .collect();
+                let mut result = ListToolsResult::with_all_items(tools);
+                result.next_cursor = Some(if self.listing == Listing::Loop {
+                    "again".to_owned()
+                } else {
+                    page.to_string()
+                });
+                return Ok(result);
+            }
+        }
+        let mut status = Tool::new("status", "reads the status", Arc::new(Map::new()));
+        status.annotations = Some(
+            rmcp::model::ToolAnnotations::new()
+                .read_only(self.status_read_only.load(Ordering::SeqCst)),
+        );
         Ok(ListToolsResult::with_all_items(vec![
             Tool::new("restart", "restart a service", Arc::new(Map::new())),
             Tool::new("fail", "always fails", Arc::new(Map::new())),
+            status,
         ]))
     }
 
@@ -76,6 +117,8 @@ struct Script {
     reports: Vec<Value>,
     proposals: usize,
     refuse_token: bool,
+    /// A claim's grant lands on the record after another call's grant.
+    older_grant: bool,
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -151,9 +194,16 @@ async fn claim(
         script.claims[0].clone()
     };
     if status == 201 {
+        let older = script.older_grant;
         if let Some(record) = script.records.get_mut(&id) {
             record["status"] = json!("EXECUTING");
-            record["grants"] = json!([{"grant_id": answer["grant_id"], "executor": "gateway"}]);
+            let ours =
+                json!({"grant_id": answer["grant_id"], "executor": "gateway", "granted_seq": 7});
+            record["grants"] = if older {
+                json!([{"grant_id": "0c0c0c0c-0000-5000-8000-000000000000", "executor": "gateway", "granted_seq": 5}, ours])
+            } else {
+                json!([ours])
+            };
         }
         return (StatusCode::CREATED, Json(answer)).into_response();
     }
@@ -197,10 +247,18 @@ struct Harness {
 }
 
 async fn harness(script: Script, max_wait: Duration) -> Harness {
+    harness_with(script, max_wait, Upstream::default(), AllowList::default()).await
+}
+
+async fn harness_with(
+    script: Script,
+    max_wait: Duration,
+    upstream: Upstream,
+    allow: AllowList,
+) -> Harness {
     let script = Arc::new(Mutex::new(script));
     let url = fake_intake(script.clone()).await;
 
-    let upstream = Upstream::default();
     let (upstream_server_io, upstream_client_io) = tokio::io::duplex(1 << 16);
     let served = upstream.clone();
     tokio::spawn(async move {
@@ -209,10 +267,15 @@ async fn harness(script: Script, max_wait: Duration) -> Harness {
         }
     });
     let upstream_client = ().serve(upstream_client_io).await.expect("upstream handshake");
+    // As upstream::connect does: no tools/list answer is reused.
+    upstream_client
+        .peer()
+        .set_response_cache_config(rmcp::ClientCacheConfig::disabled())
+        .await;
 
     let settings = Settings {
         server_name: "demo".into(),
-        allow: AllowList::default(),
+        allow,
         max_wait,
         progress_interval: Duration::from_millis(200),
         // The scripted intake has no wait API: it answers at once.
@@ -427,4 +490,145 @@ async fn an_upstream_error_result_is_reported_failed_with_its_text() {
     assert_eq!(script.reports.len(), 1);
     assert_eq!(script.reports[0]["outcome"], "FAILED");
     assert_eq!(script.reports[0]["detail"], "disk full");
+}
+
+fn read_only() -> AllowList {
+    AllowList {
+        tools: Default::default(),
+        read_only: true,
+    }
+}
+
+async fn bounded(h: &Harness, tool: &'static str) -> CallToolResult {
+    tokio::time::timeout(Duration::from_secs(10), call(h, tool))
+        .await
+        .expect("answered in bounded time")
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_lists_does_not_hang_calls_or_listings() {
+    let upstream = Upstream {
+        listing: Listing::Hang,
+        ..Upstream::default()
+    };
+    let h = harness_with(
+        Script {
+            start_status: "AWAITING_DECISION".into(),
+            claims: vec![granted()],
+            ..Script::default()
+        },
+        Duration::from_millis(500),
+        upstream,
+        read_only(),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    // Not taken for read-only (fail closed): proposed, and still waiting.
+    let result = bounded(&h, "status").await;
+    assert_eq!(result.is_error, Some(true));
+    assert!(
+        text(&result).contains("still awaiting review"),
+        "{}",
+        text(&result)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(h.script.lock().expect("lock").proposals, 1);
+    // The client's own tools/list is an error, not a hang.
+    let listed = tokio::time::timeout(Duration::from_secs(10), h.client.list_tools(None))
+        .await
+        .expect("answered in bounded time");
+    assert!(listed.is_err(), "{listed:?}");
+    assert!(h.upstream.calls.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn endless_or_looping_pages_are_cut_off_and_fail_closed() {
+    for listing in [Listing::Endless, Listing::Loop] {
+        let upstream = Upstream {
+            listing,
+            ..Upstream::default()
+        };
+        let h = harness_with(
+            Script {
+                start_status: "AWAITING_DECISION".into(),
+                claims: vec![granted()],
+                ..Script::default()
+            },
+            Duration::from_millis(300),
+            upstream,
+            read_only(),
+        )
+        .await;
+        let result = bounded(&h, "status").await;
+        assert_eq!(result.is_error, Some(true));
+        assert!(
+            text(&result).contains("still awaiting review"),
+            "{}",
+            text(&result)
+        );
+        let pages = h.upstream.pages.load(std::sync::atomic::Ordering::SeqCst);
+        match listing {
+            Listing::Loop => assert_eq!(pages, 2, "stops at the repeated cursor"),
+            _ => assert!(pages <= 100, "{pages} pages"),
+        }
+        assert!(h.upstream.calls.lock().expect("lock").is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_tool_re_marked_not_read_only_is_governed_at_the_next_call() {
+    let upstream = Upstream::default();
+    upstream
+        .status_read_only
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let h = harness_with(
+        Script {
+            start_status: "AWAITING_DECISION".into(),
+            claims: vec![granted()],
+            ..Script::default()
+        },
+        Duration::from_millis(300),
+        upstream,
+        read_only(),
+    )
+    .await;
+    let first = bounded(&h, "status").await;
+    assert_ne!(first.is_error, Some(true), "{}", text(&first));
+    assert_eq!(h.script.lock().expect("lock").proposals, 0);
+    // The upstream now lists it without the hint; no client tools/list.
+    h.upstream
+        .status_read_only
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let second = bounded(&h, "status").await;
+    assert_eq!(second.is_error, Some(true), "{}", text(&second));
+    assert_eq!(h.script.lock().expect("lock").proposals, 1);
+    assert_eq!(h.upstream.calls.lock().expect("lock").len(), 1);
+}
+
+#[tokio::test]
+async fn a_grant_after_another_grant_is_reported_failed_and_not_run() {
+    let h = harness(
+        Script {
+            start_status: "AUTHORIZED".into(),
+            claims: vec![granted()],
+            older_grant: true,
+            ..Script::default()
+        },
+        Duration::from_secs(5),
+    )
+    .await;
+    let result = bounded(&h, "restart").await;
+    assert_eq!(result.is_error, Some(true));
+    assert!(text(&result).contains("not forwarded"), "{}", text(&result));
+    assert!(h.upstream.calls.lock().expect("lock").is_empty());
+    let script = h.script.lock().expect("lock");
+    assert_eq!(script.reports.len(), 1);
+    assert_eq!(script.reports[0]["outcome"], "FAILED");
+    assert!(script.reports[0]["detail"]
+        .as_str()
+        .is_some_and(|d| d.starts_with("not forwarded")));
 }
