@@ -284,20 +284,9 @@ impl Intake {
             .await
             .map_err(|error| IntakeError::Unreachable {
                 url: url.to_owned(),
-                message: error_text(&error),
+                message: warrant_authority::error_chain(&error),
             })
     }
-}
-
-fn error_text(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 async fn api_error(response: reqwest::Response) -> IntakeError {

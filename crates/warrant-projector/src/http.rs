@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::sync::watch;
 use warrant_authority::{EntryView, LogPosition, StatusName};
-use warrant_runtime::ApiError;
+use warrant_runtime::{not_a_count, saturating_count, ApiError};
 
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -141,22 +141,6 @@ fn wait_of(text: Option<&str>) -> Result<Duration, ApiError> {
     }
 }
 
-/// A non-negative integer; digits beyond u64 saturate.
-fn saturating_count(what: &str, text: &str) -> Result<u64, ApiError> {
-    match text.parse::<u64>() {
-        Ok(value) => Ok(value),
-        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => Ok(u64::MAX),
-        Err(_) => Err(non_negative(what, text)),
-    }
-}
-
-fn non_negative(what: &str, text: &str) -> ApiError {
-    ApiError::bad_request(
-        "invalid_query",
-        format!("{what} must be a non-negative integer, not {text:?}"),
-    )
-}
-
 /// `GET /v1/instances/{id}[?after_seq=N&wait_ms=M]`: the execution record.
 /// With `wait_ms`, the answer waits until the record has more than
 /// `after_seq` entries (default 0, so a caller may start waiting before the
@@ -258,13 +242,13 @@ async fn get_entry(
         .parse::<i32>()
         .ok()
         .filter(|p| *p >= 0)
-        .ok_or_else(|| non_negative("partition", &query.partition))?;
+        .ok_or_else(|| not_a_count("partition", &query.partition))?;
     let offset = query
         .offset
         .parse::<i64>()
         .ok()
         .filter(|o| *o >= 0)
-        .ok_or_else(|| non_negative("offset", &query.offset))?;
+        .ok_or_else(|| not_a_count("offset", &query.offset))?;
     let wait = wait_of(query.wait_ms.as_deref())?;
     let deadline = tokio::time::Instant::now() + wait;
     let position = LogPosition { partition, offset };

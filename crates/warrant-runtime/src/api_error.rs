@@ -139,6 +139,24 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// 400 `invalid_query`: query parameter `what` is not a non-negative integer.
+pub fn not_a_count(what: &str, text: &str) -> ApiError {
+    ApiError::bad_request(
+        "invalid_query",
+        format!("{what} must be a non-negative integer, not {text:?}"),
+    )
+}
+
+/// A non-negative integer query parameter; digits beyond u64 saturate, so
+/// a huge `wait_ms` is clamped by the caller rather than refused.
+pub fn saturating_count(what: &str, text: &str) -> Result<u64, ApiError> {
+    match text.parse::<u64>() {
+        Ok(value) => Ok(value),
+        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => Ok(u64::MAX),
+        Err(_) => Err(not_a_count(what, text)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use axum::body::to_bytes;

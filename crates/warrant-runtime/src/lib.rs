@@ -10,7 +10,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-pub use api_error::{ApiError, EventRef, RETRY_AFTER_SECS};
+pub use api_error::{not_a_count, saturating_count, ApiError, EventRef, RETRY_AFTER_SECS};
 
 /// The format of the log lines on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

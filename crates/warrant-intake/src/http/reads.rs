@@ -24,6 +24,7 @@ use warrant_authority::{signed, StatusName};
 use super::extract::{instance_id as parse_instance_id, parse_json, ApiQuery, RawBody};
 use super::{ApiError, AppState};
 use crate::ids;
+use warrant_runtime::saturating_count;
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "warrant_session";
@@ -300,23 +301,6 @@ pub struct RecordQuery {
     pub after_seq: Option<String>,
     #[serde(default)]
     pub wait_ms: Option<String>,
-}
-
-fn non_negative(what: &str, text: &str) -> ApiError {
-    ApiError::bad_request(
-        "invalid_query",
-        format!("{what} must be a non-negative integer, not {text:?}"),
-    )
-}
-
-/// A non-negative integer; digits beyond u64 saturate (a larger `wait_ms`
-/// is clamped, never refused).
-fn saturating_count(what: &str, text: &str) -> Result<u64, ApiError> {
-    match text.parse::<u64>() {
-        Ok(value) => Ok(value),
-        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => Ok(u64::MAX),
-        Err(_) => Err(non_negative(what, text)),
-    }
 }
 
 /// `GET /v1/instances/{id}[?after_seq=N&wait_ms=M]`: the execution record,
