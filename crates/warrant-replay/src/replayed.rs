@@ -59,6 +59,9 @@ pub struct ReplayedInstance {
     pub folded: Folded,
     /// Entry hashes when [`Keep::Chain`] (the history has them otherwise).
     chain: Vec<Hash32>,
+    /// Entry offsets (in `partition`) when [`Keep::Chain`]: the hash chain
+    /// does not commit to positions, so `--verify` compares them apart.
+    offsets: Vec<i64>,
 }
 
 impl ReplayedInstance {
@@ -84,6 +87,25 @@ impl ReplayedInstance {
         }
         if !self.chain.is_empty() {
             return Some(Cow::Borrowed(&self.chain));
+        }
+        None
+    }
+
+    /// Every entry's log position, by `seq - 1`, if the replay kept them.
+    pub fn positions(&self) -> Option<Vec<LogPosition>> {
+        if !self.folded.history.is_empty() {
+            return Some(self.folded.history.iter().map(|e| e.position).collect());
+        }
+        if !self.offsets.is_empty() {
+            return Some(
+                self.offsets
+                    .iter()
+                    .map(|offset| LogPosition {
+                        partition: self.partition,
+                        offset: *offset,
+                    })
+                    .collect(),
+            );
         }
         None
     }
@@ -166,6 +188,7 @@ struct Slot {
     partial: bool,
     folded: Folded,
     chain: Vec<Hash32>,
+    offsets: Vec<i64>,
 }
 
 #[derive(Default)]
@@ -277,6 +300,7 @@ impl Folder {
                                 history: Vec::new(),
                             },
                             chain: Vec::new(),
+                            offsets: Vec::new(),
                         }),
                 )
             }
@@ -311,7 +335,10 @@ impl Folder {
         }
         match self.keep {
             Keep::State => {}
-            Keep::Chain => slot.chain.push(entry.hash),
+            Keep::Chain => {
+                slot.chain.push(entry.hash);
+                slot.offsets.push(record.offset);
+            }
             Keep::History => slot.folded.history.push(entry),
         }
         self.events += 1;
@@ -339,6 +366,7 @@ impl Folder {
                     other_partitions: Vec::new(),
                     folded: slot.folded,
                     chain: slot.chain,
+                    offsets: slot.offsets,
                 }));
             }
         }
@@ -707,6 +735,8 @@ mod tests {
         for (with_history, with_chain) in history.instances.iter().zip(&chain.instances) {
             assert_eq!(with_chain.record(), None);
             assert_eq!(with_chain.hashes(), with_history.hashes());
+            assert_eq!(with_chain.positions(), with_history.positions());
+            assert!(with_chain.positions().is_some());
             assert_eq!(with_chain.folded.state, with_history.folded.state);
         }
 

@@ -5,6 +5,13 @@
 //! entry `seq` of replay against `history[seq-1]` of the projector. The
 //! comparison itself ([`compare`]) is a pure function; [`verify`] fetches.
 //!
+//! "May have folded more" has a limit: the projector's next entry for the
+//! instance sits at a log position. When that position lies inside the
+//! range replay read, the range held that record and replay did not fold
+//! it (it was deleted from a file or a copy of the log): a difference, not
+//! a longer projector ([`Verdict::EntryMissing`]). Only an entry at or
+//! after the range's end may be one the range does not reach.
+//!
 //! What is compared is what the log and the hash chain establish: entry
 //! hashes (or the head), log positions, statuses and the record's facts.
 //! The reason text of a refusal or violation is not: it explains, the
@@ -16,6 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use warrant_authority::{error_chain, EntryView, ExecutionRecord, Hash32, LogPosition, Outcome};
 
+use crate::range::PartitionRange;
 use crate::replayed::{Replay, ReplayedInstance};
 use crate::Error;
 
@@ -30,9 +38,15 @@ pub struct Ours<'a> {
     pub first: LogPosition,
     /// Where the range starts on that partition.
     pub range_start: i64,
+    /// Where the range ends on that partition (exclusive), when replay read
+    /// every record from `range_start` up to it (`None`: not known, e.g. a
+    /// file without export metadata, or a file narrowed by time).
+    pub range_end: Option<i64>,
     pub entries: u64,
     /// Every entry's hash by `seq - 1`, if kept; else only the head is known.
     pub hashes: Option<&'a [Hash32]>,
+    /// Every entry's log position by `seq - 1`, if kept; else only the first.
+    pub positions: Option<&'a [LogPosition]>,
     /// The record replay built: full, or from the state alone.
     pub record: &'a ExecutionRecord,
     /// Whether `record` has its history lists (signals, decisions,
@@ -76,6 +90,14 @@ pub enum Verdict {
         expected: LogPosition,
         actual: LogPosition,
     },
+    /// The projector's entry `seq` comes from a record inside the range,
+    /// yet replay folded only `entries` entries: the range lacks a record
+    /// the projector folded.
+    EntryMissing {
+        seq: u64,
+        position: LogPosition,
+        entries: u64,
+    },
     /// Same entries, but the record's fields differ.
     FieldsDiffer { fields: Vec<String> },
     /// The projector's answer is not a usable execution record.
@@ -91,6 +113,7 @@ impl Verdict {
             | Verdict::Behind { .. }
             | Verdict::Differs { .. }
             | Verdict::PositionDiffers { .. }
+            | Verdict::EntryMissing { .. }
             | Verdict::FieldsDiffer { .. }
             | Verdict::Malformed { .. } => true,
         }
@@ -106,6 +129,7 @@ impl Verdict {
             Verdict::Behind { .. } => "BEHIND",
             Verdict::Differs { .. }
             | Verdict::PositionDiffers { .. }
+            | Verdict::EntryMissing { .. }
             | Verdict::FieldsDiffer { .. } => "DIFFERS",
             Verdict::Malformed { .. } => "MALFORMED",
         }
@@ -155,6 +179,15 @@ impl std::fmt::Display for Verdict {
                 f,
                 "entry {seq} is at {}/{} on the log but the projector says {}/{}",
                 expected.partition, expected.offset, actual.partition, actual.offset
+            ),
+            Verdict::EntryMissing {
+                seq,
+                position,
+                entries,
+            } => write!(
+                f,
+                "entry {seq} is missing: the projector folded it from {}/{}, inside the range, but the range holds only {entries} entries",
+                position.partition, position.offset
             ),
             Verdict::FieldsDiffer { fields } => {
                 write!(f, "same entries but different {}", fields.join(", "))
@@ -226,18 +259,31 @@ pub fn compare(ours: &Ours<'_>, theirs: Option<&ExecutionRecord>) -> Verdict {
         }
     }
     let common = ours.entries.min(projector_entries);
-    match ours.hashes {
-        Some(hashes) => {
-            for (seq, (expected, entry)) in (1u64..).zip(hashes.iter().zip(&theirs.history)) {
-                if *expected != entry.hash {
-                    return Verdict::Differs {
-                        seq,
-                        expected: *expected,
-                        actual: entry.hash,
-                    };
-                }
+    // Entry by entry, the first difference wins: its hash (the bytes and
+    // the outcome), then its position (which the chain does not commit to).
+    for (seq, entry) in (1u64..).zip(&theirs.history).take(common as usize) {
+        let index = (seq - 1) as usize;
+        if let Some(expected) = ours.hashes.and_then(|h| h.get(index)) {
+            if *expected != entry.hash {
+                return Verdict::Differs {
+                    seq,
+                    expected: *expected,
+                    actual: entry.hash,
+                };
             }
         }
+        if let Some(expected) = ours.positions.and_then(|p| p.get(index)) {
+            if *expected != entry.position {
+                return Verdict::PositionDiffers {
+                    seq,
+                    expected: *expected,
+                    actual: entry.position,
+                };
+            }
+        }
+    }
+    match ours.hashes {
+        Some(_) => {}
         None if ours.entries <= projector_entries && ours.entries > 0 => {
             let actual = theirs.history[(ours.entries - 1) as usize].hash;
             if actual != ours.record.head_hash {
@@ -255,6 +301,17 @@ pub fn compare(ours: &Ours<'_>, theirs: Option<&ExecutionRecord>) -> Verdict {
             entries: ours.entries,
             projector_entries,
         };
+    }
+    if let (Some(range_end), Some(next)) = (ours.range_end, theirs.history.get(common as usize)) {
+        let inside = next.position.partition == ours.first.partition
+            && (ours.range_start..range_end).contains(&next.position.offset);
+        if inside {
+            return Verdict::EntryMissing {
+                seq: common + 1,
+                position: next.position,
+                entries: ours.entries,
+            };
+        }
     }
     if ours.entries == projector_entries {
         let fields = differing_fields(ours.record, theirs, ours.full);
@@ -696,11 +753,8 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
     // it reports as consumed here is in the records fetched afterwards.
     let checkpoint = fetch_checkpoint(&client, &base).await;
 
-    let starts: BTreeMap<i32, i64> = replay
-        .ranges
-        .iter()
-        .map(|r| (r.partition, r.start))
-        .collect();
+    let ranges: BTreeMap<i32, &PartitionRange> =
+        replay.ranges.iter().map(|r| (r.partition, r)).collect();
     let mut verdicts: Vec<Option<Verdict>> = vec![None; replay.instances.len()];
     let mut in_flight = tokio::task::JoinSet::new();
     let concurrency = options.concurrency.max(1);
@@ -729,8 +783,8 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
         };
         let (index, fetched) = joined.map_err(|_| Error::Worker)?;
         let instance = &replay.instances[index];
-        let range_start = starts.get(&instance.partition).copied().unwrap_or(0);
-        verdicts[index] = Some(judge(instance, range_start, fetched?));
+        let range = ranges.get(&instance.partition).copied();
+        verdicts[index] = Some(judge(instance, range, replay.exact_ranges, fetched?));
     }
 
     let instances = replay
@@ -769,8 +823,10 @@ fn cannot_verify(instance: &ReplayedInstance) -> Option<Verdict> {
         other_partitions: &instance.other_partitions,
         first: instance.first,
         range_start: 0,
+        range_end: None,
         entries: instance.entries(),
         hashes: None,
+        positions: None,
         record: &placeholder,
         full: false,
     };
@@ -780,13 +836,21 @@ fn cannot_verify(instance: &ReplayedInstance) -> Option<Verdict> {
     }
 }
 
-fn judge(instance: &ReplayedInstance, range_start: i64, fetched: Fetched) -> Verdict {
+/// `range`: the range on the instance's partition; `exact`: whether replay
+/// read every record in it.
+fn judge(
+    instance: &ReplayedInstance,
+    range: Option<&PartitionRange>,
+    exact: bool,
+    fetched: Fetched,
+) -> Verdict {
     let theirs = match fetched {
         Fetched::Record(record) => Some(record),
         Fetched::NotFound => None,
         Fetched::Unusable(reason) => return Verdict::Malformed { reason },
     };
     let hashes = instance.hashes();
+    let positions = instance.positions();
     let (record, full) = match instance.record() {
         Some(replayed) => (replayed.record, true),
         None => (instance.state_record(), false),
@@ -796,9 +860,11 @@ fn judge(instance: &ReplayedInstance, range_start: i64, fetched: Fetched) -> Ver
         partial: instance.partial,
         other_partitions: &instance.other_partitions,
         first: instance.first,
-        range_start,
+        range_start: range.map_or(0, |r| r.start),
+        range_end: range.filter(|_| exact).map(|r| r.end),
         entries: instance.entries(),
         hashes: hashes.as_deref(),
+        positions: positions.as_deref(),
         record: &record,
         full,
     };
@@ -836,12 +902,18 @@ mod tests {
     struct Mine {
         record: ExecutionRecord,
         hashes: Vec<Hash32>,
+        positions: Vec<LogPosition>,
     }
 
     fn mine(len: usize) -> Mine {
         let record = projector(len);
         let hashes = record.history.iter().map(|e| e.hash).collect();
-        Mine { record, hashes }
+        let positions = record.history.iter().map(|e| e.position).collect();
+        Mine {
+            record,
+            hashes,
+            positions,
+        }
     }
 
     fn ours<'a>(mine: &'a Mine, hashes: bool) -> Ours<'a> {
@@ -854,8 +926,11 @@ mod tests {
                 offset: 100,
             },
             range_start: 100,
+            // An honest partial range: it ends where replay's entries do.
+            range_end: Some(100 + mine.hashes.len() as i64),
             entries: mine.hashes.len() as u64,
             hashes: hashes.then_some(mine.hashes.as_slice()),
+            positions: hashes.then_some(mine.positions.as_slice()),
             record: &mine.record,
             full: true,
         }
@@ -884,6 +959,90 @@ mod tests {
         };
         assert_eq!(compare(&ours(&mine, true), Some(&theirs)), expected);
         assert_eq!(compare(&ours(&mine, false), Some(&theirs)), expected);
+    }
+
+    #[test]
+    fn a_shorter_replay_differs_only_when_the_range_held_the_missing_record() {
+        // Replay folded five entries; the projector has seven, the sixth
+        // from offset 105. A range ending at 105 never reached it (the
+        // projector folded more, honestly); a range ending after it held
+        // that record and replay did not fold it: it was removed.
+        let mine = mine(5);
+        let theirs = projector(7);
+        let mut ours = ours(&mine, true);
+        let verified = Verdict::Verified {
+            entries: 5,
+            projector_entries: 7,
+        };
+        assert_eq!(compare(&ours, Some(&theirs)), verified);
+        ours.range_end = Some(106);
+        let verdict = compare(&ours, Some(&theirs));
+        assert_eq!(
+            verdict,
+            Verdict::EntryMissing {
+                seq: 6,
+                position: LogPosition {
+                    partition: 1,
+                    offset: 105,
+                },
+                entries: 5,
+            }
+        );
+        assert!(verdict.is_failure());
+        assert_eq!(verdict.label(), "DIFFERS");
+        assert!(
+            verdict.to_string().starts_with("entry 6 is missing"),
+            "{verdict}"
+        );
+        // Also with only the head kept (no per-entry hashes or positions).
+        assert_eq!(
+            compare(
+                &Ours {
+                    hashes: None,
+                    positions: None,
+                    ..ours.clone()
+                },
+                Some(&theirs)
+            ),
+            verdict
+        );
+        // Where the range's end is not known, the projector may have more.
+        ours.range_end = None;
+        assert_eq!(compare(&ours, Some(&theirs)), verified);
+        // An entry in another partition is not one this range could hold.
+        let mut elsewhere = projector(7);
+        elsewhere.history[5].position.partition = 2;
+        ours.range_end = Some(106);
+        assert_eq!(compare(&ours, Some(&elsewhere)), verified);
+    }
+
+    #[test]
+    fn every_entry_position_is_compared_not_only_the_first() {
+        // The chain commits to bytes, not positions: a record moved to
+        // another offset keeps its hash, and is found by its position.
+        let mine = mine(7);
+        let mut theirs = projector(7);
+        let moved = LogPosition {
+            partition: 1,
+            offset: 150,
+        };
+        theirs.history[3].position = moved;
+        assert_eq!(
+            compare(&ours(&mine, true), Some(&theirs)),
+            Verdict::PositionDiffers {
+                seq: 4,
+                expected: mine.positions[3],
+                actual: moved,
+            }
+        );
+        // Without the positions kept, the full record's history still differs.
+        let verdict = compare(&ours(&mine, false), Some(&theirs));
+        assert_eq!(
+            verdict,
+            Verdict::FieldsDiffer {
+                fields: vec!["history".to_owned()],
+            }
+        );
     }
 
     #[test]
