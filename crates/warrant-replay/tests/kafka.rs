@@ -27,8 +27,13 @@ use warrant_replay::{
 };
 use warrant_schema::{samples, Envelope, EventBody};
 
-/// The local broker; `deploy/kafka.sh` and these tests follow WARRANT_KAFKA_PORT.
+/// The local broker; `deploy/kafka.sh` and these tests follow
+/// WARRANT_KAFKA_PORT. `WARRANT_TEST_BROKERS` points them at a running
+/// broker instead, as it does warrant-testkit's (the e2e tests').
 static BROKERS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    if let Ok(brokers) = std::env::var("WARRANT_TEST_BROKERS") {
+        return brokers;
+    }
     let port = std::env::var("WARRANT_KAFKA_PORT").unwrap_or_else(|_| "9092".to_owned());
     format!("127.0.0.1:{port}")
 });
@@ -41,6 +46,9 @@ fn repo() -> PathBuf {
 fn ensure_broker() {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
+        if std::env::var_os("WARRANT_TEST_BROKERS").is_some() {
+            return;
+        }
         let status = std::process::Command::new("bash")
             .arg(repo().join("deploy/kafka.sh"))
             .arg("start")
