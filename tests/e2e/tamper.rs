@@ -11,7 +11,8 @@
 //! offsets. A topic copy written in order by a non-transactional producer
 //! gets offsets 0, 1, 2… like the original (which has no transaction
 //! markers, Warrant's writers being idempotent but not transactional); the
-//! control asserts it.
+//! control asserts it. A copy is verified as the original with
+//! `--verify-topic`, so the checkpoint digest is compared as for the log.
 //!
 //! A forged record *appended* to the log is not a tamper this suite can
 //! catch: the projector folds it too (docs/contract.md §6.3).
@@ -366,8 +367,12 @@ impl Original {
         self.verify(&["--file".to_owned(), path.display().to_string()])
     }
 
+    /// A copy of the log under another name, verified as the original
+    /// (`--verify-topic`), so the checkpoint digest is compared too.
     fn verify_topic(&self, topic: &str) -> (Option<i32>, String) {
-        self.verify(&kafka_flags(&self.args.brokers, topic))
+        let mut input = kafka_flags(&self.args.brokers, topic);
+        input.push(format!("--verify-topic={}", self.args.log_topic));
+        self.verify(&input)
     }
 
     /// The changes, each with what the report must say.
@@ -581,7 +586,13 @@ async fn every_tamper_of_a_topic_copy_fails_verify_naming_instance_and_entry() {
     let copy = original
         .write_topic(&Tamper::Untouched.apply(&original.log), "untouched")
         .await;
-    assert_verified("topic", &original.verify_topic(&copy));
+    let verdict = original.verify_topic(&copy);
+    assert_verified("topic", &verdict);
+    assert!(
+        verdict.1.contains("checkpoint: digest equal"),
+        "{}",
+        verdict.1
+    );
     let copied: Vec<Rec> = read_topic(&original.args, &copy)
         .iter()
         .map(|m| Rec {
@@ -619,6 +630,14 @@ async fn every_tamper_of_a_topic_copy_fails_verify_naming_instance_and_entry() {
         code,
         Some(0),
         "a tail-less copy is an earlier copy:\n{report}"
+    );
+    // What it does say: the copy ends before the projector's checkpoint.
+    let (partition, offset) = tail;
+    assert!(
+        report.contains(&format!(
+            "digest not compared (partition {partition} is read up to offset {offset}, the checkpoint is at"
+        )),
+        "{report}"
     );
 
     original.projector.stop();

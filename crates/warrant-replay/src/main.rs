@@ -51,13 +51,19 @@ failing it.
 
 --verify URL compares every replayed instance with the projector at URL
 (GET /v1/instances/{id}, GET /v1/checkpoint): entry by entry on the entries the
-range holds (the projector may have folded more), and the checkpoint digest when
-the range covers every partition from the log's start to exactly the
-checkpoint's offsets. It compares what the log and the hash chain establish
-(hashes, positions, statuses, decisions, grants, effects), never the wording of
-a refusal's or violation's reason, which a newer build may phrase differently.
-Only differences are listed, then a summary line; it goes to stdout (to stderr
-with --format json/ndjson, whose document then carries it).
+range holds (hash and log position; the projector may have folded more), and
+the checkpoint digest when the range covers every partition from the log's start
+to exactly the checkpoint's offsets. The projector having more entries is a
+difference when its next entry comes from a record inside the range: the range
+held that record and replay did not fold it. It compares what the log and the
+hash chain establish (hashes, positions, statuses, decisions, grants, effects),
+never the wording of a refusal's or violation's reason, which a newer build may
+phrase differently. Only differences are listed, naming the instance and the
+first entry that differs, then a summary line; it goes to stdout (to stderr
+with --format json/ndjson, whose document then carries it). To verify a copy
+of the log under another name (a mirror, a restored backup) against the
+projector of the original, pass --verify-topic ORIGINAL so the checkpoint
+digest is compared too.
 
 export --out FILE writes the range to an Avro object container file (schema
 warrant.LogRecord, schemas/log_record.avsc, codec null) that any Avro tool can
@@ -251,6 +257,16 @@ struct ReplayArgs {
         help_heading = "Verify"
     )]
     verify_timeout: u64,
+    /// The topic the projector folds, when the log read is a copy of it
+    /// under another name (a mirror, a restored backup), so the checkpoint
+    /// digest is compared [default: the topic read, or the export's].
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_VERIFY_TOPIC",
+        value_name = "TOPIC",
+        help_heading = "Verify"
+    )]
+    verify_topic: Option<String>,
 
     /// Kafka reader threads, at most one per partition (0 = two per CPU).
     #[arg(
@@ -353,6 +369,7 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
                 url: url.clone(),
                 concurrency: args.verify_concurrency,
                 timeout: Duration::from_secs(args.verify_timeout),
+                projector_topic: args.verify_topic.clone(),
             };
             Some(runtime.block_on(verify(&replayed, &verify_options))?)
         }
