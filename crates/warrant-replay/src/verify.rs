@@ -635,12 +635,14 @@ fn digest_comparable(
                 range.partition, range.start, range.log_start
             ));
         }
-        if checkpoint.next_offset(range.partition) != Some(range.end) {
+        // The partition sets are equal (above): the checkpoint has this one.
+        if let Some(next) = checkpoint
+            .next_offset(range.partition)
+            .filter(|next| *next != range.end)
+        {
             return Err(format!(
-                "partition {} is read up to offset {}, the checkpoint is at {:?} (pass --to to match it)",
-                range.partition,
-                range.end,
-                checkpoint.next_offset(range.partition)
+                "partition {} is read up to offset {}, the checkpoint is at {next} (pass --to to match it)",
+                range.partition, range.end,
             ));
         }
     }
