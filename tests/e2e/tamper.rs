@@ -134,8 +134,8 @@ impl Original {
         let args = warrant_testkit::fresh_topics(PARTITIONS)
             .await
             .expect("broker");
-        // Instances of five to eight entries ending in every status, with
-        // duplicates, garbage values and stray keys, over three partitions.
+        // Multi-entry instances ending in every status, with duplicates,
+        // garbage values and stray keys, over three partitions.
         let script = warrant_testkit::scripted_history(24);
         let positions = warrant_testkit::produce(&args, script.records)
             .await
@@ -224,8 +224,8 @@ impl Original {
 
     /// The instance the changes are made to: several entries with distinct
     /// values, its last record followed on its partition by another
-    /// instance's (so deleting it from a topic copy shifts a later record,
-    /// see [`tail_deletion_is_an_earlier_copy`]).
+    /// instance's (deleting the last record of a partition from a topic
+    /// copy is the one change verify cannot see; the topic test pins it).
     fn victim(&self) -> String {
         let last_offset: BTreeMap<i32, i64> =
             self.log.iter().map(|r| (r.partition, r.offset)).collect();
