@@ -31,7 +31,8 @@ use crate::Error;
 pub enum Keep {
     /// State and head hash only: summaries and the checkpoint digest.
     State,
-    /// Plus every entry's hash: `--verify` can name the first differing entry.
+    /// Plus every entry's hash and offset: `--verify` can name the first
+    /// differing entry.
     Chain,
     /// Plus every history entry: execution records can be printed.
     History,
