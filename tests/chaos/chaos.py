@@ -164,6 +164,7 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="leave the suite's broker running (and its data) for the next run",
     )
+    parser.add_argument("--keep-work", action="store_true", help="keep each fault's directory (logs) even when it held")
     parser.add_argument("--fault-timeout", type=int, metavar="SECONDS", help="bound of each fault")
     parser.add_argument("--list", action="store_true", help="print the fault names and exit")
     args = parser.parse_args(argv)
@@ -209,7 +210,7 @@ def main(argv: list[str]) -> int:
                 result["detail"] = f"{time.monotonic() - fault_began:.0f}s; {result['detail']}"
             results.append(result)
             print(row(result), flush=True)
-            if result["ok"]:
+            if result["ok"] and not args.keep_work:
                 shutil.rmtree(work, ignore_errors=True)
     finally:
         if not args.keep_broker:

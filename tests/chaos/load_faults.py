@@ -361,14 +361,23 @@ class Load:
 
 
 class IngressLoad:
-    """Another team's producer writing proposals to the ingress topic."""
+    """Another team's producer writing proposals to the ingress topic.
 
-    def __init__(self, system: Any, rate: float) -> None:
+    Records go in bursts, so that intake spends a while appending one
+    batch before it commits: a kill timed just after a burst (see
+    `burst_sent`) lands between appends and their commit, the window
+    re-delivery exists for.
+    """
+
+    def __init__(self, system: Any, burst: int, interval: float) -> None:
         from produce_proposal import load, single_object
 
         self.system = system
         self.topic = system.topics["proposals"]
-        self.rate = rate
+        self.burst = burst
+        self.interval = interval
+        self.burst_sent = threading.Event()
+        self.burst_delivered = threading.Event()
         self.schema = load("proposal_submitted.avsc")
         self.single_object = single_object
         self.lock = threading.Lock()
@@ -380,7 +389,9 @@ class IngressLoad:
     def _run(self) -> None:
         from confluent_kafka import Producer
 
-        producer = Producer({"bootstrap.servers": self.system.brokers, "acks": "all", "enable.idempotence": True})
+        producer = Producer(
+            {"bootstrap.servers": self.system.brokers, "acks": "all", "enable.idempotence": True, "log_level": 3}
+        )
 
         def delivered(error: Any, message: Any) -> None:
             with self.lock:
@@ -391,20 +402,29 @@ class IngressLoad:
 
         n = 0
         while not self.stopping.is_set():
-            instance_id = str(uuid.uuid4())
-            datum = {
-                "instance_id": instance_id,
-                "action": {"kind": "deploy.restart", "target": f"chaos/ingress/{n}", "parameters": {}},
-                "proposer": {"principal": "agent:kafka", "kind": "AGENT", "model": None},
-                "context_refs": [],
-                "rationale": "chaos ingress",
-            }
-            producer.produce(
-                self.topic, key=instance_id.encode(), value=self.single_object(self.schema, datum), on_delivery=delivered
-            )
-            producer.poll(0)
-            n += 1
-            self.stopping.wait(1.0 / self.rate)
+            for _ in range(self.burst):
+                instance_id = str(uuid.uuid4())
+                datum = {
+                    "instance_id": instance_id,
+                    "action": {"kind": "deploy.restart", "target": f"chaos/ingress/{n}", "parameters": {}},
+                    "proposer": {"principal": "agent:kafka", "kind": "AGENT", "model": None},
+                    "context_refs": [],
+                    "rationale": "chaos ingress",
+                }
+                producer.produce(
+                    self.topic,
+                    key=instance_id.encode(),
+                    value=self.single_object(self.schema, datum),
+                    on_delivery=delivered,
+                )
+                n += 1
+                producer.poll(0)
+            # Handed to the producer, not yet all delivered: intake starts
+            # appending the first records while the last are on their way.
+            self.burst_sent.set()
+            producer.flush(30)
+            self.burst_delivered.set()
+            self.stopping.wait(self.interval)
         producer.flush(30)
 
     def start(self) -> None:
@@ -661,23 +681,32 @@ def broker_kill(env: FaultEnv) -> dict[str, Any]:
 def intake_kill(env: FaultEnv) -> dict[str, Any]:
     """intake SIGKILLed under mixed HTTP and ingress load, restarted: nothing acknowledged is lost."""
     full = env.mode == "full"
-    kills = 5 if full else 1
+    rounds = 4 if full else 1
+    kills = 0
     between = 10.0 if full else 3.0
     problems: list[str] = []
     # Static membership: the restarted intake takes its ingress partitions
     # back at once instead of after the old member's session timeout.
-    with _system(env, ["--ingress-instance-id=chaos-intake-0", "--ingress-batch=50"]) as system:
+    with _system(env, ["--ingress-instance-id=chaos-intake-0"]) as system:
         load = Load(system, threads_per_kind=2 if full else 1)
         load.prepare()
-        ingress = IngressLoad(system, rate=100.0 if full else 50.0)
+        ingress = IngressLoad(system, burst=1000, interval=2.0)
         at_kill: dict[tuple[int, int], str] = {}
         restarts: list[float] = []
+        mid_batch = 0
         try:
             load.start()
             ingress.start()
-            for _ in range(kills):
+            for n in range(rounds):
                 time.sleep(between * random.uniform(0.5, 1.5))
-                system.kill("intake")
+                if n % 2 == 0:
+                    # While intake appends an ingress batch it has not
+                    # committed yet: what re-delivery exists for.
+                    mid_batch += _kill_mid_batch(system, ingress)
+                    kills += 2
+                else:
+                    system.kill("intake")  # wherever it is
+                    kills += 1
                 # What the group had committed when intake died must be on the log.
                 at_kill.update(ingress.committed_records(ingress.committed()))
                 began = time.monotonic()
@@ -717,13 +746,15 @@ def intake_kill(env: FaultEnv) -> dict[str, Any]:
             problems.append(f"{len(missing_at_kill)} records committed before a kill not applied on the log")
         if bad_redelivery:
             problems.append(f"{len(bad_redelivery)} re-delivered ingress records not folded as Duplicate")
+        if mid_batch and not redelivered:
+            problems.append("a kill inside an ingress batch re-delivered nothing: re-delivery went untested")
         if ingress.failed:
             problems.append(f"{ingress.failed} ingress records could not be produced")
         if load.stats.acked == 0:
             problems.append("no HTTP request was acknowledged")
         detail = result["detail"].split("; FAILED:")[0]
         detail = (
-            f"{kills} kills, restart to ready max {max(restarts):.1f}s; HTTP sent {load.stats.sent} "
+            f"{kills} kills ({mid_batch} mid-batch), restart to ready max {max(restarts):.1f}s; HTTP sent {load.stats.sent} "
             f"acked {load.stats.acked} unanswered {load.stats.unanswered}; ingress produced {len(ingress.delivered)} "
             f"committed {len(final)}, re-delivered {redelivered}; " + detail
         )
@@ -738,6 +769,39 @@ def intake_kill(env: FaultEnv) -> dict[str, Any]:
             detail=detail,
         )
     return result
+
+
+def _kill_mid_batch(system: Any, ingress: IngressLoad, timeout: float = 10.0) -> int:
+    """Kill intake, let a backlog build, restart it and SIGKILL it at its first ingress append.
+
+    Intake logs each append as it is acknowledged and commits a batch's
+    offsets only after its last one; with a backlog its batches are full,
+    so the first `appended` line of the restarted intake falls inside the
+    window a crash re-delivers. Two kills; returns 1 if the second one
+    came at an append (0 if none was seen within `timeout`).
+    """
+    system.kill("intake")
+    ingress.burst_delivered.clear()
+    ingress.burst_delivered.wait(timeout=timeout)
+    log = system.logs["intake"]
+    start = log.stat().st_size
+    system.restart("intake", wait=False)
+    seen = 0
+    with log.open("rb") as handle:
+        handle.seek(start)
+        deadline = time.monotonic() + timeout
+        tail = b""
+        while time.monotonic() < deadline:
+            chunk = handle.read()
+            if not chunk:
+                time.sleep(0.002)
+                continue
+            tail = (tail + chunk)[-8192:]
+            if b"submitted_by=kafka:" in tail:
+                seen = 1
+                break
+    system.kill("intake")
+    return seen
 
 
 def _applied(entries: list[dict[str, Any]]) -> bool:

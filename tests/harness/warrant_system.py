@@ -271,8 +271,8 @@ class System:
             process.send_signal(sig)
         return process.wait(timeout=30)
 
-    def restart(self, name: str) -> None:
-        """Start `name` again with its original command line; return once `/readyz` is 200.
+    def restart(self, name: str, wait: bool = True) -> None:
+        """Start `name` again with its original command line; with `wait`, return once `/readyz` is 200.
 
         Its log is appended to, so the lines before the restart stay readable.
         """
@@ -280,7 +280,8 @@ class System:
         if process is not None and process.poll() is None:
             raise HarnessError(f"{name} is still running (pid {process.pid}); kill it first")
         self.processes[name] = _spawn(self.commands[name], self.logs[name], append=True)
-        _await_ready(self, {name: self.processes[name]})
+        if wait:
+            _await_ready(self, {name: self.processes[name]})
 
     # -- writes -----------------------------------------------------------
 
