@@ -182,6 +182,9 @@ def main(argv: list[str]) -> int:
             parser.error(f"unknown fault {', '.join(unknown)} (known: {', '.join(sorted(names))})")
         selected = [(name, fault) for name, fault in known if name in args.only]
 
+    # SIGTERM (a CI step cancelled) must still stop the suite's broker and
+    # the services of the fault in hand: turn it into an exception.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     bin_dir = binaries(args.profile, args.build)
     broker = ChaosBroker.from_environment(REPO)
     broker.export()

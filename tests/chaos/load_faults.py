@@ -281,6 +281,11 @@ class Load:
                 s.refused_503 += 1
                 code = answer.body.get("error", {}).get("code") if isinstance(answer.body, dict) else None
                 s.codes_503[str(code)] += 1
+                # However long the endpoint may wait for the fold, a failed
+                # append is answered within the produce timeout.
+                if code == "log_unavailable" and answer.elapsed > PRODUCE_TIMEOUT_S + MARGIN_S:
+                    s.hangs += 1
+                    s.sample(f"{op.kind}: log_unavailable after {answer.elapsed:.1f}s")
                 if not answer.retry_after:
                     s.no_retry_after += 1
                     s.sample(f"{op.kind}: 503 without Retry-After: {answer.body}")
