@@ -51,6 +51,11 @@ CLAIM_TIMEOUT_S = 5.0
 # a hang: scheduling on a loaded 2-core machine, the projector lookup.
 MARGIN_S = 2.5
 
+# Once the broker answers again, how soon intake must acknowledge again:
+# librdkafka's reconnect backoff grows to 10 s (+50% jitter) while the
+# broker is away, and a request then waits at most the produce timeout.
+RECOVERY_S = 15.0 + PRODUCE_TIMEOUT_S
+
 CHAOS_RULESET = """\
 # The chaos suite's ruleset: one SRE approves, and an approved instance
 # grants many executions so claims keep getting 201s under load.
@@ -609,25 +614,61 @@ def _broker_fault(env: FaultEnv, name: str, kill: bool) -> dict[str, Any]:
             else:
                 broker.stop()
             time.sleep(t["down"])
-            start_took = broker.start()
+            took: dict[str, float] = {}
+            starter = threading.Thread(target=lambda: took.update(start=broker.start()), daemon=True)
+            starter.start()
+            back = await_leaders(env.bootstrap, system.topics["log"], timeout=180)
             outage = time.monotonic() - began
-            load.mark("restart")
+            load.mark("broker-back")
+            starter.join(timeout=180)
+            start_took = took.get("start", float("nan"))
+            # Recovery first (bounded), then the load runs on for `after`.
+            deadline = time.monotonic() + RECOVERY_S
+            while "broker-back" not in load.stats.first_ack_after and time.monotonic() < deadline:
+                time.sleep(0.1)
             time.sleep(t["after"])
         finally:
             load.stop()
             # Whatever happened, the next fault (and this cleanup) needs the broker.
             broker.start()
         stats = load.stats
-        if stats.acked == acked_before:
+        recovered = stats.first_ack_after.get("broker-back")
+        if stats.acked == acked_before or recovered is None:
             problems.append("nothing was acknowledged after the broker came back")
+        elif recovered > RECOVERY_S:
+            problems.append(f"intake took {recovered:.1f}s to acknowledge again once the broker answered")
         if stats.refused_503 == 0:
             problems.append("no 503 while the broker was away: the fault did not bite")
         result = _judge(system, env, load, problems)
         result["detail"] = (
-            f"outage {outage:.0f}s (restart {start_took:.0f}s); "
-            f"first ack {stats.first_ack_after.get('restart', 0):.1f}s after restart; " + result["detail"]
+            f"outage {outage:.0f}s (kafka.sh start {start_took:.0f}s, leaders after {back:.0f}s); "
+            f"intake acked again {recovered if recovered is None else round(recovered, 1)}s after the broker answered; "
+            + result["detail"]
         )
     return {"fault": name, **result}
+
+
+def await_leaders(bootstrap: str, topic: str, timeout: float) -> float:
+    """Wait until every partition of `topic` has a leader; the seconds it took.
+
+    Each attempt uses a new client, so no reconnect backoff of ours delays
+    the moment the broker is seen answering again.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    began = time.monotonic()
+    while True:
+        try:
+            admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+            metadata = admin.list_topics(topic, timeout=1)
+            partitions = metadata.topics[topic].partitions
+            if partitions and all(p.leader >= 0 and p.error is None for p in partitions.values()):
+                return time.monotonic() - began
+        except Exception:  # KafkaException while the broker is away; keep asking
+            pass
+        if time.monotonic() - began > timeout:
+            raise RuntimeError(f"{topic} had no leaders within {timeout:.0f} s of the broker starting")
+        time.sleep(0.1)
 
 
 def _judge(system: Any, env: FaultEnv, load: Load, problems: list[str]) -> dict[str, Any]:
@@ -731,6 +772,8 @@ def intake_kill(env: FaultEnv) -> dict[str, Any]:
             for entry in entries:
                 if entry.get("event") == "ActionProposed":
                     by_instance.setdefault(entry["instance_id"], []).append(entry)
+        for entries in by_instance.values():
+            entries.sort(key=lambda e: e["seq"])
         final = ingress.committed_records(committed)
         missing = [inst for inst in final.values() if not _applied(by_instance.get(inst, []))]
         missing_at_kill = [inst for inst in at_kill.values() if not _applied(by_instance.get(inst, []))]
