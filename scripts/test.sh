@@ -88,4 +88,5 @@ WARRANT_BIN_DIR="${CARGO_TARGET_DIR:-$REPO/target}/debug" "$VENV/bin/python" -m 
 # run): on a broker of its own (ports 19092/19093), which the faults stop
 # and kill, so the broker above is never touched.
 step "chaos, short: every fault of tests/chaos for a few seconds, on a broker of its own"
+"$VENV/bin/python" -m pytest -q tests/chaos/test_checks.py
 WARRANT_BIN_DIR="${CARGO_TARGET_DIR:-$REPO/target}/debug" "$VENV/bin/python" tests/chaos/chaos.py --mode short
