@@ -20,9 +20,9 @@ fi
 
 release=()
 if [ "$PROFILE" = release ]; then release=(--release); fi
-# Only the binaries the faults run: intake, the projector, replay and
-# warrant-loadgen (warrant-testkit) for the projector's bulk logs.
-cargo build ${release[@]+"${release[@]}"} --bins \
-  -p warrant-intake -p warrant-projector -p warrant-replay -p warrant-testkit
+# Every binary, as scripts/test.sh builds them: the faults run intake, the
+# projector, replay and warrant-loadgen, and building the same set with the
+# same features keeps cargo from rebuilding dependencies between the two.
+cargo build ${release[@]+"${release[@]}"} --workspace --bins
 
 exec "$VENV/bin/python" tests/chaos/chaos.py --mode full --profile "$PROFILE" "$@"

@@ -54,10 +54,6 @@ KEYS = ("fault", "sent", "acked", "refused_503", "lost", "applied_twice", "verif
 # Wall-clock bound of one fault (setup, load, recovery, checks, cleanup).
 FAULT_TIMEOUT_S = {"short": 150, "full": 2400}
 
-# Packages whose binaries the faults run: intake, projector, replay, and
-# warrant-loadgen (warrant-testkit) for the projector's bulk logs.
-RELEASE_PACKAGES = ("warrant-intake", "warrant-projector", "warrant-replay", "warrant-testkit")
-
 
 class FaultTimeout(Exception):
     """A fault ran past its wall-clock bound."""
@@ -85,10 +81,11 @@ def binaries(profile: str, build: bool) -> pathlib.Path:
     if os.environ.get("WARRANT_BIN_DIR"):
         return pathlib.Path(os.environ["WARRANT_BIN_DIR"])
     if build:
+        # The whole workspace, as scripts/test.sh builds it: the same
+        # feature set, so neither build makes cargo rebuild the other's.
         flags = ["--release"] if profile == "release" else []
-        packages = [arg for name in RELEASE_PACKAGES for arg in ("-p", name)]
-        print(f"chaos: cargo build {' '.join(flags + packages)} --bins", file=sys.stderr)
-        subprocess.run(["cargo", "build", *flags, *packages, "--bins"], cwd=REPO, check=True)
+        print(f"chaos: cargo build {' '.join(flags)} --workspace --bins", file=sys.stderr)
+        subprocess.run(["cargo", "build", *flags, "--workspace", "--bins"], cwd=REPO, check=True)
     return target_dir() / profile
 
 
