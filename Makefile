@@ -1,12 +1,15 @@
 # One entry point for routine tasks. The README's two commands are
 # `make demo` and `make test`.
-.PHONY: test demo kafka-up kafka-down bench-fold bench-log bench-intake fuzz fuzz-smoke fmt lint
+.PHONY: test demo chaos kafka-up kafka-down bench-fold bench-log bench-intake fuzz fuzz-smoke fmt lint
 
 test: ## every test: Rust, Python, and end-to-end against a local Kafka
 	bash scripts/test.sh
 
 demo: ## start Kafka and Warrant, run one instance end to end, print its replayed record
 	bash scripts/demo.sh
+
+chaos: ## every fault at full length (broker stopped and killed, intake and projector killed, full disk, damaged view), one line each
+	bash scripts/chaos.sh
 
 kafka-up: ## start the local single-node Kafka and create the topics
 	bash deploy/kafka.sh start

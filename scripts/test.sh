@@ -83,3 +83,10 @@ WARRANT_BIN_DIR="${CARGO_TARGET_DIR:-$REPO/target}/debug" "$VENV/bin/python" -m 
 step "python: warrant-mcp between an MCP client and an upstream server, against the real system"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/mcp/requirements.txt
 WARRANT_BIN_DIR="${CARGO_TARGET_DIR:-$REPO/target}/debug" "$VENV/bin/python" -m pytest -q tests/mcp
+
+# Each fault of tests/chaos for a few seconds (`make chaos` is the long
+# run): on a broker of its own (ports 19092/19093), which the faults stop
+# and kill, so the broker above is never touched.
+step "chaos, short: every fault of tests/chaos for a few seconds, on a broker of its own"
+"$VENV/bin/python" -m pytest -q tests/chaos/test_checks.py
+WARRANT_BIN_DIR="${CARGO_TARGET_DIR:-$REPO/target}/debug" "$VENV/bin/python" tests/chaos/chaos.py --mode short
