@@ -94,14 +94,17 @@ def _credentials(need: str) -> st.SearchStrategy[str | None]:
     For reads, ``SESSION`` stands for a reviewer's session cookie, opened
     with the reviewer's own key just before the call.
     """
+    # Tokens of each kind, the proposer's first; a second service or
+    # executor principal makes the fold meet withdrawals and claims by
+    # someone other than the proposer or the grant's holder.
     tokens = fixture()["tokens"]
-    right = [f"Bearer {token}" for kind, token in tokens.items() if need in ("any", kind)]
+    right = [f"Bearer {token}" for kind, held in tokens.items() if need in ("any", kind) for token in held]
     choices: list[st.SearchStrategy[str | None]] = [st.sampled_from(right)] * 7
     if need == "any":
         choices += [st.just(SESSION)] * 2
     wrong = WRONG_KIND[need]
     if wrong is not None:
-        choices.append(st.just(f"Bearer {tokens[wrong]}"))
+        choices.append(st.just(f"Bearer {tokens[wrong][0]}"))
     choices.append(st.just("Bearer not-a-token-anyone-holds"))
     choices.append(st.none())
     return st.one_of(*choices)
@@ -110,9 +113,27 @@ def _credentials(need: str) -> st.SearchStrategy[str | None]:
 SESSION = "session-cookie"
 
 
-def _known_instance(case: schemathesis.Case) -> st.SearchStrategy[dict[str, Any] | None]:
+# Operations that may use the instances seeded for claims (reports only
+# once a claim got their grant). The others would end them before any claim
+# came, since the fuzzer runs one operation after another: a withdrawal, a
+# rejection, or a report under a grant never issued (the fold records the
+# violation and the instance fails).
+USES_RESERVED = ("claim", "record")
+
+
+def _usable(operation: str | None) -> list[dict[str, Any]]:
+    return [
+        i
+        for i in instances()
+        if not i.get("reserved")
+        or operation in USES_RESERVED
+        or (operation == "report" and i.get("grant_id"))
+    ]
+
+
+def _known_instance(case: schemathesis.Case, operation: str | None) -> st.SearchStrategy[dict[str, Any] | None]:
     """Mostly a real instance; sometimes keep whatever id was generated (None)."""
-    known = instances()
+    known = _usable(operation)
     if not known or "id" not in (case.path_parameters or {}):
         return st.none()
     return st.one_of(*([st.sampled_from(known)] * 5), st.none())
@@ -128,14 +149,14 @@ def flatmap_case(context: schemathesis.HookContext, case: schemathesis.Case) -> 
         return st.sampled_from(modes).map(lambda mode: _marked(case, mode))
     if operation == "decide":
         return st.tuples(
-            _known_instance(case),
+            _known_instance(case, operation),
             st.sampled_from(_signing_modes()),
             st.booleans(),
         ).map(lambda drawn: _decision_case(case, *drawn))
     need = NEEDS.get(operation or "")
     if need is None:
         return st.just(case)
-    return st.tuples(_credentials(need), _known_instance(case), st.integers(0, 9)).map(
+    return st.tuples(_credentials(need), _known_instance(case, operation), st.integers(0, 9)).map(
         lambda drawn: _bearer_case(case, operation, *drawn)
     )
 
@@ -212,12 +233,14 @@ def _fallback_instance(case: schemathesis.Case, operation: str | None) -> None:
     """Point a case no strategy drew for at a known instance (keeping the
     body's references to the old id consistent), so it is not only a 404."""
     old = (case.path_parameters or {}).get("id")
-    known = instances()
+    known = _usable(operation)
+    if operation == "claim":
+        # The coverage phase sends many claims with valid values: aimed at
+        # instances left authorized for claims, some are granted.
+        known = [i for i in known if i.get("reserved")] or known
     if not isinstance(old, str) or not known or any(i["id"] == old for i in known):
         return
-    try:
-        uuid.UUID(old)
-    except ValueError:
+    if not _is_uuid(old):
         return  # a malformed id is what this case tests
     instance = _fallback(case, known)
     case.path_parameters = {**case.path_parameters, "id": instance["id"]}
@@ -227,7 +250,27 @@ def _fallback_instance(case: schemathesis.Case, operation: str | None) -> None:
             body = {**body, "instance_id": instance["id"]}
         if operation == "decide" and "action_digest" in body and instance.get("digest"):
             body = {**body, "action_digest": instance["digest"]}
+        # A well-formed digest or grant id stands in for the instance's own;
+        # a malformed one is what the case tests, so it stays.
+        digest = body.get("action_digest")
+        if operation == "claim" and isinstance(digest, str) and _is_hex64(digest) and instance.get("digest"):
+            body = {**body, "action_digest": instance["digest"]}
+        grant = body.get("grant_id")
+        if operation == "report" and isinstance(grant, str) and _is_uuid(grant) and instance.get("grant_id"):
+            body = {**body, "grant_id": instance["grant_id"]}
         case.body = body
+
+
+def _is_hex64(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _fallback(case: schemathesis.Case, choices: list[Any]) -> Any:
@@ -255,7 +298,7 @@ def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwar
         if drawn is None:
             need = NEEDS[operation]
             kind = "service" if need == "any" else need
-            authorization: str | None = f"Bearer {fixture()['tokens'][kind]}"
+            authorization: str | None = f"Bearer {fixture()['tokens'][kind][0]}"
         else:
             authorization = None if drawn == "none" else drawn
         headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}

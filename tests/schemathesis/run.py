@@ -39,12 +39,13 @@ from warrant_system import (  # noqa: E402
 )
 
 # The checks the run enforces (the Schemathesis 4 names): no 5xx, and every
-# response's status, content type and body as the document says.
+# response's status, content type, body and headers as the document says.
 CHECKS = (
     "not_a_server_error",
     "status_code_conformance",
     "content_type_conformance",
     "response_schema_conformance",
+    "response_headers_conformance",
 )
 
 # A reviewer who decides only with their own Ed25519 key (no HMAC secret);
@@ -91,41 +92,39 @@ def seed(system: Any) -> list[dict[str, Any]]:
     """Instances in the states the fuzzed operations should meet."""
     service = system.tokens["agent:sdk"]["service"]
     executor = system.tokens["agent:sdk"]["executor"]
-    actions = [
-        {"kind": "deploy.restart", "target": f"staging/api-{n}", "parameters": {"n": str(n)}}
-        for n in range(6)
-    ] + [
-        {"kind": "cache.flush", "target": "eu/sessions"},
-        {"kind": "cache.flush", "target": "us/sessions"},
-        {"kind": "deploy.restart", "target": "shortlived/worker"},
-        {"kind": "db.migrate", "target": "prod/orders"},
-        {"kind": "mcp.tool", "target": "demo/echo", "parameters": {"text": '"hi"'}},
-    ]
-    seeded = []
-    for action in actions:
+
+    def propose(action: dict[str, Any]) -> dict[str, Any]:
         answer = post(system, "/v1/proposals", {"instance_id": str(uuid.uuid4()), "action": action}, service)
-        seeded.append({"id": answer["instance_id"], "digest": answer["action_digest"], "grant_id": None})
-    # 0-2 approved (0 and 1 then granted, 0 reported), 3 rejected, 4 withdrawn,
-    # 6 allowed by policy; the rest wait for a decision.
-    for item in seeded[:3]:
+        return {"id": answer["instance_id"], "digest": answer["action_digest"], "grant_id": None}
+
+    def restart(target: str) -> dict[str, Any]:
+        return propose({"kind": "deploy.restart", "target": target})
+
+    granted = [restart(f"staging/api-{n}") for n in range(2)]  # approved, claimed; the first reported
+    authorized = [restart(f"staging/web-{n}") for n in range(6)]  # approved, left for fuzzed claims
+    rejected, withdrawn = restart("staging/api-rejected"), restart("staging/api-withdrawn")
+    waiting = [restart(f"staging/api-{n}") for n in range(2, 4)]  # awaiting a decision
+    flushes = [propose({"kind": "cache.flush", "target": f"{r}/sessions"}) for r in ("eu", "us")]
+    others = [
+        restart("shortlived/worker"),  # expires while the run goes on
+        propose({"kind": "db.migrate", "target": "prod/orders"}),
+        propose({"kind": "mcp.tool", "target": "demo/echo", "parameters": {"text": '"hi"'}}),
+    ]
+    for item in granted + authorized:
         system.decide(item["id"], "alice")
-    system.decide(seeded[3]["id"], "bob", verdict="REJECT", justification="not now")
-    post(system, f"/v1/instances/{seeded[4]['id']}/withdrawal", {"reason": "seeding"}, service)
-    system.signal(seeded[6]["id"], "ALLOW")
-    for item in seeded[:3]:
+    system.decide(rejected["id"], "bob", verdict="REJECT", justification="not now")
+    post(system, f"/v1/instances/{withdrawn['id']}/withdrawal", {"reason": "seeding"}, service)
+    system.signal(flushes[0]["id"], "ALLOW")  # authorized by the rule itself, 3 executions
+    for item in granted + authorized:
         system.await_record(item["id"], ["AUTHORIZED"])
-    for item in seeded[:2]:
-        grant = post(
-            system, f"/v1/instances/{item['id']}/executions", {"action_digest": item["digest"]}, executor
-        )
-        item["grant_id"] = grant["grant_id"]
-    post(
-        system,
-        f"/v1/instances/{seeded[0]['id']}/reports",
-        {"grant_id": seeded[0]["grant_id"], "outcome": "SUCCEEDED"},
-        executor,
-    )
-    return seeded
+    for item in authorized:
+        item["reserved"] = True  # see hooks.USES_RESERVED
+    for item in granted:
+        claim = {"action_digest": item["digest"]}
+        item["grant_id"] = post(system, f"/v1/instances/{item['id']}/executions", claim, executor)["grant_id"]
+    report = {"grant_id": granted[0]["grant_id"], "outcome": "SUCCEEDED"}
+    post(system, f"/v1/instances/{granted[0]['id']}/reports", report, executor)
+    return granted + authorized + [rejected, withdrawn] + waiting + flushes + others
 
 
 def print_statuses(path: pathlib.Path) -> None:
@@ -155,9 +154,9 @@ def main(argv: list[str]) -> int:
         with running_system(workdir, principals_yaml=principals_with_key(public)) as system:
             instances = seed(system)
             tokens = {
-                "service": system.tokens["agent:sdk"]["service"],
-                "executor": system.tokens["agent:sdk"]["executor"],
-                "policy": system.tokens["policy"],
+                "service": [system.tokens[p]["service"] for p in ("agent:sdk", "gateway:mcp")],
+                "executor": [system.tokens[p]["executor"] for p in ("agent:sdk", "gateway:mcp")],
+                "policy": [system.tokens["policy"]],
             }
             fixture = {
                 "tokens": tokens,
