@@ -534,8 +534,11 @@ def _tokens_from(principals: Any) -> tuple[dict[str, Any], dict[str, str]]:
         if entry.get("kind") == "policy":
             tokens.setdefault("policy", token)
         tokens.setdefault(entry["principal"], {})[entry["kind"]] = token
+    # A reviewer may hold only Ed25519 keys (docs/signatures.md): no secret to hand out.
     secrets = {
-        entry["principal"]: entry["secrets"][0] for entry in principals.get("reviewers") or []
+        entry["principal"]: entry["secrets"][0]
+        for entry in principals.get("reviewers") or []
+        if entry.get("secrets")
     }
     return tokens, secrets
 
