@@ -457,7 +457,7 @@ pub fn read_directories(
         }
         // Errors are end-of-partition notices; the loop condition decides.
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
-            next.insert(message.partition(), message.offset() + 1);
+            next.insert(message.partition(), message.offset().saturating_add(1));
             let digest = message
                 .key()
                 .map(|key| String::from_utf8_lossy(key).into_owned())

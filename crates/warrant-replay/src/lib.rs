@@ -150,7 +150,7 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
                 &progress,
             )?;
             let merged = Folder::merge(vec![folder]);
-            let (ranges, exact_ranges) = file_ranges(&read, &options.range);
+            let (ranges, exact_ranges) = file_ranges(path, &read, &options.range)?;
             Ok(Replay {
                 source: options.source.describe(),
                 topic: read
@@ -194,10 +194,19 @@ fn narrow(ranges: &[PartitionRange], spec: &RangeSpec) -> Vec<PartitionRange> {
 
 /// The ranges a file replay covered: from the export's metadata when it has
 /// some and the flags are offsets, else from the records seen.
-fn file_ranges(read: &FileRead, spec: &RangeSpec) -> (Vec<PartitionRange>, bool) {
+///
+/// Offsets come from the file, so anyone may have written them: the end
+/// of a range is computed with checked arithmetic, an offset the log
+/// could never hold (`i64::MAX`, whose successor does not exist) being an
+/// input error, not a panic.
+fn file_ranges(
+    path: &std::path::Path,
+    read: &FileRead,
+    spec: &RangeSpec,
+) -> Result<(Vec<PartitionRange>, bool), Error> {
     if let Some(metadata) = &read.metadata {
         if !spec.uses_time() {
-            return (narrow(&metadata.ranges, spec), metadata.exact);
+            return Ok((narrow(&metadata.ranges, spec), metadata.exact));
         }
     }
     let log_starts: BTreeMap<i32, i64> = read
@@ -205,20 +214,25 @@ fn file_ranges(read: &FileRead, spec: &RangeSpec) -> (Vec<PartitionRange>, bool)
         .iter()
         .flat_map(|m| m.ranges.iter().map(|r| (r.partition, r.log_start)))
         .collect();
-    let ranges = read
-        .seen
-        .iter()
-        .filter_map(|(partition, (first_in_file, admitted))| {
-            let (first, last) = (*admitted)?;
-            Some(PartitionRange {
-                partition: *partition,
-                log_start: log_starts.get(partition).copied().unwrap_or(*first_in_file),
-                start: first,
-                end: last + 1,
-            })
-        })
-        .collect();
-    (ranges, false)
+    let mut ranges = Vec::new();
+    for (partition, (first_in_file, admitted)) in &read.seen {
+        let Some((first, last)) = *admitted else {
+            continue;
+        };
+        let end = last.checked_add(1).ok_or_else(|| Error::BadOffset {
+            path: path.to_owned(),
+            partition: *partition,
+            offset: last,
+            reason: "no log offset can follow it".to_owned(),
+        })?;
+        ranges.push(PartitionRange {
+            partition: *partition,
+            log_start: log_starts.get(partition).copied().unwrap_or(*first_in_file),
+            start: first,
+            end,
+        });
+    }
+    Ok((ranges, false))
 }
 
 /// What to export.
@@ -315,5 +329,85 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, Error> {
 impl<S: Sink + ?Sized> Sink for &mut S {
     fn record(&mut self, record: &RawRecord<'_>) -> Result<(), Error> {
         (**self).record(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use apache_avro::{Codec, Writer};
+
+    use super::*;
+    use crate::file::{log_record_schema, to_value, EXPORT_METADATA_KEY};
+
+    /// Write `records` (partition, offset) to a container file, with
+    /// `metadata` as its header when given, as anyone could.
+    pub(crate) fn write_file(
+        path: &Path,
+        metadata: Option<&ExportMetadata>,
+        records: &[(i32, i64)],
+    ) {
+        let schema = log_record_schema().unwrap_or_else(|e| panic!("{e}"));
+        let mut writer =
+            Writer::with_codec(schema, Vec::new(), Codec::Null).unwrap_or_else(|e| panic!("{e}"));
+        if let Some(metadata) = metadata {
+            let json = serde_json::to_vec(metadata).unwrap_or_else(|e| panic!("{e}"));
+            writer
+                .add_user_metadata(EXPORT_METADATA_KEY.to_owned(), json)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        for (partition, offset) in records {
+            let record = RawRecord {
+                topic: "warrant.log",
+                partition: *partition,
+                offset: *offset,
+                timestamp: Some(1_795_000_000_000),
+                key: Some(b"not-an-instance".as_slice()),
+                value: b"not an envelope",
+                log_start: 0,
+            };
+            writer
+                .append_value_ref(&to_value(&record))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let bytes = writer.into_inner().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(path, bytes).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    pub(crate) fn replay_file(path: &Path, range: RangeSpec) -> Result<Replay, Error> {
+        let mut options = ReplayOptions::new(Source::File(path.to_owned()));
+        options.range = range;
+        replay(&options)
+    }
+
+    #[test]
+    fn an_offset_with_no_successor_is_an_input_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("max.avro");
+        write_file(&path, None, &[(0, 5), (0, i64::MAX)]);
+        let result = replay_file(&path, RangeSpec::all());
+        assert!(
+            matches!(
+                result,
+                Err(Error::BadOffset {
+                    partition: 0,
+                    offset: i64::MAX,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn a_range_at_the_i64_extremes_has_no_length_rather_than_overflowing() {
+        let range = PartitionRange {
+            partition: 0,
+            log_start: i64::MIN,
+            start: i64::MIN,
+            end: i64::MAX,
+        };
+        assert_eq!(range.len(), 0);
     }
 }

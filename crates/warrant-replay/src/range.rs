@@ -119,7 +119,11 @@ impl PartitionRange {
     /// Offsets in the range (an upper bound on records: compaction and
     /// transaction markers leave gaps).
     pub fn len(&self) -> u64 {
-        u64::try_from(self.end - self.start).unwrap_or(0)
+        // Checked: a range read from a file header may hold any i64s.
+        self.end
+            .checked_sub(self.start)
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
