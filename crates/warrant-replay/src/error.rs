@@ -80,6 +80,8 @@ pub enum Error {
         offset: i64,
         reason: String,
     },
+    #[error("{}: the export header does not hold together: {reason}", path.display())]
+    BadHeader { path: PathBuf, reason: String },
     #[error("cannot write {}", path.display())]
     Export {
         path: PathBuf,

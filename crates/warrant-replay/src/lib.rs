@@ -130,7 +130,7 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
                 source: options.source.describe(),
                 topic: kafka.log_topic.clone(),
                 ranges,
-                exact_ranges: true,
+                inexact: None,
                 signed_decisions: merged.signed,
                 attested_decisions: merged.attested,
                 instances: merged.instances,
@@ -150,7 +150,7 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
                 &progress,
             )?;
             let merged = Folder::merge(vec![folder]);
-            let (ranges, exact_ranges) = file_ranges(path, &read, &options.range)?;
+            let (ranges, inexact) = file_ranges(path, &read, &options.range)?;
             Ok(Replay {
                 source: options.source.describe(),
                 topic: read
@@ -160,7 +160,7 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
                     .or(read.topic)
                     .unwrap_or_default(),
                 ranges,
-                exact_ranges,
+                inexact,
                 signed_decisions: merged.signed,
                 attested_decisions: merged.attested,
                 instances: merged.instances,
@@ -203,12 +203,18 @@ fn file_ranges(
     path: &std::path::Path,
     read: &FileRead,
     spec: &RangeSpec,
-) -> Result<(Vec<PartitionRange>, bool), Error> {
-    if let Some(metadata) = &read.metadata {
-        if !spec.uses_time() {
-            return Ok((narrow(&metadata.ranges, spec), metadata.exact));
+) -> Result<(Vec<PartitionRange>, Option<String>), Error> {
+    let inexact = match &read.metadata {
+        None => "the file has no export header".to_owned(),
+        Some(_) if spec.uses_time() => "a time range was applied to a file".to_owned(),
+        Some(metadata) if !metadata.exact => {
+            "the export header says its ranges are not exact offsets".to_owned()
         }
-    }
+        Some(metadata) => return Ok((narrow(&metadata.ranges, spec), None)),
+    };
+    let inexact = Some(format!(
+        "{inexact}, so records missing at either end of a partition's range cannot be detected"
+    ));
     let log_starts: BTreeMap<i32, i64> = read
         .metadata
         .iter()
@@ -232,7 +238,7 @@ fn file_ranges(
             end,
         });
     }
-    Ok((ranges, false))
+    Ok((ranges, inexact))
 }
 
 /// What to export.
@@ -409,5 +415,178 @@ mod tests {
             end: i64::MAX,
         };
         assert_eq!(range.len(), 0);
+    }
+
+    fn header(ranges: &[(i32, i64, i64, i64)], exact: bool) -> ExportMetadata {
+        ExportMetadata {
+            format: EXPORT_FORMAT,
+            topic: "warrant.log".to_owned(),
+            source: "test".to_owned(),
+            ranges: ranges
+                .iter()
+                .map(|(partition, log_start, start, end)| PartitionRange {
+                    partition: *partition,
+                    log_start: *log_start,
+                    start: *start,
+                    end: *end,
+                })
+                .collect(),
+            exact,
+        }
+    }
+
+    #[test]
+    fn records_outside_the_headers_ranges_are_an_input_error() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("f.avro");
+        let records = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)];
+        // An honest header verifies as exact.
+        write_file(
+            &path,
+            Some(&header(&[(0, 0, 0, 3), (1, 0, 0, 2)], true)),
+            &records,
+        );
+        let replayed = replay_file(&path, RangeSpec::all()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(replayed.exact_ranges(), "{:?}", replayed.inexact);
+
+        // End lowered below records still in the file (attack: shrunk end).
+        write_file(
+            &path,
+            Some(&header(&[(0, 0, 0, 2), (1, 0, 0, 2)], true)),
+            &records,
+        );
+        let result = replay_file(&path, RangeSpec::all());
+        assert!(
+            matches!(
+                result,
+                Err(Error::BadOffset {
+                    partition: 0,
+                    offset: 2,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        // A partition's range left out while its records stay.
+        write_file(&path, Some(&header(&[(0, 0, 0, 3)], true)), &records);
+        let result = replay_file(&path, RangeSpec::all());
+        assert!(
+            matches!(
+                result,
+                Err(Error::BadOffset {
+                    partition: 1,
+                    offset: 0,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        // Start raised above records still in the file.
+        write_file(
+            &path,
+            Some(&header(&[(0, 0, 1, 3), (1, 0, 0, 2)], true)),
+            &records,
+        );
+        let result = replay_file(&path, RangeSpec::all());
+        assert!(
+            matches!(
+                result,
+                Err(Error::BadOffset {
+                    partition: 0,
+                    offset: 0,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("partition 0 offset 0"), "{message}");
+    }
+
+    #[test]
+    fn a_header_that_does_not_hold_together_is_an_input_error() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("f.avro");
+        for bad in [
+            // log start after the range's start (the log_start lie)
+            header(&[(0, 5, 0, 3)], true),
+            header(&[(0, -1, 0, 3)], true),
+            header(&[(0, 0, 3, 1)], true),
+            header(&[(0, 0, 0, 3), (0, 0, 0, 3)], true),
+            header(&[(0, i64::MIN, i64::MIN, i64::MAX)], true),
+        ] {
+            write_file(&path, Some(&bad), &[(0, 0)]);
+            let result = replay_file(&path, RangeSpec::all());
+            assert!(
+                matches!(result, Err(Error::BadHeader { .. })),
+                "{bad:?}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn offsets_must_grow_in_a_file_even_when_exported_not_folded() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("f.avro");
+        write_file(&path, None, &[(0, 3), (1, 1), (0, 3)]);
+        let options = ExportOptions {
+            source: Source::File(path.clone()),
+            range: RangeSpec::all(),
+            out: dir.path().join("out.avro"),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+            progress: false,
+        };
+        let result = export(&options);
+        assert!(
+            matches!(
+                result,
+                Err(Error::OutOfOrder {
+                    partition: 0,
+                    offset: 3,
+                    previous: 3,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn without_an_exact_header_completeness_is_not_proven_and_says_why() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("f.avro");
+        let records = [(0, 0), (0, 1)];
+        write_file(&path, None, &records);
+        let replayed = replay_file(&path, RangeSpec::all()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            replayed
+                .inexact
+                .as_deref()
+                .is_some_and(|r| r.contains("no export header")),
+            "{:?}",
+            replayed.inexact
+        );
+        write_file(&path, Some(&header(&[(0, 0, 0, 2)], false)), &records);
+        let replayed = replay_file(&path, RangeSpec::all()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            replayed
+                .inexact
+                .as_deref()
+                .is_some_and(|r| r.contains("not exact")),
+            "{:?}",
+            replayed.inexact
+        );
+        write_file(&path, Some(&header(&[(0, 0, 0, 2)], true)), &records);
+        let by_time = RangeSpec::from_flags(&[], None, None, Some("1000"), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let replayed = replay_file(&path, by_time).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            replayed
+                .inexact
+                .as_deref()
+                .is_some_and(|r| r.contains("time range")),
+            "{:?}",
+            replayed.inexact
+        );
     }
 }

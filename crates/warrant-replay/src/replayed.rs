@@ -443,9 +443,12 @@ pub struct Replay {
     /// Per partition read: the range, as resolved (Kafka) or as recorded in
     /// the export and narrowed by the flags (file).
     pub ranges: Vec<PartitionRange>,
-    /// Whether `ranges` are exactly what was read (false for a file without
-    /// export metadata, or narrowed by time, where they are what was seen).
-    pub exact_ranges: bool,
+    /// Why `ranges` are not known to be exactly what was read, if they are
+    /// not (a file without an export header, an export whose header says
+    /// it is inexact, a file narrowed by time: the ranges are then what was
+    /// seen). Records missing at either end of such a range cannot be
+    /// detected, so completeness is not proven.
+    pub inexact: Option<String>,
     pub instances: Vec<ReplayedInstance>,
     /// Records read in the range, per partition.
     pub records: BTreeMap<i32, u64>,
@@ -457,6 +460,11 @@ pub struct Replay {
 }
 
 impl Replay {
+    /// Whether `ranges` are exactly the offsets read.
+    pub fn exact_ranges(&self) -> bool {
+        self.inexact.is_none()
+    }
+
     /// The instance's record from its (first) partition.
     pub fn get(&self, instance_id: &str) -> Option<&ReplayedInstance> {
         let at = self
@@ -894,7 +902,7 @@ mod tests {
             source: String::new(),
             topic: String::new(),
             ranges: Vec::new(),
-            exact_ranges: true,
+            inexact: None,
             instances: result.instances,
             records: result.records,
             events: result.events,

@@ -468,6 +468,12 @@ pub struct VerifyReport {
     pub instances: Vec<InstanceVerdict>,
     pub checkpoint: CheckpointCheck,
     pub behind: Vec<Lag>,
+    /// Why the comparison cannot show that the range read was complete
+    /// (see [`Replay::inexact`]); `None` when it can. Not a failure by
+    /// itself: nothing differed, but nothing proves records were not
+    /// removed from the ends of the ranges either.
+    #[serde(default)]
+    pub completeness_not_proven: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -548,6 +554,9 @@ impl VerifyReport {
                 "DIFFERS   checkpoint digest: replay {expected}, projector {actual}"
             )?,
         }
+        if let Some(reason) = &self.completeness_not_proven {
+            writeln!(out, "UNPROVEN  completeness is not proven: {reason}")?;
+        }
         let counts: Vec<String> = self
             .counts()
             .iter()
@@ -563,7 +572,11 @@ impl VerifyReport {
             } else {
                 counts.join(", ")
             },
-            if self.failed() { "FAILED" } else { "ok" }
+            match (self.failed(), &self.completeness_not_proven) {
+                (true, _) => "FAILED",
+                (false, Some(_)) => "ok as far as compared, but COMPLETENESS NOT PROVEN",
+                (false, None) => "ok",
+            }
         )
     }
 }
@@ -611,11 +624,8 @@ fn digest_comparable(
             checkpoint.topic
         ));
     }
-    if !replay.exact_ranges {
-        return Err(
-            "the exact offsets read are not known (file without export metadata, or a time range)"
-                .to_owned(),
-        );
+    if let Some(reason) = &replay.inexact {
+        return Err(format!("the exact offsets read are not known: {reason}"));
     }
     let ours: BTreeSet<String> = replay
         .ranges
@@ -802,7 +812,7 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
         let (index, fetched) = joined.map_err(|_| Error::Worker)?;
         let instance = &replay.instances[index];
         let range = ranges.get(&instance.partition).copied();
-        verdicts[index] = Some(judge(instance, range, replay.exact_ranges, fetched?));
+        verdicts[index] = Some(judge(instance, range, replay.exact_ranges(), fetched?));
     }
 
     let instances = replay
@@ -829,6 +839,7 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
         instances,
         checkpoint,
         behind,
+        completeness_not_proven: replay.inexact.clone(),
     })
 }
 
@@ -1317,6 +1328,7 @@ mod tests {
                 reason: "test".to_owned(),
             },
             behind: vec![],
+            completeness_not_proven: None,
         };
         assert!(!report.failed());
         report.instances.push(verdict(
@@ -1348,6 +1360,26 @@ mod tests {
         );
 
         report.instances.truncate(2);
+        // Nothing differs, yet nothing proves the range complete: the
+        // summary must not be a plain "ok", and says why.
+        report.completeness_not_proven = Some("the file has no export header".to_owned());
+        assert!(!report.failed());
+        let mut text = Vec::new();
+        report
+            .write_text(&mut text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.contains("UNPROVEN  completeness is not proven: the file has no export header"),
+            "{text}"
+        );
+        assert!(text.ends_with("COMPLETENESS NOT PROVEN\n"), "{text}");
+        assert!(!text.ends_with("; ok\n"), "{text}");
+        let json = serde_json::to_value(&report).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            json["completeness_not_proven"],
+            "the file has no export header"
+        );
         report.checkpoint = CheckpointCheck::Differs {
             expected: Hash32([1; 32]),
             actual: Hash32([2; 32]),
@@ -1368,7 +1400,7 @@ mod tests {
                 start: 0,
                 end: 12,
             }],
-            exact_ranges: true,
+            inexact: None,
             instances: Vec::new(),
             records: BTreeMap::new(),
             events: 0,

@@ -721,7 +721,7 @@ async fn an_export_replays_to_the_same_heads_and_a_flipped_byte_is_caught() {
     let from_file = replay_blocking(ReplayOptions::new(Source::File(file.clone()))).await;
     assert_eq!(replayed_records(&from_file), replayed_records(&from_kafka));
     assert_eq!(from_file.ranges, from_kafka.ranges);
-    assert!(from_file.exact_ranges);
+    assert!(from_file.exact_ranges());
     assert_eq!(from_file.topic, kafka.log_topic);
 
     // The file verifies against the projector like the topic does.
