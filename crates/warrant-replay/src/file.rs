@@ -155,7 +155,7 @@ pub struct FileRecord {
 }
 
 impl FileRecord {
-    pub fn as_raw(&self, log_start: i64) -> RawRecord<'_> {
+    pub fn as_raw(&self, log_start: i64, range_start: i64) -> RawRecord<'_> {
         RawRecord {
             topic: &self.topic,
             partition: self.partition,
@@ -164,6 +164,7 @@ impl FileRecord {
             key: self.key.as_deref(),
             value: &self.value,
             log_start,
+            range_start,
         }
     }
 
@@ -342,6 +343,16 @@ pub fn read(
             .iter()
             .flat_map(|m| m.ranges.iter().map(|r| (r.partition, r.log_start)))
             .collect();
+        let exact_starts: Option<std::collections::BTreeMap<i32, i64>> = read
+            .metadata
+            .as_ref()
+            .filter(|m| m.exact && !filter.uses_time())
+            .map(|m| {
+                m.ranges
+                    .iter()
+                    .map(|r| (r.partition, filter.narrow_start(r)))
+                    .collect()
+            });
         let mut last_offsets = std::collections::BTreeMap::<i32, i64>::new();
         while let Some(record) = reader.next_record()? {
             if read.topic.is_none() {
@@ -375,7 +386,18 @@ pub fn read(
                 Some((first, _)) => (first, record.offset),
             });
             let log_start = log_starts.get(&record.partition).copied().unwrap_or(seen.0);
-            sink.record(&record.as_raw(log_start))?;
+            // Where the range starts: the header's (narrowed by --from)
+            // when it is exact and no time range applies; else the first
+            // record admitted, the only start a file without one can show.
+            let range_start = match (&exact_starts, seen.1) {
+                (Some(starts), _) => starts
+                    .get(&record.partition)
+                    .copied()
+                    .unwrap_or(record.offset),
+                (None, Some((first, _))) => first,
+                (None, None) => record.offset,
+            };
+            sink.record(&record.as_raw(log_start, range_start))?;
             read.records += 1;
         }
         Ok(read)
@@ -560,7 +582,7 @@ mod tests {
             create_export(&out, &metadata()).unwrap_or_else(|e| panic!("{e}"));
         for record in &records {
             exporter
-                .record(&record.as_raw(0))
+                .record(&record.as_raw(0, 0))
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         assert_eq!(complete_export(exporter, &partial, &out).ok(), Some(1000));
@@ -595,7 +617,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         for record in &records {
             exporter
-                .record(&record.as_raw(0))
+                .record(&record.as_raw(0, 0))
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         let (mut bytes, _) = exporter.finish().unwrap_or_else(|e| panic!("{e}"));

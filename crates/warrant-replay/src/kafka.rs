@@ -382,6 +382,7 @@ fn read_ranges<S: Sink>(
             key: message.key(),
             value: message.payload().unwrap_or(&[]),
             log_start: reading.range.log_start,
+            range_start: reading.range.start,
         })?;
         reading.next = offset + 1;
         unreported += 1;

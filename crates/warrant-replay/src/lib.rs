@@ -372,6 +372,7 @@ mod tests {
                 key: Some(b"not-an-instance".as_slice()),
                 value: b"not an envelope",
                 log_start: 0,
+                range_start: 0,
             };
             writer
                 .append_value_ref(&to_value(&record))

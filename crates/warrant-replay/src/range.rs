@@ -170,6 +170,18 @@ impl RecordFilter {
         }
     }
 
+    pub fn uses_time(&self) -> bool {
+        self.spec.uses_time()
+    }
+
+    /// Where an exported range starts once `--from` (an offset) applies.
+    pub fn narrow_start(&self, range: &PartitionRange) -> i64 {
+        match self.spec.from {
+            Some(Bound::Offset(from)) => range.start.max(from).min(range.end),
+            _ => range.start,
+        }
+    }
+
     /// Whether this record is in the range. Call once per record, in file order.
     pub fn admits(&mut self, partition: i32, offset: i64, timestamp: Option<i64>) -> bool {
         if !self.spec.includes_partition(partition) {

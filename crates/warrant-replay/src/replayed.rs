@@ -194,8 +194,8 @@ struct Slot {
 
 #[derive(Default)]
 struct PartitionFold {
-    /// Whether the range starts after the log does on this partition;
-    /// decided by the first record seen.
+    /// Whether the range starts after the log does on this partition
+    /// (from the range, as the first record seen carries it).
     starts_late: bool,
     last_offset: Option<i64>,
     records: u64,
@@ -264,7 +264,7 @@ impl Folder {
                 return Err(OutOfOrder { previous });
             }
             Some(_) => {}
-            None => part.starts_late = record.offset > record.log_start,
+            None => part.starts_late = record.range_start > record.log_start,
         }
         part.last_offset = Some(record.offset);
         part.records += 1;
@@ -608,6 +608,8 @@ mod tests {
 
     struct Feed {
         log_start: i64,
+        /// Where the range starts; `None`: at each partition's first record.
+        range_start: Option<i64>,
         records: Vec<Record>,
     }
 
@@ -615,6 +617,7 @@ mod tests {
         fn new(log_start: i64) -> Feed {
             Feed {
                 log_start,
+                range_start: None,
                 records: Vec::new(),
             }
         }
@@ -635,6 +638,8 @@ mod tests {
                     key: key.as_deref(),
                     value,
                     log_start: self.log_start,
+                    // Only the first record of a partition is looked at.
+                    range_start: self.range_start.unwrap_or(*offset),
                 };
                 folder
                     .apply(&record)
@@ -692,6 +697,17 @@ mod tests {
                 offset: 10
             }
         );
+    }
+
+    #[test]
+    fn records_removed_at_the_start_of_a_whole_log_range_make_nothing_partial() {
+        // The range starts with the log at 0, yet the first record read is
+        // at 10 (0..10 were removed from a copy): the instance is not partial
+        // (its start was in the range and is missing), so --verify compares it.
+        let mut feed = late_range(0);
+        feed.range_start = Some(0);
+        let result = feed.fold(Keep::Chain, None);
+        assert!(result.instances.iter().all(|i| !i.partial));
     }
 
     #[test]
@@ -850,6 +866,7 @@ mod tests {
             key: None,
             value: b"",
             log_start: 0,
+            range_start: 0,
         };
         assert!(folder.apply(&record(0, 5)).is_ok());
         assert!(folder.apply(&record(1, 2)).is_ok());

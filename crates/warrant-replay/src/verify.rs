@@ -98,6 +98,13 @@ pub enum Verdict {
         position: LogPosition,
         entries: u64,
     },
+    /// The projector's history starts at `position`, inside the range
+    /// replay read in full, yet replay's first record of the instance is
+    /// at `first`: the range lacks the record the projector folded first.
+    StartMissing {
+        position: LogPosition,
+        first: LogPosition,
+    },
     /// Same entries, but the record's fields differ.
     FieldsDiffer { fields: Vec<String> },
     /// The projector's answer is not a usable execution record.
@@ -114,6 +121,7 @@ impl Verdict {
             | Verdict::Differs { .. }
             | Verdict::PositionDiffers { .. }
             | Verdict::EntryMissing { .. }
+            | Verdict::StartMissing { .. }
             | Verdict::FieldsDiffer { .. }
             | Verdict::Malformed { .. } => true,
         }
@@ -130,6 +138,7 @@ impl Verdict {
             Verdict::Differs { .. }
             | Verdict::PositionDiffers { .. }
             | Verdict::EntryMissing { .. }
+            | Verdict::StartMissing { .. }
             | Verdict::FieldsDiffer { .. } => "DIFFERS",
             Verdict::Malformed { .. } => "MALFORMED",
         }
@@ -189,11 +198,26 @@ impl std::fmt::Display for Verdict {
                 "entry {seq} is missing: the projector folded it from {}/{}, inside the range, but the range holds only {entries} entries",
                 position.partition, position.offset
             ),
+            Verdict::StartMissing { position, first } => write!(
+                f,
+                "its history starts at {}/{} on the projector, inside the range, but replay's first record of it is {}/{}: the range lacks its first record",
+                position.partition, position.offset, first.partition, first.offset
+            ),
             Verdict::FieldsDiffer { fields } => {
                 write!(f, "same entries but different {}", fields.join(", "))
             }
             Verdict::Malformed { reason } => write!(f, "unusable answer: {reason}"),
         }
+    }
+}
+
+impl Ours<'_> {
+    /// Whether replay read every record at this offset of the instance's
+    /// partition: from the range's start up to its end when that is known,
+    /// else up to the instance's first record (replay read all before it).
+    fn read_in_full(&self, offset: i64) -> bool {
+        let end = self.range_end.unwrap_or(self.first.offset);
+        offset >= self.range_start && offset < end.max(self.first.offset)
     }
 }
 
@@ -205,17 +229,34 @@ pub fn compare(ours: &Ours<'_>, theirs: Option<&ExecutionRecord>) -> Verdict {
             partitions: ours.other_partitions.to_vec(),
         };
     }
-    if ours.partial {
-        return Verdict::NotVerifiable {
-            reason: format!(
-                "its first event in the range ({}/{}) is not its proposal and the range starts after the log does; earlier entries are not in the range",
-                ours.first.partition, ours.first.offset
-            ),
-        };
-    }
+    // Not known to the projector is a difference for a partial instance
+    // too: one whose first record is a copied decision under a new id is
+    // exactly what a forger appends.
     let Some(theirs) = theirs else {
         return Verdict::Missing;
     };
+    if ours.partial {
+        // The start of its history may lie before the range; the
+        // projector says where. Inside the part of the range replay read
+        // in full, it is a record the range held and replay never saw.
+        let Some(start) = theirs.history.first().map(|e| e.position) else {
+            return Verdict::Malformed {
+                reason: "the projector's record has no history".to_owned(),
+            };
+        };
+        if start.partition == ours.first.partition && ours.read_in_full(start.offset) {
+            return Verdict::StartMissing {
+                position: start,
+                first: ours.first,
+            };
+        }
+        return Verdict::NotVerifiable {
+            reason: format!(
+                "its first event in the range ({}/{}) is not its proposal, the range starts at offset {} after the log does, and the projector's history starts at {}/{}, outside the range",
+                ours.first.partition, ours.first.offset, ours.range_start, start.partition, start.offset
+            ),
+        };
+    }
     if theirs.instance_id != ours.instance_id {
         return Verdict::Malformed {
             reason: format!(
@@ -789,18 +830,17 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
     let mut next = 0;
     loop {
         while in_flight.len() < concurrency && next < replay.instances.len() {
+            // Every instance is fetched, partial ones too: only the
+            // projector can say whether a partial instance's history really
+            // starts before the range.
             let instance = &replay.instances[next];
-            if let Some(verdict) = cannot_verify(instance) {
-                verdicts[next] = Some(verdict);
-            } else {
-                let (client, base, id) = (
-                    client.clone(),
-                    base.clone(),
-                    instance.instance_id().to_owned(),
-                );
-                let index = next;
-                in_flight.spawn(async move { (index, fetch_instance(client, base, id).await) });
-            }
+            let (client, base, id) = (
+                client.clone(),
+                base.clone(),
+                instance.instance_id().to_owned(),
+            );
+            let index = next;
+            in_flight.spawn(async move { (index, fetch_instance(client, base, id).await) });
             next += 1;
         }
         let Some(joined) = in_flight.join_next().await else {
@@ -841,28 +881,6 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
         behind,
         completeness_not_proven: replay.inexact.clone(),
     })
-}
-
-/// The verdict for instances that need no request.
-fn cannot_verify(instance: &ReplayedInstance) -> Option<Verdict> {
-    let placeholder = ExecutionRecord::build(&warrant_authority::InstanceState::new(""), &[]);
-    let ours = Ours {
-        instance_id: instance.instance_id(),
-        partial: instance.partial,
-        other_partitions: &instance.other_partitions,
-        first: instance.first,
-        range_start: 0,
-        range_end: None,
-        entries: instance.entries(),
-        hashes: None,
-        positions: None,
-        record: &placeholder,
-        full: false,
-    };
-    match compare(&ours, None) {
-        verdict @ Verdict::NotVerifiable { .. } => Some(verdict),
-        _ => None,
-    }
 }
 
 /// `range`: the range on the instance's partition; `exact`: whether replay
@@ -1122,15 +1140,53 @@ mod tests {
 
     #[test]
     fn partial_instances_are_not_verifiable_but_split_ones_fail() {
+        // Replay saw the instance from its fourth event (1/103) on; the
+        // projector's history starts at 1/100.
         let mine = mine(3);
+        let theirs = projector(7);
         let mut partial = ours(&mine, true);
         partial.partial = true;
-        let verdict = compare(&partial, None);
+        partial.first = LogPosition {
+            partition: 1,
+            offset: 103,
+        };
+        partial.range_start = 103;
+        partial.range_end = Some(107);
+        let verdict = compare(&partial, Some(&theirs));
         assert!(
             matches!(verdict, Verdict::NotVerifiable { .. }),
             "{verdict:?}"
         );
         assert!(!verdict.is_failure());
+        assert!(
+            verdict
+                .to_string()
+                .contains("starts at 1/100, outside the range"),
+            "{verdict}"
+        );
+
+        // The range started at 100 after all (a forged log_start made it
+        // partial, or its first records were removed): the projector's
+        // first entry lies inside what replay read, so it is missing.
+        partial.range_start = 100;
+        let missing_start = Verdict::StartMissing {
+            position: LogPosition {
+                partition: 1,
+                offset: 100,
+            },
+            first: partial.first,
+        };
+        assert_eq!(compare(&partial, Some(&theirs)), missing_start);
+        assert!(missing_start.is_failure());
+        assert_eq!(missing_start.label(), "DIFFERS");
+        // Also where the range's end is not known: replay read everything
+        // from the range's start up to its first record.
+        partial.range_end = None;
+        assert_eq!(compare(&partial, Some(&theirs)), missing_start);
+
+        // A partial instance the projector has never heard of (a copied
+        // decision under a new id, appended): a difference, not skipped.
+        assert_eq!(compare(&partial, None), Verdict::Missing);
 
         // An instance in two partitions (partitions added to the log): the
         // projector, folding by id, may have granted what replay refuses.
