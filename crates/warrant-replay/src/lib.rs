@@ -17,6 +17,7 @@
 
 mod error;
 pub mod file;
+pub mod gaps;
 pub mod kafka;
 pub mod range;
 mod replayed;
@@ -31,6 +32,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use error::Error;
+pub use gaps::Gap;
 pub use range::{Bound, PartitionRange, RangeSpec};
 pub use replayed::{
     Folder, Keep, Replay, ReplayedInstance, ReplayedRecord, SignedDecisionSeen, Summary,
@@ -126,11 +128,13 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
             let progress = Progress::new(options.progress, "records");
             let folders = kafka::read(kafka, plan, folders, &progress, options.stall_timeout)?;
             let merged = Folder::merge(folders);
+            let gaps = merged.offsets.gaps(&ranges, true);
             Ok(Replay {
                 source: options.source.describe(),
                 topic: kafka.log_topic.clone(),
                 ranges,
                 inexact: None,
+                gaps,
                 signed_decisions: merged.signed,
                 attested_decisions: merged.attested,
                 instances: merged.instances,
@@ -151,6 +155,7 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
             )?;
             let merged = Folder::merge(vec![folder]);
             let (ranges, inexact) = file_ranges(path, &read, &options.range)?;
+            let gaps = merged.offsets.gaps(&ranges, inexact.is_none());
             Ok(Replay {
                 source: options.source.describe(),
                 topic: read
@@ -161,6 +166,7 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
                     .unwrap_or_default(),
                 ranges,
                 inexact,
+                gaps,
                 signed_decisions: merged.signed,
                 attested_decisions: merged.attested,
                 instances: merged.instances,
@@ -257,6 +263,9 @@ pub struct ExportSummary {
     pub out: PathBuf,
     pub records: u64,
     pub metadata: ExportMetadata,
+    /// Offsets of the ranges exported with no record (see [`gaps`]): the
+    /// file keeps them as found, and a replay of it reports them too.
+    pub gaps: Vec<Gap>,
 }
 
 /// Write a range to an Avro object container file (see [`file`]). The file
@@ -294,7 +303,11 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, Error> {
             }
         }
     };
-    let (mut exporter, partial) = file::create_export(&options.out, &metadata)?;
+    let (exporter, partial) = file::create_export(&options.out, &metadata)?;
+    let mut tracking = gaps::Tracking {
+        sink: exporter,
+        offsets: gaps::Offsets::default(),
+    };
     let read = match &options.source {
         Source::Kafka(kafka) => {
             let plan = kafka::plan(&metadata.ranges, 1);
@@ -302,7 +315,7 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, Error> {
             kafka::read(
                 kafka,
                 plan,
-                vec![&mut exporter],
+                vec![&mut tracking],
                 &progress,
                 options.stall_timeout,
             )
@@ -313,12 +326,16 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, Error> {
             file::read(
                 path,
                 RecordFilter::new(options.range.clone()),
-                &mut exporter,
+                &mut tracking,
                 &progress,
             )
             .map(|_| ())
         }
     };
+    let gaps::Tracking {
+        sink: exporter,
+        offsets,
+    } = tracking;
     if let Err(e) = read {
         drop(exporter);
         let _ = std::fs::remove_file(&partial);
@@ -328,6 +345,7 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, Error> {
     Ok(ExportSummary {
         out: options.out.clone(),
         records,
+        gaps: offsets.gaps(&metadata.ranges, metadata.exact),
         metadata,
     })
 }
@@ -589,5 +607,33 @@ mod tests {
             "{:?}",
             replayed.inexact
         );
+    }
+
+    #[test]
+    fn a_file_with_a_record_taken_out_has_a_gap() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("f.avro");
+        let gap = |from, to| Gap {
+            partition: 0,
+            from,
+            to,
+        };
+        // Exact header: gaps inside and at both ends count.
+        write_file(
+            &path,
+            Some(&header(&[(0, 0, 0, 6)], true)),
+            &[(0, 1), (0, 3), (0, 4)],
+        );
+        let replayed = replay_file(&path, RangeSpec::all()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(replayed.gaps, vec![gap(0, 1), gap(2, 3), gap(5, 6)]);
+        // An honest --from/--to inside it has none of its ends' gaps.
+        let middle = RangeSpec::from_flags(&[], Some(3), Some(5), None, None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let replayed = replay_file(&path, middle).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(replayed.gaps, vec![]);
+        // No header: only between records.
+        write_file(&path, None, &[(0, 1), (0, 3), (0, 4)]);
+        let replayed = replay_file(&path, RangeSpec::all()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(replayed.gaps, vec![gap(2, 3)]);
     }
 }

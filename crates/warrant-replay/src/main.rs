@@ -329,6 +329,14 @@ fn run_export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         summary.out.display(),
         started.elapsed().as_secs_f64()
     );
+    for gap in &summary.gaps {
+        eprintln!("GAP       {gap} (the log's offsets are contiguous: it was rewritten)");
+    }
+    // The file is kept (it is the evidence), but the range was not a log
+    // Warrant wrote.
+    if !summary.gaps.is_empty() {
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -404,6 +412,13 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
 
     let summary = replayed.summary();
     eprintln!("{summary} in {:.2} s", fold_time.as_secs_f64());
+    // With --verify the report lists them (and fails); without, they are
+    // still evidence an auditor must see.
+    if report.is_none() {
+        for gap in &replayed.gaps {
+            eprintln!("GAP       {gap} (the log's offsets are contiguous: it was rewritten)");
+        }
+    }
     if let Err(error) = signatures.write_text(&mut std::io::stderr().lock()) {
         tracing::warn!(error = %error, "cannot print the signature audit");
     }
@@ -451,6 +466,8 @@ fn write_output(
             serde_json::to_writer(&mut *out, &replayed.topic).map_err(json_error)?;
             out.write_all(b",\"ranges\":")?;
             serde_json::to_writer(&mut *out, &replayed.ranges).map_err(json_error)?;
+            out.write_all(b",\"gaps\":")?;
+            serde_json::to_writer(&mut *out, &replayed.gaps).map_err(json_error)?;
             out.write_all(b",\"summary\":")?;
             serde_json::to_writer(&mut *out, &replayed.summary()).map_err(json_error)?;
             if let Some(report) = report {

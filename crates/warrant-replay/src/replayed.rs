@@ -225,6 +225,7 @@ pub struct SignedDecisionSeen {
 /// A [`Sink`] that folds records; one per reader thread, merged at the end.
 pub struct Folder {
     keep: Keep,
+    offsets: crate::gaps::Offsets,
     only: Option<Only>,
     partitions: BTreeMap<i32, PartitionFold>,
     events: u64,
@@ -248,6 +249,7 @@ impl Folder {
     pub fn new(keep: Keep, only: Option<String>) -> Folder {
         Folder {
             keep,
+            offsets: crate::gaps::Offsets::default(),
             only: only.as_deref().map(Only::new),
             partitions: BTreeMap::new(),
             events: 0,
@@ -268,6 +270,7 @@ impl Folder {
         }
         part.last_offset = Some(record.offset);
         part.records += 1;
+        self.offsets.see(record.partition, record.offset);
         if let Some(only) = &self.only {
             if !only.selects(record.key, record.partition) {
                 return Ok(());
@@ -354,7 +357,9 @@ impl Folder {
         let mut records = BTreeMap::new();
         let mut signed = Vec::new();
         let mut attested = 0;
+        let mut offsets = Vec::new();
         for folder in folders {
+            offsets.push(folder.offsets);
             events += folder.events;
             signed.extend(folder.signed);
             attested += folder.attested;
@@ -398,6 +403,7 @@ impl Folder {
             records,
             signed,
             attested,
+            offsets: crate::gaps::Offsets::merge(offsets),
         }
     }
 }
@@ -410,6 +416,7 @@ pub struct FoldResult {
     pub records: BTreeMap<i32, u64>,
     pub signed: Vec<SignedDecisionSeen>,
     pub attested: u64,
+    pub offsets: crate::gaps::Offsets,
 }
 
 /// A record whose offset does not follow the previous one of its partition.
@@ -449,6 +456,9 @@ pub struct Replay {
     /// seen). Records missing at either end of such a range cannot be
     /// detected, so completeness is not proven.
     pub inexact: Option<String>,
+    /// Offsets inside the ranges with no record (see [`crate::gaps`]):
+    /// evidence of a rewritten log.
+    pub gaps: Vec<crate::Gap>,
     pub instances: Vec<ReplayedInstance>,
     /// Records read in the range, per partition.
     pub records: BTreeMap<i32, u64>,
@@ -920,6 +930,7 @@ mod tests {
             topic: String::new(),
             ranges: Vec::new(),
             inexact: None,
+            gaps: Vec::new(),
             instances: result.instances,
             records: result.records,
             events: result.events,

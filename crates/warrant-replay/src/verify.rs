@@ -252,7 +252,7 @@ pub fn compare(ours: &Ours<'_>, theirs: Option<&ExecutionRecord>) -> Verdict {
         }
         return Verdict::NotVerifiable {
             reason: format!(
-                "its first event in the range ({}/{}) is not its proposal, the range starts at offset {} after the log does, and the projector's history starts at {}/{}, outside the range",
+                "its first event in the range ({}/{}) is not its proposal, the range starts at offset {}, after the log does, and the projector's history starts at {}/{}, outside the range",
                 ours.first.partition, ours.first.offset, ours.range_start, start.partition, start.offset
             ),
         };
@@ -515,6 +515,10 @@ pub struct VerifyReport {
     /// removed from the ends of the ranges either.
     #[serde(default)]
     pub completeness_not_proven: Option<String>,
+    /// Offsets inside the range with no record ([`Replay::gaps`]): the log
+    /// read was rewritten, so the comparison fails whatever else agrees.
+    #[serde(default)]
+    pub gaps: Vec<crate::Gap>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -530,6 +534,7 @@ impl VerifyReport {
     pub fn failed(&self) -> bool {
         self.instances.iter().any(|i| i.verdict.is_failure())
             || matches!(self.checkpoint, CheckpointCheck::Differs { .. })
+            || !self.gaps.is_empty()
     }
 
     /// Verdict label to count.
@@ -563,6 +568,12 @@ impl VerifyReport {
                 instance.instance_id,
                 instance.partition,
                 instance.verdict
+            )?;
+        }
+        for gap in &self.gaps {
+            writeln!(
+                out,
+                "GAP       {gap} (the log's offsets are contiguous: it was rewritten)"
             )?;
         }
         for lag in &self.behind {
@@ -880,6 +891,7 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
         checkpoint,
         behind,
         completeness_not_proven: replay.inexact.clone(),
+        gaps: replay.gaps.clone(),
     })
 }
 
@@ -1385,6 +1397,7 @@ mod tests {
             },
             behind: vec![],
             completeness_not_proven: None,
+            gaps: Vec::new(),
         };
         assert!(!report.failed());
         report.instances.push(verdict(
@@ -1416,6 +1429,24 @@ mod tests {
         );
 
         report.instances.truncate(2);
+        // A gap alone fails, and is named.
+        report.gaps = vec![crate::Gap {
+            partition: 0,
+            from: 6,
+            to: 7,
+        }];
+        assert!(report.failed());
+        let mut text = Vec::new();
+        report
+            .write_text(&mut text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.contains("GAP       partition 0: no record at offset 6 inside the range"),
+            "{text}"
+        );
+        assert!(text.ends_with("; FAILED\n"), "{text}");
+        report.gaps.clear();
         // Nothing differs, yet nothing proves the range complete: the
         // summary must not be a plain "ok", and says why.
         report.completeness_not_proven = Some("the file has no export header".to_owned());
@@ -1457,6 +1488,7 @@ mod tests {
                 end: 12,
             }],
             inexact: None,
+            gaps: Vec::new(),
             instances: Vec::new(),
             records: BTreeMap::new(),
             events: 0,
