@@ -116,6 +116,10 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
     match &options.source {
         Source::Kafka(kafka) => {
             let ranges = kafka::resolve(kafka, &options.range)?;
+            let open_transactions = kafka::open_transactions(kafka, &ranges)?;
+            for open in &open_transactions {
+                tracing::warn!(topic = %kafka.log_topic, partition = open.partition, "{open}");
+            }
             let threads = match options.threads {
                 0 => default_threads(),
                 n => n,
@@ -135,6 +139,7 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
                 ranges,
                 inexact: None,
                 gaps,
+                open_transactions,
                 signed_decisions: merged.signed,
                 attested_decisions: merged.attested,
                 instances: merged.instances,
@@ -167,6 +172,7 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
                 ranges,
                 inexact,
                 gaps,
+                open_transactions: Vec::new(),
                 signed_decisions: merged.signed,
                 attested_decisions: merged.attested,
                 instances: merged.instances,
@@ -189,9 +195,10 @@ fn narrow(ranges: &[PartitionRange], spec: &RangeSpec) -> Vec<PartitionRange> {
                 Some(Bound::Offset(from)) => r.start.max(from).min(r.end),
                 _ => r.start,
             };
-            let end = match spec.to {
-                Some(Bound::Offset(to)) => r.end.min(to).max(start),
-                _ => r.end,
+            let end = match (spec.to_offset_of(r.partition), spec.to) {
+                (Some(Some(to)), _) | (None, Some(Bound::Offset(to))) => r.end.min(to).max(start),
+                (Some(None), _) => start,
+                (None, _) => r.end,
             };
             PartitionRange { start, end, ..*r }
         })
@@ -635,5 +642,30 @@ mod tests {
         write_file(&path, None, &[(0, 1), (0, 3), (0, 4)]);
         let replayed = replay_file(&path, RangeSpec::all()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(replayed.gaps, vec![gap(2, 3)]);
+    }
+
+    #[test]
+    fn to_checkpoint_narrows_an_exact_export_per_partition() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("f.avro");
+        let records = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)];
+        write_file(
+            &path,
+            Some(&header(&[(0, 0, 0, 3), (1, 0, 0, 2)], true)),
+            &records,
+        );
+        let spec = RangeSpec {
+            to_offsets: Some(BTreeMap::from([(0, 2), (1, 2)])),
+            ..RangeSpec::all()
+        };
+        let replayed = replay_file(&path, spec).unwrap_or_else(|e| panic!("{e}"));
+        let ends: Vec<(i32, i64)> = replayed
+            .ranges
+            .iter()
+            .map(|r| (r.partition, r.end))
+            .collect();
+        assert_eq!(ends, vec![(0, 2), (1, 2)]);
+        assert_eq!(replayed.records.values().sum::<u64>(), 4);
+        assert_eq!(replayed.gaps, vec![]);
     }
 }

@@ -262,6 +262,14 @@ struct ReplayArgs {
     /// digest is compared [default: the topic read, or the export's].
     #[arg(
         long,
+        env = "WARRANT_REPLAY_TO_CHECKPOINT",
+        requires = "verify",
+        conflicts_with_all = ["to", "to_time"],
+        help_heading = "Verify"
+    )]
+    to_checkpoint: bool,
+    #[arg(
+        long,
         env = "WARRANT_REPLAY_VERIFY_TOPIC",
         value_name = "TOPIC",
         help_heading = "Verify"
@@ -353,9 +361,51 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         (Format::None, Some(_)) => Keep::Chain,
         (Format::None, None) => Keep::State,
     };
+    let mut range = common.range()?;
+    let verify_options = args.verify.as_ref().map(|url| VerifyOptions {
+        url: url.clone(),
+        concurrency: args.verify_concurrency,
+        timeout: Duration::from_secs(args.verify_timeout),
+        projector_topic: args.verify_topic.clone(),
+    });
+    let runtime = match &verify_options {
+        None => None,
+        Some(_) => Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the HTTP client runtime")?,
+        ),
+    };
+    if let (true, Some(runtime), Some(verify_options)) =
+        (args.to_checkpoint, &runtime, &verify_options)
+    {
+        let checkpoint = runtime.block_on(warrant_replay::verify::checkpoint(verify_options))?;
+        // Reading up to another topic's offsets would compare nothing.
+        if common.file.is_none() {
+            let topic = args
+                .verify_topic
+                .as_deref()
+                .unwrap_or(&common.kafka.log_topic);
+            if checkpoint.topic != topic {
+                anyhow::bail!(
+                    "--to-checkpoint: the projector folds topic {}, not {topic} (pass --verify-topic if the log read is a copy of it)",
+                    checkpoint.topic
+                );
+            }
+        }
+        let mut ends = std::collections::BTreeMap::new();
+        for (partition, next) in &checkpoint.partitions {
+            let partition: i32 = partition.parse().with_context(|| {
+                format!("--to-checkpoint: the checkpoint names partition {partition:?}")
+            })?;
+            ends.insert(partition, *next);
+        }
+        range.to_offsets = Some(ends);
+    }
     let options = ReplayOptions {
         source: common.source(),
-        range: common.range()?,
+        range,
         keep,
         instance: args.instance.clone(),
         threads: args.threads,
@@ -366,21 +416,11 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let replayed = replay(&options)?;
     let fold_time = started.elapsed();
 
-    let report = match &args.verify {
-        None => None,
-        Some(url) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the HTTP client runtime")?;
-            let verify_options = VerifyOptions {
-                url: url.clone(),
-                concurrency: args.verify_concurrency,
-                timeout: Duration::from_secs(args.verify_timeout),
-                projector_topic: args.verify_topic.clone(),
-            };
-            Some(runtime.block_on(verify(&replayed, &verify_options))?)
+    let report = match (&runtime, &verify_options) {
+        (Some(runtime), Some(verify_options)) => {
+            Some(runtime.block_on(verify(&replayed, verify_options))?)
         }
+        _ => None,
     };
 
     // Every signed decision is checked offline: its proof (the fold did)
@@ -466,6 +506,8 @@ fn write_output(
             serde_json::to_writer(&mut *out, &replayed.topic).map_err(json_error)?;
             out.write_all(b",\"ranges\":")?;
             serde_json::to_writer(&mut *out, &replayed.ranges).map_err(json_error)?;
+            out.write_all(b",\"open_transactions\":")?;
+            serde_json::to_writer(&mut *out, &replayed.open_transactions).map_err(json_error)?;
             out.write_all(b",\"gaps\":")?;
             serde_json::to_writer(&mut *out, &replayed.gaps).map_err(json_error)?;
             out.write_all(b",\"summary\":")?;

@@ -32,6 +32,10 @@ pub struct RangeSpec {
     pub from: Option<Bound>,
     /// Exclusive end; `None` = the high watermark observed at start.
     pub to: Option<Bound>,
+    /// Exclusive end per partition (`--to-checkpoint`: a projector's
+    /// checkpoint offsets), instead of `to`; a partition it leaves out is
+    /// read up to its start, that is not at all.
+    pub to_offsets: Option<BTreeMap<i32, i64>>,
 }
 
 impl RangeSpec {
@@ -92,6 +96,7 @@ impl RangeSpec {
             partitions,
             from,
             to,
+            to_offsets: None,
         })
     }
 
@@ -101,6 +106,14 @@ impl RangeSpec {
 
     pub fn uses_time(&self) -> bool {
         matches!(self.from, Some(Bound::Time(_))) || matches!(self.to, Some(Bound::Time(_)))
+    }
+
+    /// The end `to_offsets` gives a partition: `Some(None)` when it has
+    /// none (the partition is not read), `None` without `to_offsets`.
+    pub fn to_offset_of(&self, partition: i32) -> Option<Option<i64>> {
+        self.to_offsets
+            .as_ref()
+            .map(|ends| ends.get(&partition).copied())
     }
 }
 
@@ -198,7 +211,12 @@ impl RecordFilter {
         if !*started {
             *started = self.spec.from.is_none_or(reached);
         }
-        if *started && self.spec.to.is_some_and(reached) {
+        let past_end = match self.spec.to_offset_of(partition) {
+            Some(Some(end)) => offset >= end,
+            Some(None) => true,
+            None => self.spec.to.is_some_and(reached),
+        };
+        if *started && past_end {
             *ended = true;
         }
         *started && !*ended
@@ -218,6 +236,7 @@ mod tests {
                 partitions: vec![0, 2],
                 from: Some(Bound::Offset(10)),
                 to: Some(Bound::Offset(20)),
+                to_offsets: None,
             })
         );
         let spec =
@@ -309,5 +328,21 @@ mod tests {
             .map(|(o, _)| o)
             .collect();
         assert_eq!(admitted, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn checkpoint_offsets_end_each_partition_on_its_own() {
+        // --to-checkpoint: partition 0 up to 3, partition 1 up to 1,
+        // partition 2 absent from the checkpoint, so not read.
+        let spec = RangeSpec {
+            to_offsets: Some(BTreeMap::from([(0, 3), (1, 1)])),
+            ..RangeSpec::all()
+        };
+        let mut filter = RecordFilter::new(spec);
+        let admitted: Vec<(i32, i64)> = [(0, 0), (1, 0), (2, 0), (0, 2), (1, 1), (0, 3), (2, 1)]
+            .into_iter()
+            .filter(|(p, o)| filter.admits(*p, *o, None))
+            .collect();
+        assert_eq!(admitted, vec![(0, 0), (1, 0), (0, 2)]);
     }
 }

@@ -459,6 +459,9 @@ pub struct Replay {
     /// Offsets inside the ranges with no record (see [`crate::gaps`]):
     /// evidence of a rewritten log.
     pub gaps: Vec<crate::Gap>,
+    /// Kafka partitions with an open transaction when the range was
+    /// resolved (their ends are the last stable offsets).
+    pub open_transactions: Vec<crate::kafka::OpenTransaction>,
     pub instances: Vec<ReplayedInstance>,
     /// Records read in the range, per partition.
     pub records: BTreeMap<i32, u64>,
@@ -931,6 +934,7 @@ mod tests {
             ranges: Vec::new(),
             inexact: None,
             gaps: Vec::new(),
+            open_transactions: Vec::new(),
             instances: result.instances,
             records: result.records,
             events: result.events,

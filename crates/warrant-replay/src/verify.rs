@@ -580,7 +580,7 @@ impl VerifyReport {
             match lag.projector_next {
                 Some(next) => writeln!(
                     out,
-                    "BEHIND    the projector has consumed partition {} up to offset {next}; the range ends at {} (re-run when it has caught up, or pass --to)",
+                    "BEHIND    the projector has consumed partition {} up to offset {next}; the range ends at {} (re-run when it has caught up, or pass --to-checkpoint)",
                     lag.partition, lag.range_end
                 )?,
                 None => writeln!(
@@ -703,7 +703,7 @@ fn digest_comparable(
             .filter(|next| *next != range.end)
         {
             return Err(format!(
-                "partition {} is read up to offset {}, the checkpoint is at {next} (pass --to to match it)",
+                "partition {} is read up to offset {}, the checkpoint is at {next} (pass --to-checkpoint to read up to it)",
                 range.partition, range.end,
             ));
         }
@@ -816,6 +816,23 @@ async fn fetch_checkpoint(
         return Err(format!("{url} answered HTTP {}", status.as_u16()));
     }
     serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+}
+
+/// The projector's checkpoint (`--to-checkpoint` reads up to its offsets).
+pub async fn checkpoint(options: &VerifyOptions) -> Result<ProjectorCheckpoint, Error> {
+    let base = options.url.trim_end_matches('/').to_owned();
+    let client = reqwest::Client::builder()
+        .timeout(options.timeout)
+        .build()
+        .map_err(|source| Error::Http {
+            url: base.clone(),
+            source,
+        })?;
+    fetch_checkpoint(&client, &base).await.map_err(|reason| {
+        Error::Usage(format!(
+            "--to-checkpoint: cannot read the projector's checkpoint: {reason}"
+        ))
+    })
 }
 
 /// Compare every replayed instance with the projector at `options.url`.
@@ -1489,6 +1506,7 @@ mod tests {
             }],
             inexact: None,
             gaps: Vec::new(),
+            open_transactions: Vec::new(),
             instances: Vec::new(),
             records: BTreeMap::new(),
             events: 0,
