@@ -565,9 +565,10 @@ impl VerifyReport {
                 out,
                 "{:<9} {} (partition {}): {}",
                 instance.verdict.label(),
-                instance.instance_id,
+                crate::text::clean(&instance.instance_id),
                 instance.partition,
-                instance.verdict
+                // A reason may quote the projector's answer.
+                crate::text::clean(&instance.verdict.to_string())
             )?;
         }
         for gap in &self.gaps {
@@ -591,12 +592,16 @@ impl VerifyReport {
             }
         }
         match &self.checkpoint {
-            CheckpointCheck::Unavailable { reason } => {
-                writeln!(out, "checkpoint: unavailable ({reason})")?
-            }
-            CheckpointCheck::Skipped { reason } => {
-                writeln!(out, "checkpoint: digest not compared ({reason})")?
-            }
+            CheckpointCheck::Unavailable { reason } => writeln!(
+                out,
+                "checkpoint: unavailable ({})",
+                crate::text::clean(reason)
+            )?,
+            CheckpointCheck::Skipped { reason } => writeln!(
+                out,
+                "checkpoint: digest not compared ({})",
+                crate::text::clean(reason)
+            )?,
             CheckpointCheck::Equal { digest, instances } => writeln!(
                 out,
                 "checkpoint: digest equal over {instances} instances ({digest})"
@@ -607,7 +612,11 @@ impl VerifyReport {
             )?,
         }
         if let Some(reason) = &self.completeness_not_proven {
-            writeln!(out, "UNPROVEN  completeness is not proven: {reason}")?;
+            writeln!(
+                out,
+                "UNPROVEN  completeness is not proven: {}",
+                crate::text::clean(reason)
+            )?;
         }
         let counts: Vec<String> = self
             .counts()
