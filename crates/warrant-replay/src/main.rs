@@ -46,8 +46,25 @@ commits.
 PARTIAL instances: when the range starts after the log does, an instance whose
 first event in the range is not its (applied) proposal may have earlier events
 outside the range. Its record is marked partial (\"partial\": true in JSON, a
-PARTIAL line in text) and --verify reports it as not verifiable instead of
-failing it.
+PARTIAL line in text). --verify still asks the projector: PARTIAL (not a
+failure) when the projector's history starts before the range, DIFFERS when it
+starts inside the range (replay never saw that record), MISSING when the
+projector does not know the instance.
+
+GAPS: Warrant's writers are not transactional and the log is never compacted,
+so a range's offsets are contiguous. An offset with no record (a transaction
+marker standing in for a deleted record, a record taken out of a file) is
+printed as a GAP line (\"gaps\" in JSON) and fails --verify; export reports
+the gaps it wrote and exits 1. A partition whose last stable offset is behind
+its high watermark (an open transaction) is warned about on stderr
+(\"open_transactions\" in JSON): records after it are not read.
+
+FILES are input: the export header must hold together and every record must
+lie in the ranges it claims, with offsets growing per partition, or the file is
+an input error (exit 2). A file without a header, with an inexact one, or
+narrowed by time cannot prove that nothing is missing at the ends of its
+ranges: --verify then says COMPLETENESS NOT PROVEN instead of ok (and
+\"completeness_not_proven\" in JSON) but exits 0.
 
 --verify URL compares every replayed instance with the projector at URL
 (GET /v1/instances/{id}, GET /v1/checkpoint): entry by entry on the entries the
@@ -63,20 +80,25 @@ first entry that differs, then a summary line; it goes to stdout (to stderr
 with --format json/ndjson, whose document then carries it). To verify a copy
 of the log under another name (a mirror, a restored backup) against the
 projector of the original, pass --verify-topic ORIGINAL so the checkpoint
-digest is compared too.
+digest is compared too. --to-checkpoint (with --verify) reads each partition up
+to the projector's checkpoint offset, so a live projector's digest can be
+compared; only such a range, from the log start, proves that no instance is
+missing (a whole instance removed from a partial range leaves nothing to
+compare). Text output escapes control characters in every string from the log.
 
 export --out FILE writes the range to an Avro object container file (schema
 warrant.LogRecord, schemas/log_record.avsc, codec null) that any Avro tool can
 read; values are kept byte for byte. --file FILE replays such a file instead of
 Kafka; every other flag works the same.
 
-EXIT CODES: 0 ok (every comparable instance verified), 1 verification found a
-difference, 2 usage, input or I/O error.
+EXIT CODES: 0 ok (every comparable instance verified; also when completeness
+is not proven, which the report says), 1 verification found a difference or a
+gap (export: the range has gaps), 2 usage, input or I/O error.
 
 EXAMPLES:
   warrant-replay --instance 6f1c2b9e-4d0a-4c7e-9a51-0d2f3b8c7e11
   warrant-replay --format ndjson --from-time 2026-11-01 --to-time 2026-12-01
-  warrant-replay --verify http://127.0.0.1:8081
+  warrant-replay --verify http://127.0.0.1:8081 --to-checkpoint
   warrant-replay export --out log-2026-11.avro --from-time 2026-11-01 --to-time 2026-12-01
   warrant-replay --file log-2026-11.avro --verify http://127.0.0.1:8081";
 
@@ -257,9 +279,8 @@ struct ReplayArgs {
         help_heading = "Verify"
     )]
     verify_timeout: u64,
-    /// The topic the projector folds, when the log read is a copy of it
-    /// under another name (a mirror, a restored backup), so the checkpoint
-    /// digest is compared [default: the topic read, or the export's].
+    /// Read each partition up to the projector's checkpoint offset (fetched
+    /// first), so a live projector's checkpoint digest can be compared.
     #[arg(
         long,
         env = "WARRANT_REPLAY_TO_CHECKPOINT",
@@ -268,6 +289,9 @@ struct ReplayArgs {
         help_heading = "Verify"
     )]
     to_checkpoint: bool,
+    /// The topic the projector folds, when the log read is a copy of it
+    /// under another name (a mirror, a restored backup), so the checkpoint
+    /// digest is compared [default: the topic read, or the export's].
     #[arg(
         long,
         env = "WARRANT_REPLAY_VERIFY_TOPIC",
