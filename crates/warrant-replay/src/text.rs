@@ -143,7 +143,7 @@ fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
     ln!(out, "== instance {} ==", record.instance_id)?;
     if replayed.partial {
         ln!(out,
-            "PARTIAL          its first event lies before the range: statuses, refusals and hashes below come from the range alone and are not its record"
+            "PARTIAL          its first event in the range is not its proposal and the range starts after the log, so earlier events may lie before it (--verify asks the projector): statuses, refusals and hashes below come from the range alone and are not its record"
         )?;
     }
     part!(out, "partition        {}", replayed.partition)?;
