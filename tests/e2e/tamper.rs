@@ -279,15 +279,24 @@ impl Original {
     /// `log` as an export file: the schema of `schemas/log_record.avsc`
     /// and the original export's metadata (so its ranges are claimed).
     fn write_file(&self, log: &[Rec], name: &str) -> PathBuf {
-        let (topic, metadata) = self.export_metadata();
+        let (_, metadata) = self.export_metadata();
+        self.write_file_with(log, name, Some(metadata))
+    }
+
+    /// `log` as an export file with this header (`None`: no header, as any
+    /// Avro writer may produce).
+    fn write_file_with(&self, log: &[Rec], name: &str, metadata: Option<Vec<u8>>) -> PathBuf {
+        let (topic, _) = self.export_metadata();
         let avsc =
             std::fs::read_to_string(warrant_e2e::repo_root().join("schemas/log_record.avsc"))
                 .expect("the schema");
         let schema = apache_avro::Schema::parse_str(&avsc).expect("a schema");
         let mut writer = Writer::with_codec(&schema, Vec::new(), Codec::Null).expect("a writer");
-        writer
-            .add_user_metadata("warrant.export".to_owned(), metadata)
-            .expect("metadata");
+        if let Some(metadata) = metadata {
+            writer
+                .add_user_metadata("warrant.export".to_owned(), metadata)
+                .expect("metadata");
+        }
         let optional = |value: Option<Value>| match value {
             None => Value::Union(0, Box::new(Value::Null)),
             Some(value) => Value::Union(1, Box::new(value)),
@@ -612,6 +621,62 @@ async fn every_tamper_of_an_export_fails_verify_naming_instance_and_entry() {
         "{report}"
     );
 
+    // The header is not trusted blindly: one that claims less than the
+    // file holds (its end lowered to hide the records after it from the
+    // claim) is an input error naming partition and offset.
+    let (_, metadata) = original.export_metadata();
+    let mut header: serde_json::Value = serde_json::from_slice(&metadata).expect("json");
+    let (partition, offset) = tail;
+    let ranges = header["ranges"].as_array_mut().expect("ranges");
+    let range = ranges
+        .iter_mut()
+        .find(|r| r["partition"].as_i64() == Some(i64::from(partition)))
+        .expect("the tail's partition");
+    range["end"] = serde_json::json!(offset);
+    let path = original.write_file_with(
+        &original.log,
+        "header-end-lowered",
+        Some(serde_json::to_vec(&header).expect("json")),
+    );
+    let (code, report) = original.verify_file(&path);
+    assert_eq!(code, Some(2), "{report}");
+    assert!(
+        report.contains(&format!(
+            "partition {partition} offset {offset}: outside the export header's range"
+        )),
+        "{report}"
+    );
+
+    // Without a header nothing shows where the ranges end: the untouched
+    // records verify but the report says completeness is not proven, and
+    // a record taken from the middle still leaves a gap, which fails.
+    let path = original.write_file_with(&original.log, "no-header", None);
+    let (code, report) = original.verify_file(&path);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("COMPLETENESS NOT PROVEN"), "{report}");
+    assert!(
+        !report
+            .lines()
+            .any(|l| l.starts_with("verify ") && l.ends_with("; ok")),
+        "{report}"
+    );
+    let second = original.records_of(&victim)[1];
+    let at = (second.partition, second.offset);
+    let path = original.write_file_with(
+        &Tamper::Delete { at }.apply(&original.log),
+        "no-header-delete-middle",
+        None,
+    );
+    let (code, report) = original.verify_file(&path);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains(&format!(
+            "GAP       partition {}: no record at offset {} inside the range",
+            at.0, at.1
+        )),
+        "{report}"
+    );
+
     original.projector.stop();
     original.projector.wait().await.expect("stops cleanly");
 }
@@ -627,6 +692,18 @@ async fn every_tamper_of_a_topic_copy_fails_verify_naming_instance_and_entry() {
         .await;
     let verdict = original.verify_topic(&copy);
     assert_verified("topic", &verdict);
+    assert!(
+        verdict.1.contains("checkpoint: digest equal"),
+        "{}",
+        verdict.1
+    );
+    // --to-checkpoint reads each partition up to the checkpoint: the
+    // digest of a projector that is not at the log's end compares too.
+    let mut input = kafka_flags(&original.args.brokers, &copy);
+    input.push(format!("--verify-topic={}", original.args.log_topic));
+    input.push("--to-checkpoint".to_owned());
+    let verdict = original.verify(&input);
+    assert_verified("topic --to-checkpoint", &verdict);
     assert!(
         verdict.1.contains("checkpoint: digest equal"),
         "{}",

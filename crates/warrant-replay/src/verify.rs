@@ -98,6 +98,13 @@ pub enum Verdict {
         position: LogPosition,
         entries: u64,
     },
+    /// The projector's history starts at `position`, inside the range
+    /// replay read in full, yet replay's first record of the instance is
+    /// at `first`: the range lacks the record the projector folded first.
+    StartMissing {
+        position: LogPosition,
+        first: LogPosition,
+    },
     /// Same entries, but the record's fields differ.
     FieldsDiffer { fields: Vec<String> },
     /// The projector's answer is not a usable execution record.
@@ -114,6 +121,7 @@ impl Verdict {
             | Verdict::Differs { .. }
             | Verdict::PositionDiffers { .. }
             | Verdict::EntryMissing { .. }
+            | Verdict::StartMissing { .. }
             | Verdict::FieldsDiffer { .. }
             | Verdict::Malformed { .. } => true,
         }
@@ -130,6 +138,7 @@ impl Verdict {
             Verdict::Differs { .. }
             | Verdict::PositionDiffers { .. }
             | Verdict::EntryMissing { .. }
+            | Verdict::StartMissing { .. }
             | Verdict::FieldsDiffer { .. } => "DIFFERS",
             Verdict::Malformed { .. } => "MALFORMED",
         }
@@ -189,11 +198,26 @@ impl std::fmt::Display for Verdict {
                 "entry {seq} is missing: the projector folded it from {}/{}, inside the range, but the range holds only {entries} entries",
                 position.partition, position.offset
             ),
+            Verdict::StartMissing { position, first } => write!(
+                f,
+                "its history starts at {}/{} on the projector, inside the range, but replay's first record of it is {}/{}: the range lacks its first record",
+                position.partition, position.offset, first.partition, first.offset
+            ),
             Verdict::FieldsDiffer { fields } => {
                 write!(f, "same entries but different {}", fields.join(", "))
             }
             Verdict::Malformed { reason } => write!(f, "unusable answer: {reason}"),
         }
+    }
+}
+
+impl Ours<'_> {
+    /// Whether replay read every record at this offset of the instance's
+    /// partition: from the range's start up to its end when that is known,
+    /// else up to the instance's first record (replay read all before it).
+    fn read_in_full(&self, offset: i64) -> bool {
+        let end = self.range_end.unwrap_or(self.first.offset);
+        offset >= self.range_start && offset < end.max(self.first.offset)
     }
 }
 
@@ -205,17 +229,34 @@ pub fn compare(ours: &Ours<'_>, theirs: Option<&ExecutionRecord>) -> Verdict {
             partitions: ours.other_partitions.to_vec(),
         };
     }
-    if ours.partial {
-        return Verdict::NotVerifiable {
-            reason: format!(
-                "its first event in the range ({}/{}) is not its proposal and the range starts after the log does; earlier entries are not in the range",
-                ours.first.partition, ours.first.offset
-            ),
-        };
-    }
+    // Not known to the projector is a difference for a partial instance
+    // too: one whose first record is a copied decision under a new id is
+    // exactly what a forger appends.
     let Some(theirs) = theirs else {
         return Verdict::Missing;
     };
+    if ours.partial {
+        // The start of its history may lie before the range; the
+        // projector says where. Inside the part of the range replay read
+        // in full, it is a record the range held and replay never saw.
+        let Some(start) = theirs.history.first().map(|e| e.position) else {
+            return Verdict::Malformed {
+                reason: "the projector's record has no history".to_owned(),
+            };
+        };
+        if start.partition == ours.first.partition && ours.read_in_full(start.offset) {
+            return Verdict::StartMissing {
+                position: start,
+                first: ours.first,
+            };
+        }
+        return Verdict::NotVerifiable {
+            reason: format!(
+                "its first event in the range ({}/{}) is not its proposal, the range starts at offset {}, after the log does, and the projector's history starts at {}/{}, outside the range",
+                ours.first.partition, ours.first.offset, ours.range_start, start.partition, start.offset
+            ),
+        };
+    }
     if theirs.instance_id != ours.instance_id {
         return Verdict::Malformed {
             reason: format!(
@@ -468,6 +509,16 @@ pub struct VerifyReport {
     pub instances: Vec<InstanceVerdict>,
     pub checkpoint: CheckpointCheck,
     pub behind: Vec<Lag>,
+    /// Why the comparison cannot show that the range read was complete
+    /// (see [`Replay::inexact`]); `None` when it can. Not a failure by
+    /// itself: nothing differed, but nothing proves records were not
+    /// removed from the ends of the ranges either.
+    #[serde(default)]
+    pub completeness_not_proven: Option<String>,
+    /// Offsets inside the range with no record ([`Replay::gaps`]): the log
+    /// read was rewritten, so the comparison fails whatever else agrees.
+    #[serde(default)]
+    pub gaps: Vec<crate::Gap>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -483,6 +534,7 @@ impl VerifyReport {
     pub fn failed(&self) -> bool {
         self.instances.iter().any(|i| i.verdict.is_failure())
             || matches!(self.checkpoint, CheckpointCheck::Differs { .. })
+            || !self.gaps.is_empty()
     }
 
     /// Verdict label to count.
@@ -513,16 +565,23 @@ impl VerifyReport {
                 out,
                 "{:<9} {} (partition {}): {}",
                 instance.verdict.label(),
-                instance.instance_id,
+                crate::text::clean(&instance.instance_id),
                 instance.partition,
-                instance.verdict
+                // A reason may quote the projector's answer.
+                crate::text::clean(&instance.verdict.to_string())
+            )?;
+        }
+        for gap in &self.gaps {
+            writeln!(
+                out,
+                "GAP       {gap} (the log's offsets are contiguous: it was rewritten)"
             )?;
         }
         for lag in &self.behind {
             match lag.projector_next {
                 Some(next) => writeln!(
                     out,
-                    "BEHIND    the projector has consumed partition {} up to offset {next}; the range ends at {} (re-run when it has caught up, or pass --to)",
+                    "BEHIND    the projector has consumed partition {} up to offset {next}; the range ends at {} (re-run when it has caught up, or pass --to-checkpoint)",
                     lag.partition, lag.range_end
                 )?,
                 None => writeln!(
@@ -533,12 +592,16 @@ impl VerifyReport {
             }
         }
         match &self.checkpoint {
-            CheckpointCheck::Unavailable { reason } => {
-                writeln!(out, "checkpoint: unavailable ({reason})")?
-            }
-            CheckpointCheck::Skipped { reason } => {
-                writeln!(out, "checkpoint: digest not compared ({reason})")?
-            }
+            CheckpointCheck::Unavailable { reason } => writeln!(
+                out,
+                "checkpoint: unavailable ({})",
+                crate::text::clean(reason)
+            )?,
+            CheckpointCheck::Skipped { reason } => writeln!(
+                out,
+                "checkpoint: digest not compared ({})",
+                crate::text::clean(reason)
+            )?,
             CheckpointCheck::Equal { digest, instances } => writeln!(
                 out,
                 "checkpoint: digest equal over {instances} instances ({digest})"
@@ -547,6 +610,13 @@ impl VerifyReport {
                 out,
                 "DIFFERS   checkpoint digest: replay {expected}, projector {actual}"
             )?,
+        }
+        if let Some(reason) = &self.completeness_not_proven {
+            writeln!(
+                out,
+                "UNPROVEN  completeness is not proven: {}",
+                crate::text::clean(reason)
+            )?;
         }
         let counts: Vec<String> = self
             .counts()
@@ -563,7 +633,11 @@ impl VerifyReport {
             } else {
                 counts.join(", ")
             },
-            if self.failed() { "FAILED" } else { "ok" }
+            match (self.failed(), &self.completeness_not_proven) {
+                (true, _) => "FAILED",
+                (false, Some(_)) => "ok as far as compared, but COMPLETENESS NOT PROVEN",
+                (false, None) => "ok",
+            }
         )
     }
 }
@@ -611,11 +685,8 @@ fn digest_comparable(
             checkpoint.topic
         ));
     }
-    if !replay.exact_ranges {
-        return Err(
-            "the exact offsets read are not known (file without export metadata, or a time range)"
-                .to_owned(),
-        );
+    if let Some(reason) = &replay.inexact {
+        return Err(format!("the exact offsets read are not known: {reason}"));
     }
     let ours: BTreeSet<String> = replay
         .ranges
@@ -641,7 +712,7 @@ fn digest_comparable(
             .filter(|next| *next != range.end)
         {
             return Err(format!(
-                "partition {} is read up to offset {}, the checkpoint is at {next} (pass --to to match it)",
+                "partition {} is read up to offset {}, the checkpoint is at {next} (pass --to-checkpoint to read up to it)",
                 range.partition, range.end,
             ));
         }
@@ -756,6 +827,23 @@ async fn fetch_checkpoint(
     serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
 }
 
+/// The projector's checkpoint (`--to-checkpoint` reads up to its offsets).
+pub async fn checkpoint(options: &VerifyOptions) -> Result<ProjectorCheckpoint, Error> {
+    let base = options.url.trim_end_matches('/').to_owned();
+    let client = reqwest::Client::builder()
+        .timeout(options.timeout)
+        .build()
+        .map_err(|source| Error::Http {
+            url: base.clone(),
+            source,
+        })?;
+    fetch_checkpoint(&client, &base).await.map_err(|reason| {
+        Error::Usage(format!(
+            "--to-checkpoint: cannot read the projector's checkpoint: {reason}"
+        ))
+    })
+}
+
 /// Compare every replayed instance with the projector at `options.url`.
 pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyReport, Error> {
     let base = options.url.trim_end_matches('/').to_owned();
@@ -779,18 +867,17 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
     let mut next = 0;
     loop {
         while in_flight.len() < concurrency && next < replay.instances.len() {
+            // Every instance is fetched, partial ones too: only the
+            // projector can say whether a partial instance's history really
+            // starts before the range.
             let instance = &replay.instances[next];
-            if let Some(verdict) = cannot_verify(instance) {
-                verdicts[next] = Some(verdict);
-            } else {
-                let (client, base, id) = (
-                    client.clone(),
-                    base.clone(),
-                    instance.instance_id().to_owned(),
-                );
-                let index = next;
-                in_flight.spawn(async move { (index, fetch_instance(client, base, id).await) });
-            }
+            let (client, base, id) = (
+                client.clone(),
+                base.clone(),
+                instance.instance_id().to_owned(),
+            );
+            let index = next;
+            in_flight.spawn(async move { (index, fetch_instance(client, base, id).await) });
             next += 1;
         }
         let Some(joined) = in_flight.join_next().await else {
@@ -802,7 +889,7 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
         let (index, fetched) = joined.map_err(|_| Error::Worker)?;
         let instance = &replay.instances[index];
         let range = ranges.get(&instance.partition).copied();
-        verdicts[index] = Some(judge(instance, range, replay.exact_ranges, fetched?));
+        verdicts[index] = Some(judge(instance, range, replay.exact_ranges(), fetched?));
     }
 
     let instances = replay
@@ -829,29 +916,9 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
         instances,
         checkpoint,
         behind,
+        completeness_not_proven: replay.inexact.clone(),
+        gaps: replay.gaps.clone(),
     })
-}
-
-/// The verdict for instances that need no request.
-fn cannot_verify(instance: &ReplayedInstance) -> Option<Verdict> {
-    let placeholder = ExecutionRecord::build(&warrant_authority::InstanceState::new(""), &[]);
-    let ours = Ours {
-        instance_id: instance.instance_id(),
-        partial: instance.partial,
-        other_partitions: &instance.other_partitions,
-        first: instance.first,
-        range_start: 0,
-        range_end: None,
-        entries: instance.entries(),
-        hashes: None,
-        positions: None,
-        record: &placeholder,
-        full: false,
-    };
-    match compare(&ours, None) {
-        verdict @ Verdict::NotVerifiable { .. } => Some(verdict),
-        _ => None,
-    }
 }
 
 /// `range`: the range on the instance's partition; `exact`: whether replay
@@ -1111,15 +1178,53 @@ mod tests {
 
     #[test]
     fn partial_instances_are_not_verifiable_but_split_ones_fail() {
+        // Replay saw the instance from its fourth event (1/103) on; the
+        // projector's history starts at 1/100.
         let mine = mine(3);
+        let theirs = projector(7);
         let mut partial = ours(&mine, true);
         partial.partial = true;
-        let verdict = compare(&partial, None);
+        partial.first = LogPosition {
+            partition: 1,
+            offset: 103,
+        };
+        partial.range_start = 103;
+        partial.range_end = Some(107);
+        let verdict = compare(&partial, Some(&theirs));
         assert!(
             matches!(verdict, Verdict::NotVerifiable { .. }),
             "{verdict:?}"
         );
         assert!(!verdict.is_failure());
+        assert!(
+            verdict
+                .to_string()
+                .contains("starts at 1/100, outside the range"),
+            "{verdict}"
+        );
+
+        // The range started at 100 after all (a forged log_start made it
+        // partial, or its first records were removed): the projector's
+        // first entry lies inside what replay read, so it is missing.
+        partial.range_start = 100;
+        let missing_start = Verdict::StartMissing {
+            position: LogPosition {
+                partition: 1,
+                offset: 100,
+            },
+            first: partial.first,
+        };
+        assert_eq!(compare(&partial, Some(&theirs)), missing_start);
+        assert!(missing_start.is_failure());
+        assert_eq!(missing_start.label(), "DIFFERS");
+        // Also where the range's end is not known: replay read everything
+        // from the range's start up to its first record.
+        partial.range_end = None;
+        assert_eq!(compare(&partial, Some(&theirs)), missing_start);
+
+        // A partial instance the projector has never heard of (a copied
+        // decision under a new id, appended): a difference, not skipped.
+        assert_eq!(compare(&partial, None), Verdict::Missing);
 
         // An instance in two partitions (partitions added to the log): the
         // projector, folding by id, may have granted what replay refuses.
@@ -1317,6 +1422,8 @@ mod tests {
                 reason: "test".to_owned(),
             },
             behind: vec![],
+            completeness_not_proven: None,
+            gaps: Vec::new(),
         };
         assert!(!report.failed());
         report.instances.push(verdict(
@@ -1348,6 +1455,44 @@ mod tests {
         );
 
         report.instances.truncate(2);
+        // A gap alone fails, and is named.
+        report.gaps = vec![crate::Gap {
+            partition: 0,
+            from: 6,
+            to: 7,
+        }];
+        assert!(report.failed());
+        let mut text = Vec::new();
+        report
+            .write_text(&mut text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.contains("GAP       partition 0: no record at offset 6 inside the range"),
+            "{text}"
+        );
+        assert!(text.ends_with("; FAILED\n"), "{text}");
+        report.gaps.clear();
+        // Nothing differs, yet nothing proves the range complete: the
+        // summary must not be a plain "ok", and says why.
+        report.completeness_not_proven = Some("the file has no export header".to_owned());
+        assert!(!report.failed());
+        let mut text = Vec::new();
+        report
+            .write_text(&mut text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.contains("UNPROVEN  completeness is not proven: the file has no export header"),
+            "{text}"
+        );
+        assert!(text.ends_with("COMPLETENESS NOT PROVEN\n"), "{text}");
+        assert!(!text.ends_with("; ok\n"), "{text}");
+        let json = serde_json::to_value(&report).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            json["completeness_not_proven"],
+            "the file has no export header"
+        );
         report.checkpoint = CheckpointCheck::Differs {
             expected: Hash32([1; 32]),
             actual: Hash32([2; 32]),
@@ -1368,7 +1513,9 @@ mod tests {
                 start: 0,
                 end: 12,
             }],
-            exact_ranges: true,
+            inexact: None,
+            gaps: Vec::new(),
+            open_transactions: Vec::new(),
             instances: Vec::new(),
             records: BTreeMap::new(),
             events: 0,
