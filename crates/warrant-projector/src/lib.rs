@@ -201,6 +201,9 @@ pub struct Progress {
     pub batches: u64,
     /// The view has reached the high watermarks seen when consuming began.
     pub caught_up: bool,
+    /// Why the last batch could not be written (a full disk, an I/O
+    /// error), while the commit thread retries it; `None` once written.
+    pub storage_error: Option<String>,
 }
 
 /// How a run ended.
