@@ -301,6 +301,7 @@ def projector_kill(env: FaultEnv) -> dict[str, Any]:
         # flushed after it was read). /readyz reports what this run
         # committed, which starts empty, so the base comes from here.
         committed = 0
+        points: list[int] = []
         started = time.monotonic()
         while kills < kills_wanted:
             projector = start_projector(env, topic, data, log)
@@ -325,6 +326,7 @@ def projector_kill(env: FaultEnv) -> dict[str, Any]:
                     raise FaultFailed(f"no progress towards {target} records:\n{projector.tail()}")
                 time.sleep(0.01)
             committed = max(committed, now)
+            points.append(now)
             time.sleep(rng.uniform(0.0, 0.05))
             projector.kill()
             kills += 1
@@ -348,7 +350,8 @@ def projector_kill(env: FaultEnv) -> dict[str, Any]:
         if verify != "equal":
             problems.append(f"replay --verify: {verify_line}")
         detail = (
-            f"{kills} kills ({during_open} while opening) in {kill_seconds:.0f} s; "
+            f"{kills} kills ({during_open} while opening) in {kill_seconds:.0f} s, "
+            f"the others at {100 * min(points, default=0) // end}%..{100 * max(points, default=0) // end}% of the log; "
             f"digest {digest[:12]} clean {clean[:12]}"
         )
         if problems:

@@ -237,7 +237,11 @@ impl Store {
         let existed = sled_dir.exists();
 
         let (db, opened) = match open_sled(&sled_dir, &options) {
-            Ok(db) => match check_meta(&db, topic)? {
+            // Bad bytes under the meta keys: as unusable as a failed open.
+            Ok(db) => match check_meta(&db, topic).or_else(|error| match error {
+                Error::Corrupt { what } => Ok(Meta::Incompatible(what)),
+                error => Err(error),
+            })? {
                 Meta::Compatible => (db, Opened::Resumed),
                 Meta::Empty => (
                     db,
@@ -608,10 +612,19 @@ impl Store {
             // in hand is applied again after the reopen.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(old)));
         }
-        let reopened = open_sled(&self.sled_dir, &self.options).map_err(|failure| Error::Open {
-            path: self.sled_dir.clone(),
-            source: sled::Error::Unsupported(failure.reason()),
-        })?;
+        let reopened =
+            open_sled(&self.sled_dir, &self.options).map_err(|failure| match failure {
+                // The disk still refuses: the caller tries again later.
+                OpenFailure::Storage(reason) => Error::Open {
+                    path: self.sled_dir.clone(),
+                    source: sled::Error::Unsupported(reason),
+                },
+                // sled will not take this directory back: only a rebuild helps,
+                // which the next start does (it cannot open it either).
+                OpenFailure::Unusable(reason) => {
+                    Error::corrupt(format!("the view cannot be reopened: {reason}"))
+                }
+            })?;
         match check_meta(&reopened, &self.topic)? {
             Meta::Compatible => {}
             Meta::Empty => return Err(Error::corrupt("the view was empty when reopened")),
@@ -780,6 +793,36 @@ fn check_meta(db: &sled::Db, topic: &str) -> Result<Meta, Error> {
                 "its offsets or counts do not decode".to_owned(),
             ));
         }
+    }
+    // Every batch writes states, index, counts and offsets together, so in
+    // a view sled recovered whole they agree. One that lost keys (sled
+    // returning less than was flushed, which it did with truncated files)
+    // must not resume: with its offsets gone it would fold old events
+    // again, with index entries gone its checkpoint would be wrong.
+    let mut indexed: BTreeMap<u8, u64> = BTreeMap::new();
+    for item in db.scan_prefix([INDEX]) {
+        let (key, _) = item.map_err(Error::sled("read the index"))?;
+        *indexed
+            .entry(key.get(1).copied().unwrap_or(NO_STATUS))
+            .or_default() += 1;
+    }
+    let mut counted: BTreeMap<u8, u64> = BTreeMap::new();
+    for item in db.scan_prefix([COUNT]) {
+        let (key, value) = item.map_err(Error::sled("read counts"))?;
+        let count = decode_u64(&value, "count")?;
+        if count > 0 {
+            counted.insert(key[1], count);
+        }
+    }
+    if indexed != counted {
+        return Ok(Meta::Incompatible(format!(
+            "its status counts {counted:?} do not match its index {indexed:?}"
+        )));
+    }
+    if !indexed.is_empty() && db.scan_prefix([OFFSET]).next().is_none() {
+        return Ok(Meta::Incompatible(
+            "it holds instances but no offsets".to_owned(),
+        ));
     }
     Ok(Meta::Compatible)
 }
@@ -1249,6 +1292,37 @@ mod tests {
         assert_eq!(opened, Opened::Resumed);
         assert_eq!(store.checkpoint().unwrap(), expected);
         assert!(!unfinished.exists());
+    }
+
+    #[test]
+    fn a_view_that_lost_keys_is_rebuilt_not_resumed() {
+        // sled has opened damaged files as a view with keys missing; one
+        // missing offsets would fold old events again, one missing index
+        // entries would give a wrong checkpoint.
+        for lose in [INDEX, OFFSET] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let (store, _) = open(dir.path());
+                fold_into(&store, &mixed_log());
+                let db = store.db().unwrap();
+                let keys: Vec<sled::IVec> =
+                    db.scan_prefix([lose]).map(|item| item.unwrap().0).collect();
+                assert!(!keys.is_empty());
+                for key in keys {
+                    db.remove(key).unwrap();
+                }
+                db.flush().unwrap();
+            }
+            let (store, opened) = open(dir.path());
+            let Opened::Rebuilt { reason } = opened else {
+                panic!("{opened:?} after losing {}", lose as char);
+            };
+            assert!(
+                reason.contains("do not match its index") || reason.contains("no offsets"),
+                "{reason}"
+            );
+            assert!(store.offsets().unwrap().is_empty());
+        }
     }
 
     #[test]
