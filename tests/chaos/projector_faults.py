@@ -373,7 +373,11 @@ def projector_kill(env: FaultEnv) -> dict[str, Any]:
 @contextlib.contextmanager
 def tmpfs(path: pathlib.Path, size_mb: int) -> Iterator[pathlib.Path]:
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], check=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        raise FaultFailed(f"cannot mount a {size_mb} MiB tmpfs on {path} (this fault needs root): {mounted.stderr.strip()}")
     try:
         yield path
     finally:
@@ -531,6 +535,8 @@ def sled_corruption(env: FaultEnv) -> dict[str, Any]:
         outcomes: list[str] = []
         problems: list[str] = []
         verdicts: list[str] = []
+        # Log records missing from the worst damaged view once ready.
+        lost = 0
         damages = [truncate, flip_bits]
         for trial in range(trials):
             for damage in damages:
@@ -571,6 +577,7 @@ def sled_corruption(env: FaultEnv) -> dict[str, Any]:
                     # Ready: the view must already be the clean one.
                     got = checkpoint(projector)
                     folded_now = sum(int(v) for v in got["partitions"].values())
+                    lost = max(lost, end - folded_now)
                     if folded_now != end or got["digest"] != clean:
                         problems.append(f"{what}: ready with a wrong view ({folded_now}/{end} folded, digest {str(got['digest'])[:12]})")
                     verdict, line = replay_verify(env, topic, projector, env.work / f"{data.name}-replay.log")
@@ -598,7 +605,7 @@ def sled_corruption(env: FaultEnv) -> dict[str, Any]:
             name,
             sent=events,
             acked=end,
-            lost=0 if not problems else None,
+            lost=lost,
             verify=verify,
             ok=not problems,
             detail=detail,
