@@ -45,8 +45,8 @@ from warrant_system import free_port, http_json  # noqa: E402
 
 # Events per fault and kill points, by mode.
 SIZES = {
-    "short": {"kill_events": 50_000, "kills": 10, "enospc_events": 20_000, "corrupt_events": 20_000, "corrupt_trials": 2},
-    "full": {"kill_events": 1_000_000, "kills": 100, "enospc_events": 100_000, "corrupt_events": 100_000, "corrupt_trials": 5},
+    "short": {"kill_events": 50_000, "kills": 10, "kill_spread": 0.4, "enospc_events": 20_000, "corrupt_events": 20_000, "corrupt_trials": 2},
+    "full": {"kill_events": 1_000_000, "kills": 100, "kill_spread": 0.8, "enospc_events": 100_000, "corrupt_events": 100_000, "corrupt_trials": 5},
 }
 READY_TIMEOUT_S = {"short": 120.0, "full": 900.0}
 # What /readyz must name while the disk is full: the OS error, as io::Error prints it.
@@ -293,10 +293,14 @@ def projector_kill(env: FaultEnv) -> dict[str, Any]:
         during_open = 0
         # Kill points are spread over the catch-up by progress, not time, so
         # that every run lands inside it whatever the machine's speed: run i
-        # is killed once it has committed about end/kills more records, a
-        # random few milliseconds later (inside the next fold, apply or
-        # flush). One run in five is killed while it opens the view instead.
-        step = max(1, int(end * 0.9 / kills_wanted))
+        # is killed once it has committed about spread * end/kills more
+        # records (the batch in flight and the kill's delay add some: in
+        # the short run a batch, about 100 ms of folding, is as large as a
+        # step, hence its smaller spread), a random few milliseconds later
+        # (inside the next
+        # fold, apply or flush). One run in five is killed while it opens
+        # the view instead.
+        step = max(1, int(end * sizes["kill_spread"] / kills_wanted))
         # Committed before the last kill (at least: more may have been
         # flushed after it was read). /readyz reports what this run
         # committed, which starts empty, so the base comes from here.
@@ -320,14 +324,21 @@ def projector_kill(env: FaultEnv) -> dict[str, Any]:
                 projector.kill()
                 break
             while (now := folded(projector)) < min(target, end - 1):
+                if readyz(projector)[0] == 200:
+                    break
                 if not projector.alive():
                     raise FaultFailed(f"the projector exited ({projector.process.returncode}):\n{projector.tail()}")
                 if time.monotonic() > deadline:
                     raise FaultFailed(f"no progress towards {target} records:\n{projector.tail()}")
                 time.sleep(0.01)
+            if readyz(projector)[0] == 200:
+                # The previous run finished the catch-up after its last
+                # read: the remaining points would not be inside one.
+                projector.kill()
+                break
             committed = max(committed, now)
             points.append(now)
-            time.sleep(rng.uniform(0.0, 0.05))
+            time.sleep(rng.uniform(0.0, 0.02))
             projector.kill()
             kills += 1
         kill_seconds = time.monotonic() - started

@@ -92,6 +92,10 @@ impl Ingest {
         };
         let topic = self.config.kafka.log_topic.clone();
         self.check_offsets(&marks)?;
+        // A view of another incarnation of the topic was just cleared: its
+        // old offsets are not committed progress any more.
+        let offsets = self.store.offsets()?;
+        self.progress.send_modify(|p| p.offsets = offsets);
 
         let mut projection = Projection::new(self.store.clone(), self.config.cache_instances)?;
         let mut assignment = TopicPartitionList::with_capacity(marks.len());
