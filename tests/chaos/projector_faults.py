@@ -45,8 +45,8 @@ from warrant_system import free_port, http_json  # noqa: E402
 
 # Events per fault and kill points, by mode.
 SIZES = {
-    "short": {"kill_events": 50_000, "kills": 10, "kill_spread": 0.4, "enospc_events": 20_000, "corrupt_events": 20_000, "corrupt_trials": 2},
-    "full": {"kill_events": 1_000_000, "kills": 100, "kill_spread": 0.8, "enospc_events": 100_000, "corrupt_events": 100_000, "corrupt_trials": 5},
+    "short": {"kill_events": 50_000, "kills": 10, "kill_spread": 0.7, "kill_batch": 500, "enospc_events": 20_000, "corrupt_events": 20_000, "corrupt_trials": 2},
+    "full": {"kill_events": 1_000_000, "kills": 100, "kill_spread": 0.8, "kill_batch": None, "enospc_events": 100_000, "corrupt_events": 100_000, "corrupt_trials": 5},
 }
 READY_TIMEOUT_S = {"short": 120.0, "full": 900.0}
 # What /readyz must name while the disk is full: the OS error, as io::Error prints it.
@@ -294,10 +294,8 @@ def projector_kill(env: FaultEnv) -> dict[str, Any]:
         # Kill points are spread over the catch-up by progress, not time, so
         # that every run lands inside it whatever the machine's speed: run i
         # is killed once it has committed about spread * end/kills more
-        # records (the batch in flight and the kill's delay add some: in
-        # the short run a batch, about 100 ms of folding, is as large as a
-        # step, hence its smaller spread), a random few milliseconds later
-        # (inside the next
+        # records (the batch in flight and the kill's delay add some, hence
+        # a spread below 1), a random few milliseconds later (inside the next
         # fold, apply or flush). One run in five is killed while it opens
         # the view instead.
         step = max(1, int(end * sizes["kill_spread"] / kills_wanted))
@@ -307,8 +305,11 @@ def projector_kill(env: FaultEnv) -> dict[str, Any]:
         committed = 0
         points: list[int] = []
         started = time.monotonic()
+        # The short run's log is a few default batches long (100 ms of
+        # folding each), too few for its kill points: smaller batches there.
+        batch = [f"--batch-records={sizes['kill_batch']}"] if sizes["kill_batch"] else []
         while kills < kills_wanted:
-            projector = start_projector(env, topic, data, log)
+            projector = start_projector(env, topic, data, log, *batch)
             processes.append(projector)
             if rng.random() < 0.2:
                 time.sleep(rng.uniform(0.0, 0.4))
