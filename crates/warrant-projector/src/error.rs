@@ -33,6 +33,8 @@ pub enum Error {
         #[source]
         source: sled::Error,
     },
+    #[error("the sled view is not open: reopening it failed after a storage error")]
+    Unavailable,
     #[error("the sled view is corrupt: {what}")]
     Corrupt { what: String },
     #[error("cannot serialise {what}")]
@@ -76,8 +78,31 @@ pub enum Error {
 }
 
 impl Error {
+    /// A sled failure; one where sled found bad bytes is [`Error::Corrupt`],
+    /// so that it is marked and rebuilt rather than retried or served.
     pub(crate) fn sled(op: &'static str) -> impl FnOnce(sled::Error) -> Error {
-        move |source| Error::Sled { op, source }
+        move |source| match source {
+            sled::Error::Corruption { at, .. } => Error::Corrupt {
+                what: format!("sled found corrupt data at {at:?} trying to {op}"),
+            },
+            source => Error::Sled { op, source },
+        }
+    }
+
+    /// A failure of the disk under the view (full, read-only, failing I/O),
+    /// which may pass: the batch is kept and written again after
+    /// [`crate::Store::reopen`]. Corrupt bytes and bugs are not.
+    pub fn is_storage(&self) -> bool {
+        match self {
+            Error::Sled {
+                source: sled::Error::Io(_),
+                ..
+            }
+            | Error::Open { .. }
+            | Error::Unavailable => true,
+            Error::DataDir { source, .. } => crate::store::is_storage_failure(source),
+            _ => false,
+        }
     }
 
     pub(crate) fn corrupt(what: impl Into<String>) -> Error {

@@ -120,7 +120,11 @@ async fn read<T: Send + 'static>(
     })
     .await
     .unwrap_or(Err(Error::ThreadDied { name: "http read" }));
-    result.map_err(|error| ApiError::internal(&error))
+    result.map_err(|error| match error {
+        // sled is being reopened after a storage error: try again shortly.
+        Error::Unavailable => ApiError::unavailable("view_unavailable", error.to_string()),
+        error => ApiError::internal(&error),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -351,15 +355,26 @@ async fn healthz() -> Response {
 
 /// Ready once the view has reached the high watermarks seen when consuming
 /// began: before that, a replica that is catching up would answer as if
-/// recent instances did not exist, so load balancers keep it out.
+/// recent instances did not exist, so load balancers keep it out. Not ready
+/// either while a batch cannot be written (`storage_error` says why): the
+/// view stops moving, and a claim waiting on the fold would time out.
 async fn readyz(State(state): State<AppState>) -> Response {
     let progress = state.committed.borrow().clone();
-    let body = serde_json::json!({
-        "status": if progress.caught_up { "ready" } else { "catching_up" },
+    let ready = progress.caught_up && progress.storage_error.is_none();
+    let status_text = match (&progress.storage_error, progress.caught_up) {
+        (Some(_), _) => "storage_error",
+        (None, true) => "ready",
+        (None, false) => "catching_up",
+    };
+    let mut body = serde_json::json!({
+        "status": status_text,
         "records_folded": progress.records,
         "offsets": progress.offsets,
     });
-    let status = if progress.caught_up {
+    if let Some(reason) = &progress.storage_error {
+        body["storage_error"] = serde_json::Value::String(reason.clone());
+    }
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -864,6 +879,21 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["status"], "ready");
         assert_eq!(body["offsets"]["0"], 42);
+        assert!(body.get("storage_error").is_none());
+
+        // A batch the disk refuses: not ready, and the reason is given.
+        progress.send_modify(|p| {
+            p.storage_error = Some("sled failed to flush: No space left on device".to_owned())
+        });
+        let (status, body) = get_json(&app, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["status"], "storage_error");
+        assert_eq!(
+            body["storage_error"],
+            "sled failed to flush: No space left on device"
+        );
+        progress.send_modify(|p| p.storage_error = None);
+        assert_eq!(get_json(&app, "/readyz").await.0, StatusCode::OK);
     }
 
     #[tokio::test]

@@ -37,9 +37,12 @@ use crate::{Config, Progress};
 const IDLE: Duration = Duration::from_millis(10);
 /// Poll timeout while no batch is open.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Wait before the fold thread reads a state again while the view is closed.
+const STORAGE_READ_RETRY: Duration = Duration::from_millis(200);
 /// How often the commit thread refreshes high watermarks for the lag gauges.
 const WATERMARK_REFRESH: Duration = Duration::from_secs(2);
 
+#[derive(Clone)]
 pub(crate) struct Ingest {
     pub config: Config,
     pub store: Arc<Store>,
@@ -89,6 +92,10 @@ impl Ingest {
         };
         let topic = self.config.kafka.log_topic.clone();
         self.check_offsets(&marks)?;
+        // A view of another incarnation of the topic was just cleared: its
+        // old offsets are not committed progress any more.
+        let offsets = self.store.offsets()?;
+        self.progress.send_modify(|p| p.offsets = offsets);
 
         let mut projection = Projection::new(self.store.clone(), self.config.cache_instances)?;
         let mut assignment = TopicPartitionList::with_capacity(marks.len());
@@ -112,20 +119,12 @@ impl Ingest {
 
         let (sender, receiver) = mpsc::sync_channel::<ToCommit>(1);
         let committer = {
-            let store = self.store.clone();
-            let metrics = self.metrics.clone();
-            let progress = self.progress.clone();
-            let waiters = self.waiters.clone();
-            let config = self.config.clone();
+            let shared = self.clone();
             let highs: BTreeMap<i32, i64> =
                 marks.iter().map(|(p, (_, high))| (*p, *high)).collect();
             std::thread::Builder::new()
                 .name("warrant-commit".to_owned())
-                .spawn(move || {
-                    commit_loop(
-                        receiver, &store, &metrics, &progress, &waiters, &config, highs,
-                    )
-                })
+                .spawn(move || commit_loop(receiver, &shared, highs))
                 .map_err(|source| Error::Spawn {
                     name: "commit",
                     source,
@@ -137,8 +136,10 @@ impl Ingest {
         let committed = committer
             .join()
             .unwrap_or(Err(Error::ThreadDied { name: "commit" }));
-        if let Err(Error::Corrupt { what }) = &folded {
-            self.store.mark_corrupt(what);
+        for result in [&folded, &committed] {
+            if let Err(Error::Corrupt { what }) = result {
+                self.store.mark_corrupt(what);
+            }
         }
         // The commit thread's own error explains a failed send best.
         match (folded, committed) {
@@ -230,7 +231,22 @@ impl Ingest {
                 None => idle = true,
                 Some(Ok(message)) => {
                     let (partition, offset) = (message.partition(), message.offset());
-                    if projection.apply(partition, offset, message.key(), message.payload())? {
+                    let applied = loop {
+                        match projection.apply(partition, offset, message.key(), message.payload())
+                        {
+                            // The commit thread is reopening sled after a
+                            // storage error: read the state again once it is
+                            // back (nothing of this record was folded yet).
+                            Err(error) if error.is_storage() => {
+                                tracing::debug!(error = %error_chain(&error), "cannot read the view; retrying");
+                                if !self.pause(STORAGE_READ_RETRY) {
+                                    return Ok(());
+                                }
+                            }
+                            result => break result?,
+                        }
+                    };
+                    if applied {
                         opened.get_or_insert_with(Instant::now);
                         eof.remove(&partition);
                     }
@@ -287,6 +303,111 @@ impl Ingest {
     }
 }
 
+/// What [`write_batch`] needs of the view; the [`Store`], or a test's
+/// stand-in that fails the way a full disk does.
+pub(crate) trait ViewWriter {
+    fn apply(&self, batch: sled::Batch, seq: u64) -> Result<(), Error>;
+    fn flush(&self) -> Result<usize, Error>;
+    fn reopen(&self) -> Result<(), Error>;
+    fn offsets(&self) -> Result<BTreeMap<i32, i64>, Error>;
+}
+
+impl ViewWriter for Store {
+    fn apply(&self, batch: sled::Batch, seq: u64) -> Result<(), Error> {
+        Store::apply(self, batch, seq)
+    }
+    fn flush(&self) -> Result<usize, Error> {
+        Store::flush(self)
+    }
+    fn reopen(&self) -> Result<(), Error> {
+        Store::reopen(self)
+    }
+    fn offsets(&self) -> Result<BTreeMap<i32, i64>, Error> {
+        Store::offsets(self)
+    }
+}
+
+/// First and longest wait between two attempts to write a batch the disk refused.
+const STORAGE_RETRY_FIRST: Duration = Duration::from_millis(200);
+const STORAGE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Apply and flush one batch, and on a storage failure (a full disk, an
+/// I/O error) keep trying instead of stopping: reopen sled, write the same
+/// batch again, with backoff, until it is durable or the projector is
+/// stopped. Meanwhile nothing is applied after it (the fold thread blocks
+/// on the channel), `/readyz` says why, and the failures are counted.
+///
+/// Writing the batch again is safe because a batch sets absolute values
+/// (states, runs under their first seq, counts, offsets) and sled applies
+/// it atomically: the reopened view holds everything up to the previous
+/// batch, which was flushed, and this batch either wholly or not at all.
+/// A reopened view whose offsets are anything else is not that view: the
+/// projector then stops with a corruption error, and the next start
+/// rebuilds it.
+pub(crate) fn write_batch(
+    store: &impl ViewWriter,
+    metrics: &Metrics,
+    progress: &watch::Sender<Progress>,
+    stop: &AtomicBool,
+    batch: sled::Batch,
+    seq: u64,
+    offsets: &BTreeMap<i32, i64>,
+) -> Result<(), Error> {
+    let before = store.offsets().ok();
+    let mut delay = STORAGE_RETRY_FIRST;
+    let mut failed = false;
+    loop {
+        let written = store
+            .apply(batch.clone(), seq)
+            .and_then(|()| store.flush().map(drop));
+        let error = match written {
+            Ok(()) => break,
+            Err(error) if error.is_storage() => error,
+            Err(error) => return Err(error),
+        };
+        failed = true;
+        metrics.storage_failed();
+        tracing::error!(batch = seq, error = %error_chain(&error), retry_in_ms = delay.as_millis() as u64, "cannot write a batch to the view; folding is paused until it can be written");
+        // "Not open" only repeats that the last reopen failed, whose own
+        // error (the disk's) is the reason worth showing.
+        if !matches!(error, Error::Unavailable) {
+            progress.send_modify(|p| p.storage_error = Some(error_chain(&error)));
+        }
+        let until = Instant::now() + delay;
+        while Instant::now() < until {
+            if stop.load(Ordering::Acquire) {
+                // Stopping: what is on disk is the previous batch, consistent.
+                return Err(error);
+            }
+            std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
+        }
+        delay = (delay * 2).min(STORAGE_RETRY_MAX);
+        match store.reopen() {
+            Ok(()) => {
+                let now = store.offsets()?;
+                if before
+                    .as_ref()
+                    .is_some_and(|before| *before != now && now != *offsets)
+                {
+                    return Err(Error::corrupt(format!(
+                        "after reopening, the view's offsets {now:?} are neither the last flushed batch's nor this one's"
+                    )));
+                }
+            }
+            Err(error) if error.is_storage() => {
+                tracing::warn!(error = %error_chain(&error), "cannot reopen the view yet");
+                progress.send_modify(|p| p.storage_error = Some(error_chain(&error)));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    if failed {
+        tracing::info!(batch = seq, "the view is writable again; folding resumes");
+        progress.send_modify(|p| p.storage_error = None);
+    }
+    Ok(())
+}
+
 /// warrant-kafka's consumer settings (read_committed, no auto commit, no
 /// group rebalancing: partitions are assigned by hand), with larger fetches
 /// for catching up: fewer round trips per million records. Its context logs
@@ -309,13 +430,17 @@ fn projector_consumer(config: &Config) -> Result<BaseConsumer<QuietContext>, Err
 
 fn commit_loop(
     receiver: mpsc::Receiver<ToCommit>,
-    store: &Store,
-    metrics: &Metrics,
-    progress: &watch::Sender<Progress>,
-    waiters: &RecordWaiters,
-    config: &Config,
+    shared: &Ingest,
     mut highs: BTreeMap<i32, i64>,
 ) -> Result<(), Error> {
+    let Ingest {
+        config,
+        store,
+        metrics,
+        stop,
+        progress,
+        waiters,
+    } = shared;
     let topic = &config.kafka.log_topic;
     // A client of its own for watermarks: the fold thread's is busy polling.
     let marks_client = match projector_consumer(config) {
@@ -338,8 +463,15 @@ fn commit_loop(
             }) => {
                 let began = Instant::now();
                 let (batch, written) = sealed.take_batch()?;
-                store.apply(batch, sealed.seq)?;
-                store.flush()?;
+                write_batch(
+                    store.as_ref(),
+                    metrics,
+                    progress,
+                    stop,
+                    batch,
+                    sealed.seq,
+                    &sealed.offsets,
+                )?;
                 waiters.committed(written.iter().map(|(id, entries)| (id.as_str(), *entries)));
                 let seconds = began.elapsed().as_secs_f64();
                 // Durable from here on: report it.
@@ -415,5 +547,160 @@ fn commit_loop(
             }
             logged = Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A view whose writes fail `failures` times with a full disk, then work.
+    struct FullDisk {
+        failures: AtomicUsize,
+        reopened: AtomicUsize,
+        applied: Mutex<Vec<u64>>,
+        /// What `offsets` answers after a reopen.
+        offsets_after_reopen: BTreeMap<i32, i64>,
+        error: fn() -> Error,
+    }
+
+    fn disk_full() -> Error {
+        Error::Sled {
+            op: "flush",
+            source: sled::Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+        }
+    }
+
+    impl FullDisk {
+        fn new(failures: usize) -> FullDisk {
+            FullDisk {
+                failures: AtomicUsize::new(failures),
+                reopened: AtomicUsize::new(0),
+                applied: Mutex::new(Vec::new()),
+                offsets_after_reopen: BTreeMap::from([(0, 10)]),
+                error: disk_full,
+            }
+        }
+    }
+
+    impl ViewWriter for FullDisk {
+        fn apply(&self, _batch: sled::Batch, seq: u64) -> Result<(), Error> {
+            self.applied.lock().unwrap().push(seq);
+            Ok(())
+        }
+        fn flush(&self) -> Result<usize, Error> {
+            let left = self.failures.load(Ordering::SeqCst);
+            if left > 0 {
+                self.failures.store(left - 1, Ordering::SeqCst);
+                return Err((self.error)());
+            }
+            Ok(0)
+        }
+        fn reopen(&self) -> Result<(), Error> {
+            self.reopened.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn offsets(&self) -> Result<BTreeMap<i32, i64>, Error> {
+            Ok(if self.reopened.load(Ordering::SeqCst) == 0 {
+                BTreeMap::from([(0, 10)])
+            } else {
+                self.offsets_after_reopen.clone()
+            })
+        }
+    }
+
+    fn write(
+        view: &FullDisk,
+        stop: &AtomicBool,
+    ) -> (
+        Result<(), Error>,
+        Metrics,
+        watch::Receiver<Progress>,
+        Vec<Option<String>>,
+    ) {
+        let metrics = Metrics::new();
+        let (progress, seen) = watch::channel(Progress::default());
+        let mut watcher = seen.clone();
+        let reasons = std::thread::scope(|scope| {
+            let collect = scope.spawn(move || {
+                let mut reasons = Vec::new();
+                while watcher.has_changed().is_ok() {
+                    if watcher.has_changed().unwrap_or(false) {
+                        reasons.push(watcher.borrow_and_update().storage_error.clone());
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                reasons
+            });
+            let result = write_batch(
+                view,
+                &metrics,
+                &progress,
+                stop,
+                sled::Batch::default(),
+                7,
+                &BTreeMap::from([(0, 20)]),
+            );
+            drop(progress);
+            (result, collect.join().unwrap())
+        });
+        (reasons.0, metrics, seen, reasons.1)
+    }
+
+    #[test]
+    fn a_batch_the_disk_refuses_is_written_again_after_a_reopen_and_readiness_says_why() {
+        let view = FullDisk::new(2);
+        let (result, metrics, progress, reasons) = write(&view, &AtomicBool::new(false));
+        result.unwrap();
+        // Written three times (two refused), on a view reopened twice.
+        assert_eq!(*view.applied.lock().unwrap(), vec![7, 7, 7]);
+        assert_eq!(view.reopened.load(Ordering::SeqCst), 2);
+        assert_eq!(metrics.storage_errors.get(), 2);
+        // While refused, the progress named the disk's error; once written, nothing.
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.as_deref().is_some_and(|r| r.contains("no storage space"))),
+            "{reasons:?}"
+        );
+        assert_eq!(progress.borrow().storage_error, None);
+    }
+
+    #[test]
+    fn stopping_while_the_disk_is_full_gives_up_on_the_batch() {
+        let view = FullDisk::new(usize::MAX);
+        let stop = AtomicBool::new(true);
+        let (result, metrics, _, _) = write(&view, &stop);
+        assert!(result.unwrap_err().is_storage());
+        assert_eq!(metrics.storage_errors.get(), 1);
+        assert_eq!(view.reopened.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn errors_that_are_not_the_disks_are_not_retried() {
+        let mut view = FullDisk::new(1);
+        view.error = || Error::corrupt("bad bytes");
+        let (result, metrics, _, _) = write(&view, &AtomicBool::new(false));
+        assert!(matches!(result, Err(Error::Corrupt { .. })));
+        assert_eq!(metrics.storage_errors.get(), 0);
+        assert_eq!(*view.applied.lock().unwrap(), vec![7]);
+    }
+
+    #[test]
+    fn a_reopened_view_at_neither_batch_is_corrupt() {
+        // Offsets before the batch are {0: 10}, the batch writes {0: 20}:
+        // a reopened view holding {0: 20} had the batch applied already.
+        let mut applied = FullDisk::new(1);
+        applied.offsets_after_reopen = BTreeMap::from([(0, 20)]);
+        write(&applied, &AtomicBool::new(false)).0.unwrap();
+
+        let mut elsewhere = FullDisk::new(1);
+        elsewhere.offsets_after_reopen = BTreeMap::from([(0, 3)]);
+        let (result, _, _, _) = write(&elsewhere, &AtomicBool::new(false));
+        assert!(matches!(result, Err(Error::Corrupt { .. })), "{result:?}");
     }
 }

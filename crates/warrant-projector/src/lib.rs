@@ -201,6 +201,9 @@ pub struct Progress {
     pub batches: u64,
     /// The view has reached the high watermarks seen when consuming began.
     pub caught_up: bool,
+    /// Why the last batch could not be written (a full disk, an I/O
+    /// error), while the commit thread retries it; `None` once written.
+    pub storage_error: Option<String>,
 }
 
 /// How a run ended.
@@ -250,8 +253,9 @@ impl Projector {
         }
         let metrics = Arc::new(Metrics::new());
         metrics.set_counts(&store.status_counts()?);
-        for (partition, next) in store.offsets()? {
-            metrics.set_offset(partition, next, None);
+        let resumed_at = store.offsets()?;
+        for (partition, next) in &resumed_at {
+            metrics.set_offset(*partition, *next, None);
         }
 
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -265,7 +269,12 @@ impl Projector {
             source,
         })?;
         let (http_stop, mut http_stopped) = watch::channel(false);
-        let (progress_tx, progress) = watch::channel(Progress::default());
+        // What the view holds already is committed: /readyz shows its
+        // offsets even when the log has nothing new to fold.
+        let (progress_tx, progress) = watch::channel(Progress {
+            offsets: resumed_at,
+            ..Progress::default()
+        });
         let waiters = Arc::new(waiters::RecordWaiters::new(config.max_waiters));
         let app = router(AppState {
             store: store.clone(),

@@ -15,10 +15,18 @@ use warrant_runtime::{init_tracing, shutdown_signal, LogFormat};
 ///   GET /v1/instances?status=S&limit=N&after=ID
 ///                                     instances by status, paged by id
 ///   GET /v1/checkpoint                consumed offsets and a digest of all heads
+///   GET /readyz                       200 once caught up with the log; 503 while
+///                                     catching up or while the disk refuses writes
+///                                     ("status": "storage_error", with the error)
 ///   GET /healthz, GET /metrics
 ///
 /// The sled directory is a disposable cache of the log: delete it (with the
-/// projector stopped) and the next start rebuilds it from offset 0.
+/// projector stopped) and the next start rebuilds it from offset 0. The
+/// projector rebuilds it by itself when sled cannot open it or a read finds
+/// corrupt bytes (it then stops; the next start rebuilds), never serving
+/// them. When the disk refuses a write (full, I/O errors) it keeps the batch,
+/// stops folding and retries with backoff, resuming by itself once the
+/// write succeeds.
 #[derive(Debug, Parser)]
 #[command(name = "warrant-projector", version, verbatim_doc_comment)]
 struct Cli {

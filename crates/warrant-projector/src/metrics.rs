@@ -62,6 +62,8 @@ pub struct Metrics {
     pub record_waiters: Gauge,
     /// Record long-polls turned away because every slot was taken.
     pub waiters_refused: Counter,
+    /// Failed attempts to write a batch (full disk, I/O errors).
+    pub storage_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -91,6 +93,7 @@ impl Metrics {
             }),
             record_waiters: Gauge::default(),
             waiters_refused: Counter::default(),
+            storage_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -159,6 +162,11 @@ impl Metrics {
             metrics.record_waiters.clone(),
         );
         registry.register(
+            "storage_errors",
+            "Attempts to apply or flush a batch that the disk refused (each is retried)",
+            metrics.storage_errors.clone(),
+        );
+        registry.register(
             "record_waiters_refused",
             "Record waits answered 503 too_many_waiters (every waiter slot taken)",
             metrics.waiters_refused.clone(),
@@ -173,6 +181,11 @@ impl Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// An attempt to write a batch failed on the disk.
+    pub fn storage_failed(&self) {
+        self.storage_errors.inc();
     }
 
     /// A batch was applied and flushed.

@@ -193,7 +193,10 @@ impl Default for StoreOptions {
 /// The sled view, shared by the commit thread (the only writer) and HTTP.
 #[derive(Debug)]
 pub struct Store {
-    db: sled::Db,
+    /// `None` only while [`Store::reopen`] could not open the directory
+    /// again: every read then fails with [`Error::Unavailable`].
+    db: RwLock<Option<sled::Db>>,
+    options: StoreOptions,
     topic: String,
     sled_dir: PathBuf,
     /// Held for writing while a batch is applied, for reading by scans that
@@ -234,7 +237,11 @@ impl Store {
         let existed = sled_dir.exists();
 
         let (db, opened) = match open_sled(&sled_dir, &options) {
-            Ok(db) => match check_meta(&db, topic)? {
+            // Bad bytes under the meta keys: as unusable as a failed open.
+            Ok(db) => match check_meta(&db, topic).or_else(|error| match error {
+                Error::Corrupt { what } => Ok(Meta::Incompatible(what)),
+                error => Err(error),
+            })? {
                 Meta::Compatible => (db, Opened::Resumed),
                 Meta::Empty => (
                     db,
@@ -254,7 +261,13 @@ impl Store {
                     )
                 }
             },
-            Err(reason) => (
+            Err(OpenFailure::Storage(reason)) => {
+                return Err(Error::Open {
+                    path: sled_dir,
+                    source: sled::Error::Unsupported(reason),
+                })
+            }
+            Err(OpenFailure::Unusable(reason)) => (
                 wipe_and_open(&sled_dir, &options, &reason)?,
                 Opened::Rebuilt { reason },
             ),
@@ -263,7 +276,8 @@ impl Store {
             write_meta(&db, topic)?;
         }
         let store = Store {
-            db,
+            db: RwLock::new(Some(db)),
+            options,
             topic: topic.to_owned(),
             sled_dir,
             gate: RwLock::new(()),
@@ -279,9 +293,10 @@ impl Store {
     pub fn reset(&self, reason: &str) -> Result<(), Error> {
         tracing::warn!(path = %self.sled_dir.display(), reason, "sled view does not match the log; clearing it and rebuilding from offset 0");
         let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
-        self.db.clear().map_err(Error::sled("clear the view"))?;
-        write_meta(&self.db, &self.topic)?;
-        self.db.flush().map_err(Error::sled("flush"))?;
+        let db = self.db()?;
+        db.clear().map_err(Error::sled("clear the view"))?;
+        write_meta(&db, &self.topic)?;
+        db.flush().map_err(Error::sled("flush"))?;
         *self
             .checkpoint
             .lock()
@@ -293,10 +308,11 @@ impl Store {
     /// rebuilds the view instead of tripping over them again.
     pub fn mark_corrupt(&self, what: &str) {
         tracing::error!(path = %self.sled_dir.display(), what, "sled view is corrupt; it will be rebuilt on the next start");
-        let marked = self
-            .db
-            .insert(META_CORRUPT, what.as_bytes())
-            .and_then(|_| self.db.flush());
+        let marked = self.db().and_then(|db| {
+            db.insert(META_CORRUPT, what.as_bytes())
+                .and_then(|_| db.flush())
+                .map_err(Error::sled("mark the view corrupt"))
+        });
         if let Err(error) = marked {
             tracing::error!(error = %error, "cannot mark the sled view corrupt");
         }
@@ -305,7 +321,7 @@ impl Store {
     /// The next offset to consume per partition, as last committed.
     pub fn offsets(&self) -> Result<BTreeMap<i32, i64>, Error> {
         let mut offsets = BTreeMap::new();
-        for item in self.db.scan_prefix([OFFSET]) {
+        for item in self.db()?.scan_prefix([OFFSET]) {
             let (key, value) = item.map_err(Error::sled("read offsets"))?;
             let partition = key
                 .get(1..)
@@ -320,7 +336,7 @@ impl Store {
     /// How many instances have each status, as last committed.
     pub fn status_counts(&self) -> Result<StatusCounts, Error> {
         let mut counts = StatusCounts::default();
-        for item in self.db.scan_prefix([COUNT]) {
+        for item in self.db()?.scan_prefix([COUNT]) {
             let (key, value) = item.map_err(Error::sled("read counts"))?;
             let code = key
                 .get(1)
@@ -337,7 +353,7 @@ impl Store {
     pub fn paused_queue(&self) -> Result<PausedQueue, Error> {
         let mut queue = PausedQueue::default();
         for status in PAUSED {
-            for item in self.db.scan_prefix([INDEX, status_code(Some(status))]) {
+            for item in self.db()?.scan_prefix([INDEX, status_code(Some(status))]) {
                 let (key, value) = item.map_err(Error::sled("read paused instances"))?;
                 let instance_id = id_from_key(key.get(2..).unwrap_or_default())?;
                 let state = decode_state(&instance_id, &value)?;
@@ -356,7 +372,7 @@ impl Store {
 
     /// Call `each` with the id of every instance in the view (any order).
     pub fn for_each_instance(&self, mut each: impl FnMut(&[u8])) -> Result<(), Error> {
-        for item in self.db.scan_prefix([INDEX]) {
+        for item in self.db()?.scan_prefix([INDEX]) {
             let (key, _) = item.map_err(Error::sled("read the index"))?;
             each(key.get(2..).unwrap_or_default());
         }
@@ -374,7 +390,7 @@ impl Store {
             .chain(std::iter::once(None))
         {
             let found = self
-                .db
+                .db()?
                 .get(index_key(status, instance_id))
                 .map_err(Error::sled("read a state"))?;
             if let Some(value) = found {
@@ -401,7 +417,7 @@ impl Store {
         let corrupt = |what: String| Error::corrupt(format!("history of {instance_id}: {what}"));
         let prefix = history_prefix(instance_id);
         let runs: Vec<sled::IVec> = self
-            .db
+            .db()?
             .scan_prefix(&prefix)
             .map(|item| {
                 let (key, value) = item.map_err(Error::sled("read a history"))?;
@@ -477,9 +493,10 @@ impl Store {
                 .collect(),
         };
         // One sorted scan per status, merged by instance id.
+        let db = self.db()?;
         let mut scans: Vec<_> = codes
             .iter()
-            .map(|code| scan_after(&self.db, vec![INDEX, *code], after).peekable())
+            .map(|code| scan_after(&db, vec![INDEX, *code], after).peekable())
             .collect();
         let mut instances = Vec::with_capacity(limit.min(1024));
         let mut more = false;
@@ -536,7 +553,7 @@ impl Store {
             }
         }
         let mut heads = Vec::new();
-        for item in self.db.scan_prefix([INDEX]) {
+        for item in self.db()?.scan_prefix([INDEX]) {
             let (key, value) = item.map_err(Error::sled("read the index"))?;
             let summary = decode_summary(&key, &value)?;
             heads.push((summary.instance_id, summary.head_hash));
@@ -557,7 +574,7 @@ impl Store {
     /// Apply one sealed batch atomically (not yet durable: see [`Store::flush`]).
     pub fn apply(&self, batch: sled::Batch, seq: u64) -> Result<(), Error> {
         let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
-        self.db
+        self.db()?
             .apply_batch(batch)
             .map_err(Error::sled("apply a batch"))?;
         self.applied.store(seq, Ordering::Release);
@@ -566,7 +583,61 @@ impl Store {
 
     /// Make every applied batch durable.
     pub fn flush(&self) -> Result<usize, Error> {
-        self.db.flush().map_err(Error::sled("flush"))
+        self.db()?.flush().map_err(Error::sled("flush"))
+    }
+
+    /// The open sled handle. A clone (sled's handles are shared): holding
+    /// one only delays [`Store::reopen`], whose open then retries.
+    fn db(&self) -> Result<sled::Db, Error> {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(Error::Unavailable)
+    }
+
+    /// Close sled and open the directory again, after a write or flush
+    /// failed (a full disk, an I/O error). sled remembers the first such
+    /// error and fails every later write with it, whatever the disk does
+    /// next, so retrying on the same handle can never succeed; a new handle
+    /// recovers the view as of its last flushed batch. Until an open
+    /// succeeds, reads fail with [`Error::Unavailable`].
+    pub fn reopen(&self) -> Result<(), Error> {
+        // No scan may run across the swap.
+        let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = db.take() {
+            // sled flushes (and may panic on a failed fsync) when its last
+            // handle drops; nothing it could still write matters: the batch
+            // in hand is applied again after the reopen.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(old)));
+        }
+        let reopened =
+            open_sled(&self.sled_dir, &self.options).map_err(|failure| match failure {
+                // The disk still refuses: the caller tries again later.
+                OpenFailure::Storage(reason) => Error::Open {
+                    path: self.sled_dir.clone(),
+                    source: sled::Error::Unsupported(reason),
+                },
+                // sled will not take this directory back: only a rebuild helps,
+                // which the next start does (it cannot open it either).
+                OpenFailure::Unusable(reason) => {
+                    Error::corrupt(format!("the view cannot be reopened: {reason}"))
+                }
+            })?;
+        match check_meta(&reopened, &self.topic)? {
+            Meta::Compatible => {}
+            Meta::Empty => return Err(Error::corrupt("the view was empty when reopened")),
+            Meta::Incompatible(reason) => {
+                return Err(Error::corrupt(format!("when reopened, {reason}")))
+            }
+        }
+        *db = Some(reopened);
+        *self
+            .checkpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        Ok(())
     }
 
     /// Sequence number of the last applied batch.
@@ -585,7 +656,25 @@ enum Meta {
     Incompatible(String),
 }
 
-fn open_sled(dir: &Path, options: &StoreOptions) -> Result<sled::Db, String> {
+/// Why sled could not open a directory.
+enum OpenFailure {
+    /// The filesystem refused (full, read-only, I/O error): the view may be
+    /// fine, and wiping it would throw away a good view for a disk problem.
+    Storage(String),
+    /// The directory itself is unusable (corrupt, not a sled view).
+    Unusable(String),
+}
+
+impl OpenFailure {
+    fn reason(self) -> String {
+        match self {
+            OpenFailure::Storage(reason) | OpenFailure::Unusable(reason) => reason,
+        }
+    }
+}
+
+fn open_sled(dir: &Path, options: &StoreOptions) -> Result<sled::Db, OpenFailure> {
+    remove_unfinished_snapshots(dir)?;
     let config = sled::Config::new()
         .path(dir)
         .cache_capacity(options.cache_bytes)
@@ -596,9 +685,68 @@ fn open_sled(dir: &Path, options: &StoreOptions) -> Result<sled::Db, String> {
     // panic here means "unusable view", which the log can rebuild.
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(error)) => Err(format!("sled cannot open it: {error}")),
-        Err(_) => Err("sled panicked while opening it".to_owned()),
+        Ok(Err(sled::Error::Io(error))) if is_storage_failure(&error) => Err(OpenFailure::Storage(
+            format!("the filesystem refused: {error}"),
+        )),
+        // sled's own lock on its file: a handle of the previous open is still
+        // alive (a read in flight during a reopen). It passes; the directory
+        // is fine.
+        Ok(Err(sled::Error::Io(error))) if error.to_string().contains("could not acquire lock") => {
+            Err(OpenFailure::Storage(format!(
+                "the previous sled handle is still in use: {error}"
+            )))
+        }
+        Ok(Err(error)) => Err(OpenFailure::Unusable(format!(
+            "sled cannot open it: {error}"
+        ))),
+        Err(_) => Err(OpenFailure::Unusable(
+            "sled panicked while opening it".to_owned(),
+        )),
     }
+}
+
+/// sled 0.34 writes a snapshot to `snap.<lsn>.generating` and renames it
+/// to `snap.<lsn>` only once it is complete and synced, but when it opens a
+/// directory it reads the newest `snap.*` file, unfinished ones included: a
+/// snapshot write cut short (a full disk, a kill) leaves a directory sled
+/// refuses for good ("Read corrupted data"), though the log and the last
+/// complete snapshot are intact. An unfinished snapshot is never valid by
+/// sled's own protocol, so removing it before opening is what sled would
+/// have needed to do; sled then recovers from the previous snapshot and the
+/// log.
+fn remove_unfinished_snapshots(dir: &Path) -> Result<(), OpenFailure> {
+    let storage = |error: std::io::Error| {
+        OpenFailure::Storage(format!("cannot clear unfinished sled snapshots: {error}"))
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(storage(error)),
+    };
+    for entry in entries {
+        let path = entry.map_err(storage)?.path();
+        let unfinished = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("snap.") && name.ends_with(".generating"));
+        if unfinished {
+            tracing::warn!(path = %path.display(), "removing an unfinished sled snapshot");
+            std::fs::remove_file(&path).map_err(storage)?;
+        }
+    }
+    Ok(())
+}
+
+/// Errors of the filesystem rather than of the bytes in it.
+pub(crate) fn is_storage_failure(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::StorageFull
+            | ErrorKind::QuotaExceeded
+            | ErrorKind::ReadOnlyFilesystem
+            | ErrorKind::PermissionDenied
+    ) || matches!(error.raw_os_error(), Some(5 | 28 | 122)) // EIO, ENOSPC, EDQUOT
 }
 
 fn wipe_and_open(dir: &Path, options: &StoreOptions, reason: &str) -> Result<sled::Db, Error> {
@@ -609,9 +757,9 @@ fn wipe_and_open(dir: &Path, options: &StoreOptions, reason: &str) -> Result<sle
             source,
         })?;
     }
-    open_sled(dir, options).map_err(|reason| Error::Open {
+    open_sled(dir, options).map_err(|failure| Error::Open {
         path: dir.to_owned(),
-        source: sled::Error::Unsupported(reason),
+        source: sled::Error::Unsupported(failure.reason()),
     })
 }
 
@@ -653,6 +801,36 @@ fn check_meta(db: &sled::Db, topic: &str) -> Result<Meta, Error> {
                 "its offsets or counts do not decode".to_owned(),
             ));
         }
+    }
+    // Every batch writes states, index, counts and offsets together, so in
+    // a view sled recovered whole they agree. One that lost keys (sled
+    // returning less than was flushed, which it did with truncated files)
+    // must not resume: with its offsets gone it would fold old events
+    // again, with index entries gone its checkpoint would be wrong.
+    let mut indexed: BTreeMap<u8, u64> = BTreeMap::new();
+    for item in db.scan_prefix([INDEX]) {
+        let (key, _) = item.map_err(Error::sled("read the index"))?;
+        *indexed
+            .entry(key.get(1).copied().unwrap_or(NO_STATUS))
+            .or_default() += 1;
+    }
+    let mut counted: BTreeMap<u8, u64> = BTreeMap::new();
+    for item in db.scan_prefix([COUNT]) {
+        let (key, value) = item.map_err(Error::sled("read counts"))?;
+        let count = decode_u64(&value, "count")?;
+        if count > 0 {
+            counted.insert(key[1], count);
+        }
+    }
+    if indexed != counted {
+        return Ok(Meta::Incompatible(format!(
+            "its status counts {counted:?} do not match its index {indexed:?}"
+        )));
+    }
+    if !indexed.is_empty() && db.scan_prefix([OFFSET]).next().is_none() {
+        return Ok(Meta::Incompatible(
+            "it holds instances but no offsets".to_owned(),
+        ));
     }
     Ok(Meta::Compatible)
 }
@@ -1052,11 +1230,12 @@ mod tests {
         assert!(matches!(opened, Opened::Rebuilt { .. }));
         fold_into(&store, &mixed_log());
         store
-            .db
+            .db()
+            .unwrap()
             // The format before quarantine went per partition.
             .insert(META_FORMAT, &b"warrant-projector/1"[..])
             .unwrap();
-        store.db.flush().unwrap();
+        store.db().unwrap().flush().unwrap();
         drop(store);
         let (store, opened) = open(dir.path());
         assert!(
@@ -1099,6 +1278,109 @@ mod tests {
             store.checkpoint().unwrap().digest,
             ledger_of(&mixed_log()).checkpoint_digest()
         );
+    }
+
+    #[test]
+    fn an_unfinished_sled_snapshot_does_not_cost_the_view() {
+        // A snapshot write cut short by a full disk or a kill leaves an
+        // empty or partial `snap.<lsn>.generating`, which sled 0.34 reads as
+        // its newest snapshot and refuses as corrupt.
+        let dir = tempfile::tempdir().unwrap();
+        let expected = {
+            let (store, _) = open(dir.path());
+            fold_into(&store, &mixed_log());
+            store.checkpoint().unwrap()
+        };
+        let unfinished = dir
+            .path()
+            .join("sled")
+            .join("snap.FFFFFFFFFFFFFFFF.generating");
+        std::fs::write(&unfinished, b"").unwrap();
+        let (store, opened) = open(dir.path());
+        assert_eq!(opened, Opened::Resumed);
+        assert_eq!(store.checkpoint().unwrap(), expected);
+        assert!(!unfinished.exists());
+    }
+
+    #[test]
+    fn a_view_that_lost_keys_is_rebuilt_not_resumed() {
+        // sled has opened damaged files as a view with keys missing; one
+        // missing offsets would fold old events again, one missing index
+        // entries would give a wrong checkpoint.
+        for lose in [INDEX, OFFSET] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let (store, _) = open(dir.path());
+                fold_into(&store, &mixed_log());
+                let db = store.db().unwrap();
+                let keys: Vec<sled::IVec> =
+                    db.scan_prefix([lose]).map(|item| item.unwrap().0).collect();
+                assert!(!keys.is_empty());
+                for key in keys {
+                    db.remove(key).unwrap();
+                }
+                db.flush().unwrap();
+            }
+            let (store, opened) = open(dir.path());
+            let Opened::Rebuilt { reason } = opened else {
+                panic!("{opened:?} after losing {}", lose as char);
+            };
+            assert!(
+                reason.contains("do not match its index") || reason.contains("no offsets"),
+                "{reason}"
+            );
+            assert!(store.offsets().unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_handle_still_open_makes_a_reopen_wait_not_a_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        fold_into(&store, &mixed_log());
+        let before = store.checkpoint().unwrap();
+        // A read in flight holds a handle of the open being replaced.
+        let held = store.db().unwrap();
+        let error = store.reopen().unwrap_err();
+        assert!(error.is_storage(), "{error:?}");
+        assert!(matches!(store.db(), Err(Error::Unavailable)));
+        drop(held);
+        store.reopen().unwrap();
+        assert_eq!(store.checkpoint().unwrap(), before);
+    }
+
+    #[test]
+    fn a_reopened_view_holds_every_flushed_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let log = mixed_log();
+        fold_into(&store, &log[..4]);
+        let before = store.checkpoint().unwrap();
+        store.reopen().unwrap();
+        assert_eq!(store.checkpoint().unwrap(), before);
+        // And it is writable: the rest of the log folds onto it.
+        let mut projection = Projection::new(store.clone(), 1000).unwrap();
+        apply(&mut projection, &log[4..]);
+        projection.commit_now().unwrap();
+        assert_eq!(
+            store.checkpoint().unwrap().digest,
+            ledger_of(&log).checkpoint_digest()
+        );
+    }
+
+    #[test]
+    fn sled_reporting_corrupt_bytes_is_corruption_and_io_is_storage() {
+        let corrupt = Error::sled("read a state")(sled::Error::Corruption { at: None, bt: () });
+        assert!(matches!(corrupt, Error::Corrupt { .. }), "{corrupt:?}");
+        assert!(!corrupt.is_storage());
+        let full = Error::sled("flush")(sled::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::StorageFull,
+        )));
+        assert!(full.is_storage());
+        assert!(is_storage_failure(&std::io::Error::from_raw_os_error(28)));
+        assert!(!is_storage_failure(&std::io::Error::from(
+            std::io::ErrorKind::InvalidData
+        )));
     }
 
     #[test]
@@ -1324,7 +1606,13 @@ mod tests {
         fold_into(&store, &mixed_log());
         // Swap one stored record's bytes for another valid event's.
         let prefix = history_prefix(samples::INSTANCE_ID);
-        let (key, value) = store.db.scan_prefix(&prefix).next().unwrap().unwrap();
+        let (key, value) = store
+            .db()
+            .unwrap()
+            .scan_prefix(&prefix)
+            .next()
+            .unwrap()
+            .unwrap();
         let mut run = value.to_vec();
         let (_, bytes, _) = split_entry(&run).unwrap();
         let replacement = history_for(samples::INSTANCE_ID, 2)[1].clone();
@@ -1332,7 +1620,7 @@ mod tests {
         other.resize(bytes.len(), 0);
         let start = 4 + ENTRY_HEADER;
         run[start..start + other.len()].copy_from_slice(&other);
-        store.db.insert(key, run).unwrap();
+        store.db().unwrap().insert(key, run).unwrap();
         let result = store.record(samples::INSTANCE_ID);
         assert!(matches!(result, Err(Error::Corrupt { .. })), "{result:?}");
         // Other instances are unaffected.

@@ -297,6 +297,10 @@ async fn folds_the_log_like_the_shared_ledger_and_resumes_without_reapplying() {
         "nothing may be re-applied"
     );
     let addr = projector.local_addr();
+    // Nothing new to fold, yet readiness names the view's offsets.
+    let (status, ready) = get(addr, "/readyz").await;
+    assert_eq!(status, 200);
+    assert_eq!(ready["offsets"], checkpoint["partitions"]);
     let (_, record) = get(addr, &format!("/v1/instances/{}", samples::INSTANCE_ID)).await;
     let before = ledger.get(samples::INSTANCE_ID).unwrap().history.len();
     assert_eq!(record["history"].as_array().unwrap().len(), before);
