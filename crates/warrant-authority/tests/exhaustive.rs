@@ -351,6 +351,7 @@ fn proposal(shape: &Shape) -> ActionProposed {
         grant_ttl_ms: GRANT_TTL_MS,
         max_executions: shape.max_executions,
         signed_decisions: false,
+        approval_groups: vec![],
     };
     proposed
 }
@@ -855,9 +856,19 @@ fn fold_key(state: &InstanceState, out: &mut String) {
         let _ = write!(out, "{source}={verdict:?},");
     }
     out.push('|');
-    for (principal, CountedDecision { seq: _, scope }) in approvals {
+    for (
+        principal,
+        CountedDecision {
+            seq: _,
+            scope,
+            roles,
+            counted_for,
+        },
+    ) in approvals
+    {
         out.push_str(principal);
         scope_key(scope, out);
+        let _ = write!(out, "{roles:?}>{counted_for:?}");
     }
     out.push('|');
     for Grant {

@@ -8,7 +8,7 @@
 //! resolution therefore live once; the HTTP side maps [`Invalid`] to a 4xx
 //! JSON error and ingress to a dead-letter reason.
 
-use warrant_authority::{action_digest, check_action, NotCanonical, Ruleset};
+use warrant_authority::{action_digest, check_action, Facts, NotCanonical, Ruleset};
 use warrant_schema::{
     Action, ActionProposed, ContextRef, Envelope, EventBody, PolicyRef, PolicySignalRecorded,
     Proposer, ProposerKind, SignalVerdict, TimestampMillis,
@@ -127,21 +127,31 @@ pub fn proposal(
     for context in &draft.context_refs {
         non_empty("context_refs[].uri", &context.uri)?;
     }
-    // Total: loading guaranteed a catch-all rule.
-    let rule = ruleset.resolve(&draft.action);
+    let proposer = Proposer {
+        principal: principal.to_owned(),
+        kind: draft.kind,
+        model: draft.model,
+    };
+    // Total: loading guaranteed a catch-all rule. Resolved on exactly what
+    // is recorded (the authenticated proposer, the canonical action), so a
+    // replay of the ruleset over the event gives the same answer.
+    let resolution = ruleset.resolve(&Facts {
+        action: &draft.action,
+        proposer: &proposer,
+        context_refs: &draft.context_refs,
+    });
+    let requirement = resolution.requirement().clone();
+    let not_matched = resolution.not_matched;
     let digest = action_digest(&draft.action);
     let body = ActionProposed {
         action: draft.action,
         action_digest: digest,
-        proposer: Proposer {
-            principal: principal.to_owned(),
-            kind: draft.kind,
-            model: draft.model,
-        },
+        proposer,
         context_refs: draft.context_refs,
         rationale: draft.rationale,
-        requirement: rule.requirement.clone(),
+        requirement,
         ruleset: ruleset.reference(),
+        resolution: not_matched,
     };
     Ok(envelope(stamp, EventBody::ActionProposed(Box::new(body))))
 }
