@@ -512,6 +512,7 @@ fn on_proposed(
             rationale: proposed.rationale.clone(),
             requirement: requirement.clone(),
             ruleset: proposed.ruleset.clone(),
+            resolution: proposed.resolution.clone(),
             decision_deadline: envelope
                 .recorded_at
                 .saturating_add(requirement.decision_timeout_ms),

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use warrant_schema::{
     Action, ContextRef, DeadlineKind, Envelope, ExecutionOutcome, Proposer, Requirement,
-    RulesetRef, SignalVerdict, TimestampMillis,
+    RuleNotMatched, RulesetRef, SignalVerdict, TimestampMillis,
 };
 
 /// Where a record sits on the log.
@@ -119,6 +119,9 @@ pub struct Proposal {
     pub rationale: Option<String>,
     pub requirement: Requirement,
     pub ruleset: RulesetRef,
+    /// The rules before `requirement.rule_id` and why each did not match.
+    #[serde(default)]
+    pub resolution: Vec<RuleNotMatched>,
     /// `proposed_at + decision_timeout_ms`: after this, a pause expires.
     pub decision_deadline: TimestampMillis,
 }

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use warrant_schema::{
-    Action, ContextRef, DecisionVerdict, EventBody, PolicyRef, Proposer, Requirement, RulesetRef,
-    Scope, SignalVerdict, TimestampMillis,
+    Action, ContextRef, DecisionVerdict, EventBody, PolicyRef, Proposer, Requirement,
+    RuleNotMatched, RulesetRef, Scope, SignalVerdict, TimestampMillis,
 };
 
 use crate::record::*;
@@ -105,6 +105,9 @@ pub struct ProposalView {
     pub rationale: Option<String>,
     pub rule: Requirement,
     pub ruleset: RulesetRef,
+    /// Every rule before `rule` and why it did not match (envelope v3).
+    #[serde(default)]
+    pub resolution: Vec<RuleNotMatched>,
     pub decision_deadline: TimestampMillis,
 }
 
@@ -232,6 +235,7 @@ impl ExecutionRecord {
                 rationale: i.proposal.rationale.clone(),
                 rule: i.proposal.requirement.clone(),
                 ruleset: i.proposal.ruleset.clone(),
+                resolution: i.proposal.resolution.clone(),
                 decision_deadline: i.proposal.decision_deadline,
             }),
             signals: Vec::new(),

@@ -962,6 +962,7 @@ fn fold_key(state: &InstanceState, out: &mut String) {
         rationale: _,
         requirement: _,
         ruleset: _,
+        resolution: _,
         decision_deadline,
     } = proposal;
     let _ = write!(out, "{proposed_at}/{decision_deadline}|");
