@@ -10,6 +10,7 @@
 //! the auditors' replay compute byte-identical records from the same log.
 
 mod canonical;
+mod condition;
 mod digest;
 mod fold;
 mod ledger;

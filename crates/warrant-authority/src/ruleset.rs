@@ -12,6 +12,7 @@ use warrant_schema::{
 };
 
 use crate::canonical::{check_target, target_has_prefix};
+pub use crate::condition::Condition;
 use crate::digest::sha256_hex;
 
 /// A validated ruleset, ready to resolve actions.
@@ -31,6 +32,8 @@ pub struct Rule {
     pub id: String,
     pub kind_pattern: String,
     pub target_prefix: String,
+    /// `when:`: the rule applies only where this holds (docs/rules.md).
+    pub when: Option<Condition>,
     pub requirement: Requirement,
 }
 
@@ -56,6 +59,8 @@ pub enum RulesetError {
         group: usize,
         got: i32,
     },
+    #[error("rule {rule:?}: when {problem}")]
+    Condition { rule: String, problem: String },
     #[error("rule {rule:?}: missing field `{field}`")]
     Missing { rule: String, field: &'static str },
     #[error("rule {rule:?}: {problem}")]
@@ -74,7 +79,7 @@ pub enum RulesetError {
     },
     #[error("rule {rule:?}: review unless_all_signals_allow needs at least one required signal, or nothing would ever be reviewed")]
     UnreviewedWithoutSignals { rule: String },
-    #[error("ruleset has no catch-all rule (kind \"*\" and no target prefix) as its last rule, so some action could match nothing")]
+    #[error("ruleset has no catch-all rule (kind \"*\", no target prefix, no when) as its last rule, so some action could match nothing")]
     NoCatchAll,
     #[error("rule {rule:?}: match.{field} {problem}")]
     BadMatch {
@@ -99,6 +104,9 @@ struct RuleFile {
     id: String,
     #[serde(rename = "match", default)]
     matches: MatchFile,
+    /// A CEL condition over the proposal.
+    #[serde(default)]
+    when: Option<String>,
     /// The single-group form: `approvals_required` of `approver_roles`.
     #[serde(default)]
     approvals_required: Option<i32>,
@@ -292,7 +300,8 @@ impl Rule {
     }
 
     /// `Ok` when the rule applies, else the short reason recorded for it:
-    /// `kind` or `target`.
+    /// `kind`, `target`, `when false`, or `when error: …` (a condition that
+    /// cannot be evaluated on this proposal makes the rule not match).
     pub fn check(&self, facts: &Facts<'_>) -> Result<(), String> {
         if !glob_matches(&self.kind_pattern, &facts.action.kind) {
             return Err("kind".to_owned());
@@ -300,11 +309,18 @@ impl Rule {
         if !target_has_prefix(&facts.action.target, &self.target_prefix) {
             return Err("target".to_owned());
         }
-        Ok(())
+        match self.when.as_ref().map(|when| when.evaluate(facts)) {
+            None | Some(Ok(true)) => Ok(()),
+            Some(Ok(false)) => Err("when false".to_owned()),
+            Some(Err(error)) => Err(format!("when error: {}", shorten(&error, 160))),
+        }
     }
 
+    /// Matches every proposal: any kind, every target, no condition.
     fn is_catch_all(&self) -> bool {
-        self.kind_pattern.chars().all(|c| c == '*') && self.target_prefix.is_empty()
+        self.kind_pattern.chars().all(|c| c == '*')
+            && self.target_prefix.is_empty()
+            && self.when.is_none()
     }
 }
 
@@ -321,6 +337,17 @@ fn validate(rule: RuleFile) -> Result<Rule, RulesetError> {
         });
     }
     check_match(&id, &rule.matches)?;
+    let when = match &rule.when {
+        None => None,
+        Some(source) => {
+            Some(
+                Condition::parse(source).map_err(|problem| RulesetError::Condition {
+                    rule: id.clone(),
+                    problem,
+                })?,
+            )
+        }
+    };
     let review = match rule.review {
         ReviewFile::Always => ReviewMode::Always,
         ReviewFile::UnlessAllSignalsAllow if rule.required_signals.is_empty() => {
@@ -373,6 +400,7 @@ fn validate(rule: RuleFile) -> Result<Rule, RulesetError> {
     Ok(Rule {
         kind_pattern: rule.matches.kind,
         target_prefix: rule.matches.target,
+        when,
         requirement: Requirement {
             rule_id: id.clone(),
             approvals_required,
@@ -504,6 +532,14 @@ fn check_match(rule: &str, matches: &MatchFile) -> Result<(), RulesetError> {
         check_target(prefix).map_err(|problem| bad("target", problem))?;
     }
     Ok(())
+}
+
+/// At most `max` characters: recorded reasons stay short.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
 }
 
 /// `*` matches any run of characters (dots included), `?` exactly one.
@@ -889,6 +925,218 @@ rules:
             error_of(&text),
             "rule \"everything-else\": missing field `decision_timeout_ms`"
         );
+    }
+
+    const CONDITIONS: &str = r#"
+version: "2026-12-02"
+rules:
+  - id: restart-on-latency
+    match: { kind: "service.restart", target: "prod/" }
+    when: >-
+      action.parameters.strategy == "rolling"
+      && action.parameters.reason.startsWith("latency")
+      && int(action.parameters.p99_ms) > 2000
+    approvals_required: 1
+    approver_roles: [sre]
+    override_roles: [incident-commander]
+    decision_timeout_ms: 600000
+    grant_ttl_ms: 600000
+  - id: agents-with-a-runbook
+    when: >-
+      proposer.kind == "AGENT"
+      && context_refs.exists(r, r.uri.startsWith("runbook://"))
+    approvals_required: 1
+    approver_roles: [sre]
+    override_roles: [incident-commander]
+    decision_timeout_ms: 600000
+    grant_ttl_ms: 600000
+  - id: everything-else
+    approvals:
+      - { roles: [sre], count: 2 }
+      - { roles: [security], count: 1 }
+    override_roles: [incident-commander]
+    decision_timeout_ms: 3600000
+    grant_ttl_ms: 900000
+"#;
+
+    fn restart(params: &[(&str, &str)]) -> Action {
+        Action {
+            kind: "service.restart".to_owned(),
+            target: "prod/payments/api".to_owned(),
+            parameters: params
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn resolve_as<'r>(
+        rules: &'r Ruleset,
+        action: &Action,
+        kind: warrant_schema::ProposerKind,
+        context: &[&str],
+    ) -> Resolution<'r> {
+        let proposer = Proposer {
+            principal: "agent:test".to_owned(),
+            kind,
+            model: None,
+        };
+        let context_refs: Vec<ContextRef> = context
+            .iter()
+            .map(|uri| ContextRef {
+                uri: (*uri).to_owned(),
+                digest: None,
+                note: None,
+            })
+            .collect();
+        let resolution = rules.resolve(&Facts {
+            action,
+            proposer: &proposer,
+            context_refs: &context_refs,
+        });
+        Resolution {
+            rule: resolution.rule,
+            not_matched: resolution.not_matched,
+        }
+    }
+
+    fn reasons(resolution: &Resolution<'_>) -> Vec<(String, String)> {
+        resolution
+            .not_matched
+            .iter()
+            .map(|n| (n.rule_id.clone(), n.reason.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_condition_that_holds_picks_its_rule() {
+        let rules = Ruleset::parse(CONDITIONS.as_bytes()).expect("valid");
+        let fast = restart(&[
+            ("strategy", "rolling"),
+            ("reason", "latency p99 over 2s"),
+            ("p99_ms", "2600"),
+        ]);
+        let resolved = resolve_as(&rules, &fast, warrant_schema::ProposerKind::Agent, &[]);
+        assert_eq!(resolved.rule.id, "restart-on-latency");
+        assert!(resolved.not_matched.is_empty());
+    }
+
+    #[test]
+    fn a_condition_that_does_not_hold_is_recorded_as_when_false() {
+        let rules = Ruleset::parse(CONDITIONS.as_bytes()).expect("valid");
+        let canary = restart(&[
+            ("strategy", "canary"),
+            ("reason", "latency p99 over 2s"),
+            ("p99_ms", "2600"),
+        ]);
+        let resolved = resolve_as(&rules, &canary, warrant_schema::ProposerKind::Agent, &[]);
+        assert_eq!(resolved.rule.id, "everything-else");
+        assert_eq!(
+            reasons(&resolved),
+            [
+                ("restart-on-latency", "when false"),
+                ("agents-with-a-runbook", "when false"),
+            ]
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+        let with_runbook = resolve_as(
+            &rules,
+            &canary,
+            warrant_schema::ProposerKind::Agent,
+            &["https://grafana.example/d/1", "runbook://payments/restart"],
+        );
+        assert_eq!(with_runbook.rule.id, "agents-with-a-runbook");
+        let by_a_human = resolve_as(
+            &rules,
+            &canary,
+            warrant_schema::ProposerKind::Human,
+            &["runbook://payments/restart"],
+        );
+        assert_eq!(by_a_human.rule.id, "everything-else");
+    }
+
+    #[test]
+    fn a_condition_that_errors_does_not_match_and_says_why() {
+        let rules = Ruleset::parse(CONDITIONS.as_bytes()).expect("valid");
+        // No p99_ms parameter, then one that is not a number.
+        for params in [
+            vec![("strategy", "rolling"), ("reason", "latency p99 over 2s")],
+            vec![
+                ("strategy", "rolling"),
+                ("reason", "latency p99 over 2s"),
+                ("p99_ms", "slow"),
+            ],
+        ] {
+            let resolved = resolve_as(
+                &rules,
+                &restart(&params),
+                warrant_schema::ProposerKind::Service,
+                &[],
+            );
+            assert_eq!(resolved.rule.id, "everything-else");
+            let (rule, reason) = &reasons(&resolved)[0];
+            assert_eq!(rule, "restart-on-latency");
+            assert!(reason.starts_with("when error: "), "{reason}");
+        }
+    }
+
+    #[test]
+    fn resolution_is_the_same_every_time() {
+        let rules = Ruleset::parse(CONDITIONS.as_bytes()).expect("valid");
+        let action = restart(&[
+            ("strategy", "rolling"),
+            ("reason", "latency"),
+            ("p99_ms", "x"),
+        ]);
+        let first = reasons(&resolve_as(
+            &rules,
+            &action,
+            warrant_schema::ProposerKind::Agent,
+            &[],
+        ));
+        for _ in 0..20 {
+            let again = reasons(&resolve_as(
+                &rules,
+                &action,
+                warrant_schema::ProposerKind::Agent,
+                &[],
+            ));
+            assert_eq!(again, first);
+        }
+    }
+
+    #[test]
+    fn conditions_that_cannot_be_checked_are_refused_naming_the_rule() {
+        for (condition, problem) in [
+            ("action.kind ==", "does not parse"),
+            ("request.user == \"x\"", "names \"request\""),
+            ("action.kind.startWith(\"a\")", "calls startWith()"),
+            (
+                "action.parameters.exists(k, k == \"x\")",
+                "iterates over something other than context_refs",
+            ),
+            ("   ", "is empty"),
+        ] {
+            let text = CONDITIONS.replace(
+                "      proposer.kind == \"AGENT\"\n      && context_refs.exists(r, r.uri.startsWith(\"runbook://\"))",
+                &format!("      {condition}"),
+            );
+            assert_ne!(text, CONDITIONS);
+            let error = error_of(&text);
+            assert!(
+                error.starts_with(&format!("rule \"agents-with-a-runbook\": when {problem}")),
+                "{condition}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_last_rule_with_a_condition_is_no_catch_all() {
+        let text = CONDITIONS.replace(
+            "  - id: everything-else\n",
+            "  - id: everything-else\n    when: \"true\"\n",
+        );
+        assert!(error_of(&text).contains("no catch-all"));
     }
 
     #[test]

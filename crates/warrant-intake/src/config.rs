@@ -194,7 +194,7 @@ mod tests {
     fn the_example_files_pass_the_check() {
         let check = check(&example_paths()).expect("example files load");
         assert!(check.passed(), "{check:?}");
-        assert_eq!(check.rules, 3, "{check:?}");
+        assert_eq!(check.rules, 6, "{check:?}");
         assert!(check.tokens >= 1 && check.reviewers >= 2, "{check:?}");
     }
 

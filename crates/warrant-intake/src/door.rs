@@ -258,6 +258,55 @@ mod tests {
     }
 
     #[test]
+    fn conditions_pick_the_rule_and_the_proposal_records_why_others_did_not() {
+        let mut latency = draft("service.restart", "prod/payments");
+        latency.action.parameters = BTreeMap::from([
+            ("strategy".to_owned(), "rolling".to_owned()),
+            ("reason".to_owned(), "latency p99 over threshold".to_owned()),
+            ("p99_ms".to_owned(), "2400".to_owned()),
+        ]);
+        let resolved = |draft: ProposalDraft| {
+            let envelope = proposal(stamp(), "svc:remediator", draft, &ruleset()).expect("valid");
+            let EventBody::ActionProposed(proposed) = envelope.body else {
+                panic!("not a proposal");
+            };
+            proposed
+        };
+        let fast = resolved(latency.clone());
+        assert_eq!(fast.requirement.rule_id, "prod-restarts-latency");
+        assert_eq!(fast.requirement.approvals_required, 1);
+        assert!(fast.resolution.is_empty());
+
+        let slow = resolved(draft("service.restart", "prod/payments"));
+        assert_eq!(slow.requirement.rule_id, "prod-restarts");
+        assert_eq!(
+            slow.resolution,
+            vec![warrant_schema::RuleNotMatched {
+                rule_id: "prod-restarts-latency".to_owned(),
+                reason: "when false".to_owned(),
+            }]
+        );
+
+        latency
+            .action
+            .parameters
+            .insert("p99_ms".to_owned(), "very slow".to_owned());
+        let unreadable = resolved(latency);
+        assert_eq!(unreadable.requirement.rule_id, "prod-restarts");
+        assert!(
+            unreadable.resolution[0].reason.starts_with("when error: "),
+            "{:?}",
+            unreadable.resolution
+        );
+
+        let access = resolved(draft("iam.grant", "prod/payments"));
+        assert_eq!(access.requirement.rule_id, "prod-access");
+        assert_eq!(access.requirement.approval_groups.len(), 2);
+        let warm = resolved(draft("cache.warm", "prod/payments"));
+        assert_eq!(warm.requirement.review, warrant_schema::ReviewMode::Never);
+    }
+
+    #[test]
     fn no_spelling_reaches_a_laxer_rule() {
         // Each of these used to fall through to the catch-all rule.
         for (kind, target, field) in [
