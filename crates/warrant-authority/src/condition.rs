@@ -90,25 +90,52 @@ impl Condition {
         &self.source
     }
 
-    /// `Ok(true)` when the condition holds for these facts; `Err` with a
-    /// short reason when it cannot be evaluated or is not a bool.
-    pub fn evaluate(&self, facts: &Facts<'_>) -> Result<bool, String> {
-        let mut context = Context::default();
-        let bind = |name: &str, value: Result<Value, cel::SerializationError>| {
-            value.map_err(|e| format!("cannot bind {name}: {e}"))
+    /// `Ok(true)` when the condition holds in `bound` (the facts of one
+    /// proposal, see [`Bound::of`]); `Err` with a short reason when it
+    /// cannot be evaluated or is not a bool.
+    pub fn evaluate(&self, bound: &Bound) -> Result<bool, String> {
+        let context = match &bound.0 {
+            Ok(context) => context,
+            Err(error) => return Err(error.clone()),
         };
-        context.add_variable_from_value("action", bind("action", cel::to_value(facts.action))?);
-        context
-            .add_variable_from_value("proposer", bind("proposer", cel::to_value(facts.proposer))?);
-        context.add_variable_from_value(
-            "context_refs",
-            bind("context_refs", cel::to_value(facts.context_refs))?,
-        );
-        match self.program.execute(&context) {
+        match self.program.execute(context) {
             Ok(Value::Bool(holds)) => Ok(holds),
             Ok(other) => Err(format!("is not a bool but {:?}", other.type_of())),
             Err(error) => Err(error.to_string()),
         }
+    }
+}
+
+/// One proposal's facts as CEL variables, built once per resolution and
+/// shared by every condition it evaluates.
+pub struct Bound(Result<Context<'static, 'static>, String>);
+
+thread_local! {
+    /// The standard environment, built once per thread: building it is most
+    /// of the cost of a fresh context. It holds only the function table, no
+    /// state between evaluations.
+    static ENV: Arc<cel::Env> = Arc::new(cel::Env::stdlib());
+}
+
+impl Bound {
+    pub fn of(facts: &Facts<'_>) -> Bound {
+        let bind = |name: &str, value: Result<Value, cel::SerializationError>| {
+            value.map_err(|e| format!("cannot bind {name}: {e}"))
+        };
+        let build = || -> Result<Context<'static, 'static>, String> {
+            let mut context = Context::with_env(ENV.with(Arc::clone));
+            context.add_variable_from_value("action", bind("action", cel::to_value(facts.action))?);
+            context.add_variable_from_value(
+                "proposer",
+                bind("proposer", cel::to_value(facts.proposer))?,
+            );
+            context.add_variable_from_value(
+                "context_refs",
+                bind("context_refs", cel::to_value(facts.context_refs))?,
+            );
+            Ok(context)
+        };
+        Bound(build())
     }
 }
 

@@ -12,6 +12,7 @@ use warrant_schema::{
 };
 
 use crate::canonical::{check_target, target_has_prefix};
+use crate::condition::Bound;
 pub use crate::condition::Condition;
 use crate::digest::sha256_hex;
 
@@ -252,8 +253,10 @@ impl Ruleset {
     /// Total: loading guaranteed a catch-all, the last rule.
     pub fn resolve(&self, facts: &Facts<'_>) -> Resolution<'_> {
         let mut not_matched = Vec::new();
+        // Bound on the first rule with a condition, then shared.
+        let mut bound: Option<Bound> = None;
         for rule in &self.rules {
-            match rule.check(facts) {
+            match rule.check_with(facts, &mut bound) {
                 Ok(()) => return Resolution { rule, not_matched },
                 Err(reason) => not_matched.push(RuleNotMatched {
                     rule_id: rule.id.clone(),
@@ -303,13 +306,21 @@ impl Rule {
     /// `kind`, `target`, `when false`, or `when error: …` (a condition that
     /// cannot be evaluated on this proposal makes the rule not match).
     pub fn check(&self, facts: &Facts<'_>) -> Result<(), String> {
+        self.check_with(facts, &mut None)
+    }
+
+    fn check_with(&self, facts: &Facts<'_>, bound: &mut Option<Bound>) -> Result<(), String> {
         if !glob_matches(&self.kind_pattern, &facts.action.kind) {
             return Err("kind".to_owned());
         }
         if !target_has_prefix(&facts.action.target, &self.target_prefix) {
             return Err("target".to_owned());
         }
-        match self.when.as_ref().map(|when| when.evaluate(facts)) {
+        let evaluated = self
+            .when
+            .as_ref()
+            .map(|when| when.evaluate(bound.get_or_insert_with(|| Bound::of(facts))));
+        match evaluated {
             None | Some(Ok(true)) => Ok(()),
             Some(Ok(false)) => Err("when false".to_owned()),
             Some(Err(error)) => Err(format!("when error: {}", shorten(&error, 160))),
