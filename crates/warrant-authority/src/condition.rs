@@ -110,6 +110,15 @@ impl Condition {
 /// shared by every condition it evaluates.
 pub struct Bound(Result<Context<'static, 'static>, String>);
 
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Ok(_) => f.write_str("Bound(..)"),
+            Err(error) => f.debug_tuple("Bound").field(error).finish(),
+        }
+    }
+}
+
 thread_local! {
     /// The standard environment, built once per thread: building it is most
     /// of the cost of a fresh context. It holds only the function table, no
