@@ -3,6 +3,7 @@
 
 mod decide;
 mod render;
+mod rules;
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -58,6 +59,16 @@ READING
   queue, show and whoami open a read-only session by signing a one-time
   challenge with your key, and close it on exit. --token reads with a bearer
   token instead. Decisions never use either: each carries its own signature.
+
+RULES
+  warrant rules check FILE
+      Loads a ruleset with intake's own loader: prints its version, rule
+      count and digest, or the error naming the rule (exit 4).
+  warrant rules explain FILE --action '{\"kind\": \"service.restart\", \"target\": \"prod/api\", \"parameters\": {}}'
+      Which rule applies and why each earlier one does not (kind, target,
+      when false, when error: ...). Pass {\"action\", \"proposer\",
+      \"context_refs\"} instead when conditions look at the proposer or the
+      context (docs/rules.md). Neither needs intake or a key.
 
 OUTPUT
   --json prints one JSON document on stdout. Errors are one line on stderr
@@ -135,6 +146,28 @@ enum Command {
     Reject(DecideArgs),
     /// Override: authorize without the quorum or past a DENY, signed with your key.
     Override(DecideArgs),
+    /// Try a ruleset file before it ships (no intake needed).
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Load and validate a ruleset as intake would; errors name the rule.
+    Check {
+        /// The ruleset file.
+        file: PathBuf,
+    },
+    /// Which rule applies to an action, and why each earlier rule does not.
+    Explain {
+        /// The ruleset file.
+        file: PathBuf,
+        /// The action as JSON ({"kind", "target", "parameters"}), or a
+        /// proposal ({"action", "proposer", "context_refs"}) for conditions
+        /// on the proposer or the context.
+        #[arg(long, value_name = "JSON")]
+        action: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -335,6 +368,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Approve(args) => decide(global, DecisionVerdict::Approve, args).await,
         Command::Reject(args) => decide(global, DecisionVerdict::Reject, args).await,
         Command::Override(args) => decide(global, DecisionVerdict::Override, args).await,
+        Command::Rules(RulesCommand::Check { file }) => rules::check(file, global.json),
+        Command::Rules(RulesCommand::Explain { file, action }) => {
+            rules::explain(file, action, global.json)
+        }
     }
 }
 
