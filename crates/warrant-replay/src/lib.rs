@@ -20,6 +20,7 @@ pub mod file;
 pub mod kafka;
 pub mod range;
 mod replayed;
+pub mod rules;
 pub mod signatures;
 mod source;
 pub mod text;

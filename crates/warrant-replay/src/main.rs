@@ -225,6 +225,11 @@ struct ReplayArgs {
     )]
     format: Option<Format>,
 
+    /// Resolve every proposal again against the ruleset the rulesets topic
+    /// holds under its recorded digest; exit 1 if any recorded requirement
+    /// differs (proof that intake applied the published rules).
+    #[arg(long, env = "WARRANT_REPLAY_CHECK_RULES", help_heading = "Verify")]
+    check_rules: bool,
     /// Compare with the projector at this base URL (e.g. http://127.0.0.1:8081).
     #[arg(
         long,
@@ -393,9 +398,34 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     if args.instance.is_some() && replayed.instances.is_empty() {
         eprintln!("warrant-replay: no record of that instance in the range");
     }
+    let rules = if args.check_rules {
+        let Source::Kafka(kafka) = &options.source else {
+            anyhow::bail!("--check-rules reads the rulesets topic: replay from Kafka, not a file");
+        };
+        let published = warrant_replay::kafka::read_rulesets(kafka)
+            .context("cannot read the published rulesets (--rulesets-topic)")?;
+        let records: Vec<_> = replayed
+            .instances
+            .iter()
+            .map(|instance| instance.state_record())
+            .collect();
+        let report = warrant_replay::rules::check(
+            records
+                .iter()
+                .filter_map(|r| r.proposal.as_ref().map(|p| (r.instance_id.as_str(), p))),
+            &published,
+        );
+        if let Err(error) = report.write_text(&mut std::io::stderr().lock()) {
+            tracing::warn!(error = %error, "cannot print the rules check");
+        }
+        Some(report)
+    } else {
+        None
+    };
     let code = match &report {
         Some(report) if report.failed() => ExitCode::from(1),
         _ if signatures.failed() => ExitCode::from(1),
+        _ if rules.as_ref().is_some_and(|r| r.failed()) => ExitCode::from(1),
         _ => ExitCode::SUCCESS,
     };
     // Freeing a million instance states one by one takes longer than the
