@@ -1,12 +1,15 @@
 # One entry point for routine tasks. The README's two commands are
 # `make demo` and `make test`.
-.PHONY: test demo kafka-up kafka-down bench-fold bench-log bench-intake fuzz fuzz-smoke fmt lint
+.PHONY: test demo chaos kafka-up kafka-down bench-fold bench-log bench-intake fuzz fuzz-smoke api-fuzz fmt lint
 
 test: ## every test: Rust, Python, and end-to-end against a local Kafka
 	bash scripts/test.sh
 
 demo: ## start Kafka and Warrant, run one instance end to end, print its replayed record
 	bash scripts/demo.sh
+
+chaos: ## every fault at full length (broker stopped and killed, intake and projector killed, full disk, damaged view), one line each
+	bash scripts/chaos.sh
 
 kafka-up: ## start the local single-node Kafka and create the topics
 	bash deploy/kafka.sh start
@@ -29,6 +32,13 @@ fuzz: ## cargo fuzz, every target for FUZZ_SECONDS each (default 600); crashes f
 
 fuzz-smoke: ## every fuzz target for a few seconds (what make test runs)
 	bash scripts/fuzz.sh 5
+
+API_FUZZ_EXAMPLES ?= 20
+api-fuzz: ## schemathesis against intake's OpenAPI document, API_FUZZ_EXAMPLES per operation (Kafka must run)
+	cargo build -p warrant-intake -p warrant-projector -p warrant-replay --bins
+	test -x .cache/venv/bin/python || python3 -m venv .cache/venv
+	.cache/venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt -r tests/schemathesis/requirements.txt
+	WARRANT_FUZZ_EXAMPLES=$(API_FUZZ_EXAMPLES) WARRANT_BIN_DIR=$${CARGO_TARGET_DIR:-target}/debug .cache/venv/bin/python tests/schemathesis/run.py
 
 fmt:
 	cargo fmt --all

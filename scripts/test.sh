@@ -83,3 +83,18 @@ WARRANT_BIN_DIR="${CARGO_TARGET_DIR:-$REPO/target}/debug" "$VENV/bin/python" -m 
 step "python: warrant-mcp between an MCP client and an upstream server, against the real system"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/mcp/requirements.txt
 WARRANT_BIN_DIR="${CARGO_TARGET_DIR:-$REPO/target}/debug" "$VENV/bin/python" -m pytest -q tests/mcp
+
+# Schemathesis against the OpenAPI document intake serves, with valid (and
+# deliberately wrong) credentials for every kind of caller and decisions
+# signed over the generated bodies: no 5xx, and every response as the
+# document says. Bounded by examples per operation (WARRANT_FUZZ_EXAMPLES).
+step "python: schemathesis against intake's OpenAPI document (tests/schemathesis)"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/schemathesis/requirements.txt
+WARRANT_BIN_DIR="${CARGO_TARGET_DIR:-$REPO/target}/debug" "$VENV/bin/python" tests/schemathesis/run.py
+
+# Each fault of tests/chaos for a few seconds (`make chaos` is the long
+# run): on a broker of its own (ports 19092/19093), which the faults stop
+# and kill, so the broker above is never touched.
+step "chaos, short: every fault of tests/chaos for a few seconds, on a broker of its own"
+"$VENV/bin/python" -m pytest -q tests/chaos/test_checks.py
+WARRANT_BIN_DIR="${CARGO_TARGET_DIR:-$REPO/target}/debug" "$VENV/bin/python" tests/chaos/chaos.py --mode short

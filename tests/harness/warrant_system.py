@@ -18,7 +18,9 @@ them with, writes the ruleset and principals files into ``workdir``, starts
 ``target/debug``), waits until both answer ``/readyz`` with 200, and on exit
 kills both and deletes the topics (``WARRANT_TEST_KEEP_TOPICS=1`` keeps
 them). When the body raised, the last 60 lines of each service's log are
-printed to stderr.
+printed to stderr. ``System.kill`` and ``System.restart`` stop one service
+(SIGKILL by default) and start it again with the same flags, for the fault
+tests in ``tests/chaos``.
 
 The default principals and ruleset are ``DEFAULT_PRINCIPALS_YAML`` and
 ``DEFAULT_RULESET_YAML`` below; a test may pass its own text for either.
@@ -34,6 +36,7 @@ import hmac
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -42,7 +45,7 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 import yaml
 
@@ -254,6 +257,31 @@ class System:
     ruleset_path: pathlib.Path
     principals_path: pathlib.Path
     logs: dict[str, pathlib.Path] = field(default_factory=dict)
+    # The running services and the command line each was started with, so
+    # a fault test can kill one and start it again (`kill`, `restart`).
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+    commands: dict[str, list[str]] = field(default_factory=dict, repr=False)
+
+    # -- processes --------------------------------------------------------
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
+        """Send `sig` (default SIGKILL) to `name` ("intake" or "projector"); its exit status."""
+        process = self.processes[name]
+        if process.poll() is None:
+            process.send_signal(sig)
+        return process.wait(timeout=30)
+
+    def restart(self, name: str, wait: bool = True) -> None:
+        """Start `name` again with its original command line; with `wait`, return once `/readyz` is 200.
+
+        Its log is appended to, so the lines before the restart stay readable.
+        """
+        process = self.processes.get(name)
+        if process is not None and process.poll() is None:
+            raise HarnessError(f"{name} is still running (pid {process.pid}); kill it first")
+        self.processes[name] = _spawn(self.commands[name], self.logs[name], append=True)
+        if wait:
+            _await_ready(self, {name: self.processes[name]})
 
     # -- writes -----------------------------------------------------------
 
@@ -506,14 +534,17 @@ def _tokens_from(principals: Any) -> tuple[dict[str, Any], dict[str, str]]:
         if entry.get("kind") == "policy":
             tokens.setdefault("policy", token)
         tokens.setdefault(entry["principal"], {})[entry["kind"]] = token
+    # A reviewer may hold only Ed25519 keys (docs/signatures.md): no secret to hand out.
     secrets = {
-        entry["principal"]: entry["secrets"][0] for entry in principals.get("reviewers") or []
+        entry["principal"]: entry["secrets"][0]
+        for entry in principals.get("reviewers") or []
+        if entry.get("secrets")
     }
     return tokens, secrets
 
 
-def _spawn(args: list[str], log: pathlib.Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as handle:
+def _spawn(args: list[str], log: pathlib.Path, append: bool = False) -> subprocess.Popen[bytes]:
+    with log.open("ab" if append else "wb") as handle:
         return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=handle)
 
 
@@ -524,8 +555,12 @@ def running_system(
     ruleset_yaml: str | None = None,
     principals_yaml: str | None = None,
     sweeper: bool = True,
+    intake_args: Sequence[str] = (),
 ) -> Iterator[System]:
-    """Start a fresh Warrant (topics, projector, intake) and stop it on exit."""
+    """Start a fresh Warrant (topics, projector, intake) and stop it on exit.
+
+    `intake_args` are extra flags for warrant-intake (e.g. its timeouts).
+    """
     reason = binaries_missing()
     if reason is not None:
         raise HarnessError(reason)
@@ -564,34 +599,31 @@ def running_system(
         f"--rulesets-topic={topics['rulesets']}",
         f"--principals-topic={topics['principals']}",
     ]
-    processes: dict[str, subprocess.Popen[bytes]] = {}
+    processes = system.processes
+    system.commands["projector"] = [
+        str(bin_dir() / "warrant-projector"),
+        *topic_flags,
+        f"--listen=127.0.0.1:{projector_port}",
+        f"--data-dir={workdir / 'projector'}",
+    ]
+    system.commands["intake"] = [
+        str(bin_dir() / "warrant-intake"),
+        *topic_flags,
+        f"--listen=127.0.0.1:{intake_port}",
+        f"--projector-url={system.projector_url}",
+        f"--ruleset={ruleset_path}",
+        f"--principals={principals_path}",
+        # Never the default group: other intakes on this broker use it.
+        f"--ingress-group={topics['log']}-intake",
+        "--ingress=true",
+        f"--sweeper={'true' if sweeper else 'false'}",
+        "--sweep-interval-ms=200",
+        *intake_args,
+    ]
     failed = False
     try:
-        processes["projector"] = _spawn(
-            [
-                str(bin_dir() / "warrant-projector"),
-                *topic_flags,
-                f"--listen=127.0.0.1:{projector_port}",
-                f"--data-dir={workdir / 'projector'}",
-            ],
-            system.logs["projector"],
-        )
-        processes["intake"] = _spawn(
-            [
-                str(bin_dir() / "warrant-intake"),
-                *topic_flags,
-                f"--listen=127.0.0.1:{intake_port}",
-                f"--projector-url={system.projector_url}",
-                f"--ruleset={ruleset_path}",
-                f"--principals={principals_path}",
-                # Never the default group: other intakes on this broker use it.
-                f"--ingress-group={topics['log']}-intake",
-                "--ingress=true",
-                f"--sweeper={'true' if sweeper else 'false'}",
-                "--sweep-interval-ms=200",
-            ],
-            system.logs["intake"],
-        )
+        for name in ("projector", "intake"):
+            processes[name] = _spawn(system.commands[name], system.logs[name])
         _await_ready(system, processes)
         yield system
     except BaseException:
@@ -613,7 +645,7 @@ def running_system(
 
 def _await_ready(system: System, processes: Mapping[str, subprocess.Popen[bytes]]) -> None:
     urls = {"projector": system.projector_url, "intake": system.intake_url}
-    pending = dict(urls)
+    pending = {name: urls[name] for name in processes}
     deadline = time.monotonic() + READY_TIMEOUT_S
     while pending:
         for name, process in processes.items():

@@ -71,6 +71,17 @@ pub enum Error {
         index: u64,
         field: &'static str,
     },
+    /// A record or header of an export file names an offset or range the
+    /// log cannot have, or one the file's own header does not cover.
+    #[error("{}: partition {partition} offset {offset}: {reason}", path.display())]
+    BadOffset {
+        path: PathBuf,
+        partition: i32,
+        offset: i64,
+        reason: String,
+    },
+    #[error("{}: the export header does not hold together: {reason}", path.display())]
+    BadHeader { path: PathBuf, reason: String },
     #[error("cannot write {}", path.display())]
     Export {
         path: PathBuf,

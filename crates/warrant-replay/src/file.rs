@@ -155,7 +155,7 @@ pub struct FileRecord {
 }
 
 impl FileRecord {
-    pub fn as_raw(&self, log_start: i64) -> RawRecord<'_> {
+    pub fn as_raw(&self, log_start: i64, range_start: i64) -> RawRecord<'_> {
         RawRecord {
             topic: &self.topic,
             partition: self.partition,
@@ -164,6 +164,7 @@ impl FileRecord {
             key: self.key.as_deref(),
             value: &self.value,
             log_start,
+            range_start,
         }
     }
 
@@ -333,14 +334,45 @@ pub fn read(
             metadata: reader.metadata().cloned(),
             ..FileRead::default()
         };
+        let claimed = match &read.metadata {
+            Some(metadata) => Some(check_header(path, metadata)?),
+            None => None,
+        };
         let log_starts: std::collections::BTreeMap<i32, i64> = read
             .metadata
             .iter()
             .flat_map(|m| m.ranges.iter().map(|r| (r.partition, r.log_start)))
             .collect();
+        let exact_starts: Option<std::collections::BTreeMap<i32, i64>> = read
+            .metadata
+            .as_ref()
+            .filter(|m| m.exact && !filter.uses_time())
+            .map(|m| {
+                m.ranges
+                    .iter()
+                    .map(|r| (r.partition, filter.narrow_start(r)))
+                    .collect()
+            });
+        let mut last_offsets = std::collections::BTreeMap::<i32, i64>::new();
         while let Some(record) = reader.next_record()? {
             if read.topic.is_none() {
                 read.topic = Some(record.topic.clone());
+            }
+            if let Some(claimed) = &claimed {
+                check_claimed(path, claimed, &record)?;
+            }
+            // Per partition, a log's offsets only grow: a file that repeats
+            // or reorders them is not a copy of one (checked here as well as
+            // in the fold, since an export of a file never folds).
+            if let Some(previous) = last_offsets.insert(record.partition, record.offset) {
+                if record.offset <= previous {
+                    return Err(Error::OutOfOrder {
+                        topic: record.topic.clone(),
+                        partition: record.partition,
+                        offset: record.offset,
+                        previous,
+                    });
+                }
             }
             let seen = read
                 .seen
@@ -354,11 +386,90 @@ pub fn read(
                 Some((first, _)) => (first, record.offset),
             });
             let log_start = log_starts.get(&record.partition).copied().unwrap_or(seen.0);
-            sink.record(&record.as_raw(log_start))?;
+            // Where the range starts: the header's (narrowed by --from)
+            // when it is exact and no time range applies; else the first
+            // record admitted, the only start a file without one can show.
+            let range_start = match (&exact_starts, seen.1) {
+                (Some(starts), _) => starts
+                    .get(&record.partition)
+                    .copied()
+                    .unwrap_or(record.offset),
+                (None, Some((first, _))) => first,
+                (None, None) => record.offset,
+            };
+            sink.record(&record.as_raw(log_start, range_start))?;
             read.records += 1;
         }
         Ok(read)
     })
+}
+
+/// Check an export header on its own: one range per partition, each
+/// `log_start <= start <= end` with nothing negative. The header is not
+/// authenticated (anyone can write one), so it is only trusted as far as
+/// the records agree with it ([`check_claimed`]).
+pub fn check_header(
+    path: &Path,
+    metadata: &ExportMetadata,
+) -> Result<std::collections::BTreeMap<i32, PartitionRange>, Error> {
+    let bad = |reason: String| Error::BadHeader {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut claimed = std::collections::BTreeMap::new();
+    for range in &metadata.ranges {
+        let PartitionRange {
+            partition,
+            log_start,
+            start,
+            end,
+        } = *range;
+        if partition < 0 || log_start < 0 {
+            return Err(bad(format!(
+                "partition {partition}: partitions and offsets are >= 0 (log start {log_start})"
+            )));
+        }
+        if log_start > start {
+            return Err(bad(format!(
+                "partition {partition}: the range starts at {start}, before the log's start {log_start}"
+            )));
+        }
+        if start > end {
+            return Err(bad(format!(
+                "partition {partition}: the range starts at {start}, after its end {end}"
+            )));
+        }
+        if claimed.insert(partition, *range).is_some() {
+            return Err(bad(format!("partition {partition} has two ranges")));
+        }
+    }
+    Ok(claimed)
+}
+
+/// A record outside the ranges its file's header claims is an input
+/// error: replaying it would fold records the header says are not there,
+/// and the header would then vouch for a completeness it does not have.
+fn check_claimed(
+    path: &Path,
+    claimed: &std::collections::BTreeMap<i32, PartitionRange>,
+    record: &FileRecord,
+) -> Result<(), Error> {
+    let outside = |reason: String| Error::BadOffset {
+        path: path.to_owned(),
+        partition: record.partition,
+        offset: record.offset,
+        reason,
+    };
+    match claimed.get(&record.partition) {
+        None => Err(outside(
+            "the export header has no range for this partition".to_owned(),
+        )),
+        Some(range) if !(range.start..range.end).contains(&record.offset) => Err(outside(format!(
+            "outside the export header's range [{}, {})",
+            range.start, range.end
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Create `out` atomically: records go to `out.partial`, renamed over
@@ -448,12 +559,16 @@ mod tests {
             format: 1,
             topic: "warrant.log".to_owned(),
             source: "test".to_owned(),
-            ranges: vec![PartitionRange {
-                partition: 0,
-                log_start: 3,
-                start: 7,
-                end: 100,
-            }],
+            // What sample_records(1000) holds: a file's records must lie
+            // inside its header's ranges.
+            ranges: (0..3)
+                .map(|partition| PartitionRange {
+                    partition,
+                    log_start: 3,
+                    start: 7,
+                    end: 341,
+                })
+                .collect(),
             exact: true,
         }
     }
@@ -467,7 +582,7 @@ mod tests {
             create_export(&out, &metadata()).unwrap_or_else(|e| panic!("{e}"));
         for record in &records {
             exporter
-                .record(&record.as_raw(0))
+                .record(&record.as_raw(0, 0))
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         assert_eq!(complete_export(exporter, &partial, &out).ok(), Some(1000));
@@ -502,7 +617,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         for record in &records {
             exporter
-                .record(&record.as_raw(0))
+                .record(&record.as_raw(0, 0))
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         let (mut bytes, _) = exporter.finish().unwrap_or_else(|e| panic!("{e}"));

@@ -88,7 +88,17 @@ pub fn resolve(kafka: &KafkaArgs, spec: &RangeSpec) -> Result<Vec<PartitionRange
         marks.insert(*partition, watermarks(&consumer, topic, *partition)?);
     }
     let from = offsets_at(&consumer, topic, &marks, spec.from)?;
-    let to = offsets_at(&consumer, topic, &marks, spec.to)?;
+    let mut to = offsets_at(&consumer, topic, &marks, spec.to)?;
+    if spec.to_offsets.is_some() {
+        for partition in &partitions {
+            let (low, _) = marks[partition];
+            let start = from.get(partition).copied().unwrap_or(low).max(low);
+            // A partition the checkpoint lacks is not read (its range is
+            // empty); the digest comparison then says why it is skipped.
+            let end = spec.to_offset_of(*partition).flatten().unwrap_or(start);
+            to.insert(*partition, end);
+        }
+    }
     Ok(partitions
         .iter()
         .map(|p| {
@@ -122,6 +132,54 @@ pub fn resolve(kafka: &KafkaArgs, spec: &RangeSpec) -> Result<Vec<PartitionRange
             range
         })
         .collect())
+}
+
+/// A partition whose last stable offset (what a read_committed consumer
+/// reads up to) is behind its high watermark: a transaction is open, and
+/// the records after it are not read. Warrant's writers are not
+/// transactional, so on `warrant.log` this is itself suspicious.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OpenTransaction {
+    pub partition: i32,
+    pub stable_end: i64,
+    pub high_watermark: i64,
+}
+
+impl std::fmt::Display for OpenTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "partition {}: the last stable offset {} is behind the high watermark {} (an open transaction): records from {} on are not read, and Warrant's writers are not transactional",
+            self.partition, self.stable_end, self.high_watermark, self.stable_end
+        )
+    }
+}
+
+/// The partitions of `ranges` with an open transaction, found by asking
+/// for the watermarks as a read_uncommitted consumer too.
+pub fn open_transactions(
+    kafka: &KafkaArgs,
+    ranges: &[PartitionRange],
+) -> Result<Vec<OpenTransaction>, Error> {
+    let topic = kafka.log_topic.as_str();
+    let committed = consumer(kafka)?;
+    let uncommitted: ReplayConsumer = consumer_config(kafka)
+        .set("isolation.level", "read_uncommitted")
+        .create_with_context(QuietContext)
+        .map_err(|source| client_error(kafka, source))?;
+    let mut open = Vec::new();
+    for range in ranges {
+        let (_, stable_end) = watermarks(&committed, topic, range.partition)?;
+        let (_, high_watermark) = watermarks(&uncommitted, topic, range.partition)?;
+        if stable_end < high_watermark {
+            open.push(OpenTransaction {
+                partition: range.partition,
+                stable_end,
+                high_watermark,
+            });
+        }
+    }
+    Ok(open)
 }
 
 /// The offset a bound names on each partition.
@@ -382,6 +440,7 @@ fn read_ranges<S: Sink>(
             key: message.key(),
             value: message.payload().unwrap_or(&[]),
             log_start: reading.range.log_start,
+            range_start: reading.range.start,
         })?;
         reading.next = offset + 1;
         unreported += 1;
@@ -457,7 +516,7 @@ pub fn read_directories(
         }
         // Errors are end-of-partition notices; the loop condition decides.
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
-            next.insert(message.partition(), message.offset() + 1);
+            next.insert(message.partition(), message.offset().saturating_add(1));
             let digest = message
                 .key()
                 .map(|key| String::from_utf8_lossy(key).into_owned())

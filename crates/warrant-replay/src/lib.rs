@@ -17,6 +17,7 @@
 
 mod error;
 pub mod file;
+pub mod gaps;
 pub mod kafka;
 pub mod range;
 mod replayed;
@@ -32,6 +33,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use error::Error;
+pub use gaps::Gap;
 pub use range::{Bound, PartitionRange, RangeSpec};
 pub use replayed::{
     Folder, Keep, Replay, ReplayedInstance, ReplayedRecord, SignedDecisionSeen, Summary,
@@ -115,6 +117,10 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
     match &options.source {
         Source::Kafka(kafka) => {
             let ranges = kafka::resolve(kafka, &options.range)?;
+            let open_transactions = kafka::open_transactions(kafka, &ranges)?;
+            for open in &open_transactions {
+                tracing::warn!(topic = %kafka.log_topic, partition = open.partition, "{open}");
+            }
             let threads = match options.threads {
                 0 => default_threads(),
                 n => n,
@@ -127,11 +133,14 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
             let progress = Progress::new(options.progress, "records");
             let folders = kafka::read(kafka, plan, folders, &progress, options.stall_timeout)?;
             let merged = Folder::merge(folders);
+            let gaps = merged.offsets.gaps(&ranges, true);
             Ok(Replay {
                 source: options.source.describe(),
                 topic: kafka.log_topic.clone(),
                 ranges,
-                exact_ranges: true,
+                inexact: None,
+                gaps,
+                open_transactions,
                 signed_decisions: merged.signed,
                 attested_decisions: merged.attested,
                 instances: merged.instances,
@@ -151,7 +160,8 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
                 &progress,
             )?;
             let merged = Folder::merge(vec![folder]);
-            let (ranges, exact_ranges) = file_ranges(&read, &options.range);
+            let (ranges, inexact) = file_ranges(path, &read, &options.range)?;
+            let gaps = merged.offsets.gaps(&ranges, inexact.is_none());
             Ok(Replay {
                 source: options.source.describe(),
                 topic: read
@@ -161,7 +171,9 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
                     .or(read.topic)
                     .unwrap_or_default(),
                 ranges,
-                exact_ranges,
+                inexact,
+                gaps,
+                open_transactions: Vec::new(),
                 signed_decisions: merged.signed,
                 attested_decisions: merged.attested,
                 instances: merged.instances,
@@ -184,9 +196,10 @@ fn narrow(ranges: &[PartitionRange], spec: &RangeSpec) -> Vec<PartitionRange> {
                 Some(Bound::Offset(from)) => r.start.max(from).min(r.end),
                 _ => r.start,
             };
-            let end = match spec.to {
-                Some(Bound::Offset(to)) => r.end.min(to).max(start),
-                _ => r.end,
+            let end = match (spec.to_offset_of(r.partition), spec.to) {
+                (Some(Some(to)), _) | (None, Some(Bound::Offset(to))) => r.end.min(to).max(start),
+                (Some(None), _) => start,
+                (None, _) => r.end,
             };
             PartitionRange { start, end, ..*r }
         })
@@ -195,31 +208,51 @@ fn narrow(ranges: &[PartitionRange], spec: &RangeSpec) -> Vec<PartitionRange> {
 
 /// The ranges a file replay covered: from the export's metadata when it has
 /// some and the flags are offsets, else from the records seen.
-fn file_ranges(read: &FileRead, spec: &RangeSpec) -> (Vec<PartitionRange>, bool) {
-    if let Some(metadata) = &read.metadata {
-        if !spec.uses_time() {
-            return (narrow(&metadata.ranges, spec), metadata.exact);
+///
+/// Offsets come from the file, so anyone may have written them: the end
+/// of a range is computed with checked arithmetic, an offset the log
+/// could never hold (`i64::MAX`, whose successor does not exist) being an
+/// input error, not a panic.
+fn file_ranges(
+    path: &std::path::Path,
+    read: &FileRead,
+    spec: &RangeSpec,
+) -> Result<(Vec<PartitionRange>, Option<String>), Error> {
+    let inexact = match &read.metadata {
+        None => "the file has no export header".to_owned(),
+        Some(_) if spec.uses_time() => "a time range was applied to a file".to_owned(),
+        Some(metadata) if !metadata.exact => {
+            "the export header says its ranges are not exact offsets".to_owned()
         }
-    }
+        Some(metadata) => return Ok((narrow(&metadata.ranges, spec), None)),
+    };
+    let inexact = Some(format!(
+        "{inexact}, so records missing at either end of a partition's range cannot be detected"
+    ));
     let log_starts: BTreeMap<i32, i64> = read
         .metadata
         .iter()
         .flat_map(|m| m.ranges.iter().map(|r| (r.partition, r.log_start)))
         .collect();
-    let ranges = read
-        .seen
-        .iter()
-        .filter_map(|(partition, (first_in_file, admitted))| {
-            let (first, last) = (*admitted)?;
-            Some(PartitionRange {
-                partition: *partition,
-                log_start: log_starts.get(partition).copied().unwrap_or(*first_in_file),
-                start: first,
-                end: last + 1,
-            })
-        })
-        .collect();
-    (ranges, false)
+    let mut ranges = Vec::new();
+    for (partition, (first_in_file, admitted)) in &read.seen {
+        let Some((first, last)) = *admitted else {
+            continue;
+        };
+        let end = last.checked_add(1).ok_or_else(|| Error::BadOffset {
+            path: path.to_owned(),
+            partition: *partition,
+            offset: last,
+            reason: "no log offset can follow it".to_owned(),
+        })?;
+        ranges.push(PartitionRange {
+            partition: *partition,
+            log_start: log_starts.get(partition).copied().unwrap_or(*first_in_file),
+            start: first,
+            end,
+        });
+    }
+    Ok((ranges, inexact))
 }
 
 /// What to export.
@@ -238,6 +271,9 @@ pub struct ExportSummary {
     pub out: PathBuf,
     pub records: u64,
     pub metadata: ExportMetadata,
+    /// Offsets of the ranges exported with no record (see [`gaps`]): the
+    /// file keeps them as found, and a replay of it reports them too.
+    pub gaps: Vec<Gap>,
 }
 
 /// Write a range to an Avro object container file (see [`file`]). The file
@@ -275,7 +311,11 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, Error> {
             }
         }
     };
-    let (mut exporter, partial) = file::create_export(&options.out, &metadata)?;
+    let (exporter, partial) = file::create_export(&options.out, &metadata)?;
+    let mut tracking = gaps::Tracking {
+        sink: exporter,
+        offsets: gaps::Offsets::default(),
+    };
     let read = match &options.source {
         Source::Kafka(kafka) => {
             let plan = kafka::plan(&metadata.ranges, 1);
@@ -283,7 +323,7 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, Error> {
             kafka::read(
                 kafka,
                 plan,
-                vec![&mut exporter],
+                vec![&mut tracking],
                 &progress,
                 options.stall_timeout,
             )
@@ -294,12 +334,16 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, Error> {
             file::read(
                 path,
                 RecordFilter::new(options.range.clone()),
-                &mut exporter,
+                &mut tracking,
                 &progress,
             )
             .map(|_| ())
         }
     };
+    let gaps::Tracking {
+        sink: exporter,
+        offsets,
+    } = tracking;
     if let Err(e) = read {
         drop(exporter);
         let _ = std::fs::remove_file(&partial);
@@ -309,6 +353,7 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, Error> {
     Ok(ExportSummary {
         out: options.out.clone(),
         records,
+        gaps: offsets.gaps(&metadata.ranges, metadata.exact),
         metadata,
     })
 }
@@ -316,5 +361,312 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, Error> {
 impl<S: Sink + ?Sized> Sink for &mut S {
     fn record(&mut self, record: &RawRecord<'_>) -> Result<(), Error> {
         (**self).record(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use apache_avro::{Codec, Writer};
+
+    use super::*;
+    use crate::file::{log_record_schema, to_value, EXPORT_METADATA_KEY};
+
+    /// Write `records` (partition, offset) to a container file, with
+    /// `metadata` as its header when given, as anyone could.
+    pub(crate) fn write_file(
+        path: &Path,
+        metadata: Option<&ExportMetadata>,
+        records: &[(i32, i64)],
+    ) {
+        let schema = log_record_schema().unwrap_or_else(|e| panic!("{e}"));
+        let mut writer =
+            Writer::with_codec(schema, Vec::new(), Codec::Null).unwrap_or_else(|e| panic!("{e}"));
+        if let Some(metadata) = metadata {
+            let json = serde_json::to_vec(metadata).unwrap_or_else(|e| panic!("{e}"));
+            writer
+                .add_user_metadata(EXPORT_METADATA_KEY.to_owned(), json)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        for (partition, offset) in records {
+            let record = RawRecord {
+                topic: "warrant.log",
+                partition: *partition,
+                offset: *offset,
+                timestamp: Some(1_795_000_000_000),
+                key: Some(b"not-an-instance".as_slice()),
+                value: b"not an envelope",
+                log_start: 0,
+                range_start: 0,
+            };
+            writer
+                .append_value_ref(&to_value(&record))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let bytes = writer.into_inner().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(path, bytes).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    pub(crate) fn replay_file(path: &Path, range: RangeSpec) -> Result<Replay, Error> {
+        let mut options = ReplayOptions::new(Source::File(path.to_owned()));
+        options.range = range;
+        replay(&options)
+    }
+
+    #[test]
+    fn an_offset_with_no_successor_is_an_input_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("max.avro");
+        write_file(&path, None, &[(0, 5), (0, i64::MAX)]);
+        let result = replay_file(&path, RangeSpec::all());
+        assert!(
+            matches!(
+                result,
+                Err(Error::BadOffset {
+                    partition: 0,
+                    offset: i64::MAX,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn a_range_at_the_i64_extremes_has_no_length_rather_than_overflowing() {
+        let range = PartitionRange {
+            partition: 0,
+            log_start: i64::MIN,
+            start: i64::MIN,
+            end: i64::MAX,
+        };
+        assert_eq!(range.len(), 0);
+    }
+
+    fn header(ranges: &[(i32, i64, i64, i64)], exact: bool) -> ExportMetadata {
+        ExportMetadata {
+            format: EXPORT_FORMAT,
+            topic: "warrant.log".to_owned(),
+            source: "test".to_owned(),
+            ranges: ranges
+                .iter()
+                .map(|(partition, log_start, start, end)| PartitionRange {
+                    partition: *partition,
+                    log_start: *log_start,
+                    start: *start,
+                    end: *end,
+                })
+                .collect(),
+            exact,
+        }
+    }
+
+    #[test]
+    fn records_outside_the_headers_ranges_are_an_input_error() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("f.avro");
+        let records = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)];
+        // An honest header verifies as exact.
+        write_file(
+            &path,
+            Some(&header(&[(0, 0, 0, 3), (1, 0, 0, 2)], true)),
+            &records,
+        );
+        let replayed = replay_file(&path, RangeSpec::all()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(replayed.exact_ranges(), "{:?}", replayed.inexact);
+
+        // End lowered below records still in the file (attack: shrunk end).
+        write_file(
+            &path,
+            Some(&header(&[(0, 0, 0, 2), (1, 0, 0, 2)], true)),
+            &records,
+        );
+        let result = replay_file(&path, RangeSpec::all());
+        assert!(
+            matches!(
+                result,
+                Err(Error::BadOffset {
+                    partition: 0,
+                    offset: 2,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        // A partition's range left out while its records stay.
+        write_file(&path, Some(&header(&[(0, 0, 0, 3)], true)), &records);
+        let result = replay_file(&path, RangeSpec::all());
+        assert!(
+            matches!(
+                result,
+                Err(Error::BadOffset {
+                    partition: 1,
+                    offset: 0,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        // Start raised above records still in the file.
+        write_file(
+            &path,
+            Some(&header(&[(0, 0, 1, 3), (1, 0, 0, 2)], true)),
+            &records,
+        );
+        let result = replay_file(&path, RangeSpec::all());
+        assert!(
+            matches!(
+                result,
+                Err(Error::BadOffset {
+                    partition: 0,
+                    offset: 0,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("partition 0 offset 0"), "{message}");
+    }
+
+    #[test]
+    fn a_header_that_does_not_hold_together_is_an_input_error() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("f.avro");
+        for bad in [
+            // log start after the range's start (the log_start lie)
+            header(&[(0, 5, 0, 3)], true),
+            header(&[(0, -1, 0, 3)], true),
+            header(&[(0, 0, 3, 1)], true),
+            header(&[(0, 0, 0, 3), (0, 0, 0, 3)], true),
+            header(&[(0, i64::MIN, i64::MIN, i64::MAX)], true),
+        ] {
+            write_file(&path, Some(&bad), &[(0, 0)]);
+            let result = replay_file(&path, RangeSpec::all());
+            assert!(
+                matches!(result, Err(Error::BadHeader { .. })),
+                "{bad:?}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn offsets_must_grow_in_a_file_even_when_exported_not_folded() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("f.avro");
+        write_file(&path, None, &[(0, 3), (1, 1), (0, 3)]);
+        let options = ExportOptions {
+            source: Source::File(path.clone()),
+            range: RangeSpec::all(),
+            out: dir.path().join("out.avro"),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+            progress: false,
+        };
+        let result = export(&options);
+        assert!(
+            matches!(
+                result,
+                Err(Error::OutOfOrder {
+                    partition: 0,
+                    offset: 3,
+                    previous: 3,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn without_an_exact_header_completeness_is_not_proven_and_says_why() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("f.avro");
+        let records = [(0, 0), (0, 1)];
+        write_file(&path, None, &records);
+        let replayed = replay_file(&path, RangeSpec::all()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            replayed
+                .inexact
+                .as_deref()
+                .is_some_and(|r| r.contains("no export header")),
+            "{:?}",
+            replayed.inexact
+        );
+        write_file(&path, Some(&header(&[(0, 0, 0, 2)], false)), &records);
+        let replayed = replay_file(&path, RangeSpec::all()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            replayed
+                .inexact
+                .as_deref()
+                .is_some_and(|r| r.contains("not exact")),
+            "{:?}",
+            replayed.inexact
+        );
+        write_file(&path, Some(&header(&[(0, 0, 0, 2)], true)), &records);
+        let by_time = RangeSpec::from_flags(&[], None, None, Some("1000"), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let replayed = replay_file(&path, by_time).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            replayed
+                .inexact
+                .as_deref()
+                .is_some_and(|r| r.contains("time range")),
+            "{:?}",
+            replayed.inexact
+        );
+    }
+
+    #[test]
+    fn a_file_with_a_record_taken_out_has_a_gap() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("f.avro");
+        let gap = |from, to| Gap {
+            partition: 0,
+            from,
+            to,
+        };
+        // Exact header: gaps inside and at both ends count.
+        write_file(
+            &path,
+            Some(&header(&[(0, 0, 0, 6)], true)),
+            &[(0, 1), (0, 3), (0, 4)],
+        );
+        let replayed = replay_file(&path, RangeSpec::all()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(replayed.gaps, vec![gap(0, 1), gap(2, 3), gap(5, 6)]);
+        // An honest --from/--to inside it has none of its ends' gaps.
+        let middle = RangeSpec::from_flags(&[], Some(3), Some(5), None, None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let replayed = replay_file(&path, middle).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(replayed.gaps, vec![]);
+        // No header: only between records.
+        write_file(&path, None, &[(0, 1), (0, 3), (0, 4)]);
+        let replayed = replay_file(&path, RangeSpec::all()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(replayed.gaps, vec![gap(2, 3)]);
+    }
+
+    #[test]
+    fn to_checkpoint_narrows_an_exact_export_per_partition() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("f.avro");
+        let records = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)];
+        write_file(
+            &path,
+            Some(&header(&[(0, 0, 0, 3), (1, 0, 0, 2)], true)),
+            &records,
+        );
+        let spec = RangeSpec {
+            to_offsets: Some(BTreeMap::from([(0, 2), (1, 2)])),
+            ..RangeSpec::all()
+        };
+        let replayed = replay_file(&path, spec).unwrap_or_else(|e| panic!("{e}"));
+        let ends: Vec<(i32, i64)> = replayed
+            .ranges
+            .iter()
+            .map(|r| (r.partition, r.end))
+            .collect();
+        assert_eq!(ends, vec![(0, 2), (1, 2)]);
+        assert_eq!(replayed.records.values().sum::<u64>(), 4);
+        assert_eq!(replayed.gaps, vec![]);
     }
 }

@@ -46,31 +46,66 @@ commits.
 PARTIAL instances: when the range starts after the log does, an instance whose
 first event in the range is not its (applied) proposal may have earlier events
 outside the range. Its record is marked partial (\"partial\": true in JSON, a
-PARTIAL line in text) and --verify reports it as not verifiable instead of
-failing it.
+PARTIAL line in text). --verify still asks the projector: PARTIAL (not a
+failure) when the projector's history starts before the range, DIFFERS when it
+starts inside the range (replay never saw that record), MISSING when the
+projector does not know the instance.
+
+GAPS: Warrant's writers are not transactional and the log is never compacted,
+so a range's offsets are contiguous. An offset with no record (a transaction
+marker standing in for a deleted record, a record taken out of a file) is
+printed as a GAP line (\"gaps\" in JSON) and fails --verify; export reports
+the gaps it wrote and exits 1. A partition whose last stable offset is behind
+its high watermark (an open transaction) is warned about on stderr
+(\"open_transactions\" in JSON): records after it are not read.
+
+FILES are input: the export header must hold together and every record must
+lie in the ranges it claims, with offsets growing per partition, or the file is
+an input error (exit 2). A file without a header, with an inexact one, or
+narrowed by time cannot prove that nothing is missing at the ends of its
+ranges: --verify then says COMPLETENESS NOT PROVEN instead of ok (and
+\"completeness_not_proven\" in JSON) but exits 0.
 
 --verify URL compares every replayed instance with the projector at URL
 (GET /v1/instances/{id}, GET /v1/checkpoint): entry by entry on the entries the
-range holds (the projector may have folded more), and the checkpoint digest when
-the range covers every partition from the log's start to exactly the
-checkpoint's offsets. It compares what the log and the hash chain establish
-(hashes, positions, statuses, decisions, grants, effects), never the wording of
-a refusal's or violation's reason, which a newer build may phrase differently.
-Only differences are listed, then a summary line; it goes to stdout (to stderr
-with --format json/ndjson, whose document then carries it).
+range holds (hash and log position; the projector may have folded more), and
+the checkpoint digest when the range covers every partition from the log's start
+to exactly the checkpoint's offsets. The projector having more entries is a
+difference when its next entry comes from a record inside the range: the range
+held that record and replay did not fold it. It compares what the log and the
+hash chain establish (hashes, positions, statuses, decisions, grants, effects),
+never the wording of a refusal's or violation's reason, which a newer build may
+phrase differently. Only differences are listed, naming the instance and the
+first entry that differs, then a summary line; it goes to stdout (to stderr
+with --format json/ndjson, whose document then carries it). To verify a copy
+of the log under another name (a mirror, a restored backup) against the
+projector of the original, pass --verify-topic ORIGINAL so the checkpoint
+digest is compared too. --to-checkpoint (with --verify) reads each partition up
+to the projector's checkpoint offset, so a live projector's digest can be
+compared; only such a range, from the log start, proves that no instance is
+missing (a whole instance removed from a partial range leaves nothing to
+compare). Text output escapes control characters in every string from the log.
+
+--check-rules resolves every proposal in the range again against the ruleset
+the rulesets topic (--rulesets-topic) holds under the proposal's recorded
+digest (the text must hash to it) and lists every instance whose recorded
+requirement, or resolution trace, differs: proof that intake applied the
+published rules. Kafka sources only; exit 1 if any differs.
 
 export --out FILE writes the range to an Avro object container file (schema
 warrant.LogRecord, schemas/log_record.avsc, codec null) that any Avro tool can
 read; values are kept byte for byte. --file FILE replays such a file instead of
 Kafka; every other flag works the same.
 
-EXIT CODES: 0 ok (every comparable instance verified), 1 verification found a
-difference, 2 usage, input or I/O error.
+EXIT CODES: 0 ok (every comparable instance verified; also when completeness
+is not proven, which the report says), 1 verification found a difference or a
+gap, or --check-rules found a requirement that differs (export: the range has
+gaps), 2 usage, input or I/O error.
 
 EXAMPLES:
   warrant-replay --instance 6f1c2b9e-4d0a-4c7e-9a51-0d2f3b8c7e11
   warrant-replay --format ndjson --from-time 2026-11-01 --to-time 2026-12-01
-  warrant-replay --verify http://127.0.0.1:8081
+  warrant-replay --verify http://127.0.0.1:8081 --to-checkpoint
   warrant-replay export --out log-2026-11.avro --from-time 2026-11-01 --to-time 2026-12-01
   warrant-replay --file log-2026-11.avro --verify http://127.0.0.1:8081";
 
@@ -256,6 +291,26 @@ struct ReplayArgs {
         help_heading = "Verify"
     )]
     verify_timeout: u64,
+    /// Read each partition up to the projector's checkpoint offset (fetched
+    /// first), so a live projector's checkpoint digest can be compared.
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_TO_CHECKPOINT",
+        requires = "verify",
+        conflicts_with_all = ["to", "to_time"],
+        help_heading = "Verify"
+    )]
+    to_checkpoint: bool,
+    /// The topic the projector folds, when the log read is a copy of it
+    /// under another name (a mirror, a restored backup), so the checkpoint
+    /// digest is compared [default: the topic read, or the export's].
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_VERIFY_TOPIC",
+        value_name = "TOPIC",
+        help_heading = "Verify"
+    )]
+    verify_topic: Option<String>,
 
     /// Kafka reader threads, at most one per partition (0 = two per CPU).
     #[arg(
@@ -318,6 +373,14 @@ fn run_export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         summary.out.display(),
         started.elapsed().as_secs_f64()
     );
+    for gap in &summary.gaps {
+        eprintln!("GAP       {gap} (the log's offsets are contiguous: it was rewritten)");
+    }
+    // The file is kept (it is the evidence), but the range was not a log
+    // Warrant wrote.
+    if !summary.gaps.is_empty() {
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -334,9 +397,51 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         (Format::None, Some(_)) => Keep::Chain,
         (Format::None, None) => Keep::State,
     };
+    let mut range = common.range()?;
+    let verify_options = args.verify.as_ref().map(|url| VerifyOptions {
+        url: url.clone(),
+        concurrency: args.verify_concurrency,
+        timeout: Duration::from_secs(args.verify_timeout),
+        projector_topic: args.verify_topic.clone(),
+    });
+    let runtime = match &verify_options {
+        None => None,
+        Some(_) => Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the HTTP client runtime")?,
+        ),
+    };
+    if let (true, Some(runtime), Some(verify_options)) =
+        (args.to_checkpoint, &runtime, &verify_options)
+    {
+        let checkpoint = runtime.block_on(warrant_replay::verify::checkpoint(verify_options))?;
+        // Reading up to another topic's offsets would compare nothing.
+        if common.file.is_none() {
+            let topic = args
+                .verify_topic
+                .as_deref()
+                .unwrap_or(&common.kafka.log_topic);
+            if checkpoint.topic != topic {
+                anyhow::bail!(
+                    "--to-checkpoint: the projector folds topic {}, not {topic} (pass --verify-topic if the log read is a copy of it)",
+                    checkpoint.topic
+                );
+            }
+        }
+        let mut ends = std::collections::BTreeMap::new();
+        for (partition, next) in &checkpoint.partitions {
+            let partition: i32 = partition.parse().with_context(|| {
+                format!("--to-checkpoint: the checkpoint names partition {partition:?}")
+            })?;
+            ends.insert(partition, *next);
+        }
+        range.to_offsets = Some(ends);
+    }
     let options = ReplayOptions {
         source: common.source(),
-        range: common.range()?,
+        range,
         keep,
         instance: args.instance.clone(),
         threads: args.threads,
@@ -347,20 +452,11 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let replayed = replay(&options)?;
     let fold_time = started.elapsed();
 
-    let report = match &args.verify {
-        None => None,
-        Some(url) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the HTTP client runtime")?;
-            let verify_options = VerifyOptions {
-                url: url.clone(),
-                concurrency: args.verify_concurrency,
-                timeout: Duration::from_secs(args.verify_timeout),
-            };
-            Some(runtime.block_on(verify(&replayed, &verify_options))?)
+    let report = match (&runtime, &verify_options) {
+        (Some(runtime), Some(verify_options)) => {
+            Some(runtime.block_on(verify(&replayed, verify_options))?)
         }
+        _ => None,
     };
 
     // Every signed decision is checked offline: its proof (the fold did)
@@ -392,6 +488,13 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
 
     let summary = replayed.summary();
     eprintln!("{summary} in {:.2} s", fold_time.as_secs_f64());
+    // With --verify the report lists them (and fails); without, they are
+    // still evidence an auditor must see.
+    if report.is_none() {
+        for gap in &replayed.gaps {
+            eprintln!("GAP       {gap} (the log's offsets are contiguous: it was rewritten)");
+        }
+    }
     if let Err(error) = signatures.write_text(&mut std::io::stderr().lock()) {
         tracing::warn!(error = %error, "cannot print the signature audit");
     }
@@ -464,6 +567,10 @@ fn write_output(
             serde_json::to_writer(&mut *out, &replayed.topic).map_err(json_error)?;
             out.write_all(b",\"ranges\":")?;
             serde_json::to_writer(&mut *out, &replayed.ranges).map_err(json_error)?;
+            out.write_all(b",\"open_transactions\":")?;
+            serde_json::to_writer(&mut *out, &replayed.open_transactions).map_err(json_error)?;
+            out.write_all(b",\"gaps\":")?;
+            serde_json::to_writer(&mut *out, &replayed.gaps).map_err(json_error)?;
             out.write_all(b",\"summary\":")?;
             serde_json::to_writer(&mut *out, &replayed.summary()).map_err(json_error)?;
             if let Some(report) = report {

@@ -32,6 +32,10 @@ pub struct RangeSpec {
     pub from: Option<Bound>,
     /// Exclusive end; `None` = the high watermark observed at start.
     pub to: Option<Bound>,
+    /// Exclusive end per partition (`--to-checkpoint`: a projector's
+    /// checkpoint offsets), instead of `to`; a partition it leaves out is
+    /// read up to its start, that is not at all.
+    pub to_offsets: Option<BTreeMap<i32, i64>>,
 }
 
 impl RangeSpec {
@@ -92,6 +96,7 @@ impl RangeSpec {
             partitions,
             from,
             to,
+            to_offsets: None,
         })
     }
 
@@ -101,6 +106,14 @@ impl RangeSpec {
 
     pub fn uses_time(&self) -> bool {
         matches!(self.from, Some(Bound::Time(_))) || matches!(self.to, Some(Bound::Time(_)))
+    }
+
+    /// The end `to_offsets` gives a partition: `Some(None)` when it has
+    /// none (the partition is not read), `None` without `to_offsets`.
+    pub fn to_offset_of(&self, partition: i32) -> Option<Option<i64>> {
+        self.to_offsets
+            .as_ref()
+            .map(|ends| ends.get(&partition).copied())
     }
 }
 
@@ -119,7 +132,11 @@ impl PartitionRange {
     /// Offsets in the range (an upper bound on records: compaction and
     /// transaction markers leave gaps).
     pub fn len(&self) -> u64 {
-        u64::try_from(self.end - self.start).unwrap_or(0)
+        // Checked: a range read from a file header may hold any i64s.
+        self.end
+            .checked_sub(self.start)
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -166,6 +183,18 @@ impl RecordFilter {
         }
     }
 
+    pub fn uses_time(&self) -> bool {
+        self.spec.uses_time()
+    }
+
+    /// Where an exported range starts once `--from` (an offset) applies.
+    pub fn narrow_start(&self, range: &PartitionRange) -> i64 {
+        match self.spec.from {
+            Some(Bound::Offset(from)) => range.start.max(from).min(range.end),
+            _ => range.start,
+        }
+    }
+
     /// Whether this record is in the range. Call once per record, in file order.
     pub fn admits(&mut self, partition: i32, offset: i64, timestamp: Option<i64>) -> bool {
         if !self.spec.includes_partition(partition) {
@@ -182,7 +211,12 @@ impl RecordFilter {
         if !*started {
             *started = self.spec.from.is_none_or(reached);
         }
-        if *started && self.spec.to.is_some_and(reached) {
+        let past_end = match self.spec.to_offset_of(partition) {
+            Some(Some(end)) => offset >= end,
+            Some(None) => true,
+            None => self.spec.to.is_some_and(reached),
+        };
+        if *started && past_end {
             *ended = true;
         }
         *started && !*ended
@@ -202,6 +236,7 @@ mod tests {
                 partitions: vec![0, 2],
                 from: Some(Bound::Offset(10)),
                 to: Some(Bound::Offset(20)),
+                to_offsets: None,
             })
         );
         let spec =
@@ -293,5 +328,21 @@ mod tests {
             .map(|(o, _)| o)
             .collect();
         assert_eq!(admitted, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn checkpoint_offsets_end_each_partition_on_its_own() {
+        // --to-checkpoint: partition 0 up to 3, partition 1 up to 1,
+        // partition 2 absent from the checkpoint, so not read.
+        let spec = RangeSpec {
+            to_offsets: Some(BTreeMap::from([(0, 3), (1, 1)])),
+            ..RangeSpec::all()
+        };
+        let mut filter = RecordFilter::new(spec);
+        let admitted: Vec<(i32, i64)> = [(0, 0), (1, 0), (2, 0), (0, 2), (1, 1), (0, 3), (2, 1)]
+            .into_iter()
+            .filter(|(p, o)| filter.admits(*p, *o, None))
+            .collect();
+        assert_eq!(admitted, vec![(0, 0), (1, 0), (0, 2)]);
     }
 }

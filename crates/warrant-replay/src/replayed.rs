@@ -31,7 +31,8 @@ use crate::Error;
 pub enum Keep {
     /// State and head hash only: summaries and the checkpoint digest.
     State,
-    /// Plus every entry's hash: `--verify` can name the first differing entry.
+    /// Plus every entry's hash and offset: `--verify` can name the first
+    /// differing entry.
     Chain,
     /// Plus every history entry: execution records can be printed.
     History,
@@ -59,6 +60,9 @@ pub struct ReplayedInstance {
     pub folded: Folded,
     /// Entry hashes when [`Keep::Chain`] (the history has them otherwise).
     chain: Vec<Hash32>,
+    /// Entry offsets (in `partition`) when [`Keep::Chain`]: the hash chain
+    /// does not commit to positions, so `--verify` compares them apart.
+    offsets: Vec<i64>,
 }
 
 impl ReplayedInstance {
@@ -84,6 +88,25 @@ impl ReplayedInstance {
         }
         if !self.chain.is_empty() {
             return Some(Cow::Borrowed(&self.chain));
+        }
+        None
+    }
+
+    /// Every entry's log position, by `seq - 1`, if the replay kept them.
+    pub fn positions(&self) -> Option<Vec<LogPosition>> {
+        if !self.folded.history.is_empty() {
+            return Some(self.folded.history.iter().map(|e| e.position).collect());
+        }
+        if !self.offsets.is_empty() {
+            return Some(
+                self.offsets
+                    .iter()
+                    .map(|offset| LogPosition {
+                        partition: self.partition,
+                        offset: *offset,
+                    })
+                    .collect(),
+            );
         }
         None
     }
@@ -166,12 +189,13 @@ struct Slot {
     partial: bool,
     folded: Folded,
     chain: Vec<Hash32>,
+    offsets: Vec<i64>,
 }
 
 #[derive(Default)]
 struct PartitionFold {
-    /// Whether the range starts after the log does on this partition;
-    /// decided by the first record seen.
+    /// Whether the range starts after the log does on this partition
+    /// (from the range, as the first record seen carries it).
     starts_late: bool,
     last_offset: Option<i64>,
     records: u64,
@@ -201,6 +225,7 @@ pub struct SignedDecisionSeen {
 /// A [`Sink`] that folds records; one per reader thread, merged at the end.
 pub struct Folder {
     keep: Keep,
+    offsets: crate::gaps::Offsets,
     only: Option<Only>,
     partitions: BTreeMap<i32, PartitionFold>,
     events: u64,
@@ -224,6 +249,7 @@ impl Folder {
     pub fn new(keep: Keep, only: Option<String>) -> Folder {
         Folder {
             keep,
+            offsets: crate::gaps::Offsets::default(),
             only: only.as_deref().map(Only::new),
             partitions: BTreeMap::new(),
             events: 0,
@@ -240,10 +266,11 @@ impl Folder {
                 return Err(OutOfOrder { previous });
             }
             Some(_) => {}
-            None => part.starts_late = record.offset > record.log_start,
+            None => part.starts_late = record.range_start > record.log_start,
         }
         part.last_offset = Some(record.offset);
         part.records += 1;
+        self.offsets.see(record.partition, record.offset);
         if let Some(only) = &self.only {
             if !only.selects(record.key, record.partition) {
                 return Ok(());
@@ -277,6 +304,7 @@ impl Folder {
                                 history: Vec::new(),
                             },
                             chain: Vec::new(),
+                            offsets: Vec::new(),
                         }),
                 )
             }
@@ -311,7 +339,10 @@ impl Folder {
         }
         match self.keep {
             Keep::State => {}
-            Keep::Chain => slot.chain.push(entry.hash),
+            Keep::Chain => {
+                slot.chain.push(entry.hash);
+                slot.offsets.push(record.offset);
+            }
             Keep::History => slot.folded.history.push(entry),
         }
         self.events += 1;
@@ -326,7 +357,9 @@ impl Folder {
         let mut records = BTreeMap::new();
         let mut signed = Vec::new();
         let mut attested = 0;
+        let mut offsets = Vec::new();
         for folder in folders {
+            offsets.push(folder.offsets);
             events += folder.events;
             signed.extend(folder.signed);
             attested += folder.attested;
@@ -339,6 +372,7 @@ impl Folder {
                     other_partitions: Vec::new(),
                     folded: slot.folded,
                     chain: slot.chain,
+                    offsets: slot.offsets,
                 }));
             }
         }
@@ -369,6 +403,7 @@ impl Folder {
             records,
             signed,
             attested,
+            offsets: crate::gaps::Offsets::merge(offsets),
         }
     }
 }
@@ -381,6 +416,7 @@ pub struct FoldResult {
     pub records: BTreeMap<i32, u64>,
     pub signed: Vec<SignedDecisionSeen>,
     pub attested: u64,
+    pub offsets: crate::gaps::Offsets,
 }
 
 /// A record whose offset does not follow the previous one of its partition.
@@ -414,9 +450,18 @@ pub struct Replay {
     /// Per partition read: the range, as resolved (Kafka) or as recorded in
     /// the export and narrowed by the flags (file).
     pub ranges: Vec<PartitionRange>,
-    /// Whether `ranges` are exactly what was read (false for a file without
-    /// export metadata, or narrowed by time, where they are what was seen).
-    pub exact_ranges: bool,
+    /// Why `ranges` are not known to be exactly what was read, if they are
+    /// not (a file without an export header, an export whose header says
+    /// it is inexact, a file narrowed by time: the ranges are then what was
+    /// seen). Records missing at either end of such a range cannot be
+    /// detected, so completeness is not proven.
+    pub inexact: Option<String>,
+    /// Offsets inside the ranges with no record (see [`crate::gaps`]):
+    /// evidence of a rewritten log.
+    pub gaps: Vec<crate::Gap>,
+    /// Kafka partitions with an open transaction when the range was
+    /// resolved (their ends are the last stable offsets).
+    pub open_transactions: Vec<crate::kafka::OpenTransaction>,
     pub instances: Vec<ReplayedInstance>,
     /// Records read in the range, per partition.
     pub records: BTreeMap<i32, u64>,
@@ -428,6 +473,11 @@ pub struct Replay {
 }
 
 impl Replay {
+    /// Whether `ranges` are exactly the offsets read.
+    pub fn exact_ranges(&self) -> bool {
+        self.inexact.is_none()
+    }
+
     /// The instance's record from its (first) partition.
     pub fn get(&self, instance_id: &str) -> Option<&ReplayedInstance> {
         let at = self
@@ -571,6 +621,8 @@ mod tests {
 
     struct Feed {
         log_start: i64,
+        /// Where the range starts; `None`: at each partition's first record.
+        range_start: Option<i64>,
         records: Vec<Record>,
     }
 
@@ -578,6 +630,7 @@ mod tests {
         fn new(log_start: i64) -> Feed {
             Feed {
                 log_start,
+                range_start: None,
                 records: Vec::new(),
             }
         }
@@ -598,6 +651,8 @@ mod tests {
                     key: key.as_deref(),
                     value,
                     log_start: self.log_start,
+                    // Only the first record of a partition is looked at.
+                    range_start: self.range_start.unwrap_or(*offset),
                 };
                 folder
                     .apply(&record)
@@ -658,6 +713,17 @@ mod tests {
     }
 
     #[test]
+    fn records_removed_at_the_start_of_a_whole_log_range_make_nothing_partial() {
+        // The range starts with the log at 0, yet the first record read is
+        // at 10 (0..10 were removed from a copy): the instance is not partial
+        // (its start was in the range and is missing), so --verify compares it.
+        let mut feed = late_range(0);
+        feed.range_start = Some(0);
+        let result = feed.fold(Keep::Chain, None);
+        assert!(result.instances.iter().all(|i| !i.partial));
+    }
+
+    #[test]
     fn nothing_is_partial_when_the_range_starts_with_the_log() {
         let result = late_range(10).fold(Keep::Chain, None);
         assert!(result.instances.iter().all(|i| !i.partial));
@@ -707,6 +773,8 @@ mod tests {
         for (with_history, with_chain) in history.instances.iter().zip(&chain.instances) {
             assert_eq!(with_chain.record(), None);
             assert_eq!(with_chain.hashes(), with_history.hashes());
+            assert_eq!(with_chain.positions(), with_history.positions());
+            assert!(with_chain.positions().is_some());
             assert_eq!(with_chain.folded.state, with_history.folded.state);
         }
 
@@ -811,6 +879,7 @@ mod tests {
             key: None,
             value: b"",
             log_start: 0,
+            range_start: 0,
         };
         assert!(folder.apply(&record(0, 5)).is_ok());
         assert!(folder.apply(&record(1, 2)).is_ok());
@@ -863,7 +932,9 @@ mod tests {
             source: String::new(),
             topic: String::new(),
             ranges: Vec::new(),
-            exact_ranges: true,
+            inexact: None,
+            gaps: Vec::new(),
+            open_transactions: Vec::new(),
             instances: result.instances,
             records: result.records,
             events: result.events,

@@ -118,7 +118,8 @@ impl SignatureReport {
                 Finding::KeyNotTheReviewers { directory } => {
                     format!(
                         "key {} is not {}'s in directory {directory}",
-                        seen.key_id, seen.reviewer
+                        crate::text::clean(&seen.key_id),
+                        crate::text::clean(&seen.reviewer)
                     )
                 }
             };
@@ -129,7 +130,7 @@ impl SignatureReport {
                 seen.seq,
                 seen.position.partition,
                 seen.position.offset,
-                seen.reviewer
+                crate::text::clean(&seen.reviewer)
             );
         }
         let verified = self

@@ -43,6 +43,11 @@ pub struct RawRecord<'a> {
     /// The first offset still on the log for this partition, so the fold
     /// can tell whether an instance may have begun before the range.
     pub log_start: i64,
+    /// Where the range being read starts on this partition: an instance
+    /// may have begun before the range only if this is after `log_start`
+    /// (not the first record read: that one may sit after the range's
+    /// start because records were removed there).
+    pub range_start: i64,
 }
 
 /// Receives the records of a range in log order per partition.

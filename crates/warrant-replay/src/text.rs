@@ -1,14 +1,57 @@
 //! `--format text`: an execution record as an auditor reads it (docs/contract.md §7),
 //! every time in UTC, every entry with its log position and hash.
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 use warrant_authority::{Authority, Authorization, EffectiveScope, Outcome};
 use warrant_schema::Scope;
 
 use crate::replayed::ReplayedRecord;
 use crate::time::format_millis;
+
+/// `text` with every control character escaped (`\n`, `\u{1b}`, ...):
+/// C0, DEL, C1, and the bidirectional overrides that reorder a line on
+/// screen. Strings in a record come from the log, so anyone who can write
+/// to it (or to a file) chooses them; printed raw, a newline and an escape
+/// sequence in a signal's reason can forge a whole line of the report.
+pub fn clean(text: &str) -> std::borrow::Cow<'_, str> {
+    fn hostile(c: char) -> bool {
+        c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !text.chars().any(hostile) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if hostile(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Append a formatted piece of a line, cleaned: the templates hold no
+/// control characters, so whatever the piece holds came from the record.
+macro_rules! part {
+    ($out:expr, $($arg:tt)*) => {{
+        $out.push_str(&clean(&format!($($arg)*)));
+        Ok::<(), std::fmt::Error>(())
+    }};
+}
+
+/// [`part!`] and the end of the line.
+macro_rules! ln {
+    ($out:expr) => {{
+        $out.push('\n');
+        Ok::<(), std::fmt::Error>(())
+    }};
+    ($out:expr, $($arg:tt)*) => {{
+        $out.push_str(&clean(&format!($($arg)*)));
+        $out.push('\n');
+        Ok::<(), std::fmt::Error>(())
+    }};
+}
 
 /// The serde name of a unit enum (`ALLOW`, `SUCCEEDED`, ...).
 fn name<T: Serialize>(value: &T) -> String {
@@ -116,23 +159,22 @@ pub fn render(replayed: &ReplayedRecord) -> String {
 
 fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
     let record = &replayed.record;
-    writeln!(out, "== instance {} ==", record.instance_id)?;
+    ln!(out, "== instance {} ==", record.instance_id)?;
     if replayed.partial {
-        writeln!(
-            out,
-            "PARTIAL          its first event lies before the range: statuses, refusals and hashes below come from the range alone and are not its record"
+        ln!(out,
+            "PARTIAL          its first event in the range is not its proposal and the range starts after the log, so earlier events may lie before it (--verify asks the projector): statuses, refusals and hashes below come from the range alone and are not its record"
         )?;
     }
-    write!(out, "partition        {}", replayed.partition)?;
+    part!(out, "partition        {}", replayed.partition)?;
     if !replayed.also_in_partitions.is_empty() {
-        write!(
+        part!(
             out,
             " (records under this id also in partition(s) {:?}, folded separately)",
             replayed.also_in_partitions
         )?;
     }
-    writeln!(out)?;
-    writeln!(
+    ln!(out)?;
+    ln!(
         out,
         "status           {}",
         record
@@ -140,21 +182,22 @@ fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
             .map_or("(nothing proposed under this id)", |s| s.as_str())
     )?;
     if let Some(proposal) = &record.proposal {
-        writeln!(
+        ln!(
             out,
             "action           {} on {}",
-            proposal.action.kind, proposal.action.target
+            proposal.action.kind,
+            proposal.action.target
         )?;
         for (key, value) in &proposal.action.parameters {
-            writeln!(out, "  parameter      {key} = {value}")?;
+            ln!(out, "  parameter      {key} = {value}")?;
         }
-        writeln!(out, "action digest    {}", proposal.action_digest)?;
+        ln!(out, "action digest    {}", proposal.action_digest)?;
         let model = proposal
             .proposer
             .model
             .as_ref()
             .map_or_else(String::new, |m| format!(", model {m}"));
-        writeln!(
+        ln!(
             out,
             "proposed         {} by {} ({}{model}), submitted by {}",
             format_millis(proposal.proposed_at),
@@ -163,10 +206,10 @@ fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
             proposal.submitted_by
         )?;
         if let Some(rationale) = &proposal.rationale {
-            writeln!(out, "rationale        {rationale}")?;
+            ln!(out, "rationale        {rationale}")?;
         }
         let rule = &proposal.rule;
-        writeln!(
+        ln!(
             out,
             "rule             {}: {}; override by [{}]; required signals [{}]; review {}; decision timeout {} ms; grant ttl {} ms; max executions {}",
             rule.rule_id,
@@ -179,43 +222,45 @@ fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
             rule.max_executions
         )?;
         for skipped in &proposal.resolution {
-            writeln!(
+            ln!(
                 out,
                 "  not rule       {}: {}",
-                skipped.rule_id, skipped.reason
+                skipped.rule_id,
+                skipped.reason
             )?;
         }
-        writeln!(
+        ln!(
             out,
             "ruleset          version {}, digest {}",
-            proposal.ruleset.version, proposal.ruleset.digest
+            proposal.ruleset.version,
+            proposal.ruleset.digest
         )?;
-        writeln!(
+        ln!(
             out,
             "decide by        {}",
             format_millis(proposal.decision_deadline)
         )?;
-        writeln!(out, "context refs")?;
+        ln!(out, "context refs")?;
         if proposal.context_refs.is_empty() {
-            writeln!(out, "  (none)")?;
+            ln!(out, "  (none)")?;
         }
         for context in &proposal.context_refs {
-            write!(out, "  - {}", context.uri)?;
+            part!(out, "  - {}", context.uri)?;
             if let Some(digest) = &context.digest {
-                write!(out, "  digest {digest}")?;
+                part!(out, "  digest {digest}")?;
             }
             if let Some(note) = &context.note {
-                write!(out, "  ({note})")?;
+                part!(out, "  ({note})")?;
             }
-            writeln!(out)?;
+            ln!(out)?;
         }
     }
-    writeln!(out, "signals")?;
+    ln!(out, "signals")?;
     if record.signals.is_empty() {
-        writeln!(out, "  (none)")?;
+        ln!(out, "  (none)")?;
     }
     for signal in &record.signals {
-        writeln!(
+        ln!(
             out,
             "  #{:<4} {}  {}  {}  policy {}@{}  [{}]",
             signal.seq,
@@ -227,15 +272,15 @@ fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
             signal.outcome
         )?;
         for reason in &signal.reasons {
-            writeln!(out, "         reason: {reason}")?;
+            ln!(out, "         reason: {reason}")?;
         }
     }
-    writeln!(out, "decisions")?;
+    ln!(out, "decisions")?;
     if record.decisions.is_empty() {
-        writeln!(out, "  (none)")?;
+        ln!(out, "  (none)")?;
     }
     for decision in &record.decisions {
-        writeln!(
+        ln!(
             out,
             "  #{:<4} {}  {} [{}]  {}  [{}]",
             decision.seq,
@@ -246,20 +291,20 @@ fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
             decision.outcome
         )?;
         if let Some(group) = decision.counted_for {
-            writeln!(out, "         counted for group {}", group + 1)?;
+            ln!(out, "         counted for group {}", group + 1)?;
         }
-        writeln!(out, "         {}", decision.attestation.describe())?;
-        writeln!(out, "         justification: {:?}", decision.justification)?;
-        writeln!(out, "         scope: {}", requested_scope(&decision.scope))?;
+        ln!(out, "         {}", decision.attestation.describe())?;
+        ln!(out, "         justification: {:?}", decision.justification)?;
+        ln!(out, "         scope: {}", requested_scope(&decision.scope))?;
         for evidence in &decision.evidence_refs {
-            writeln!(out, "         evidence: {evidence}")?;
+            ln!(out, "         evidence: {evidence}")?;
         }
     }
     if !record.approval_groups.is_empty() {
-        writeln!(out, "approval groups")?;
+        ln!(out, "approval groups")?;
     }
     for (index, group) in record.approval_groups.iter().enumerate() {
-        writeln!(
+        ln!(
             out,
             "  {}. {} of [{}]: {}{}",
             index + 1,
@@ -278,12 +323,12 @@ fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
         )?;
     }
     match &record.authorization {
-        Some(auth) => writeln!(out, "authorization    {}", authorization(auth))?,
-        None => writeln!(out, "authorization    (none)")?,
+        Some(auth) => ln!(out, "authorization    {}", authorization(auth))?,
+        None => ln!(out, "authorization    (none)")?,
     }
-    writeln!(out, "transitions")?;
+    ln!(out, "transitions")?;
     for transition in &record.transitions {
-        writeln!(
+        ln!(
             out,
             "  #{:<4} {}  at {}/{}  {} -> {}",
             transition.seq,
@@ -294,12 +339,12 @@ fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
             transition.to
         )?;
     }
-    writeln!(out, "grants")?;
+    ln!(out, "grants")?;
     if record.grants.is_empty() {
-        writeln!(out, "  (none)")?;
+        ln!(out, "  (none)")?;
     }
     for grant in &record.grants {
-        write!(
+        part!(
             out,
             "  {}  executor {}  granted #{} at {}",
             grant.grant_id,
@@ -308,22 +353,22 @@ fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
             format_millis(grant.granted_at)
         )?;
         match &grant.report {
-            Some(report) => writeln!(
+            Some(report) => ln!(
                 out,
                 "; reported {} at {} (#{})",
                 name(&report.outcome),
                 format_millis(report.reported_at),
                 report.seq
             )?,
-            None => writeln!(out, "; not reported")?,
+            None => ln!(out, "; not reported")?,
         }
     }
-    writeln!(out, "violations")?;
+    ln!(out, "violations")?;
     if record.violations.is_empty() {
-        writeln!(out, "  (none)")?;
+        ln!(out, "  (none)")?;
     }
     for violation in &record.violations {
-        writeln!(
+        ln!(
             out,
             "  #{:<4} {}  {} for grant {}",
             violation.seq,
@@ -332,9 +377,9 @@ fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
             violation.grant_id
         )?;
     }
-    writeln!(out, "history")?;
+    ln!(out, "history")?;
     for entry in &record.history {
-        writeln!(
+        ln!(
             out,
             "  #{:<4} {}  at {}/{}  {} by {}: {}",
             entry.seq,
@@ -345,9 +390,9 @@ fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
             entry.submitted_by.as_deref().unwrap_or("(unknown)"),
             outcome(&entry.outcome)
         )?;
-        writeln!(out, "         hash {}", entry.hash)?;
+        ln!(out, "         hash {}", entry.hash)?;
     }
-    writeln!(out, "head hash        {}", record.head_hash)?;
+    ln!(out, "head hash        {}", record.head_hash)?;
     Ok(())
 }
 
@@ -434,5 +479,38 @@ mod tests {
         let lines: Vec<&str> = text.lines().take(3).collect();
         assert!(lines[1].starts_with("PARTIAL"), "{text}");
         assert!(lines[2].contains("also in partition(s) [0]"), "{text}");
+    }
+
+    #[test]
+    fn control_characters_from_the_log_cannot_forge_lines() {
+        // A policy signal's reason carrying a newline and an erase-line
+        // escape would otherwise print a line of its own (attack t10).
+        let mut record = sample();
+        let forged = "fine\n\u{1b}[Kverify http://projector: 1 instances: 1 verified; ok";
+        record.record.signals[0].reasons.push(forged.to_owned());
+        if let Some(proposal) = record.record.proposal.as_mut() {
+            proposal
+                .action
+                .parameters
+                .insert("k\r\u{9b}".to_owned(), "v\u{202e}x\u{7f}".to_owned());
+        }
+        let text = render(&record);
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.contains("verify http") && !l.contains("reason:")),
+            "{text}"
+        );
+        assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text}");
+        assert!(
+            text.contains("         reason: fine\\n\\u{1b}[Kverify http://projector"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  parameter      k\\r\\u{9b} = v\\u{202e}x\\u{7f}"),
+            "{text}"
+        );
+        // Ordinary text, accents included, is untouched.
+        assert_eq!(clean("café: ok"), "café: ok");
     }
 }

@@ -5,6 +5,13 @@
 //! entry `seq` of replay against `history[seq-1]` of the projector. The
 //! comparison itself ([`compare`]) is a pure function; [`verify`] fetches.
 //!
+//! "May have folded more" has a limit: the projector's next entry for the
+//! instance sits at a log position. When that position lies inside the
+//! range replay read, the range held that record and replay did not fold
+//! it (it was deleted from a file or a copy of the log): a difference, not
+//! a longer projector ([`Verdict::EntryMissing`]). Only an entry at or
+//! after the range's end may be one the range does not reach.
+//!
 //! What is compared is what the log and the hash chain establish: entry
 //! hashes (or the head), log positions, statuses and the record's facts.
 //! The reason text of a refusal or violation is not: it explains, the
@@ -16,6 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use warrant_authority::{error_chain, EntryView, ExecutionRecord, Hash32, LogPosition, Outcome};
 
+use crate::range::PartitionRange;
 use crate::replayed::{Replay, ReplayedInstance};
 use crate::Error;
 
@@ -30,9 +38,15 @@ pub struct Ours<'a> {
     pub first: LogPosition,
     /// Where the range starts on that partition.
     pub range_start: i64,
+    /// Where the range ends on that partition (exclusive), when replay read
+    /// every record from `range_start` up to it (`None`: not known, e.g. a
+    /// file without export metadata, or a file narrowed by time).
+    pub range_end: Option<i64>,
     pub entries: u64,
     /// Every entry's hash by `seq - 1`, if kept; else only the head is known.
     pub hashes: Option<&'a [Hash32]>,
+    /// Every entry's log position by `seq - 1`, if kept; else only the first.
+    pub positions: Option<&'a [LogPosition]>,
     /// The record replay built: full, or from the state alone.
     pub record: &'a ExecutionRecord,
     /// Whether `record` has its history lists (signals, decisions,
@@ -76,6 +90,21 @@ pub enum Verdict {
         expected: LogPosition,
         actual: LogPosition,
     },
+    /// The projector's entry `seq` comes from a record inside the range,
+    /// yet replay folded only `entries` entries: the range lacks a record
+    /// the projector folded.
+    EntryMissing {
+        seq: u64,
+        position: LogPosition,
+        entries: u64,
+    },
+    /// The projector's history starts at `position`, inside the range
+    /// replay read in full, yet replay's first record of the instance is
+    /// at `first`: the range lacks the record the projector folded first.
+    StartMissing {
+        position: LogPosition,
+        first: LogPosition,
+    },
     /// Same entries, but the record's fields differ.
     FieldsDiffer { fields: Vec<String> },
     /// The projector's answer is not a usable execution record.
@@ -91,6 +120,8 @@ impl Verdict {
             | Verdict::Behind { .. }
             | Verdict::Differs { .. }
             | Verdict::PositionDiffers { .. }
+            | Verdict::EntryMissing { .. }
+            | Verdict::StartMissing { .. }
             | Verdict::FieldsDiffer { .. }
             | Verdict::Malformed { .. } => true,
         }
@@ -106,6 +137,8 @@ impl Verdict {
             Verdict::Behind { .. } => "BEHIND",
             Verdict::Differs { .. }
             | Verdict::PositionDiffers { .. }
+            | Verdict::EntryMissing { .. }
+            | Verdict::StartMissing { .. }
             | Verdict::FieldsDiffer { .. } => "DIFFERS",
             Verdict::Malformed { .. } => "MALFORMED",
         }
@@ -156,11 +189,35 @@ impl std::fmt::Display for Verdict {
                 "entry {seq} is at {}/{} on the log but the projector says {}/{}",
                 expected.partition, expected.offset, actual.partition, actual.offset
             ),
+            Verdict::EntryMissing {
+                seq,
+                position,
+                entries,
+            } => write!(
+                f,
+                "entry {seq} is missing: the projector folded it from {}/{}, inside the range, but the range holds only {entries} entries",
+                position.partition, position.offset
+            ),
+            Verdict::StartMissing { position, first } => write!(
+                f,
+                "its history starts at {}/{} on the projector, inside the range, but replay's first record of it is {}/{}: the range lacks its first record",
+                position.partition, position.offset, first.partition, first.offset
+            ),
             Verdict::FieldsDiffer { fields } => {
                 write!(f, "same entries but different {}", fields.join(", "))
             }
             Verdict::Malformed { reason } => write!(f, "unusable answer: {reason}"),
         }
+    }
+}
+
+impl Ours<'_> {
+    /// Whether replay read every record at this offset of the instance's
+    /// partition: from the range's start up to its end when that is known,
+    /// else up to the instance's first record (replay read all before it).
+    fn read_in_full(&self, offset: i64) -> bool {
+        let end = self.range_end.unwrap_or(self.first.offset);
+        offset >= self.range_start && offset < end.max(self.first.offset)
     }
 }
 
@@ -172,17 +229,34 @@ pub fn compare(ours: &Ours<'_>, theirs: Option<&ExecutionRecord>) -> Verdict {
             partitions: ours.other_partitions.to_vec(),
         };
     }
-    if ours.partial {
-        return Verdict::NotVerifiable {
-            reason: format!(
-                "its first event in the range ({}/{}) is not its proposal and the range starts after the log does; earlier entries are not in the range",
-                ours.first.partition, ours.first.offset
-            ),
-        };
-    }
+    // Not known to the projector is a difference for a partial instance
+    // too: one whose first record is a copied decision under a new id is
+    // exactly what a forger appends.
     let Some(theirs) = theirs else {
         return Verdict::Missing;
     };
+    if ours.partial {
+        // The start of its history may lie before the range; the
+        // projector says where. Inside the part of the range replay read
+        // in full, it is a record the range held and replay never saw.
+        let Some(start) = theirs.history.first().map(|e| e.position) else {
+            return Verdict::Malformed {
+                reason: "the projector's record has no history".to_owned(),
+            };
+        };
+        if start.partition == ours.first.partition && ours.read_in_full(start.offset) {
+            return Verdict::StartMissing {
+                position: start,
+                first: ours.first,
+            };
+        }
+        return Verdict::NotVerifiable {
+            reason: format!(
+                "its first event in the range ({}/{}) is not its proposal, the range starts at offset {}, after the log does, and the projector's history starts at {}/{}, outside the range",
+                ours.first.partition, ours.first.offset, ours.range_start, start.partition, start.offset
+            ),
+        };
+    }
     if theirs.instance_id != ours.instance_id {
         return Verdict::Malformed {
             reason: format!(
@@ -226,18 +300,31 @@ pub fn compare(ours: &Ours<'_>, theirs: Option<&ExecutionRecord>) -> Verdict {
         }
     }
     let common = ours.entries.min(projector_entries);
-    match ours.hashes {
-        Some(hashes) => {
-            for (seq, (expected, entry)) in (1u64..).zip(hashes.iter().zip(&theirs.history)) {
-                if *expected != entry.hash {
-                    return Verdict::Differs {
-                        seq,
-                        expected: *expected,
-                        actual: entry.hash,
-                    };
-                }
+    // Entry by entry, the first difference wins: its hash (the bytes and
+    // the outcome), then its position (which the chain does not commit to).
+    for (seq, entry) in (1u64..).zip(&theirs.history).take(common as usize) {
+        let index = (seq - 1) as usize;
+        if let Some(expected) = ours.hashes.and_then(|h| h.get(index)) {
+            if *expected != entry.hash {
+                return Verdict::Differs {
+                    seq,
+                    expected: *expected,
+                    actual: entry.hash,
+                };
             }
         }
+        if let Some(expected) = ours.positions.and_then(|p| p.get(index)) {
+            if *expected != entry.position {
+                return Verdict::PositionDiffers {
+                    seq,
+                    expected: *expected,
+                    actual: entry.position,
+                };
+            }
+        }
+    }
+    match ours.hashes {
+        Some(_) => {}
         None if ours.entries <= projector_entries && ours.entries > 0 => {
             let actual = theirs.history[(ours.entries - 1) as usize].hash;
             if actual != ours.record.head_hash {
@@ -255,6 +342,17 @@ pub fn compare(ours: &Ours<'_>, theirs: Option<&ExecutionRecord>) -> Verdict {
             entries: ours.entries,
             projector_entries,
         };
+    }
+    if let (Some(range_end), Some(next)) = (ours.range_end, theirs.history.get(common as usize)) {
+        let inside = next.position.partition == ours.first.partition
+            && (ours.range_start..range_end).contains(&next.position.offset);
+        if inside {
+            return Verdict::EntryMissing {
+                seq: common + 1,
+                position: next.position,
+                entries: ours.entries,
+            };
+        }
     }
     if ours.entries == projector_entries {
         let fields = differing_fields(ours.record, theirs, ours.full);
@@ -411,6 +509,16 @@ pub struct VerifyReport {
     pub instances: Vec<InstanceVerdict>,
     pub checkpoint: CheckpointCheck,
     pub behind: Vec<Lag>,
+    /// Why the comparison cannot show that the range read was complete
+    /// (see [`Replay::inexact`]); `None` when it can. Not a failure by
+    /// itself: nothing differed, but nothing proves records were not
+    /// removed from the ends of the ranges either.
+    #[serde(default)]
+    pub completeness_not_proven: Option<String>,
+    /// Offsets inside the range with no record ([`Replay::gaps`]): the log
+    /// read was rewritten, so the comparison fails whatever else agrees.
+    #[serde(default)]
+    pub gaps: Vec<crate::Gap>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -426,6 +534,7 @@ impl VerifyReport {
     pub fn failed(&self) -> bool {
         self.instances.iter().any(|i| i.verdict.is_failure())
             || matches!(self.checkpoint, CheckpointCheck::Differs { .. })
+            || !self.gaps.is_empty()
     }
 
     /// Verdict label to count.
@@ -456,16 +565,23 @@ impl VerifyReport {
                 out,
                 "{:<9} {} (partition {}): {}",
                 instance.verdict.label(),
-                instance.instance_id,
+                crate::text::clean(&instance.instance_id),
                 instance.partition,
-                instance.verdict
+                // A reason may quote the projector's answer.
+                crate::text::clean(&instance.verdict.to_string())
+            )?;
+        }
+        for gap in &self.gaps {
+            writeln!(
+                out,
+                "GAP       {gap} (the log's offsets are contiguous: it was rewritten)"
             )?;
         }
         for lag in &self.behind {
             match lag.projector_next {
                 Some(next) => writeln!(
                     out,
-                    "BEHIND    the projector has consumed partition {} up to offset {next}; the range ends at {} (re-run when it has caught up, or pass --to)",
+                    "BEHIND    the projector has consumed partition {} up to offset {next}; the range ends at {} (re-run when it has caught up, or pass --to-checkpoint)",
                     lag.partition, lag.range_end
                 )?,
                 None => writeln!(
@@ -476,12 +592,16 @@ impl VerifyReport {
             }
         }
         match &self.checkpoint {
-            CheckpointCheck::Unavailable { reason } => {
-                writeln!(out, "checkpoint: unavailable ({reason})")?
-            }
-            CheckpointCheck::Skipped { reason } => {
-                writeln!(out, "checkpoint: digest not compared ({reason})")?
-            }
+            CheckpointCheck::Unavailable { reason } => writeln!(
+                out,
+                "checkpoint: unavailable ({})",
+                crate::text::clean(reason)
+            )?,
+            CheckpointCheck::Skipped { reason } => writeln!(
+                out,
+                "checkpoint: digest not compared ({})",
+                crate::text::clean(reason)
+            )?,
             CheckpointCheck::Equal { digest, instances } => writeln!(
                 out,
                 "checkpoint: digest equal over {instances} instances ({digest})"
@@ -490,6 +610,13 @@ impl VerifyReport {
                 out,
                 "DIFFERS   checkpoint digest: replay {expected}, projector {actual}"
             )?,
+        }
+        if let Some(reason) = &self.completeness_not_proven {
+            writeln!(
+                out,
+                "UNPROVEN  completeness is not proven: {}",
+                crate::text::clean(reason)
+            )?;
         }
         let counts: Vec<String> = self
             .counts()
@@ -506,7 +633,11 @@ impl VerifyReport {
             } else {
                 counts.join(", ")
             },
-            if self.failed() { "FAILED" } else { "ok" }
+            match (self.failed(), &self.completeness_not_proven) {
+                (true, _) => "FAILED",
+                (false, Some(_)) => "ok as far as compared, but COMPLETENESS NOT PROVEN",
+                (false, None) => "ok",
+            }
         )
     }
 }
@@ -519,6 +650,10 @@ pub struct VerifyOptions {
     /// Requests in flight at once.
     pub concurrency: usize,
     pub timeout: Duration,
+    /// The topic the projector folds, when the log read is a copy of it
+    /// under another name (a mirror, a restored backup); `None`: the topic
+    /// read. Only the checkpoint comparison looks at names.
+    pub projector_topic: Option<String>,
 }
 
 impl VerifyOptions {
@@ -527,27 +662,31 @@ impl VerifyOptions {
             url: url.into(),
             concurrency: 8,
             timeout: Duration::from_secs(30),
+            projector_topic: None,
         }
     }
 }
 
 /// Whether the range covers every partition from the log's start to
 /// exactly the checkpoint's offsets, so the digests must be equal.
-fn digest_comparable(replay: &Replay, checkpoint: &ProjectorCheckpoint) -> Result<(), String> {
+/// `topic`: the topic the range stands for (see
+/// [`VerifyOptions::projector_topic`]).
+fn digest_comparable(
+    replay: &Replay,
+    topic: &str,
+    checkpoint: &ProjectorCheckpoint,
+) -> Result<(), String> {
     if replay.only.is_some() {
         return Err("only one instance was replayed".to_owned());
     }
-    if checkpoint.topic != replay.topic {
+    if checkpoint.topic != topic {
         return Err(format!(
-            "the projector folds topic {}, the range is of {}",
-            checkpoint.topic, replay.topic
+            "the projector folds topic {}, the range is of {topic}",
+            checkpoint.topic
         ));
     }
-    if !replay.exact_ranges {
-        return Err(
-            "the exact offsets read are not known (file without export metadata, or a time range)"
-                .to_owned(),
-        );
+    if let Some(reason) = &replay.inexact {
+        return Err(format!("the exact offsets read are not known: {reason}"));
     }
     let ours: BTreeSet<String> = replay
         .ranges
@@ -567,12 +706,14 @@ fn digest_comparable(replay: &Replay, checkpoint: &ProjectorCheckpoint) -> Resul
                 range.partition, range.start, range.log_start
             ));
         }
-        if checkpoint.next_offset(range.partition) != Some(range.end) {
+        // The partition sets are equal (above): the checkpoint has this one.
+        if let Some(next) = checkpoint
+            .next_offset(range.partition)
+            .filter(|next| *next != range.end)
+        {
             return Err(format!(
-                "partition {} is read up to offset {}, the checkpoint is at {:?} (pass --to to match it)",
-                range.partition,
-                range.end,
-                checkpoint.next_offset(range.partition)
+                "partition {} is read up to offset {}, the checkpoint is at {next} (pass --to-checkpoint to read up to it)",
+                range.partition, range.end,
             ));
         }
     }
@@ -586,8 +727,12 @@ fn digest_comparable(replay: &Replay, checkpoint: &ProjectorCheckpoint) -> Resul
     Ok(())
 }
 
-fn checkpoint_check(replay: &Replay, checkpoint: &ProjectorCheckpoint) -> CheckpointCheck {
-    if let Err(reason) = digest_comparable(replay, checkpoint) {
+fn checkpoint_check(
+    replay: &Replay,
+    topic: &str,
+    checkpoint: &ProjectorCheckpoint,
+) -> CheckpointCheck {
+    if let Err(reason) = digest_comparable(replay, topic, checkpoint) {
         return CheckpointCheck::Skipped { reason };
     }
     match replay.checkpoint_digest() {
@@ -605,8 +750,8 @@ fn checkpoint_check(replay: &Replay, checkpoint: &ProjectorCheckpoint) -> Checkp
     }
 }
 
-fn lags(replay: &Replay, checkpoint: &ProjectorCheckpoint) -> Vec<Lag> {
-    if checkpoint.topic != replay.topic {
+fn lags(replay: &Replay, topic: &str, checkpoint: &ProjectorCheckpoint) -> Vec<Lag> {
+    if checkpoint.topic != topic {
         return Vec::new();
     }
     replay
@@ -682,9 +827,27 @@ async fn fetch_checkpoint(
     serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
 }
 
+/// The projector's checkpoint (`--to-checkpoint` reads up to its offsets).
+pub async fn checkpoint(options: &VerifyOptions) -> Result<ProjectorCheckpoint, Error> {
+    let base = options.url.trim_end_matches('/').to_owned();
+    let client = reqwest::Client::builder()
+        .timeout(options.timeout)
+        .build()
+        .map_err(|source| Error::Http {
+            url: base.clone(),
+            source,
+        })?;
+    fetch_checkpoint(&client, &base).await.map_err(|reason| {
+        Error::Usage(format!(
+            "--to-checkpoint: cannot read the projector's checkpoint: {reason}"
+        ))
+    })
+}
+
 /// Compare every replayed instance with the projector at `options.url`.
 pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyReport, Error> {
     let base = options.url.trim_end_matches('/').to_owned();
+    let topic = options.projector_topic.as_deref().unwrap_or(&replay.topic);
     let client = reqwest::Client::builder()
         .timeout(options.timeout)
         .build()
@@ -696,29 +859,25 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
     // it reports as consumed here is in the records fetched afterwards.
     let checkpoint = fetch_checkpoint(&client, &base).await;
 
-    let starts: BTreeMap<i32, i64> = replay
-        .ranges
-        .iter()
-        .map(|r| (r.partition, r.start))
-        .collect();
+    let ranges: BTreeMap<i32, &PartitionRange> =
+        replay.ranges.iter().map(|r| (r.partition, r)).collect();
     let mut verdicts: Vec<Option<Verdict>> = vec![None; replay.instances.len()];
     let mut in_flight = tokio::task::JoinSet::new();
     let concurrency = options.concurrency.max(1);
     let mut next = 0;
     loop {
         while in_flight.len() < concurrency && next < replay.instances.len() {
+            // Every instance is fetched, partial ones too: only the
+            // projector can say whether a partial instance's history really
+            // starts before the range.
             let instance = &replay.instances[next];
-            if let Some(verdict) = cannot_verify(instance) {
-                verdicts[next] = Some(verdict);
-            } else {
-                let (client, base, id) = (
-                    client.clone(),
-                    base.clone(),
-                    instance.instance_id().to_owned(),
-                );
-                let index = next;
-                in_flight.spawn(async move { (index, fetch_instance(client, base, id).await) });
-            }
+            let (client, base, id) = (
+                client.clone(),
+                base.clone(),
+                instance.instance_id().to_owned(),
+            );
+            let index = next;
+            in_flight.spawn(async move { (index, fetch_instance(client, base, id).await) });
             next += 1;
         }
         let Some(joined) = in_flight.join_next().await else {
@@ -729,8 +888,8 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
         };
         let (index, fetched) = joined.map_err(|_| Error::Worker)?;
         let instance = &replay.instances[index];
-        let range_start = starts.get(&instance.partition).copied().unwrap_or(0);
-        verdicts[index] = Some(judge(instance, range_start, fetched?));
+        let range = ranges.get(&instance.partition).copied();
+        verdicts[index] = Some(judge(instance, range, replay.exact_ranges(), fetched?));
     }
 
     let instances = replay
@@ -747,8 +906,8 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
         .collect();
     let (checkpoint, behind) = match checkpoint {
         Ok(checkpoint) => (
-            checkpoint_check(replay, &checkpoint),
-            lags(replay, &checkpoint),
+            checkpoint_check(replay, topic, &checkpoint),
+            lags(replay, topic, &checkpoint),
         ),
         Err(reason) => (CheckpointCheck::Unavailable { reason }, Vec::new()),
     };
@@ -757,36 +916,26 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
         instances,
         checkpoint,
         behind,
+        completeness_not_proven: replay.inexact.clone(),
+        gaps: replay.gaps.clone(),
     })
 }
 
-/// The verdict for instances that need no request.
-fn cannot_verify(instance: &ReplayedInstance) -> Option<Verdict> {
-    let placeholder = ExecutionRecord::build(&warrant_authority::InstanceState::new(""), &[]);
-    let ours = Ours {
-        instance_id: instance.instance_id(),
-        partial: instance.partial,
-        other_partitions: &instance.other_partitions,
-        first: instance.first,
-        range_start: 0,
-        entries: instance.entries(),
-        hashes: None,
-        record: &placeholder,
-        full: false,
-    };
-    match compare(&ours, None) {
-        verdict @ Verdict::NotVerifiable { .. } => Some(verdict),
-        _ => None,
-    }
-}
-
-fn judge(instance: &ReplayedInstance, range_start: i64, fetched: Fetched) -> Verdict {
+/// `range`: the range on the instance's partition; `exact`: whether replay
+/// read every record in it.
+fn judge(
+    instance: &ReplayedInstance,
+    range: Option<&PartitionRange>,
+    exact: bool,
+    fetched: Fetched,
+) -> Verdict {
     let theirs = match fetched {
         Fetched::Record(record) => Some(record),
         Fetched::NotFound => None,
         Fetched::Unusable(reason) => return Verdict::Malformed { reason },
     };
     let hashes = instance.hashes();
+    let positions = instance.positions();
     let (record, full) = match instance.record() {
         Some(replayed) => (replayed.record, true),
         None => (instance.state_record(), false),
@@ -796,9 +945,11 @@ fn judge(instance: &ReplayedInstance, range_start: i64, fetched: Fetched) -> Ver
         partial: instance.partial,
         other_partitions: &instance.other_partitions,
         first: instance.first,
-        range_start,
+        range_start: range.map_or(0, |r| r.start),
+        range_end: range.filter(|_| exact).map(|r| r.end),
         entries: instance.entries(),
         hashes: hashes.as_deref(),
+        positions: positions.as_deref(),
         record: &record,
         full,
     };
@@ -836,12 +987,18 @@ mod tests {
     struct Mine {
         record: ExecutionRecord,
         hashes: Vec<Hash32>,
+        positions: Vec<LogPosition>,
     }
 
     fn mine(len: usize) -> Mine {
         let record = projector(len);
         let hashes = record.history.iter().map(|e| e.hash).collect();
-        Mine { record, hashes }
+        let positions = record.history.iter().map(|e| e.position).collect();
+        Mine {
+            record,
+            hashes,
+            positions,
+        }
     }
 
     fn ours<'a>(mine: &'a Mine, hashes: bool) -> Ours<'a> {
@@ -854,8 +1011,11 @@ mod tests {
                 offset: 100,
             },
             range_start: 100,
+            // An honest partial range: it ends where replay's entries do.
+            range_end: Some(100 + mine.hashes.len() as i64),
             entries: mine.hashes.len() as u64,
             hashes: hashes.then_some(mine.hashes.as_slice()),
+            positions: hashes.then_some(mine.positions.as_slice()),
             record: &mine.record,
             full: true,
         }
@@ -884,6 +1044,90 @@ mod tests {
         };
         assert_eq!(compare(&ours(&mine, true), Some(&theirs)), expected);
         assert_eq!(compare(&ours(&mine, false), Some(&theirs)), expected);
+    }
+
+    #[test]
+    fn a_shorter_replay_differs_only_when_the_range_held_the_missing_record() {
+        // Replay folded five entries; the projector has seven, the sixth
+        // from offset 105. A range ending at 105 never reached it (the
+        // projector folded more, honestly); a range ending after it held
+        // that record and replay did not fold it: it was removed.
+        let mine = mine(5);
+        let theirs = projector(7);
+        let mut ours = ours(&mine, true);
+        let verified = Verdict::Verified {
+            entries: 5,
+            projector_entries: 7,
+        };
+        assert_eq!(compare(&ours, Some(&theirs)), verified);
+        ours.range_end = Some(106);
+        let verdict = compare(&ours, Some(&theirs));
+        assert_eq!(
+            verdict,
+            Verdict::EntryMissing {
+                seq: 6,
+                position: LogPosition {
+                    partition: 1,
+                    offset: 105,
+                },
+                entries: 5,
+            }
+        );
+        assert!(verdict.is_failure());
+        assert_eq!(verdict.label(), "DIFFERS");
+        assert!(
+            verdict.to_string().starts_with("entry 6 is missing"),
+            "{verdict}"
+        );
+        // Also with only the head kept (no per-entry hashes or positions).
+        assert_eq!(
+            compare(
+                &Ours {
+                    hashes: None,
+                    positions: None,
+                    ..ours.clone()
+                },
+                Some(&theirs)
+            ),
+            verdict
+        );
+        // Where the range's end is not known, the projector may have more.
+        ours.range_end = None;
+        assert_eq!(compare(&ours, Some(&theirs)), verified);
+        // An entry in another partition is not one this range could hold.
+        let mut elsewhere = projector(7);
+        elsewhere.history[5].position.partition = 2;
+        ours.range_end = Some(106);
+        assert_eq!(compare(&ours, Some(&elsewhere)), verified);
+    }
+
+    #[test]
+    fn every_entry_position_is_compared_not_only_the_first() {
+        // The chain commits to bytes, not positions: a record moved to
+        // another offset keeps its hash, and is found by its position.
+        let mine = mine(7);
+        let mut theirs = projector(7);
+        let moved = LogPosition {
+            partition: 1,
+            offset: 150,
+        };
+        theirs.history[3].position = moved;
+        assert_eq!(
+            compare(&ours(&mine, true), Some(&theirs)),
+            Verdict::PositionDiffers {
+                seq: 4,
+                expected: mine.positions[3],
+                actual: moved,
+            }
+        );
+        // Without the positions kept, the full record's history still differs.
+        let verdict = compare(&ours(&mine, false), Some(&theirs));
+        assert_eq!(
+            verdict,
+            Verdict::FieldsDiffer {
+                fields: vec!["history".to_owned()],
+            }
+        );
     }
 
     #[test]
@@ -934,15 +1178,53 @@ mod tests {
 
     #[test]
     fn partial_instances_are_not_verifiable_but_split_ones_fail() {
+        // Replay saw the instance from its fourth event (1/103) on; the
+        // projector's history starts at 1/100.
         let mine = mine(3);
+        let theirs = projector(7);
         let mut partial = ours(&mine, true);
         partial.partial = true;
-        let verdict = compare(&partial, None);
+        partial.first = LogPosition {
+            partition: 1,
+            offset: 103,
+        };
+        partial.range_start = 103;
+        partial.range_end = Some(107);
+        let verdict = compare(&partial, Some(&theirs));
         assert!(
             matches!(verdict, Verdict::NotVerifiable { .. }),
             "{verdict:?}"
         );
         assert!(!verdict.is_failure());
+        assert!(
+            verdict
+                .to_string()
+                .contains("starts at 1/100, outside the range"),
+            "{verdict}"
+        );
+
+        // The range started at 100 after all (a forged log_start made it
+        // partial, or its first records were removed): the projector's
+        // first entry lies inside what replay read, so it is missing.
+        partial.range_start = 100;
+        let missing_start = Verdict::StartMissing {
+            position: LogPosition {
+                partition: 1,
+                offset: 100,
+            },
+            first: partial.first,
+        };
+        assert_eq!(compare(&partial, Some(&theirs)), missing_start);
+        assert!(missing_start.is_failure());
+        assert_eq!(missing_start.label(), "DIFFERS");
+        // Also where the range's end is not known: replay read everything
+        // from the range's start up to its first record.
+        partial.range_end = None;
+        assert_eq!(compare(&partial, Some(&theirs)), missing_start);
+
+        // A partial instance the projector has never heard of (a copied
+        // decision under a new id, appended): a difference, not skipped.
+        assert_eq!(compare(&partial, None), Verdict::Missing);
 
         // An instance in two partitions (partitions added to the log): the
         // projector, folding by id, may have granted what replay refuses.
@@ -1140,6 +1422,8 @@ mod tests {
                 reason: "test".to_owned(),
             },
             behind: vec![],
+            completeness_not_proven: None,
+            gaps: Vec::new(),
         };
         assert!(!report.failed());
         report.instances.push(verdict(
@@ -1171,11 +1455,96 @@ mod tests {
         );
 
         report.instances.truncate(2);
+        // A gap alone fails, and is named.
+        report.gaps = vec![crate::Gap {
+            partition: 0,
+            from: 6,
+            to: 7,
+        }];
+        assert!(report.failed());
+        let mut text = Vec::new();
+        report
+            .write_text(&mut text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.contains("GAP       partition 0: no record at offset 6 inside the range"),
+            "{text}"
+        );
+        assert!(text.ends_with("; FAILED\n"), "{text}");
+        report.gaps.clear();
+        // Nothing differs, yet nothing proves the range complete: the
+        // summary must not be a plain "ok", and says why.
+        report.completeness_not_proven = Some("the file has no export header".to_owned());
+        assert!(!report.failed());
+        let mut text = Vec::new();
+        report
+            .write_text(&mut text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.contains("UNPROVEN  completeness is not proven: the file has no export header"),
+            "{text}"
+        );
+        assert!(text.ends_with("COMPLETENESS NOT PROVEN\n"), "{text}");
+        assert!(!text.ends_with("; ok\n"), "{text}");
+        let json = serde_json::to_value(&report).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            json["completeness_not_proven"],
+            "the file has no export header"
+        );
         report.checkpoint = CheckpointCheck::Differs {
             expected: Hash32([1; 32]),
             actual: Hash32([2; 32]),
         };
         assert!(report.failed());
+    }
+
+    #[test]
+    fn a_copy_under_another_name_compares_digests_only_when_told_whose_copy() {
+        let replay = Replay {
+            signed_decisions: Vec::new(),
+            attested_decisions: 0,
+            source: "kafka test".to_owned(),
+            topic: "warrant.log.restored".to_owned(),
+            ranges: vec![PartitionRange {
+                partition: 0,
+                log_start: 0,
+                start: 0,
+                end: 12,
+            }],
+            inexact: None,
+            gaps: Vec::new(),
+            open_transactions: Vec::new(),
+            instances: Vec::new(),
+            records: BTreeMap::new(),
+            events: 0,
+            keep: crate::Keep::Chain,
+            only: None,
+        };
+        let checkpoint = ProjectorCheckpoint {
+            topic: "warrant.log".to_owned(),
+            partitions: BTreeMap::from([("0".to_owned(), 12)]),
+            instances: Some(0),
+            digest: Hash32([7; 32]),
+        };
+        let skipped = digest_comparable(&replay, &replay.topic, &checkpoint);
+        assert_eq!(
+            skipped,
+            Err(
+                "the projector folds topic warrant.log, the range is of warrant.log.restored"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            digest_comparable(&replay, "warrant.log", &checkpoint),
+            Ok(())
+        );
+        // Told, the digests are compared (and differ here: no instances).
+        assert!(matches!(
+            checkpoint_check(&replay, "warrant.log", &checkpoint),
+            CheckpointCheck::Differs { .. }
+        ));
     }
 
     #[test]

@@ -27,8 +27,13 @@ use warrant_replay::{
 };
 use warrant_schema::{samples, Envelope, EventBody};
 
-/// The local broker; `deploy/kafka.sh` and these tests follow WARRANT_KAFKA_PORT.
+/// The local broker; `deploy/kafka.sh` and these tests follow
+/// WARRANT_KAFKA_PORT. `WARRANT_TEST_BROKERS` points them at a running
+/// broker instead, as it does warrant-testkit's (the e2e tests').
 static BROKERS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    if let Ok(brokers) = std::env::var("WARRANT_TEST_BROKERS") {
+        return brokers;
+    }
     let port = std::env::var("WARRANT_KAFKA_PORT").unwrap_or_else(|_| "9092".to_owned());
     format!("127.0.0.1:{port}")
 });
@@ -41,6 +46,9 @@ fn repo() -> PathBuf {
 fn ensure_broker() {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
+        if std::env::var_os("WARRANT_TEST_BROKERS").is_some() {
+            return;
+        }
         let status = std::process::Command::new("bash")
             .arg(repo().join("deploy/kafka.sh"))
             .arg("start")
@@ -713,7 +721,7 @@ async fn an_export_replays_to_the_same_heads_and_a_flipped_byte_is_caught() {
     let from_file = replay_blocking(ReplayOptions::new(Source::File(file.clone()))).await;
     assert_eq!(replayed_records(&from_file), replayed_records(&from_kafka));
     assert_eq!(from_file.ranges, from_kafka.ranges);
-    assert!(from_file.exact_ranges);
+    assert!(from_file.exact_ranges());
     assert_eq!(from_file.topic, kafka.log_topic);
 
     // The file verifies against the projector like the topic does.
@@ -989,5 +997,82 @@ async fn check_rules_fails_on_an_envelope_whose_requirement_was_altered() {
         !run.stderr.contains(&format!("instance {honest}")),
         "{}",
         run.stderr
+    );
+}
+
+/// A transactional producer on the test broker: what Warrant's writers
+/// never are, and what a forger uses to put markers where records were.
+fn transactional(kafka: &KafkaArgs) -> warrant_kafka::rdkafka::producer::BaseProducer {
+    use warrant_kafka::rdkafka::producer::Producer;
+    let producer: warrant_kafka::rdkafka::producer::BaseProducer =
+        warrant_kafka::rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka.brokers.as_str())
+            .set("transactional.id", format!("{}-tx", kafka.log_topic))
+            .set("transaction.timeout.ms", "60000")
+            .create()
+            .unwrap_or_else(|e| panic!("transactional producer: {e}"));
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("init transactions: {e}"));
+    producer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_transaction_is_warned_about_and_a_marker_in_the_range_is_a_gap() {
+    use warrant_kafka::rdkafka::producer::{BaseRecord, Producer};
+
+    let kafka = fresh_topics().await;
+    let key = instance_id(1).into_bytes();
+    let plain = |n: usize| -> Vec<ToSend> {
+        (0..n)
+            .map(|i| (0, Some(key.clone()), vec![i as u8; 4], recent_millis()))
+            .collect()
+    };
+    // Offsets 0, 1, 2 from an ordinary (idempotent) producer.
+    produce(&kafka, plain(3)).await;
+    let producer = transactional(&kafka);
+    producer
+        .begin_transaction()
+        .unwrap_or_else(|e| panic!("begin: {e}"));
+    producer
+        .send(
+            BaseRecord::<[u8], [u8]>::to(&kafka.log_topic)
+                .partition(0)
+                .key(key.as_slice())
+                .payload(b"open".as_slice()),
+        )
+        .unwrap_or_else(|(e, _)| panic!("send: {e}"));
+    producer
+        .flush(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("flush: {e}"));
+
+    // Offset 3 is in an open transaction: a read_committed read ends at 3.
+    let options = ReplayOptions::new(Source::Kafka(kafka.clone()));
+    let replayed = replay_blocking(options.clone()).await;
+    assert_eq!(
+        replayed.open_transactions,
+        vec![warrant_replay::kafka::OpenTransaction {
+            partition: 0,
+            stable_end: 3,
+            high_watermark: 4,
+        }]
+    );
+    assert_eq!(replayed.gaps, vec![]);
+
+    // Aborted: offset 3 is an aborted record, 4 its marker, 5 a plain
+    // record after them. Warrant's log never holds such offsets.
+    producer
+        .abort_transaction(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("abort: {e}"));
+    produce(&kafka, plain(1)).await;
+    let replayed = replay_blocking(options).await;
+    assert_eq!(replayed.open_transactions, vec![]);
+    assert_eq!(
+        replayed.gaps,
+        vec![warrant_replay::Gap {
+            partition: 0,
+            from: 3,
+            to: 5,
+        }]
     );
 }

@@ -1604,6 +1604,45 @@ async fn every_route_is_in_the_openapi_document_and_nothing_else_is() {
     }
 }
 
+/// POST /v1/sessions answered 413 for a body over the limit while the
+/// document did not list 413 there (seen while writing the API fuzzing,
+/// tests/schemathesis, whose generated bodies stay small): every route that
+/// refuses an oversized body must say so in the document.
+#[tokio::test]
+async fn every_route_that_answers_413_documents_it() {
+    let h = harness();
+    let (router, routes) = router_with_routes(h.state.clone());
+    let document: Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+    let oversized = format!("{{\"x\":\"{}\"}}", "x".repeat(5000));
+    let mut refused = Vec::new();
+    for route in &routes {
+        let uri = route.path.replace("{id}", INSTANCE);
+        let mut request = post(&uri, Some(SERVICE), oversized.clone());
+        *request.method_mut() = route.method.to_uppercase().parse().expect("method");
+        let response = router.clone().oneshot(request).await.expect("router");
+        if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+            continue;
+        }
+        refused.push(route.path);
+        let responses = &document["paths"][route.path][route.method]["responses"];
+        assert!(
+            responses.get("413").is_some(),
+            "{} {} answers 413 but its responses are {}",
+            route.method,
+            route.path,
+            responses
+        );
+    }
+    // The limit applies where it should (and the test sees it).
+    for path in [
+        "/v1/proposals",
+        "/v1/instances/{id}/decisions",
+        "/v1/sessions",
+    ] {
+        assert!(refused.contains(&path), "{path} did not refuse the body");
+    }
+}
+
 // ------------------------------------------------------ no 5xx for anything
 
 proptest::proptest! {
