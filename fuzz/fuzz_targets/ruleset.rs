@@ -1,9 +1,10 @@
 //! Any ruleset file: parsing never panics, and a ruleset that loads
-//! resolves any action (here, a few fixed ones) without panicking.
+//! resolves any action (here, a few fixed ones) without panicking, its
+//! `when:` conditions included.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use warrant_authority::Ruleset;
+use warrant_authority::{Facts, Ruleset};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(ruleset) = Ruleset::parse(data) {
@@ -17,7 +18,16 @@ fuzz_target!(|data: &[u8]| {
                 target: target.to_owned(),
                 parameters: Default::default(),
             };
-            let _ = ruleset.resolve(&action);
+            let proposer = warrant_schema::Proposer {
+                principal: "agent:fuzz".to_owned(),
+                kind: warrant_schema::ProposerKind::Agent,
+                model: None,
+            };
+            let _ = ruleset.resolve(&Facts {
+                action: &action,
+                proposer: &proposer,
+                context_refs: &[],
+            });
         }
     }
 });

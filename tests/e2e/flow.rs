@@ -1034,3 +1034,181 @@ async fn a_waiting_agent_learns_of_the_decision_without_polling() {
     assert_eq!(record["history"].as_array().map(Vec::len), Some(2));
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
+
+// Test only: erin holds both roles of the example's two-group rule.
+const ERIN: &str = "e2e-reviewer-erin-secret-0001";
+const SASHA: &str = "example-sasha-secret-2026-12";
+
+/// The approval groups of a record as `(roles, approved_by, missing)`.
+fn groups(record: &Value) -> Vec<(Value, Value, i64)> {
+    record["approval_groups"]
+        .as_array()
+        .map(|groups| {
+            groups
+                .iter()
+                .map(|g| {
+                    (
+                        g["roles"].clone(),
+                        g["approved_by"].clone(),
+                        g["missing"].as_i64().unwrap_or(-1),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The example's `prod-access` rule (one SRE and one security reviewer)
+/// through the real binaries: one group alone leaves the instance waiting
+/// and the record names the group still missing; the other group's
+/// approval authorizes it. A person holding both roles fills one group
+/// only, however often they approve; the proposer's own approval is
+/// refused whichever groups their roles would fill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_group_rule_is_authorized_only_once_both_groups_approve() {
+    let args = warrant_testkit::fresh_topics(3).await.expect("broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let principals = principals_file(dir.path());
+    let text = std::fs::read_to_string(&principals).expect("principals");
+    // dave proposes and holds sre and security; erin holds both too.
+    let text = text
+        .replacen(
+            "  - principal: dave\n    roles: [sre]\n",
+            "  - principal: dave\n    roles: [sre, security]\n",
+            1,
+        )
+        .replacen(
+            "\nreviewers:\n",
+            &format!(
+                "\nreviewers:\n  - principal: erin\n    roles: [sre, security]\n    secrets: [\"{ERIN}\"]\n"
+            ),
+            1,
+        );
+    assert!(text.contains("roles: [sre, security]\n    secrets: [\"e2e-reviewer-dave"));
+    std::fs::write(&principals, text).expect("write principals");
+    let projector_url = format!("http://127.0.0.1:{}", free_port());
+    let intake_port = free_port();
+    let _services = start_services(
+        &args,
+        dir.path(),
+        &projector_url,
+        intake_port,
+        false,
+        &principals,
+        &repo_root().join("deploy/examples/ruleset.yaml"),
+    );
+    let api = Api {
+        http: reqwest::Client::new(),
+        intake: format!("http://127.0.0.1:{intake_port}"),
+        projector: projector_url.clone(),
+    };
+    eventually(WAIT, "intake to be ready", || async {
+        (get_json(&format!("{}/readyz", api.intake)).await.0 == 200).then_some(())
+    })
+    .await;
+    let propose = |target: &'static str| {
+        let api = &api;
+        async move {
+            let (status, proposed) = api
+                .post(
+                    "/v1/proposals",
+                    DAVE_TOKEN,
+                    &json!({ "action": { "kind": "iam.grant", "target": target,
+                                         "parameters": { "role": "db-admin", "to": "svc:migrator" } } }),
+                )
+                .await;
+            assert_eq!(status, 202, "{proposed}");
+            assert_eq!(proposed["rule_id"], "prod-access", "{proposed}");
+            proposed["instance_id"].as_str().expect("id").to_owned()
+        }
+    };
+    let approve = |instance: &str, secret: &'static str, reviewer: &'static str| {
+        let body = json!({ "instance_id": instance, "verdict": "APPROVE", "justification": "checked the grant" });
+        let (api, instance) = (&api, instance.to_owned());
+        async move { api.decided(&instance, secret, reviewer, body).await }
+    };
+    let sre = json!(["sre"]);
+    let security = json!(["security"]);
+
+    // ---- One SRE, then one security reviewer.
+    let a = propose("prod/db/orders").await;
+    let record = api.await_status(&a, "AWAITING_DECISION").await;
+    assert_eq!(
+        record["proposal"]["rule"]["approval_groups"],
+        json!([{ "roles": ["sre"], "count": 1 }, { "roles": ["security"], "count": 1 }]),
+        "{record}"
+    );
+    assert_eq!(
+        groups(&record),
+        vec![
+            (sre.clone(), json!([]), 1),
+            (security.clone(), json!([]), 1)
+        ]
+    );
+    // The proposer holds both roles: refused all the same.
+    let own = approve(&a, DAVE, "dave").await;
+    let (record, entry) = api.await_event(&a, &own).await;
+    assert_eq!(label(&entry), "DecisionRecorded: refused SelfApproval");
+    assert_eq!(record["status"], "AWAITING_DECISION");
+
+    let alice = approve(&a, ALICE, "alice").await;
+    let (record, _) = api.await_event(&a, &alice).await;
+    assert_eq!(record["status"], "AWAITING_DECISION", "{record}");
+    assert!(record["authorization"].is_null(), "{record}");
+    // The record names the group still missing.
+    assert_eq!(
+        groups(&record),
+        vec![
+            (sre.clone(), json!(["alice"]), 0),
+            (security.clone(), json!([]), 1)
+        ]
+    );
+    assert_eq!(record["decisions"][1]["counted_for"], 0, "{record}");
+    api.refused_claim(
+        &a,
+        &action_digest(
+            "iam.grant",
+            "prod/db/orders",
+            &[("role", "db-admin"), ("to", "svc:migrator")],
+        ),
+        "NotAuthorized",
+    )
+    .await;
+
+    approve(&a, SASHA, "sasha").await;
+    let record = api.await_status(&a, "AUTHORIZED").await;
+    assert_eq!(
+        groups(&record),
+        vec![
+            (sre.clone(), json!(["alice"]), 0),
+            (security.clone(), json!(["sasha"]), 0)
+        ]
+    );
+    assert_eq!(
+        record["authorization"]["authority"]["kind"], "QUORUM",
+        "{record}"
+    );
+
+    // ---- erin holds both roles: her approvals fill one group, never two.
+    let b = propose("prod/db/billing").await;
+    api.await_status(&b, "AWAITING_DECISION").await;
+    let first = approve(&b, ERIN, "erin").await;
+    let (record, _) = api.await_event(&b, &first).await;
+    assert_eq!(record["status"], "AWAITING_DECISION", "{record}");
+    let missing: i64 = groups(&record).iter().map(|(_, _, m)| m).sum();
+    assert_eq!(missing, 1, "{record}");
+    let again = approve(&b, ERIN, "erin").await;
+    let (record, _) = api.await_event(&b, &again).await;
+    assert_eq!(record["status"], "AWAITING_DECISION", "{record}");
+    let missing: i64 = groups(&record).iter().map(|(_, _, m)| m).sum();
+    assert_eq!(missing, 1, "erin counted twice: {record}");
+    // An SRE fills the SRE group; erin then counts for security.
+    approve(&b, BOB, "bob").await;
+    let record = api.await_status(&b, "AUTHORIZED").await;
+    assert_eq!(
+        groups(&record),
+        vec![(sre, json!(["bob"]), 0), (security, json!(["erin"]), 0)]
+    );
+
+    replay_verifies(&args, &projector_url).await;
+}

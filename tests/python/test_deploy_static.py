@@ -39,6 +39,7 @@ DOCKERFILE = REPO / "deploy" / "Dockerfile"
 EXAMPLES = REPO / "deploy" / "examples"
 OPERATIONS = REPO / "docs" / "operations.md"
 KAFKA_SH = REPO / "deploy" / "kafka.sh"
+CHAOS = REPO / "tests" / "chaos"
 
 BINARIES = ("warrant-intake", "warrant-projector", "warrant-replay", "warrant-notifier")
 # The KafkaArgs flag of each Warrant topic.
@@ -1040,10 +1041,15 @@ def doc_problems(text: str) -> list[str]:
                 problems.append(problem)
     all_flags = {flag for b in BINARIES for flag in help_of(b).options}
     all_flags |= {flag for sub in help_of("warrant-replay").subcommands for flag in help_of(f"warrant-replay {sub}").options}
+    # The chaos runner (tests/chaos/chaos.py) is documented there too: its
+    # flags and the broker variables it reads are real, though no binary's.
+    chaos = "\n".join(path.read_text() for path in sorted(CHAOS.glob("*.py")))
+    all_flags |= set(re.findall(r'add_argument\(\s*"(--[a-z0-9-]+)"', chaos))
     for flag in re.findall(r"`(--[a-z0-9-]+)(?:[= ][^`]*)?`", text):
         if flag not in all_flags:
             problems.append(f"docs: `{flag}` is not a flag of any Warrant binary")
     known_envs = {env for b in BINARIES for env in help_of(b).envs} | set(re.findall(r"WARRANT_[A-Z0-9_]*[A-Z0-9]", KAFKA_SH.read_text()))
+    known_envs |= set(re.findall(r'environ(?:\.get\(|\[)"(WARRANT_[A-Z0-9_]*[A-Z0-9])"', chaos))
     for env in sorted(set(re.findall(r"WARRANT_[A-Z0-9_]*[A-Z0-9]", text)) - known_envs):
         problems.append(f"docs: {env} is not a variable of any Warrant binary or deploy/kafka.sh")
     metrics = registered_metrics()

@@ -92,3 +92,37 @@ def test_a_proposal_written_by_fastavro_is_what_rust_reads():
     if os.environ.get("WARRANT_BLESS"):
         path.write_text(out.getvalue().hex() + "\n")
     assert out.getvalue().hex() == path.read_text().strip()
+
+
+def test_a_v2_proposal_reads_under_the_current_schema_as_one_group():
+    """Envelope v3 added approval groups, review NEVER and the resolution
+    trace, all with defaults: another team reading old bytes with the new
+    schema sees no groups and no trace (which means one group)."""
+    with open(SCHEMAS / "history" / "envelope.v2.avsc") as f:
+        writer = parse_schema(json.load(f))
+    reader = load("warrant.Envelope")
+    raw = bytes.fromhex((GOLDEN / "action_proposed.envelope-v2.hex").read_text().strip())
+    assert raw[:10] == single_object_header(writer)
+    decoded = fastavro.schemaless_reader(
+        io.BytesIO(raw[10:]), writer, reader, return_record_name=True,
+        return_record_name_override=True,
+    )
+    proposed = plain(decoded)["body"]["ActionProposed"]
+    assert proposed["requirement"]["approval_groups"] == []
+    assert proposed["resolution"] == []
+    assert proposed["requirement"]["approvals_required"] == 2
+
+
+def test_the_two_group_vector_carries_both_groups():
+    vectors = {v["name"]: v for v in json.loads((GOLDEN / "vectors.json").read_text())}
+    vector = vectors["action_proposed_two_groups"]
+    schema = load("warrant.Envelope")
+    raw = bytes.fromhex(vector["hex"])
+    decoded = plain(fastavro.schemaless_reader(
+        io.BytesIO(raw[10:]), schema, return_record_name=True, return_record_name_override=True
+    ))
+    requirement = decoded["body"]["ActionProposed"]["requirement"]
+    assert requirement["approval_groups"] == [
+        {"roles": ["sre"], "count": 2},
+        {"roles": ["security"], "count": 1},
+    ]

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 use warrant_schema::{
-    ActionProposed, DeadlineKind, DecisionRecorded, DecisionVerdict, Envelope, EventBody,
-    ExecutionOutcome, ExecutionReported, ExecutionRequested, PolicySignalRecorded, ReviewMode,
-    Scope, SignalVerdict, TimestampMillis,
+    ActionProposed, ApprovalGroup, DeadlineKind, DecisionRecorded, DecisionVerdict, Envelope,
+    EventBody, ExecutionOutcome, ExecutionReported, ExecutionRequested, PolicySignalRecorded,
+    Requirement, ReviewMode, Scope, SignalVerdict, TimestampMillis,
 };
 
 use crate::digest::action_digest;
@@ -309,7 +309,11 @@ impl Instance {
                     None,
                 ))
             }
-            ReviewMode::UnlessAllSignalsAllow | ReviewMode::Always => Status::AwaitingDecision,
+            // A NEVER rule is authorized at proposal and never paused (one
+            // with required signals is refused Malformed); kept total.
+            ReviewMode::UnlessAllSignalsAllow | ReviewMode::Always | ReviewMode::Never => {
+                Status::AwaitingDecision
+            }
         }
     }
 
@@ -368,6 +372,97 @@ fn has_any_role(roles: &[String], permitted: &[String]) -> bool {
     roles.iter().any(|role| permitted.contains(role))
 }
 
+/// Every role that can approve under `groups`, in first-seen order.
+fn approver_roles(groups: &[ApprovalGroup]) -> Vec<String> {
+    let mut roles: Vec<String> = Vec::new();
+    for role in groups.iter().flat_map(|g| &g.roles) {
+        if !roles.contains(role) {
+            roles.push(role.clone());
+        }
+    }
+    roles
+}
+
+fn group_size(group: &ApprovalGroup) -> usize {
+    usize::try_from(group.count).unwrap_or(0)
+}
+
+/// Assign the counted approvals to the rule's groups so that as many group
+/// places as possible are filled, each principal in at most one group.
+///
+/// A maximum bipartite matching (augmenting paths, Kuhn's algorithm, with
+/// group sizes as capacities): an approver who qualifies for a full group
+/// may take a place held by someone who can move to another group they
+/// also qualify for. Approvers are tried in the order they approved and
+/// groups in rule order, and existing places are kept unless a move is
+/// needed, so every fold of the same events makes the same assignment.
+fn assign_groups(groups: &[ApprovalGroup], approvals: &mut BTreeMap<String, CountedDecision>) {
+    let mut order: Vec<(u64, &String)> = approvals
+        .iter()
+        .map(|(principal, counted)| (counted.seq, principal))
+        .collect();
+    order.sort();
+    let principals: Vec<String> = order.into_iter().map(|(_, p)| p.clone()).collect();
+    let decided: Vec<&CountedDecision> =
+        principals.iter().filter_map(|p| approvals.get(p)).collect();
+    let eligible: Vec<Vec<bool>> = decided
+        .iter()
+        .map(|c| {
+            groups
+                .iter()
+                .map(|g| has_any_role(&c.roles, &g.roles))
+                .collect()
+        })
+        .collect();
+    let mut place: Vec<Option<usize>> = decided
+        .iter()
+        .map(|c| {
+            c.counted_for
+                .and_then(|g| usize::try_from(g).ok())
+                .filter(|g| *g < groups.len())
+        })
+        .collect();
+    fn augment(
+        who: usize,
+        groups: &[ApprovalGroup],
+        eligible: &[Vec<bool>],
+        place: &mut [Option<usize>],
+        visited: &mut [bool],
+    ) -> bool {
+        for group in 0..groups.len() {
+            if !eligible[who][group] || visited[group] {
+                continue;
+            }
+            visited[group] = true;
+            let holders: Vec<usize> = (0..place.len())
+                .filter(|&h| place[h] == Some(group))
+                .collect();
+            if holders.len() < group_size(&groups[group]) {
+                place[who] = Some(group);
+                return true;
+            }
+            for holder in holders {
+                if augment(holder, groups, eligible, place, visited) {
+                    place[who] = Some(group);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+    for who in 0..principals.len() {
+        if place[who].is_none() {
+            let mut visited = vec![false; groups.len()];
+            augment(who, groups, &eligible, &mut place, &mut visited);
+        }
+    }
+    for (principal, group) in principals.iter().zip(place) {
+        if let Some(counted) = approvals.get_mut(principal) {
+            counted.counted_for = group.and_then(|g| u32::try_from(g).ok());
+        }
+    }
+}
+
 fn already_final(status: StatusName) -> Outcome {
     refuse(
         RefusalCode::AlreadyFinal,
@@ -390,21 +485,17 @@ fn on_proposed(
         ));
     }
     let requirement = &proposed.requirement;
-    if requirement.approvals_required < 1
-        || requirement.approver_roles.is_empty()
-        || requirement.override_roles.is_empty()
-        || requirement.max_executions < 1
-        || requirement.decision_timeout_ms < 1
-        || requirement.grant_ttl_ms < 1
-    {
+    if let Some(problem) = unsatisfiable(requirement) {
         return Err(refuse(
             RefusalCode::Malformed,
             format!(
-                "requirement of rule {} cannot be satisfied",
+                "requirement of rule {} cannot be satisfied: {problem}",
                 requirement.rule_id
             ),
         ));
     }
+    // A NEVER rule starts here too and is authorized just below, once the
+    // proposal it authorizes exists.
     let status = if requirement.required_signals.is_empty() {
         Status::AwaitingDecision
     } else {
@@ -421,6 +512,7 @@ fn on_proposed(
             rationale: proposed.rationale.clone(),
             requirement: requirement.clone(),
             ruleset: proposed.ruleset.clone(),
+            resolution: proposed.resolution.clone(),
             decision_deadline: envelope
                 .recorded_at
                 .saturating_add(requirement.decision_timeout_ms),
@@ -431,12 +523,66 @@ fn on_proposed(
         grants: Vec::new(),
         violations: Vec::new(),
     };
+    let mut instance = instance;
+    let effect = if requirement.review == ReviewMode::Never {
+        // Authorized by the rule at proposal: still only through a grant
+        // bound to the digest, within grant_ttl_ms and max_executions.
+        let authorization = instance.authorization(
+            envelope.recorded_at,
+            Authority::Rule {
+                rule_id: requirement.rule_id.clone(),
+            },
+            None,
+        );
+        instance.status = Status::Authorized(authorization.clone());
+        Some(Effect::Authorized(authorization))
+    } else {
+        None
+    };
     let outcome = Outcome::Applied {
         from: None,
         to: instance.status.name(),
-        effect: None,
+        effect,
     };
     Ok((instance, outcome))
+}
+
+/// Why a recorded requirement could never be met (or contradicts itself),
+/// if it could not. Intake only writes what a loaded ruleset resolved, so
+/// this guards the fold against any other writer.
+fn unsatisfiable(requirement: &Requirement) -> Option<String> {
+    if requirement.override_roles.is_empty() {
+        return Some("no override roles".to_owned());
+    }
+    if requirement.max_executions < 1
+        || requirement.decision_timeout_ms < 1
+        || requirement.grant_ttl_ms < 1
+    {
+        return Some("a limit is not positive".to_owned());
+    }
+    if requirement.review == ReviewMode::Never {
+        if !requirement.required_signals.is_empty() || !requirement.approval_groups.is_empty() {
+            return Some("review NEVER takes no signals or approvals".to_owned());
+        }
+        return None;
+    }
+    let groups = requirement.groups();
+    if groups.is_empty() || groups.iter().any(|g| g.count < 1 || g.roles.is_empty()) {
+        return Some("an approval group is empty".to_owned());
+    }
+    if !requirement.approval_groups.is_empty() {
+        let total = groups
+            .iter()
+            .fold(0i32, |sum, g| sum.saturating_add(g.count));
+        if requirement.approvals_required != total
+            || requirement.approver_roles != approver_roles(&groups)
+        {
+            return Some(
+                "approvals_required and approver_roles disagree with approval_groups".to_owned(),
+            );
+        }
+    }
+    None
 }
 
 /// Signals carry no scope: when they authorize by rule, the grant window
@@ -490,7 +636,7 @@ fn on_approve(
     decision: &DecisionRecorded,
 ) -> Outcome {
     let principal = &decision.reviewer.principal;
-    let requirement = &instance.proposal.requirement;
+    let groups = instance.proposal.requirement.groups();
     match &instance.status {
         Status::Completed(_)
         | Status::Failed(_)
@@ -509,11 +655,11 @@ fn on_approve(
             )
         }
         Status::AwaitingSignals | Status::AwaitingDecision | Status::Blocked
-            if !has_any_role(&decision.reviewer.roles, &requirement.approver_roles) =>
+            if !has_any_role(&decision.reviewer.roles, &approver_roles(&groups)) =>
         {
             refuse(
                 RefusalCode::RoleNotPermitted,
-                format!("{principal} holds none of {:?}", requirement.approver_roles),
+                format!("{principal} holds none of {:?}", approver_roles(&groups)),
             )
         }
         Status::AwaitingSignals | Status::AwaitingDecision | Status::Blocked
@@ -540,15 +686,31 @@ fn on_approve(
                 CountedDecision {
                     seq,
                     scope: decision.scope.clone(),
+                    roles: decision.reviewer.roles.clone(),
+                    counted_for: None,
                 },
             );
-            let distinct = u32::try_from(instance.approvals.len()).unwrap_or(u32::MAX);
-            let required = u32::try_from(requirement.approvals_required).unwrap_or(1);
-            if distinct >= required {
+            assign_groups(&groups, &mut instance.approvals);
+            // Places filled across all groups, of all places: with one
+            // group, the distinct approvers so far and the quorum.
+            let filled = instance
+                .approvals
+                .values()
+                .filter(|c| c.counted_for.is_some())
+                .count();
+            let places: usize = groups.iter().map(group_size).sum();
+            let distinct = u32::try_from(filled).unwrap_or(u32::MAX);
+            let required = u32::try_from(places).unwrap_or(u32::MAX);
+            if filled >= places {
                 let authorization = instance.authorization(
                     at,
                     Authority::Quorum {
-                        approvers: instance.approvals.keys().cloned().collect(),
+                        approvers: instance
+                            .approvals
+                            .iter()
+                            .filter(|(_, c)| c.counted_for.is_some())
+                            .map(|(p, _)| p.clone())
+                            .collect(),
                     },
                     None,
                 );
@@ -628,8 +790,10 @@ fn on_override(
 fn on_reject(instance: &mut Instance, decision: &DecisionRecorded) -> Outcome {
     let principal = &decision.reviewer.principal;
     let requirement = &instance.proposal.requirement;
-    let permitted = has_any_role(&decision.reviewer.roles, &requirement.approver_roles)
-        || has_any_role(&decision.reviewer.roles, &requirement.override_roles);
+    let permitted = has_any_role(
+        &decision.reviewer.roles,
+        &approver_roles(&requirement.groups()),
+    ) || has_any_role(&decision.reviewer.roles, &requirement.override_roles);
     match &instance.status {
         Status::Completed(_)
         | Status::Failed(_)

@@ -70,6 +70,7 @@ fn proposed() -> ActionProposed {
         grant_ttl_ms: 15 * MINUTE,
         max_executions: 1,
         signed_decisions: false,
+        approval_groups: vec![],
     };
     proposed
 }
@@ -254,6 +255,7 @@ struct Scenario {
     state: InstanceState,
     step: i64,
     last_grant: Option<String>,
+    history: Vec<HistoryEntry>,
 }
 
 fn given(events: &[Ev]) -> Scenario {
@@ -261,6 +263,7 @@ fn given(events: &[Ev]) -> Scenario {
         state: InstanceState::new(INSTANCE),
         step: 0,
         last_grant: None,
+        history: Vec::new(),
     };
     for event in events {
         scenario.apply(event.clone());
@@ -302,6 +305,7 @@ impl Scenario {
         if let Some(grant) = entry.outcome.grant() {
             self.last_grant = Some(grant.grant_id.clone());
         }
+        self.history.push(entry.clone());
         entry
     }
 
@@ -312,6 +316,7 @@ impl Scenario {
             state: self.state,
             step: self.step,
             last_grant: self.last_grant,
+            history: self.history,
         }
     }
 }
@@ -321,6 +326,7 @@ struct Then {
     state: InstanceState,
     step: i64,
     last_grant: Option<String>,
+    history: Vec<HistoryEntry>,
 }
 
 impl Then {
@@ -379,6 +385,7 @@ impl Then {
             state: self.state,
             step: self.step,
             last_grant: self.last_grant,
+            history: self.history,
         }
         .when(event)
     }
@@ -572,6 +579,287 @@ fn approving_an_authorized_instance_is_refused() {
     given(&authorized())
         .when(approve("carol"))
         .then_refused(NotPaused);
+}
+
+// --- approval groups -----------------------------------------------------------
+
+/// Two SREs and one security reviewer, no signals.
+fn two_groups(p: &mut ActionProposed) {
+    p.requirement.required_signals.clear();
+    p.requirement.approvals_required = 3;
+    p.requirement.approver_roles = vec!["sre".to_owned(), "security".to_owned()];
+    p.requirement.approval_groups = vec![
+        warrant_schema::ApprovalGroup {
+            roles: vec!["sre".to_owned()],
+            count: 2,
+        },
+        warrant_schema::ApprovalGroup {
+            roles: vec!["security".to_owned()],
+            count: 1,
+        },
+    ];
+}
+
+/// One SRE and one security reviewer: the smallest case where one person
+/// could fill either group.
+fn sre_and_security(p: &mut ActionProposed) {
+    two_groups(p);
+    p.requirement.approvals_required = 2;
+    p.requirement.approval_groups[0].count = 1;
+}
+
+fn group_of(then: &Then, principal: &str) -> Option<u32> {
+    then.instance().approvals[principal].counted_for
+}
+
+#[test]
+fn every_group_must_be_met_before_authorizing() {
+    let proposal = propose_with(two_groups);
+    given(&[proposal.clone(), approve("alice")])
+        .when(approve("bob"))
+        .then_status(AwaitingDecision);
+    given(&[proposal.clone(), approve("alice"), approve("bob")])
+        .when(approve_as("sam", &["security"]))
+        .then_status(Authorized);
+    // Order does not matter.
+    given(&[proposal, approve_as("sam", &["security"]), approve("alice")])
+        .when(approve("bob"))
+        .then_status(Authorized);
+}
+
+#[test]
+fn surplus_approvals_in_a_full_group_do_not_stand_in_for_another_group() {
+    let then = given(&[propose_with(two_groups), approve("alice"), approve("bob")])
+        .when(approve("carol"))
+        .then_status(AwaitingDecision);
+    assert_eq!(group_of(&then, "carol"), None);
+    match &then.entry.outcome {
+        Outcome::Applied {
+            effect:
+                Some(Effect::ApprovalCounted {
+                    distinct, required, ..
+                }),
+            ..
+        } => assert_eq!((*distinct, *required), (2, 3)),
+        other => panic!("expected ApprovalCounted, got {other:?}"),
+    }
+}
+
+#[test]
+fn one_person_counts_for_at_most_one_group() {
+    // Dana holds both roles: her one approval fills one group, not both.
+    given(&[propose_with(sre_and_security)])
+        .when(approve_as("dana", &["sre", "security"]))
+        .then_status(AwaitingDecision);
+    given(&[
+        propose_with(sre_and_security),
+        approve_as("dana", &["sre", "security"]),
+    ])
+    .when(approve_as("dana", &["sre", "security"]))
+    .then_status(AwaitingDecision);
+}
+
+#[test]
+fn an_approver_qualifying_for_two_groups_moves_to_make_room() {
+    // Dana first takes the SRE place; when Bob (SRE only) approves, Dana
+    // moves to the security place and both groups are met.
+    let then = given(&[
+        propose_with(sre_and_security),
+        approve_as("dana", &["sre", "security"]),
+    ])
+    .when(approve("bob"))
+    .then_status(Authorized);
+    assert_eq!(group_of(&then, "bob"), Some(0));
+    assert_eq!(group_of(&then, "dana"), Some(1));
+    match &then.authorization().authority {
+        Authority::Quorum { approvers } => assert_eq!(approvers, &["bob", "dana"]),
+        other => panic!("expected a quorum, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_record_shows_the_group_of_each_approval_and_what_is_missing() {
+    let then = given(&[
+        propose_with(two_groups),
+        approve_as("dana", &["sre", "security"]),
+        approve("alice"),
+    ])
+    .when(approve("carol"))
+    .then_status(Authorized);
+    let record = crate::view::ExecutionRecord::build(&then.state, &then.history);
+    let groups: Vec<(Vec<String>, u32)> = record
+        .approval_groups
+        .iter()
+        .map(|g| (g.approved_by.clone(), g.missing))
+        .collect();
+    // Carol's SRE approval moved Dana to the security place.
+    assert_eq!(
+        groups,
+        vec![
+            (vec!["alice".to_owned(), "carol".to_owned()], 0),
+            (vec!["dana".to_owned()], 0),
+        ]
+    );
+    let counted: Vec<(&str, Option<u32>)> = record
+        .decisions
+        .iter()
+        .map(|d| (d.reviewer.as_str(), d.counted_for))
+        .collect();
+    assert_eq!(
+        counted,
+        vec![("dana", Some(1)), ("alice", Some(0)), ("carol", Some(0))]
+    );
+    let then = given(&[propose_with(two_groups)])
+        .when(approve("alice"))
+        .then_status(AwaitingDecision);
+    let record = crate::view::ExecutionRecord::build(&then.state, &then.history);
+    assert_eq!(
+        record
+            .approval_groups
+            .iter()
+            .map(|g| g.missing)
+            .collect::<Vec<_>>(),
+        vec![1, 1]
+    );
+}
+
+#[test]
+fn no_self_approval_in_any_group() {
+    given(&[propose_with(sre_and_security), approve("bob")])
+        .when(approve_as(PROPOSER, &["security"]))
+        .then_refused(SelfApproval);
+}
+
+#[test]
+fn an_approver_in_no_group_is_refused() {
+    given(&[propose_with(two_groups)])
+        .when(approve_as("eve", &["dev"]))
+        .then_refused(RoleNotPermitted);
+    // Any group's role may reject.
+    given(&[propose_with(two_groups)])
+        .when(decision(
+            DecisionVerdict::Reject,
+            "sam",
+            &["security"],
+            "no",
+            Scope::default(),
+        ))
+        .then_status(Rejected);
+}
+
+#[test]
+fn groups_that_disagree_with_the_summary_fields_are_malformed() {
+    given(&[])
+        .when(propose_with(|p| {
+            two_groups(p);
+            p.requirement.approvals_required = 1;
+        }))
+        .then_refused(Malformed);
+    given(&[])
+        .when(propose_with(|p| {
+            two_groups(p);
+            p.requirement.approval_groups[1].count = 0;
+            p.requirement.approvals_required = 2;
+        }))
+        .then_refused(Malformed);
+}
+
+#[test]
+fn the_single_group_form_is_one_group() {
+    let then = given(&[propose(), allow(), approve("alice")])
+        .when(approve("bob"))
+        .then_status(Authorized);
+    assert_eq!(group_of(&then, "alice"), Some(0));
+    assert_eq!(group_of(&then, "bob"), Some(0));
+}
+
+// --- review: never -------------------------------------------------------------
+
+fn never_reviewed(p: &mut ActionProposed) {
+    p.requirement.required_signals.clear();
+    p.requirement.review = ReviewMode::Never;
+    p.requirement.approvals_required = 0;
+    p.requirement.approver_roles.clear();
+    p.requirement.max_executions = 2;
+}
+
+#[test]
+fn review_never_authorizes_at_proposal_by_the_rule() {
+    let then = given(&[])
+        .when(propose_with(never_reviewed).at(0))
+        .then_status(Authorized);
+    let authorization = then.authorization();
+    assert_eq!(
+        authorization.authority,
+        Authority::Rule {
+            rule_id: "test-rule".to_owned()
+        }
+    );
+    assert_eq!(authorization.authorized_at, T0);
+    assert_eq!(authorization.scope.not_after, T0 + 15 * MINUTE);
+    assert_eq!(authorization.scope.max_executions, 2);
+    assert!(matches!(
+        then.entry.outcome,
+        Outcome::Applied {
+            from: None,
+            to: Authorized,
+            effect: Some(Effect::Authorized(_))
+        }
+    ));
+}
+
+#[test]
+fn review_never_still_needs_a_grant_for_the_digest_within_its_limits() {
+    let proposal = propose_with(never_reviewed).at(0);
+    given(std::slice::from_ref(&proposal))
+        .when(claim_digest(&"ab".repeat(32)))
+        .then_refused(DigestMismatch);
+    given(std::slice::from_ref(&proposal))
+        .when(claim().at(16))
+        .then_refused(RefusalCode::Expired);
+    given(&[proposal.clone(), claim().at(1), succeeded().at(2)])
+        .when(claim().at(3))
+        .then_status(Executing)
+        .and_when(succeeded().at(4))
+        .then_status(Completed);
+    given(&[
+        proposal.clone(),
+        claim().at(1),
+        succeeded().at(2),
+        claim().at(3),
+        succeeded().at(4),
+    ])
+    .when(claim().at(5))
+    .then_refused(AlreadyFinal);
+    // Nothing to approve; it can still be rejected before it runs.
+    given(std::slice::from_ref(&proposal))
+        .when(approve("alice"))
+        .then_refused(NotPaused);
+    given(&[proposal])
+        .when(decision(
+            DecisionVerdict::Reject,
+            "carol",
+            &["ic"],
+            "not today",
+            Scope::default(),
+        ))
+        .then_status(Rejected);
+}
+
+#[test]
+fn review_never_with_signals_or_groups_is_malformed() {
+    given(&[])
+        .when(propose_with(|p| {
+            never_reviewed(p);
+            p.requirement.required_signals = vec!["opa".to_owned()];
+        }))
+        .then_refused(Malformed);
+    given(&[])
+        .when(propose_with(|p| {
+            two_groups(p);
+            p.requirement.review = ReviewMode::Never;
+        }))
+        .then_refused(Malformed);
 }
 
 // --- overrides ---------------------------------------------------------------

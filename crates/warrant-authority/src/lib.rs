@@ -10,6 +10,7 @@
 //! the auditors' replay compute byte-identical records from the same log.
 
 mod canonical;
+mod condition;
 mod digest;
 mod fold;
 mod ledger;
@@ -26,9 +27,9 @@ pub use digest::{action_digest, canonical_action_json, sha256_hex};
 pub use fold::{error_chain, fold, grant_id, step, LogEvent};
 pub use ledger::{Folded, Ledger};
 pub use record::*;
-pub use ruleset::{Rule, Ruleset, RulesetError};
+pub use ruleset::{Facts, Resolution, Rule, Ruleset, RulesetError};
 pub use view::{
     checkpoint_digest, instance_for_key, instance_key, quarantine_instance, quarantine_partition,
-    Attestation, DecisionView, EntryView, ExecutionRecord, ProposalView, SignalView,
+    Attestation, DecisionView, EntryView, ExecutionRecord, GroupProgress, ProposalView, SignalView,
     TransitionView, QUARANTINE,
 };

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use warrant_schema::{
     Action, ContextRef, DeadlineKind, Envelope, ExecutionOutcome, Proposer, Requirement,
-    RulesetRef, SignalVerdict, TimestampMillis,
+    RuleNotMatched, RulesetRef, SignalVerdict, TimestampMillis,
 };
 
 /// Where a record sits on the log.
@@ -119,6 +119,9 @@ pub struct Proposal {
     pub rationale: Option<String>,
     pub requirement: Requirement,
     pub ruleset: RulesetRef,
+    /// The rules before `requirement.rule_id` and why each did not match.
+    #[serde(default)]
+    pub resolution: Vec<RuleNotMatched>,
     /// `proposed_at + decision_timeout_ms`: after this, a pause expires.
     pub decision_deadline: TimestampMillis,
 }
@@ -270,7 +273,8 @@ pub enum Authority {
         principal: String,
         justification: String,
     },
-    /// The rule itself: review `UNLESS_ALL_SIGNALS_ALLOW` and every signal allowed.
+    /// The rule itself: review `UNLESS_ALL_SIGNALS_ALLOW` and every signal
+    /// allowed, or review `NEVER` (authorized at proposal).
     Rule { rule_id: String },
 }
 
@@ -292,6 +296,15 @@ pub struct StandingSignal {
 pub struct CountedDecision {
     pub seq: u64,
     pub scope: warrant_schema::Scope,
+    /// The roles the reviewer held when deciding: what assigning approvals
+    /// to the rule's groups reads.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The group (an index into `Requirement::groups()`) this approval
+    /// counts for; `None` while every group it could fill is full. A later
+    /// approval may move it to another group it also qualifies for.
+    #[serde(default)]
+    pub counted_for: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use warrant_schema::{
-    Action, ContextRef, DecisionVerdict, EventBody, PolicyRef, Proposer, Requirement, RulesetRef,
-    Scope, SignalVerdict, TimestampMillis,
+    Action, ContextRef, DecisionVerdict, EventBody, PolicyRef, Proposer, Requirement,
+    RuleNotMatched, RulesetRef, Scope, SignalVerdict, TimestampMillis,
 };
 
 use crate::record::*;
@@ -80,6 +80,11 @@ pub struct ExecutionRecord {
     pub proposal: Option<ProposalView>,
     pub signals: Vec<SignalView>,
     pub decisions: Vec<DecisionView>,
+    /// The rule's approval groups, who counts for each and how many are
+    /// still missing (one group for a single-group rule, none for `review:
+    /// never`).
+    #[serde(default)]
+    pub approval_groups: Vec<GroupProgress>,
     pub authorization: Option<Authorization>,
     pub grants: Vec<Grant>,
     pub violations: Vec<Violation>,
@@ -100,6 +105,9 @@ pub struct ProposalView {
     pub rationale: Option<String>,
     pub rule: Requirement,
     pub ruleset: RulesetRef,
+    /// Every rule before `rule` and why it did not match (envelope v3).
+    #[serde(default)]
+    pub resolution: Vec<RuleNotMatched>,
     pub decision_deadline: TimestampMillis,
 }
 
@@ -128,6 +136,22 @@ pub struct DecisionView {
     pub outcome: String,
     /// Who vouches for this decision: the reviewer's own key, or intake.
     pub attestation: Attestation,
+    /// For a counted approval, the group (index into `approval_groups`) it
+    /// counts for now; `None` for any other decision, and for an approval
+    /// whose groups were all full.
+    #[serde(default)]
+    pub counted_for: Option<u32>,
+}
+
+/// One approval group and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupProgress {
+    pub roles: Vec<String>,
+    pub count: u32,
+    /// The principals counted for this group, in the order they approved.
+    pub approved_by: Vec<String>,
+    /// `count` minus those counted: 0 once the group is met.
+    pub missing: u32,
 }
 
 /// How a decision is proven (docs/signatures.md).
@@ -211,10 +235,12 @@ impl ExecutionRecord {
                 rationale: i.proposal.rationale.clone(),
                 rule: i.proposal.requirement.clone(),
                 ruleset: i.proposal.ruleset.clone(),
+                resolution: i.proposal.resolution.clone(),
                 decision_deadline: i.proposal.decision_deadline,
             }),
             signals: Vec::new(),
             decisions: Vec::new(),
+            approval_groups: instance.map(group_progress).unwrap_or_default(),
             authorization: instance.and_then(|i| i.status.authorization().cloned()),
             grants: instance.map(|i| i.grants.clone()).unwrap_or_default(),
             violations: instance.map(|i| i.violations.clone()).unwrap_or_default(),
@@ -224,6 +250,15 @@ impl ExecutionRecord {
         };
         for entry in history {
             record.add(entry);
+        }
+        if let Some(instance) = instance {
+            for decision in &mut record.decisions {
+                decision.counted_for = instance
+                    .approvals
+                    .get(&decision.reviewer)
+                    .filter(|counted| counted.seq == decision.seq)
+                    .and_then(|counted| counted.counted_for);
+            }
         }
         record
     }
@@ -263,6 +298,7 @@ impl ExecutionRecord {
                     evidence_refs: decision.evidence_refs.clone(),
                     outcome: outcome_label(&entry.outcome),
                     attestation: Attestation::of(decision),
+                    counted_for: None,
                 }),
                 EventBody::ActionProposed(_)
                 | EventBody::ExecutionRequested(_)
@@ -273,6 +309,37 @@ impl ExecutionRecord {
         }
         self.history.push(EntryView::from(entry));
     }
+}
+
+fn group_progress(instance: &Instance) -> Vec<GroupProgress> {
+    let mut counted: Vec<(&u64, &String, u32)> = instance
+        .approvals
+        .iter()
+        .filter_map(|(p, c)| c.counted_for.map(|g| (&c.seq, p, g)))
+        .collect();
+    counted.sort();
+    instance
+        .proposal
+        .requirement
+        .groups()
+        .into_iter()
+        .zip(0u32..)
+        .map(|(group, index)| {
+            let approved_by: Vec<String> = counted
+                .iter()
+                .filter(|(_, _, g)| *g == index)
+                .map(|(_, p, _)| (*p).clone())
+                .collect();
+            let count = u32::try_from(group.count).unwrap_or(0);
+            let have = u32::try_from(approved_by.len()).unwrap_or(u32::MAX);
+            GroupProgress {
+                roles: group.roles,
+                count,
+                missing: count.saturating_sub(have),
+                approved_by,
+            }
+        })
+        .collect()
 }
 
 impl From<&HistoryEntry> for EntryView {

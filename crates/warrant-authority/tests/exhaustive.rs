@@ -57,6 +57,8 @@ const PROPOSING_SERVICE: &str = "svc:agent";
 const ALICE: &str = "alice";
 const BOB: &str = "bob";
 const APPROVER: &str = "sre";
+/// The second approval group's role (the two-group rule only).
+const SECURITY: &str = "security";
 const OVERRIDER: &str = "ic";
 const NO_AUTHORITY: &str = "dev";
 const EXECUTOR: &str = "svc:deployer-a";
@@ -75,15 +77,74 @@ struct Shape {
     review: ReviewMode,
     approvals_required: i32,
     max_executions: i32,
+    /// Several approval groups as (roles, count); empty for the single
+    /// group of `approvals_required` approvers.
+    groups: &'static [(&'static [&'static str], i32)],
 }
 
-const SHAPES: [Shape; 5] = [
+impl Shape {
+    /// The groups approvals fill, as the contract reads the rule.
+    fn groups(&self) -> Vec<(&'static [&'static str], usize)> {
+        if self.review == ReviewMode::Never {
+            return Vec::new();
+        }
+        if self.groups.is_empty() {
+            return vec![(&[APPROVER], self.approvals_required as usize)];
+        }
+        self.groups.iter().map(|(r, c)| (*r, *c as usize)).collect()
+    }
+
+    fn may_approve(&self, roles: &[String]) -> bool {
+        self.groups()
+            .iter()
+            .any(|(group, _)| group.iter().any(|role| has_role(roles, role)))
+    }
+
+    /// Whether `approvers` can fill every place of every group, each in at
+    /// most one group: tried by brute force over every assignment, an
+    /// oracle independent of the fold's matching.
+    fn met_by(&self, approvers: &[&[String]]) -> bool {
+        let groups = self.groups();
+        fn fill(
+            groups: &[(&[&str], usize)],
+            approvers: &[&[String]],
+            left: &mut Vec<usize>,
+        ) -> bool {
+            let Some((first, rest)) = approvers.split_first() else {
+                return left.iter().all(|n| *n == 0);
+            };
+            if fill(groups, rest, left) {
+                return true;
+            }
+            for (g, (roles, _)) in groups.iter().enumerate() {
+                if left[g] > 0 && roles.iter().any(|r| has_role(first, r)) {
+                    left[g] -= 1;
+                    let met = fill(groups, rest, left);
+                    left[g] += 1;
+                    if met {
+                        return true;
+                    }
+                }
+            }
+            false
+        }
+        let mut left: Vec<usize> = groups.iter().map(|(_, n)| *n).collect();
+        fill(&groups, approvers, &mut left)
+    }
+
+    fn places(&self) -> usize {
+        self.groups().iter().map(|(_, n)| n).sum()
+    }
+}
+
+const SHAPES: [Shape; 7] = [
     Shape {
         rule_id: "opa-then-two-approvals",
         required_signals: &["opa"],
         review: ReviewMode::Always,
         approvals_required: 2,
         max_executions: 1,
+        groups: &[],
     },
     Shape {
         rule_id: "one-approval-twice",
@@ -91,6 +152,7 @@ const SHAPES: [Shape; 5] = [
         review: ReviewMode::Always,
         approvals_required: 1,
         max_executions: 2,
+        groups: &[],
     },
     Shape {
         rule_id: "opa-allows-twice",
@@ -98,6 +160,7 @@ const SHAPES: [Shape; 5] = [
         review: ReviewMode::UnlessAllSignalsAllow,
         approvals_required: 1,
         max_executions: 2,
+        groups: &[],
     },
     Shape {
         rule_id: "both-allow-or-two-approvals",
@@ -105,6 +168,7 @@ const SHAPES: [Shape; 5] = [
         review: ReviewMode::UnlessAllSignalsAllow,
         approvals_required: 2,
         max_executions: 1,
+        groups: &[],
     },
     // A ruleset with this rule is refused at load; should one reach the
     // log anyway, nothing may authorize by rule on no signals at all.
@@ -114,6 +178,26 @@ const SHAPES: [Shape; 5] = [
         review: ReviewMode::UnlessAllSignalsAllow,
         approvals_required: 1,
         max_executions: 1,
+        groups: &[],
+    },
+    // One SRE and one security reviewer, distinct people: the smallest
+    // rule where one approver (holding both roles) could fill either group.
+    Shape {
+        rule_id: "sre-and-security",
+        required_signals: &[],
+        review: ReviewMode::Always,
+        approvals_required: 2,
+        max_executions: 1,
+        groups: &[(&[APPROVER], 1), (&[SECURITY], 1)],
+    },
+    // Low risk: the rule authorizes at proposal, twice at most.
+    Shape {
+        rule_id: "never-reviewed",
+        required_signals: &[],
+        review: ReviewMode::Never,
+        approvals_required: 0,
+        max_executions: 2,
+        groups: &[],
     },
 ];
 
@@ -200,6 +284,10 @@ fn alphabet() -> Vec<Op> {
             scoped: true,
         },
         decide(Approve, PROPOSER, &[APPROVER], "trust me"),
+        // For the two-group rule: a security reviewer, and one person
+        // holding both roles.
+        decide(Approve, BOB, &[SECURITY], ""),
+        decide(Approve, ALICE, &[APPROVER, SECURITY], "both hats"),
         decide(
             Approve,
             ALICE,
@@ -279,8 +367,8 @@ fn label(op: &Op) -> String {
         Op::Propose { shape } => {
             let s = &SHAPES[*shape];
             format!(
-                "ActionProposed rule {} (signals {:?}, review {:?}, {} approval(s), {} execution(s))",
-                s.rule_id, s.required_signals, s.review, s.approvals_required, s.max_executions
+                "ActionProposed rule {} (signals {:?}, review {:?}, groups {:?}, {} execution(s))",
+                s.rule_id, s.required_signals, s.review, s.groups(), s.max_executions
             )
         }
         Op::Signal { source, verdict } => format!("PolicySignalRecorded {source} {verdict:?}"),
@@ -336,10 +424,27 @@ fn proposal(shape: &Shape) -> ActionProposed {
     // weighs them.
     proposed.context_refs.clear();
     proposed.rationale = None;
+    let groups: Vec<warrant_schema::ApprovalGroup> = shape
+        .groups
+        .iter()
+        .map(|(roles, count)| warrant_schema::ApprovalGroup {
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            count: *count,
+        })
+        .collect();
+    let mut approver_roles: Vec<String> = Vec::new();
+    for role in groups.iter().flat_map(|g| &g.roles) {
+        if !approver_roles.contains(role) {
+            approver_roles.push(role.clone());
+        }
+    }
+    if groups.is_empty() && shape.review != ReviewMode::Never {
+        approver_roles.push(APPROVER.to_owned());
+    }
     proposed.requirement = warrant_schema::Requirement {
         rule_id: shape.rule_id.to_owned(),
         approvals_required: shape.approvals_required,
-        approver_roles: vec![APPROVER.to_owned()],
+        approver_roles,
         override_roles: vec![OVERRIDER.to_owned()],
         required_signals: shape
             .required_signals
@@ -351,6 +456,7 @@ fn proposal(shape: &Shape) -> ActionProposed {
         grant_ttl_ms: GRANT_TTL_MS,
         max_executions: shape.max_executions,
         signed_decisions: false,
+        approval_groups: groups,
     };
     proposed
 }
@@ -469,6 +575,8 @@ struct Model {
     signals: BTreeMap<String, SignalVerdict>,
     /// Counted approvals: the first applied APPROVE of each principal.
     approvals: BTreeMap<String, Scope>,
+    /// The roles each counted approver held when approving.
+    approver_roles: BTreeMap<String, Vec<String>>,
     /// Set when a paused instance is authorized.
     window: Option<Window>,
     grants: Vec<ModelGrant>,
@@ -572,6 +680,7 @@ impl Model {
         for (principal, scope) in &self.approvals {
             out.push_str(principal);
             scope_key(scope, out);
+            let _ = write!(out, "{:?}", self.approver_roles.get(principal));
         }
         out.push('|');
         if let Some(w) = &self.window {
@@ -624,6 +733,9 @@ fn expected(model: &Model, envelope: &Envelope) -> Expect {
         (&model.proposal, model.shape(), model.status)
     else {
         return match body {
+            EventBody::ActionProposed(p) if p.requirement.review == ReviewMode::Never => {
+                Expect::Applied(S::Authorized)
+            }
             EventBody::ActionProposed(p) if p.requirement.required_signals.is_empty() => {
                 Expect::Applied(S::AwaitingDecision)
             }
@@ -676,7 +788,7 @@ fn expected(model: &Model, envelope: &Envelope) -> Expect {
                     if Model::is_proposer(principal) {
                         reasons.push(R::SelfApproval);
                     }
-                    if !has_role(roles, APPROVER) {
+                    if !shape.may_approve(roles) {
                         reasons.push(R::RoleNotPermitted);
                     }
                     if status == S::AwaitingSignals {
@@ -701,7 +813,7 @@ fn expected(model: &Model, envelope: &Envelope) -> Expect {
                     if status == S::Executing {
                         reasons.push(R::NotPaused);
                     }
-                    if !has_role(roles, APPROVER) && !has_role(roles, OVERRIDER) {
+                    if !shape.may_approve(roles) && !has_role(roles, OVERRIDER) {
                         reasons.push(R::RoleNotPermitted);
                     }
                 }
@@ -713,10 +825,14 @@ fn expected(model: &Model, envelope: &Envelope) -> Expect {
                 DecisionVerdict::Reject => S::Rejected,
                 DecisionVerdict::Override => S::Authorized,
                 DecisionVerdict::Approve => {
-                    let mut approvers: BTreeSet<&str> =
-                        model.approvals.keys().map(String::as_str).collect();
-                    approvers.insert(principal);
-                    if approvers.len() >= shape.approvals_required as usize {
+                    let mut approvers: BTreeMap<&str, &[String]> = model
+                        .approver_roles
+                        .iter()
+                        .map(|(p, r)| (p.as_str(), r.as_slice()))
+                        .collect();
+                    approvers.entry(principal).or_insert(roles);
+                    let approvers: Vec<&[String]> = approvers.into_values().collect();
+                    if shape.met_by(&approvers) {
                         S::Authorized
                     } else {
                         S::AwaitingDecision
@@ -846,6 +962,7 @@ fn fold_key(state: &InstanceState, out: &mut String) {
         rationale: _,
         requirement: _,
         ruleset: _,
+        resolution: _,
         decision_deadline,
     } = proposal;
     let _ = write!(out, "{proposed_at}/{decision_deadline}|");
@@ -855,9 +972,19 @@ fn fold_key(state: &InstanceState, out: &mut String) {
         let _ = write!(out, "{source}={verdict:?},");
     }
     out.push('|');
-    for (principal, CountedDecision { seq: _, scope }) in approvals {
+    for (
+        principal,
+        CountedDecision {
+            seq: _,
+            scope,
+            roles,
+            counted_for,
+        },
+    ) in approvals
+    {
         out.push_str(principal);
         scope_key(scope, out);
+        let _ = write!(out, "{roles:?}>{counted_for:?}");
     }
     out.push('|');
     for Grant {
@@ -1269,14 +1396,19 @@ fn learn(model: &mut Model, envelope: &Envelope, entry: &HistoryEntry) -> Result
                 at,
                 deadline: at + DECISION_TIMEOUT_MS,
             });
+            if *to == StatusName::Authorized {
+                // review NEVER: authorized by the rule at proposal.
+                model.window = Some(model.window_at(&SHAPES[shape], at, None));
+            }
         }
         EventBody::PolicySignalRecorded(s) => {
             model.signals.insert(s.source.clone(), s.verdict);
         }
         EventBody::DecisionRecorded(d) if d.verdict == DecisionVerdict::Approve => {
             // No approval counts unless its reviewer may approve.
+            let shape = model.shape().ok_or("an approval before any proposal")?;
             ensure(
-                has_role(&d.reviewer.roles, APPROVER) && !Model::is_proposer(&d.reviewer.principal),
+                shape.may_approve(&d.reviewer.roles) && !Model::is_proposer(&d.reviewer.principal),
                 || {
                     format!(
                         "counted an approval by {} {:?}",
@@ -1291,6 +1423,10 @@ fn learn(model: &mut Model, envelope: &Envelope, entry: &HistoryEntry) -> Result
                 .approvals
                 .entry(d.reviewer.principal.clone())
                 .or_insert_with(|| d.scope.clone());
+            model
+                .approver_roles
+                .entry(d.reviewer.principal.clone())
+                .or_insert_with(|| d.reviewer.roles.clone());
         }
         EventBody::ExecutionRequested(request) => {
             if let Some(Effect::GrantIssued(grant)) = effect {
@@ -1372,28 +1508,57 @@ fn authority(
             });
         }
         Some(paused) if paused.is_paused() => {}
+        None if matches!(envelope.body, EventBody::ActionProposed(_)) => {}
         other => return Err(format!("AUTHORIZED from {other:?}")),
     }
     let shape = model.shape().ok_or("authorized before any proposal")?;
     let rule_id = shape.rule_id;
     let named = &authorization.authority;
     match &envelope.body {
-        EventBody::DecisionRecorded(d) if d.verdict == DecisionVerdict::Approve => {
-            let approvers: Vec<String> = model.approvals.keys().cloned().collect();
-            ensure(approvers.len() >= shape.approvals_required as usize, || {
+        EventBody::ActionProposed(_) => {
+            ensure(shape.review == ReviewMode::Never, || {
                 format!(
-                    "AUTHORIZED by {} distinct approval(s) of {} required",
-                    approvers.len(),
-                    shape.approvals_required
+                    "a proposal of rule {rule_id} (review {:?}) AUTHORIZED",
+                    shape.review
                 )
             })?;
             ensure(
                 *named
-                    == Authority::Quorum {
-                        approvers: approvers.clone(),
+                    == Authority::Rule {
+                        rule_id: rule_id.to_owned(),
                     },
-                || format!("quorum of {approvers:?} recorded as {named:?}"),
+                || format!("review NEVER recorded as {named:?}"),
             )?;
+        }
+        EventBody::DecisionRecorded(d) if d.verdict == DecisionVerdict::Approve => {
+            let Authority::Quorum { approvers } = named else {
+                return Err(format!("an approval authorized as {named:?}"));
+            };
+            // Exactly one place per named approver, every place filled, by
+            // counted approvals only, and those people can fill the groups.
+            let roles: Option<Vec<&[String]>> = approvers
+                .iter()
+                .map(|p| model.approver_roles.get(p).map(Vec::as_slice))
+                .collect();
+            let roles = roles.ok_or_else(|| {
+                format!("quorum {approvers:?} names someone whose approval was not counted")
+            })?;
+            ensure(
+                approvers.len() == shape.places() && shape.met_by(&roles),
+                || {
+                    format!(
+                        "AUTHORIZED by {approvers:?}, which cannot fill the groups {:?}",
+                        shape.groups()
+                    )
+                },
+            )?;
+            if shape.groups.is_empty() {
+                // One group: everyone counted so far is the quorum.
+                let all: Vec<String> = model.approvals.keys().cloned().collect();
+                ensure(*approvers == all, || {
+                    format!("quorum of {all:?} recorded as {named:?}")
+                })?;
+            }
         }
         EventBody::DecisionRecorded(d) if d.verdict == DecisionVerdict::Override => {
             ensure(

@@ -3,6 +3,7 @@
 
 mod decide;
 mod render;
+mod rules;
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -58,6 +59,22 @@ READING
   queue, show and whoami open a read-only session by signing a one-time
   challenge with your key, and close it on exit. --token reads with a bearer
   token instead. Decisions never use either: each carries its own signature.
+
+RULES
+  warrant rules check FILE
+      Loads a ruleset with intake's own loader: prints its version, rule
+      count and digest, or the error naming the rule (exit 4).
+  warrant rules explain FILE --action '{\"kind\": \"service.restart\", \"target\": \"prod/api\", \"parameters\": {}}'
+      Which rule applies and why each earlier one does not (kind, target,
+      when false, when error: ...). Pass {\"action\", \"proposer\",
+      \"context_refs\"} instead when conditions look at the proposer or the
+      context (docs/rules.md). Neither needs intake or a key.
+  warrant rules diff OLD NEW --from-log [--from N --to N | --from-time T --to-time T] [--file EXPORT]
+      Resolves every proposal of that range of the log (Kafka: --brokers,
+      --log-topic; or an export file) under OLD and under NEW, and lists the
+      instances whose requirement would differ, grouped by rule change (old
+      rule -> new rule, and each field that differs). Exit 0 whatever it
+      finds; --json for scripts (docs/operations.md: rolling out a ruleset).
 
 OUTPUT
   --json prints one JSON document on stdout. Errors are one line on stderr
@@ -135,6 +152,63 @@ enum Command {
     Reject(DecideArgs),
     /// Override: authorize without the quorum or past a DENY, signed with your key.
     Override(DecideArgs),
+    /// Try a ruleset file before it ships (no intake needed).
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Load and validate a ruleset as intake would; errors name the rule.
+    Check {
+        /// The ruleset file.
+        file: PathBuf,
+    },
+    /// Which rule applies to an action, and why each earlier rule does not.
+    Explain {
+        /// The ruleset file.
+        file: PathBuf,
+        /// The action as JSON ({"kind", "target", "parameters"}), or a
+        /// proposal ({"action", "proposer", "context_refs"}) for conditions
+        /// on the proposer or the context.
+        #[arg(long, value_name = "JSON")]
+        action: String,
+    },
+    /// Which proposals of a range of the log would get a different
+    /// requirement under NEW than under OLD, grouped by rule change.
+    Diff(Box<DiffArgs>),
+}
+
+#[derive(Debug, Args)]
+struct DiffArgs {
+    /// The ruleset in force (the one the range ran on).
+    old: PathBuf,
+    /// The ruleset about to ship.
+    new: PathBuf,
+    /// Resolve the proposals recorded on the log (the only source so far;
+    /// required so the command says where its proposals come from).
+    #[arg(long, required = true)]
+    from_log: bool,
+    /// Read an export file (warrant-replay export) instead of Kafka.
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Only these partitions (repeatable); default all.
+    #[arg(long = "partition", value_name = "N")]
+    partitions: Vec<i32>,
+    /// First offset read (per partition).
+    #[arg(long, value_name = "OFFSET")]
+    from: Option<i64>,
+    /// First offset NOT read (per partition).
+    #[arg(long, value_name = "OFFSET")]
+    to: Option<i64>,
+    /// First record at or after this time (RFC 3339 or epoch milliseconds).
+    #[arg(long, value_name = "TIME")]
+    from_time: Option<String>,
+    /// Stop before the first record at or after this time.
+    #[arg(long, value_name = "TIME")]
+    to_time: Option<String>,
+    #[command(flatten)]
+    kafka: warrant_kafka::KafkaArgs,
 }
 
 #[derive(Debug, Args)]
@@ -335,6 +409,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Approve(args) => decide(global, DecisionVerdict::Approve, args).await,
         Command::Reject(args) => decide(global, DecisionVerdict::Reject, args).await,
         Command::Override(args) => decide(global, DecisionVerdict::Override, args).await,
+        Command::Rules(RulesCommand::Check { file }) => rules::check(file, global.json),
+        Command::Rules(RulesCommand::Explain { file, action }) => {
+            rules::explain(file, action, global.json)
+        }
+        Command::Rules(RulesCommand::Diff(args)) => {
+            let range = warrant_replay::RangeSpec::from_flags(
+                &args.partitions,
+                args.from,
+                args.to,
+                args.from_time.as_deref(),
+                args.to_time.as_deref(),
+            )
+            .map_err(|e| fail(Class::Usage, e.to_string()))?;
+            let source = match &args.file {
+                Some(path) => warrant_replay::Source::File(path.clone()),
+                None => warrant_replay::Source::Kafka(args.kafka.clone()),
+            };
+            rules::diff(
+                &args.old,
+                &args.new,
+                rules::LogSource { source, range },
+                global.json,
+            )
+        }
     }
 }
 

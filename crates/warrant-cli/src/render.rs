@@ -132,12 +132,24 @@ pub fn summary(
             let _ = writeln!(out, "rationale        {rationale}");
         }
         let rule = &proposal.rule;
+        let groups = rule.groups();
+        let needed = match groups.as_slice() {
+            [] => "no review".to_owned(),
+            [only] => format!(
+                "{} approval(s) from [{}]",
+                only.count,
+                only.roles.join(", ")
+            ),
+            several => several
+                .iter()
+                .map(|g| format!("{} of [{}]", g.count, g.roles.join(", ")))
+                .collect::<Vec<_>>()
+                .join(" and "),
+        };
         let _ = writeln!(
             out,
-            "rule             {}: {} approval(s) from [{}]; override by [{}]",
+            "rule             {}: {needed}; override by [{}]",
             rule.rule_id,
-            rule.approvals_required,
-            rule.approver_roles.join(", "),
             rule.override_roles.join(", ")
         );
         let approved: Vec<&str> = record
@@ -155,6 +167,29 @@ pub fn summary(
                 approved.join(", ")
             }
         );
+        // With several groups, say which ones still need someone: the
+        // reviewer should know whether their approval fills a place.
+        if record.approval_groups.len() > 1 {
+            for (index, group) in record.approval_groups.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "  group {}        {} of [{}]: {}{}",
+                    index + 1,
+                    group.count,
+                    group.roles.join(", "),
+                    if group.approved_by.is_empty() {
+                        "nobody yet".to_owned()
+                    } else {
+                        group.approved_by.join(", ")
+                    },
+                    if group.missing == 0 {
+                        "  (met)".to_owned()
+                    } else {
+                        format!("  ({} missing)", group.missing)
+                    }
+                );
+            }
+        }
         let left = if proposal.decision_deadline > now {
             format!("{} left", span(proposal.decision_deadline - now))
         } else {
@@ -338,6 +373,60 @@ mod tests {
             "justification    \"customer outage\"",
             "scope            constraints strategy=rolling; not after (unlimited); max executions 1",
             "evidence         https://status.example/1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_summary_says_which_groups_still_need_someone() {
+        let mut ledger = Ledger::new();
+        // The sample's two signals and alice's approval, under two groups.
+        let rest = samples::envelopes()
+            .into_iter()
+            .skip(1)
+            .take(3)
+            .map(|(_, e)| e);
+        let events = std::iter::once(samples::two_group_proposal()).chain(rest);
+        for (offset, envelope) in events.enumerate() {
+            let bytes = warrant_schema::encode(&envelope).unwrap_or_else(|e| panic!("{e}"));
+            ledger.apply(
+                LogPosition {
+                    partition: 0,
+                    offset: offset as i64,
+                },
+                Some(samples::INSTANCE_ID.as_bytes()),
+                &bytes,
+            );
+        }
+        let record = ledger
+            .get(samples::INSTANCE_ID)
+            .unwrap_or_else(|| panic!("instance folded"))
+            .record();
+        let session = Session {
+            reviewer: Identity {
+                principal: "sam".to_owned(),
+                roles: vec!["security".to_owned()],
+            },
+            key_id: "k".to_owned(),
+            expires_at: NOW,
+        };
+        let decision = Decision {
+            verdict: DecisionVerdict::Approve,
+            justification: String::new(),
+            scope: SignedScope {
+                constraints: BTreeMap::new(),
+                not_after: None,
+                max_executions: None,
+            },
+            evidence_refs: vec![],
+        };
+        let text = summary(&record, &session, "k", &decision, NOW);
+        for line in [
+            "rule             prod-restarts-two-groups: 2 of [sre] and 1 of [security]; override by [incident-commander]",
+            "approved by      alice",
+            "  group 1        2 of [sre]: alice  (1 missing)",
+            "  group 2        1 of [security]: nobody yet  (1 missing)",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }

@@ -8,7 +8,7 @@
 //! resolution therefore live once; the HTTP side maps [`Invalid`] to a 4xx
 //! JSON error and ingress to a dead-letter reason.
 
-use warrant_authority::{action_digest, check_action, NotCanonical, Ruleset};
+use warrant_authority::{action_digest, check_action, Facts, NotCanonical, Ruleset};
 use warrant_schema::{
     Action, ActionProposed, ContextRef, Envelope, EventBody, PolicyRef, PolicySignalRecorded,
     Proposer, ProposerKind, SignalVerdict, TimestampMillis,
@@ -127,21 +127,31 @@ pub fn proposal(
     for context in &draft.context_refs {
         non_empty("context_refs[].uri", &context.uri)?;
     }
-    // Total: loading guaranteed a catch-all rule.
-    let rule = ruleset.resolve(&draft.action);
+    let proposer = Proposer {
+        principal: principal.to_owned(),
+        kind: draft.kind,
+        model: draft.model,
+    };
+    // Total: loading guaranteed a catch-all rule. Resolved on exactly what
+    // is recorded (the authenticated proposer, the canonical action), so a
+    // replay of the ruleset over the event gives the same answer.
+    let resolution = ruleset.resolve(&Facts {
+        action: &draft.action,
+        proposer: &proposer,
+        context_refs: &draft.context_refs,
+    });
+    let requirement = resolution.requirement().clone();
+    let not_matched = resolution.not_matched;
     let digest = action_digest(&draft.action);
     let body = ActionProposed {
         action: draft.action,
         action_digest: digest,
-        proposer: Proposer {
-            principal: principal.to_owned(),
-            kind: draft.kind,
-            model: draft.model,
-        },
+        proposer,
         context_refs: draft.context_refs,
         rationale: draft.rationale,
-        requirement: rule.requirement.clone(),
+        requirement,
         ruleset: ruleset.reference(),
+        resolution: not_matched,
     };
     Ok(envelope(stamp, EventBody::ActionProposed(Box::new(body))))
 }
@@ -245,6 +255,55 @@ mod tests {
         assert_eq!(proposed.requirement.rule_id, "prod-restarts");
         assert_eq!(proposed.proposer.principal, "svc:remediator");
         assert_eq!(proposed.action_digest, action_digest(&proposed.action));
+    }
+
+    #[test]
+    fn conditions_pick_the_rule_and_the_proposal_records_why_others_did_not() {
+        let mut latency = draft("service.restart", "prod/payments");
+        latency.action.parameters = BTreeMap::from([
+            ("strategy".to_owned(), "rolling".to_owned()),
+            ("reason".to_owned(), "latency p99 over threshold".to_owned()),
+            ("p99_ms".to_owned(), "2400".to_owned()),
+        ]);
+        let resolved = |draft: ProposalDraft| {
+            let envelope = proposal(stamp(), "svc:remediator", draft, &ruleset()).expect("valid");
+            let EventBody::ActionProposed(proposed) = envelope.body else {
+                panic!("not a proposal");
+            };
+            proposed
+        };
+        let fast = resolved(latency.clone());
+        assert_eq!(fast.requirement.rule_id, "prod-restarts-latency");
+        assert_eq!(fast.requirement.approvals_required, 1);
+        assert!(fast.resolution.is_empty());
+
+        let slow = resolved(draft("service.restart", "prod/payments"));
+        assert_eq!(slow.requirement.rule_id, "prod-restarts");
+        assert_eq!(
+            slow.resolution,
+            vec![warrant_schema::RuleNotMatched {
+                rule_id: "prod-restarts-latency".to_owned(),
+                reason: "when false".to_owned(),
+            }]
+        );
+
+        latency
+            .action
+            .parameters
+            .insert("p99_ms".to_owned(), "very slow".to_owned());
+        let unreadable = resolved(latency);
+        assert_eq!(unreadable.requirement.rule_id, "prod-restarts");
+        assert!(
+            unreadable.resolution[0].reason.starts_with("when error: "),
+            "{:?}",
+            unreadable.resolution
+        );
+
+        let access = resolved(draft("iam.grant", "prod/payments"));
+        assert_eq!(access.requirement.rule_id, "prod-access");
+        assert_eq!(access.requirement.approval_groups.len(), 2);
+        let warm = resolved(draft("cache.warm", "prod/payments"));
+        assert_eq!(warm.requirement.review, warrant_schema::ReviewMode::Never);
     }
 
     #[test]

@@ -592,7 +592,7 @@ mod tests {
     #[test]
     fn the_example_file_loads() {
         let principals = Principals::parse(EXAMPLE.as_bytes()).expect("example is valid");
-        assert_eq!(principals.counts(), (3, 3));
+        assert_eq!(principals.counts(), (3, 4));
         let opa = principals
             .caller("example-policy-opa-token-0001")
             .expect("opa token");

@@ -39,7 +39,10 @@ use crate::error::Error;
 use crate::notification::Notification;
 
 /// Bump when the layout or an encoding changes.
-pub const FORMAT: &str = "warrant-notifier/1";
+///
+/// 2: the folded states' counted approvals keep roles and approval group
+/// (envelope v3); states of format 1 would count for no group.
+pub const FORMAT: &str = "warrant-notifier/2";
 
 const META_FORMAT: &[u8] = b"~format";
 const META_TOPIC: &[u8] = b"~topic";

@@ -55,7 +55,11 @@ use crate::paused::{PausedQueue, PAUSED};
 /// partition (`quarantine-<partition>`), no longer to one `quarantine` for
 /// the whole log; a view of format 1 would keep a stale `quarantine` record
 /// in its checkpoint digest.
-pub const FORMAT: &str = "warrant-projector/3";
+///
+/// 4: counted approvals keep the reviewer's roles and the approval group
+/// they count for (envelope v3's approval groups); a stored state of
+/// format 3 has neither, and would count its approvals for no group.
+pub const FORMAT: &str = "warrant-projector/4";
 
 const META_FORMAT: &[u8] = b"~format";
 const META_TOPIC: &[u8] = b"~topic";

@@ -534,6 +534,54 @@ pub fn read_directories(
     Ok(directories)
 }
 
+/// Every ruleset on the rulesets topic, by the digest it is keyed under, as
+/// the exact published bytes (for `--check-rules`). Like the directories,
+/// the topic is small and read whole; a missing topic is an error.
+pub fn read_rulesets(kafka: &KafkaArgs) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+    let consumer = consumer(kafka)?;
+    let topic = &kafka.rulesets_topic;
+    let mut rulesets = BTreeMap::new();
+    let mut list = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for partition in partitions_of(&consumer, topic)? {
+        let (low, high) = watermarks(&consumer, topic, partition)?;
+        if high > low {
+            list.add_partition_offset(topic, partition, Offset::Offset(low))
+                .map_err(|source| client_error(kafka, source))?;
+            ends.insert(partition, high);
+        }
+    }
+    if ends.is_empty() {
+        return Ok(rulesets);
+    }
+    consumer
+        .assign(&list)
+        .map_err(|source| client_error(kafka, source))?;
+    let deadline = Instant::now() + METADATA_TIMEOUT;
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    while ends
+        .iter()
+        .any(|(partition, high)| next.get(partition).copied().unwrap_or(0) < *high)
+    {
+        if Instant::now() > deadline {
+            return Err(Error::Stalled {
+                topic: topic.clone(),
+                positions: format!("{next:?} of {ends:?}"),
+                seconds: METADATA_TIMEOUT.as_secs(),
+            });
+        }
+        // Errors are end-of-partition notices; the loop condition decides.
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            next.insert(message.partition(), message.offset() + 1);
+            let (Some(key), Some(value)) = (message.key(), message.payload()) else {
+                continue;
+            };
+            rulesets.insert(String::from_utf8_lossy(key).into_owned(), value.to_vec());
+        }
+    }
+    Ok(rulesets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

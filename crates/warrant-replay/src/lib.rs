@@ -21,6 +21,7 @@ pub mod gaps;
 pub mod kafka;
 pub mod range;
 mod replayed;
+pub mod rules;
 pub mod signatures;
 mod source;
 pub mod text;

@@ -86,6 +86,12 @@ compared; only such a range, from the log start, proves that no instance is
 missing (a whole instance removed from a partial range leaves nothing to
 compare). Text output escapes control characters in every string from the log.
 
+--check-rules resolves every proposal in the range again against the ruleset
+the rulesets topic (--rulesets-topic) holds under the proposal's recorded
+digest (the text must hash to it) and lists every instance whose recorded
+requirement, or resolution trace, differs: proof that intake applied the
+published rules. Kafka sources only; exit 1 if any differs.
+
 export --out FILE writes the range to an Avro object container file (schema
 warrant.LogRecord, schemas/log_record.avsc, codec null) that any Avro tool can
 read; values are kept byte for byte. --file FILE replays such a file instead of
@@ -93,7 +99,8 @@ Kafka; every other flag works the same.
 
 EXIT CODES: 0 ok (every comparable instance verified; also when completeness
 is not proven, which the report says), 1 verification found a difference or a
-gap (export: the range has gaps), 2 usage, input or I/O error.
+gap, or --check-rules found a requirement that differs (export: the range has
+gaps), 2 usage, input or I/O error.
 
 EXAMPLES:
   warrant-replay --instance 6f1c2b9e-4d0a-4c7e-9a51-0d2f3b8c7e11
@@ -253,6 +260,11 @@ struct ReplayArgs {
     )]
     format: Option<Format>,
 
+    /// Resolve every proposal again against the ruleset the rulesets topic
+    /// holds under its recorded digest; exit 1 if any recorded requirement
+    /// differs (proof that intake applied the published rules).
+    #[arg(long, env = "WARRANT_REPLAY_CHECK_RULES", help_heading = "Verify")]
+    check_rules: bool,
     /// Compare with the projector at this base URL (e.g. http://127.0.0.1:8081).
     #[arg(
         long,
@@ -489,9 +501,34 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     if args.instance.is_some() && replayed.instances.is_empty() {
         eprintln!("warrant-replay: no record of that instance in the range");
     }
+    let rules = if args.check_rules {
+        let Source::Kafka(kafka) = &options.source else {
+            anyhow::bail!("--check-rules reads the rulesets topic: replay from Kafka, not a file");
+        };
+        let published = warrant_replay::kafka::read_rulesets(kafka)
+            .context("cannot read the published rulesets (--rulesets-topic)")?;
+        let records: Vec<_> = replayed
+            .instances
+            .iter()
+            .map(|instance| instance.state_record())
+            .collect();
+        let report = warrant_replay::rules::check(
+            records
+                .iter()
+                .filter_map(|r| r.proposal.as_ref().map(|p| (r.instance_id.as_str(), p))),
+            &published,
+        );
+        if let Err(error) = report.write_text(&mut std::io::stderr().lock()) {
+            tracing::warn!(error = %error, "cannot print the rules check");
+        }
+        Some(report)
+    } else {
+        None
+    };
     let code = match &report {
         Some(report) if report.failed() => ExitCode::from(1),
         _ if signatures.failed() => ExitCode::from(1),
+        _ if rules.as_ref().is_some_and(|r| r.failed()) => ExitCode::from(1),
         _ => ExitCode::SUCCESS,
     };
     // Freeing a million instance states one by one takes longer than the

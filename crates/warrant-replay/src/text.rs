@@ -62,6 +62,25 @@ fn name<T: Serialize>(value: &T) -> String {
     }
 }
 
+/// `2 approval(s) from [sre]`, `2 of [sre] and 1 of [security]`, or `no
+/// review` for a rule that authorizes by itself.
+fn approvals_needed(rule: &warrant_schema::Requirement) -> String {
+    let groups = rule.groups();
+    match groups.as_slice() {
+        [] => "no review".to_owned(),
+        [only] => format!(
+            "{} approval(s) from [{}]",
+            only.count,
+            only.roles.join(", ")
+        ),
+        several => several
+            .iter()
+            .map(|g| format!("{} of [{}]", g.count, g.roles.join(", ")))
+            .collect::<Vec<_>>()
+            .join(" and "),
+    }
+}
+
 fn time(at: Option<i64>) -> String {
     at.map_or_else(|| "(no time)".to_owned(), format_millis)
 }
@@ -190,11 +209,11 @@ fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
             ln!(out, "rationale        {rationale}")?;
         }
         let rule = &proposal.rule;
-        ln!(out,
-            "rule             {}: {} approval(s) from [{}]; override by [{}]; required signals [{}]; review {}; decision timeout {} ms; grant ttl {} ms; max executions {}",
+        ln!(
+            out,
+            "rule             {}: {}; override by [{}]; required signals [{}]; review {}; decision timeout {} ms; grant ttl {} ms; max executions {}",
             rule.rule_id,
-            rule.approvals_required,
-            rule.approver_roles.join(", "),
+            approvals_needed(rule),
             rule.override_roles.join(", "),
             rule.required_signals.join(", "),
             name(&rule.review),
@@ -202,6 +221,14 @@ fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
             rule.grant_ttl_ms,
             rule.max_executions
         )?;
+        for skipped in &proposal.resolution {
+            ln!(
+                out,
+                "  not rule       {}: {}",
+                skipped.rule_id,
+                skipped.reason
+            )?;
+        }
         ln!(
             out,
             "ruleset          version {}, digest {}",
@@ -263,12 +290,37 @@ fn write_into(out: &mut String, replayed: &ReplayedRecord) -> std::fmt::Result {
             name(&decision.verdict),
             decision.outcome
         )?;
+        if let Some(group) = decision.counted_for {
+            ln!(out, "         counted for group {}", group + 1)?;
+        }
         ln!(out, "         {}", decision.attestation.describe())?;
         ln!(out, "         justification: {:?}", decision.justification)?;
         ln!(out, "         scope: {}", requested_scope(&decision.scope))?;
         for evidence in &decision.evidence_refs {
             ln!(out, "         evidence: {evidence}")?;
         }
+    }
+    if !record.approval_groups.is_empty() {
+        ln!(out, "approval groups")?;
+    }
+    for (index, group) in record.approval_groups.iter().enumerate() {
+        ln!(
+            out,
+            "  {}. {} of [{}]: {}{}",
+            index + 1,
+            group.count,
+            group.roles.join(", "),
+            if group.approved_by.is_empty() {
+                "nobody yet".to_owned()
+            } else {
+                group.approved_by.join(", ")
+            },
+            if group.missing == 0 {
+                "  (met)".to_owned()
+            } else {
+                format!("  ({} missing)", group.missing)
+            }
+        )?;
     }
     match &record.authorization {
         Some(auth) => ln!(out, "authorization    {}", authorization(auth))?,
@@ -394,6 +446,9 @@ mod tests {
             "  #2    2026-11-18T11:06:41.000Z  opa  ALLOW  policy restarts.rego@17  [applied]".to_owned(),
             "         reason: inside payments freeze window".to_owned(),
             "  #4    2026-11-18T11:07:40.000Z  alice [sre]  APPROVE  [applied]".to_owned(),
+            "         counted for group 1".to_owned(),
+            "approval groups".to_owned(),
+            "  1. 2 of [sre, payments-oncall]: alice, bob  (met)".to_owned(),
             "         justification: \"leak confirmed in heap profile\"".to_owned(),
             "         scope: constraints region=eu-west-1; not after 2026-11-18T11:16:40.000Z; max executions 1".to_owned(),
             "         evidence: https://pprof.example/heap/123".to_owned(),

@@ -906,6 +906,100 @@ async fn a_tampered_signature_byte_in_an_export_makes_replay_fail() {
     assert!(caught.stdout.contains("BadSignature"), "{}", caught.stdout);
 }
 
+/// An `ActionProposed` for `instance`, resolved by the example ruleset as
+/// intake would, then changed by `alter` (a tampered envelope).
+fn proposal_under_example(
+    instance: &str,
+    alter: impl FnOnce(&mut warrant_schema::ActionProposed),
+) -> Vec<u8> {
+    let ruleset =
+        warrant_authority::Ruleset::parse(include_bytes!("../../../deploy/examples/ruleset.yaml"))
+            .expect("example ruleset");
+    let mut envelope = samples::envelopes()[0].1.clone();
+    envelope.instance_id = instance.to_owned();
+    let EventBody::ActionProposed(proposed) = &mut envelope.body else {
+        panic!("the first sample is a proposal");
+    };
+    let resolution = ruleset.resolve(&warrant_authority::Facts {
+        action: &proposed.action,
+        proposer: &proposed.proposer,
+        context_refs: &proposed.context_refs,
+    });
+    proposed.requirement = resolution.requirement().clone();
+    proposed.resolution = resolution.not_matched.clone();
+    proposed.ruleset = ruleset.reference();
+    alter(proposed);
+    warrant_schema::encode(&envelope).expect("encode")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_rules_fails_on_an_envelope_whose_requirement_was_altered() {
+    let kafka = fresh_topics().await;
+    let text = std::fs::read(repo().join("deploy/examples/ruleset.yaml")).expect("example");
+    let digest = warrant_authority::sha256_hex(&text);
+    let producer = kafka.producer().unwrap_or_else(|e| panic!("producer: {e}"));
+    producer
+        .send(
+            FutureRecord::<str, [u8]>::to(&kafka.rulesets_topic)
+                .key(&digest)
+                .payload(&text),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+    let (honest, altered) = (instance_id(1), instance_id(2));
+    let at = recent_millis();
+    produce(
+        &kafka,
+        vec![
+            (
+                0,
+                Some(honest.clone().into_bytes()),
+                proposal_under_example(&honest, |_| {}),
+                at,
+            ),
+            (
+                0,
+                Some(altered.clone().into_bytes()),
+                proposal_under_example(&altered, |p| p.requirement.approvals_required = 1),
+                at,
+            ),
+        ],
+    )
+    .await;
+    let mut args = kafka_args(&kafka);
+    args.extend([
+        "--rulesets-topic".to_owned(),
+        kafka.rulesets_topic.clone(),
+        "--quiet".to_owned(),
+        "--format".to_owned(),
+        "none".to_owned(),
+        "--check-rules".to_owned(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = run_binary(&args).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(
+            "rules check: 2 proposal(s) resolved again against their published ruleset, 1 differ"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "instance {altered} (recorded rule prod-restarts): the published ruleset gives rule prod-restarts"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains(&format!("instance {honest}")),
+        "{}",
+        run.stderr
+    );
+}
+
 /// A transactional producer on the test broker: what Warrant's writers
 /// never are, and what a forger uses to put markers where records were.
 fn transactional(kafka: &KafkaArgs) -> warrant_kafka::rdkafka::producer::BaseProducer {

@@ -39,6 +39,7 @@ pub mod avsc {
     pub const ENVELOPE_HISTORY: &[&str] = &[
         include_str!("../../../schemas/history/envelope.v1.avsc"),
         include_str!("../../../schemas/history/envelope.v2.avsc"),
+        include_str!("../../../schemas/history/envelope.v3.avsc"),
     ];
     pub const PROPOSAL_SUBMITTED_HISTORY: &[&str] = &[include_str!(
         "../../../schemas/history/proposal_submitted.v1.avsc"

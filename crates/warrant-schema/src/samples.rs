@@ -46,6 +46,7 @@ pub fn requirement() -> Requirement {
         grant_ttl_ms: 900_000,
         max_executions: 1,
         signed_decisions: false,
+        approval_groups: vec![],
     }
 }
 
@@ -76,7 +77,65 @@ pub fn action_proposed() -> ActionProposed {
             version: "2026-11-01".to_owned(),
             digest: "5b0e5f2a8c1d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f".to_owned(),
         },
+        resolution: vec![],
     }
+}
+
+/// A proposal under a two-group rule (envelope v3): two SREs and one
+/// security reviewer, after two earlier rules did not match.
+pub fn two_group_proposal() -> Envelope {
+    let mut proposed = action_proposed();
+    proposed.requirement = Requirement {
+        rule_id: "prod-restarts-two-groups".to_owned(),
+        approvals_required: 3,
+        approver_roles: vec!["sre".to_owned(), "security".to_owned()],
+        approval_groups: vec![
+            ApprovalGroup {
+                roles: vec!["sre".to_owned()],
+                count: 2,
+            },
+            ApprovalGroup {
+                roles: vec!["security".to_owned()],
+                count: 1,
+            },
+        ],
+        ..requirement()
+    };
+    proposed.resolution = vec![
+        RuleNotMatched {
+            rule_id: "payments-refunds".to_owned(),
+            reason: "kind".to_owned(),
+        },
+        RuleNotMatched {
+            rule_id: "prod-restarts-latency".to_owned(),
+            reason: "when false".to_owned(),
+        },
+    ];
+    envelope(
+        "0b7d6a3e-1f2c-4e5d-8a9b-0c1d2e3f4a30",
+        0,
+        "svc:remediator",
+        EventBody::ActionProposed(Box::new(proposed)),
+    )
+}
+
+/// A proposal the rule itself authorizes (`review: NEVER`, envelope v3).
+pub fn review_never_proposal() -> Envelope {
+    let mut proposed = action_proposed();
+    proposed.requirement = Requirement {
+        rule_id: "cache-flush".to_owned(),
+        approvals_required: 0,
+        approver_roles: vec![],
+        required_signals: vec![],
+        review: ReviewMode::Never,
+        ..requirement()
+    };
+    envelope(
+        "0b7d6a3e-1f2c-4e5d-8a9b-0c1d2e3f4a31",
+        0,
+        "svc:remediator",
+        EventBody::ActionProposed(Box::new(proposed)),
+    )
 }
 
 /// A realistic history of one instance: proposal, two signals, two

@@ -61,6 +61,19 @@ pub struct ActionProposed {
     pub rationale: Option<String>,
     pub requirement: Requirement,
     pub ruleset: RulesetRef,
+    /// Every rule before the one that applied, with why it did not match
+    /// (added in envelope v3; empty for v1 and v2 events).
+    #[serde(default)]
+    pub resolution: Vec<RuleNotMatched>,
+}
+
+/// A rule that resolution passed over, and why (`kind`, `target`, `when
+/// false`, `when error: …`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleNotMatched {
+    pub rule_id: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +126,37 @@ pub struct Requirement {
     /// envelope v2; v1 events decode with `false`).
     #[serde(default)]
     pub signed_decisions: bool,
+    /// Several groups that must all be met (added in envelope v3). Empty
+    /// means the single group `approvals_required` of `approver_roles`,
+    /// which is what every v1 and v2 event says; use [`Requirement::groups`].
+    #[serde(default)]
+    pub approval_groups: Vec<ApprovalGroup>,
+}
+
+/// `count` distinct principals, each holding one of `roles`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalGroup {
+    pub roles: Vec<String>,
+    pub count: i32,
+}
+
+impl Requirement {
+    /// The groups approvals are counted into: `approval_groups` when set,
+    /// else the one group the single-group form (and every older event)
+    /// means. Empty only for `review: NEVER` rules, which take no approvals.
+    pub fn groups(&self) -> Vec<ApprovalGroup> {
+        if !self.approval_groups.is_empty() {
+            return self.approval_groups.clone();
+        }
+        if self.review == ReviewMode::Never {
+            return Vec::new();
+        }
+        vec![ApprovalGroup {
+            roles: self.approver_roles.clone(),
+            count: self.approvals_required,
+        }]
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -120,6 +164,8 @@ pub struct Requirement {
 pub enum ReviewMode {
     Always,
     UnlessAllSignalsAllow,
+    /// The rule authorizes at proposal (added in envelope v3).
+    Never,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

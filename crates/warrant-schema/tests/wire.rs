@@ -44,6 +44,20 @@ fn current_vectors() -> Vec<Vector> {
         value: serde_json::to_value(samples::signed_decision()).expect("serialize"),
         hex: hex::encode(encode(&samples::signed_decision()).expect("encode")),
     });
+    for (name, envelope) in [
+        ("action_proposed_two_groups", samples::two_group_proposal()),
+        (
+            "action_proposed_review_never",
+            samples::review_never_proposal(),
+        ),
+    ] {
+        vectors.push(Vector {
+            name: name.to_owned(),
+            record: "warrant.Envelope".to_owned(),
+            value: serde_json::to_value(&envelope).expect("serialize"),
+            hex: hex::encode(encode(&envelope).expect("encode")),
+        });
+    }
     let proposal = samples::proposal_submitted();
     vectors.push(Vector {
         name: "proposal_submitted".to_owned(),
@@ -120,6 +134,35 @@ fn bytes_written_by_fastavro_from_the_avsc_alone_decode() {
     assert_eq!(
         decoded.context_refs[0].note.as_deref(),
         Some("written by fastavro")
+    );
+}
+
+#[test]
+fn a_proposal_written_under_envelope_v2_still_decodes_as_one_group() {
+    // The exact bytes of the action_proposed vector as envelope v2 wrote
+    // them, before approval groups, review NEVER and the resolution trace.
+    let hex_text = std::fs::read_to_string(golden_dir().join("action_proposed.envelope-v2.hex"))
+        .expect("v2 vector exists");
+    let bytes = hex::decode(hex_text.trim()).expect("hex");
+    let decoded = decode::<Envelope>(&bytes).expect("v2 bytes decode");
+    let warrant_schema::EventBody::ActionProposed(proposed) = decoded.body else {
+        panic!("not a proposal");
+    };
+    assert!(proposed.requirement.approval_groups.is_empty());
+    assert!(proposed.resolution.is_empty());
+    assert_eq!(
+        proposed.requirement.groups(),
+        vec![warrant_schema::ApprovalGroup {
+            roles: vec!["sre".to_owned(), "payments-oncall".to_owned()],
+            count: 2,
+        }]
+    );
+    // Everything else reads as the current sample does.
+    assert_eq!(*proposed, samples::action_proposed());
+    assert_ne!(
+        bytes,
+        encode(&samples::envelopes()[0].1).expect("encode"),
+        "v3 writes under its own fingerprint"
     );
 }
 
