@@ -23,7 +23,7 @@ use warrant_kafka::{partitions_of, watermarks, QuietContext};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::projection::{Projection, Sealed};
-use crate::store::Store;
+use crate::store::{Kept, Store};
 use crate::waiters::RecordWaiters;
 use crate::{Config, Progress};
 
@@ -124,7 +124,17 @@ impl Ingest {
                 marks.iter().map(|(p, (_, high))| (*p, *high)).collect();
             std::thread::Builder::new()
                 .name("warrant-commit".to_owned())
-                .spawn(move || commit_loop(receiver, &shared, highs))
+                .spawn(move || {
+                    let committed = commit_loop(receiver, &shared, highs);
+                    if committed.is_err() {
+                        // The fold thread may be waiting for the view to
+                        // come back (a read retried while the view is
+                        // closed): it never will. Stop it, so that run()
+                        // returns this error and the projector exits.
+                        shared.stop.store(true, Ordering::Release);
+                    }
+                    committed
+                })
                 .map_err(|source| Error::Spawn {
                     name: "commit",
                     source,
@@ -231,14 +241,25 @@ impl Ingest {
                 None => idle = true,
                 Some(Ok(message)) => {
                     let (partition, offset) = (message.partition(), message.offset());
+                    let mut waited = false;
                     let applied = loop {
                         match projection.apply(partition, offset, message.key(), message.payload())
                         {
                             // The commit thread is reopening sled after a
-                            // storage error: read the state again once it is
+                            // storage error (it says so in /readyz), or the
+                            // disk is full: read the state again once it is
                             // back (nothing of this record was folded yet).
                             Err(error) if error.is_storage() => {
-                                tracing::debug!(error = %error_chain(&error), "cannot read the view; retrying");
+                                if !matches!(error, Error::Unavailable) {
+                                    // The fold's own wait, not the commit
+                                    // thread's: counted and named here.
+                                    waited = true;
+                                    self.metrics.storage_failed();
+                                    self.progress.send_modify(|p| {
+                                        p.storage_error = Some(error_chain(&error));
+                                    });
+                                }
+                                tracing::warn!(error = %error_chain(&error), "cannot read the view; folding waits");
                                 if !self.pause(STORAGE_READ_RETRY) {
                                     return Ok(());
                                 }
@@ -246,6 +267,9 @@ impl Ingest {
                             result => break result?,
                         }
                     };
+                    if waited {
+                        self.progress.send_modify(|p| p.storage_error = None);
+                    }
                     if applied {
                         opened.get_or_insert_with(Instant::now);
                         eof.remove(&partition);
@@ -308,7 +332,9 @@ impl Ingest {
 pub(crate) trait ViewWriter {
     fn apply(&self, batch: sled::Batch, seq: u64) -> Result<(), Error>;
     fn flush(&self) -> Result<usize, Error>;
-    fn reopen(&self) -> Result<(), Error>;
+    /// See [`Store::reopen_with`]: the kept batch is durable on the new
+    /// handle before anything else can read it.
+    fn reopen_with(&self, kept: Kept<'_>) -> Result<(), Error>;
     fn offsets(&self) -> Result<BTreeMap<i32, i64>, Error>;
 }
 
@@ -319,8 +345,8 @@ impl ViewWriter for Store {
     fn flush(&self) -> Result<usize, Error> {
         Store::flush(self)
     }
-    fn reopen(&self) -> Result<(), Error> {
-        Store::reopen(self)
+    fn reopen_with(&self, kept: Kept<'_>) -> Result<(), Error> {
+        Store::reopen_with(self, Some(kept))
     }
     fn offsets(&self) -> Result<BTreeMap<i32, i64>, Error> {
         Store::offsets(self)
@@ -331,19 +357,24 @@ impl ViewWriter for Store {
 const STORAGE_RETRY_FIRST: Duration = Duration::from_millis(200);
 const STORAGE_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Apply and flush one batch, and on a storage failure (a full disk, an
-/// I/O error) keep trying instead of stopping: reopen sled, write the same
-/// batch again, with backoff, until it is durable or the projector is
-/// stopped. Meanwhile nothing is applied after it (the fold thread blocks
-/// on the channel), `/readyz` says why, and the failures are counted.
+/// Apply and flush one batch, and on a full disk keep trying instead of
+/// stopping: reopen sled and write the same batch on the new handle, with
+/// backoff, until it is durable or the projector is stopped. Meanwhile
+/// nothing is applied after it (the fold thread blocks on the channel, or
+/// waits on [`Error::Unavailable`] reads), `/readyz` says why, and the
+/// failures are counted. Any other failure, of a write or of a reopen (EIO,
+/// a view sled will not take back, one at the wrong offsets), is returned:
+/// the projector stops with it.
 ///
 /// Writing the batch again is safe because a batch sets absolute values
 /// (states, runs under their first seq, counts, offsets) and sled applies
 /// it atomically: the reopened view holds everything up to the previous
 /// batch, which was flushed, and this batch either wholly or not at all.
-/// A reopened view whose offsets are anything else is not that view: the
-/// projector then stops with a corruption error, and the next start
-/// rebuilds it.
+/// It is written inside the reopen, so no reader sees the new handle
+/// without it (see [`Store::reopen_with`]).
+///
+/// Returns how long the successful write took (the outage excluded), for
+/// the commit-time metric.
 pub(crate) fn write_batch(
     store: &impl ViewWriter,
     metrics: &Metrics,
@@ -352,27 +383,22 @@ pub(crate) fn write_batch(
     batch: sled::Batch,
     seq: u64,
     offsets: &BTreeMap<i32, i64>,
-) -> Result<(), Error> {
+) -> Result<Duration, Error> {
     let before = store.offsets().ok();
+    let began = Instant::now();
+    let written = store
+        .apply(batch.clone(), seq)
+        .and_then(|()| store.flush().map(drop));
+    let mut error = match written {
+        Ok(()) => return Ok(began.elapsed()),
+        Err(error) if error.is_storage() => error,
+        Err(error) => return Err(error),
+    };
     let mut delay = STORAGE_RETRY_FIRST;
-    let mut failed = false;
     loop {
-        let written = store
-            .apply(batch.clone(), seq)
-            .and_then(|()| store.flush().map(drop));
-        let error = match written {
-            Ok(()) => break,
-            Err(error) if error.is_storage() => error,
-            Err(error) => return Err(error),
-        };
-        failed = true;
         metrics.storage_failed();
         tracing::error!(batch = seq, error = %error_chain(&error), retry_in_ms = delay.as_millis() as u64, "cannot write a batch to the view; folding is paused until it can be written");
-        // "Not open" only repeats that the last reopen failed, whose own
-        // error (the disk's) is the reason worth showing.
-        if !matches!(error, Error::Unavailable) {
-            progress.send_modify(|p| p.storage_error = Some(error_chain(&error)));
-        }
+        progress.send_modify(|p| p.storage_error = Some(error_chain(&error)));
         let until = Instant::now() + delay;
         while Instant::now() < until {
             if stop.load(Ordering::Acquire) {
@@ -382,30 +408,26 @@ pub(crate) fn write_batch(
             std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
         }
         delay = (delay * 2).min(STORAGE_RETRY_MAX);
-        match store.reopen() {
+        let began = Instant::now();
+        let kept = Kept {
+            batch: batch.clone(),
+            seq,
+            before: before.as_ref(),
+            after: offsets,
+        };
+        match store.reopen_with(kept) {
             Ok(()) => {
-                let now = store.offsets()?;
-                if before
-                    .as_ref()
-                    .is_some_and(|before| *before != now && now != *offsets)
-                {
-                    return Err(Error::corrupt(format!(
-                        "after reopening, the view's offsets {now:?} are neither the last flushed batch's nor this one's"
-                    )));
-                }
+                tracing::info!(batch = seq, "the view is writable again; folding resumes");
+                progress.send_modify(|p| p.storage_error = None);
+                return Ok(began.elapsed());
             }
-            Err(error) if error.is_storage() => {
-                tracing::warn!(error = %error_chain(&error), "cannot reopen the view yet");
-                progress.send_modify(|p| p.storage_error = Some(error_chain(&error)));
+            Err(failed) if failed.is_storage() => error = failed,
+            Err(failed) => {
+                tracing::error!(batch = seq, error = %error_chain(&failed), "cannot reopen the view; the projector stops");
+                return Err(failed);
             }
-            Err(error) => return Err(error),
         }
     }
-    if failed {
-        tracing::info!(batch = seq, "the view is writable again; folding resumes");
-        progress.send_modify(|p| p.storage_error = None);
-    }
-    Ok(())
 }
 
 /// warrant-kafka's consumer settings (read_committed, no auto commit, no
@@ -461,9 +483,8 @@ fn commit_loop(
                 mut sealed,
                 caught_up,
             }) => {
-                let began = Instant::now();
                 let (batch, written) = sealed.take_batch()?;
-                write_batch(
+                let took = write_batch(
                     store.as_ref(),
                     metrics,
                     progress,
@@ -473,7 +494,7 @@ fn commit_loop(
                     &sealed.offsets,
                 )?;
                 waiters.committed(written.iter().map(|(id, entries)| (id.as_str(), *entries)));
-                let seconds = began.elapsed().as_secs_f64();
+                let seconds = took.as_secs_f64();
                 // Durable from here on: report it.
                 metrics.committed(&sealed.stats, &sealed.counts, seconds);
                 metrics.set_oldest_paused(sealed.oldest_paused);
@@ -600,9 +621,14 @@ mod tests {
             }
             Ok(0)
         }
-        fn reopen(&self) -> Result<(), Error> {
+        fn reopen_with(&self, kept: Kept<'_>) -> Result<(), Error> {
             self.reopened.fetch_add(1, Ordering::SeqCst);
-            Ok(())
+            let now = self.offsets_after_reopen.clone();
+            if kept.before.is_some_and(|before| *before != now) && now != *kept.after {
+                return Err(Error::corrupt("offsets"));
+            }
+            self.apply(kept.batch, kept.seq)?;
+            self.flush().map(drop)
         }
         fn offsets(&self) -> Result<BTreeMap<i32, i64>, Error> {
             Ok(if self.reopened.load(Ordering::SeqCst) == 0 {
@@ -648,7 +674,7 @@ mod tests {
             drop(progress);
             (result, collect.join().unwrap())
         });
-        (reasons.0, metrics, seen, reasons.1)
+        (reasons.0.map(drop), metrics, seen, reasons.1)
     }
 
     #[test]
