@@ -124,17 +124,7 @@ impl Ingest {
                 marks.iter().map(|(p, (_, high))| (*p, *high)).collect();
             std::thread::Builder::new()
                 .name("warrant-commit".to_owned())
-                .spawn(move || {
-                    let committed = commit_loop(receiver, &shared, highs);
-                    if committed.is_err() {
-                        // The fold thread may be waiting for the view to
-                        // come back (a read retried while the view is
-                        // closed): it never will. Stop it, so that run()
-                        // returns this error and the projector exits.
-                        shared.stop.store(true, Ordering::Release);
-                    }
-                    committed
-                })
+                .spawn(move || commit_thread(receiver, &shared, highs))
                 .map_err(|source| Error::Spawn {
                     name: "commit",
                     source,
@@ -210,6 +200,47 @@ impl Ingest {
         Ok(())
     }
 
+    /// Fold one record; while the view cannot be read for a reason that
+    /// passes (closed for a reopen, a full disk), wait and read again.
+    /// `None` when stopped meanwhile.
+    fn fold_record(
+        &self,
+        projection: &mut Projection,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<Option<bool>, Error> {
+        let mut waited = false;
+        let applied = loop {
+            match projection.apply(partition, offset, key, value) {
+                // The commit thread is reopening sled after a storage error
+                // (it says so in /readyz), or the disk is full: read the
+                // state again once it is back (nothing of this record was
+                // folded yet).
+                Err(error) if error.is_storage() => {
+                    if !matches!(error, Error::Unavailable) {
+                        // The fold's own wait, not the commit thread's:
+                        // counted and named here.
+                        waited = true;
+                        self.metrics.storage_failed();
+                        self.progress
+                            .send_modify(|p| p.storage_error = Some(error_chain(&error)));
+                    }
+                    tracing::warn!(error = %error_chain(&error), "cannot read the view; folding waits");
+                    if !self.pause(STORAGE_READ_RETRY) {
+                        return Ok(None);
+                    }
+                }
+                result => break result?,
+            }
+        };
+        if waited {
+            self.progress.send_modify(|p| p.storage_error = None);
+        }
+        Ok(Some(applied))
+    }
+
     fn fold_loop(
         &self,
         consumer: &BaseConsumer<QuietContext>,
@@ -241,35 +272,16 @@ impl Ingest {
                 None => idle = true,
                 Some(Ok(message)) => {
                     let (partition, offset) = (message.partition(), message.offset());
-                    let mut waited = false;
-                    let applied = loop {
-                        match projection.apply(partition, offset, message.key(), message.payload())
-                        {
-                            // The commit thread is reopening sled after a
-                            // storage error (it says so in /readyz), or the
-                            // disk is full: read the state again once it is
-                            // back (nothing of this record was folded yet).
-                            Err(error) if error.is_storage() => {
-                                if !matches!(error, Error::Unavailable) {
-                                    // The fold's own wait, not the commit
-                                    // thread's: counted and named here.
-                                    waited = true;
-                                    self.metrics.storage_failed();
-                                    self.progress.send_modify(|p| {
-                                        p.storage_error = Some(error_chain(&error));
-                                    });
-                                }
-                                tracing::warn!(error = %error_chain(&error), "cannot read the view; folding waits");
-                                if !self.pause(STORAGE_READ_RETRY) {
-                                    return Ok(());
-                                }
-                            }
-                            result => break result?,
-                        }
+                    let Some(applied) = self.fold_record(
+                        projection,
+                        partition,
+                        offset,
+                        message.key(),
+                        message.payload(),
+                    )?
+                    else {
+                        return Ok(());
                     };
-                    if waited {
-                        self.progress.send_modify(|p| p.storage_error = None);
-                    }
                     if applied {
                         opened.get_or_insert_with(Instant::now);
                         eof.remove(&partition);
@@ -448,6 +460,22 @@ fn projector_consumer(config: &Config) -> Result<BaseConsumer<QuietContext>, Err
                 source,
             })
         })
+}
+
+/// The commit thread: [`commit_loop`], and on its failure a stop.
+fn commit_thread(
+    receiver: mpsc::Receiver<ToCommit>,
+    shared: &Ingest,
+    highs: BTreeMap<i32, i64>,
+) -> Result<(), Error> {
+    let committed = commit_loop(receiver, shared, highs);
+    if committed.is_err() {
+        // The fold thread may be waiting for the view to come back (a read
+        // retried while the view is closed): it never will. Stop it, so that
+        // run() returns this error and the projector exits non-zero.
+        shared.stop.store(true, Ordering::Release);
+    }
+    committed
 }
 
 fn commit_loop(
@@ -714,6 +742,200 @@ mod tests {
         assert!(matches!(result, Err(Error::Corrupt { .. })));
         assert_eq!(metrics.storage_errors.get(), 0);
         assert_eq!(*view.applied.lock().unwrap(), vec![7]);
+    }
+
+    #[test]
+    fn io_errors_other_than_a_full_disk_stop_instead_of_retrying() {
+        for error in [
+            || Error::Sled {
+                op: "flush",
+                source: sled::Error::Io(std::io::Error::from_raw_os_error(5)), // EIO
+            },
+            || Error::Sled {
+                op: "flush",
+                source: sled::Error::Io(std::io::Error::from_raw_os_error(30)), // EROFS
+            },
+            || Error::Sled {
+                op: "flush",
+                source: sled::Error::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+            },
+        ] {
+            let mut view = FullDisk::new(1);
+            view.error = error;
+            let (result, metrics, _, _) = write(&view, &AtomicBool::new(false));
+            assert!(matches!(result, Err(Error::Sled { .. })), "{result:?}");
+            assert_eq!(view.reopened.load(Ordering::SeqCst), 0);
+            assert_eq!(metrics.storage_errors.get(), 0);
+        }
+    }
+
+    fn ingest(store: Arc<Store>, dir: &std::path::Path) -> (Ingest, watch::Receiver<Progress>) {
+        let (progress, seen) = watch::channel(Progress::default());
+        let ingest = Ingest {
+            config: Config::new(warrant_kafka::KafkaArgs::default(), dir),
+            store,
+            metrics: Arc::new(Metrics::new()),
+            stop: Arc::new(AtomicBool::new(false)),
+            progress,
+            waiters: Arc::new(RecordWaiters::new(16)),
+        };
+        (ingest, seen)
+    }
+
+    /// Two instances, A's history interrupted by B's first event: folded as
+    /// batches `[0..4]`, `[4..6]` (A), `[6..7]` (B), the rest.
+    fn two_instances() -> Vec<crate::testutil::Record> {
+        use crate::testutil::{history_for, instance_id, record};
+        let a: Vec<_> = history_for(&instance_id(1), 8)
+            .iter()
+            .map(|e| record(0, e))
+            .collect();
+        let b: Vec<_> = history_for(&instance_id(2), 3)
+            .iter()
+            .map(|e| record(0, e))
+            .collect();
+        [&a[..6], &b[..1], &a[6..], &b[1..]].concat()
+    }
+
+    /// Where [`folded_to_the_third_batch`] leaves the fold.
+    struct Folded {
+        projection: Projection,
+        /// Offsets of the first batch, flushed.
+        flushed: BTreeMap<i32, i64>,
+        /// The second batch, applied but not flushed.
+        second: (sled::Batch, u64, BTreeMap<i32, i64>),
+        third: Sealed,
+    }
+
+    /// A projection with the first batch of [`two_instances`] committed, the
+    /// second applied, and the third sealed, which let the cache drop A's
+    /// states (`cache_limit` 0): the next A event reads A from the store.
+    fn folded_to_the_third_batch(store: &Arc<Store>, log: &[crate::testutil::Record]) -> Folded {
+        let mut projection = Projection::new(store.clone(), 0).unwrap();
+        crate::testutil::apply(&mut projection, &log[..4]);
+        projection.commit_now().unwrap();
+        let flushed = store.offsets().unwrap();
+        crate::testutil::apply(&mut projection, &log[4..6]);
+        let mut second = projection.seal().unwrap().unwrap();
+        let (batch, _) = second.take_batch().unwrap();
+        store.apply(batch.clone(), second.seq).unwrap();
+        crate::testutil::apply(&mut projection, &log[6..7]);
+        let third = projection.seal().unwrap().unwrap();
+        Folded {
+            projection,
+            flushed,
+            second: (batch, second.seq, second.offsets.clone()),
+            third,
+        }
+    }
+
+    /// Fold `log[7]` on another thread once the view is closed.
+    fn fold_once_closed(
+        ingest: &Ingest,
+        mut projection: Projection,
+        log: &[crate::testutil::Record],
+    ) -> std::thread::JoinHandle<(Result<Option<bool>, Error>, Projection)> {
+        let ingest = ingest.clone();
+        let (partition, key, value) = log[7].clone();
+        std::thread::spawn(move || {
+            while ingest.store.offsets().is_ok() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let applied = ingest.fold_record(
+                &mut projection,
+                partition,
+                7,
+                key.as_deref(),
+                value.as_deref(),
+            );
+            (applied, projection)
+        })
+    }
+
+    #[test]
+    fn a_reopen_that_fails_for_good_stops_the_projector_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = crate::testutil::open(&dir.path().join("view"));
+        let log = two_instances();
+        let Folded {
+            projection, third, ..
+        } = folded_to_the_third_batch(&store, &log);
+        store.flush().unwrap();
+        // A read found bad bytes (the next start must rebuild), and the
+        // flush of the next batch fails: the reopen finds the mark.
+        store.mark_corrupt("a test");
+        store.fail_flushes(1);
+        let (ingest, progress) = ingest(store.clone(), dir.path());
+        let (sender, receiver) = mpsc::sync_channel(1);
+        let committer = {
+            let shared = ingest.clone();
+            std::thread::spawn(move || commit_thread(receiver, &shared, BTreeMap::new()))
+        };
+        // Meanwhile the fold waits for the view to come back: it must be
+        // stopped, not left retrying a view that never reopens.
+        let folded = fold_once_closed(&ingest, projection, &log);
+        sender
+            .send(ToCommit::Batch {
+                sealed: Box::new(third),
+                caught_up: false,
+            })
+            .unwrap();
+        let committed = committer.join().unwrap();
+        assert!(
+            matches!(committed, Err(Error::Corrupt { .. })),
+            "{committed:?}"
+        );
+        assert!(ingest.stopped());
+        assert!(matches!(folded.join().unwrap().0, Ok(None)));
+        assert!(progress.borrow().storage_error.is_some());
+    }
+
+    #[test]
+    fn the_fold_waits_while_the_view_is_closed_and_reads_the_kept_batch_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = crate::testutil::open(&dir.path().join("view"));
+        let log = two_instances();
+        let Folded {
+            projection,
+            flushed,
+            second: (batch, seq, offsets),
+            mut third,
+        } = folded_to_the_third_batch(&store, &log);
+        let kept = || Kept {
+            batch: batch.clone(),
+            seq,
+            before: Some(&flushed),
+            after: &offsets,
+        };
+        // The second batch's flush is refused, and so is the reopen's write
+        // of it: the view stays closed rather than open one batch behind.
+        store.fail_flushes(2);
+        assert!(store.flush().unwrap_err().is_storage());
+        assert!(store.reopen_with(Some(kept())).unwrap_err().is_storage());
+        let (ingest, _) = ingest(store.clone(), dir.path());
+        let folded = fold_once_closed(&ingest, projection, &log);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!folded.is_finished(), "the fold read a closed view");
+        store.reopen_with(Some(kept())).unwrap();
+        let (applied, mut projection) = folded.join().unwrap();
+        assert_eq!(applied.unwrap(), Some(true));
+        // A's event 7 folded onto A's state with the second batch's events:
+        // the view ends where the shared ledger does, every history whole.
+        let (batch, _) = third.take_batch().unwrap();
+        store.apply(batch, third.seq).unwrap();
+        store.flush().unwrap();
+        crate::testutil::apply(&mut projection, &log[8..]);
+        projection.commit_now().unwrap();
+        let ledger = crate::testutil::ledger_of(&log);
+        assert_eq!(
+            store.checkpoint().unwrap().digest,
+            ledger.checkpoint_digest()
+        );
+        for n in [1, 2] {
+            let id = crate::testutil::instance_id(n);
+            let (state, _) = store.history(&id).unwrap().unwrap();
+            assert_eq!(state.head, ledger.get(&id).unwrap().state.head);
+        }
     }
 
     #[test]

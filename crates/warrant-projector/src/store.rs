@@ -1488,6 +1488,49 @@ mod tests {
     }
 
     #[test]
+    fn reads_while_a_kept_batch_cannot_be_rewritten_are_unavailable_not_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let log = mixed_log();
+        let mut projection = Projection::new(store.clone(), 1000).unwrap();
+        apply(&mut projection, &log[..4]);
+        projection.commit_now().unwrap();
+        let flushed = store.offsets().unwrap();
+        // The next batch is applied (the old handle serves it), its flush
+        // refused, and the reopen's write of it refused too.
+        apply(&mut projection, &log[4..]);
+        let mut sealed = projection.seal().unwrap().unwrap();
+        let (batch, _) = sealed.take_batch().unwrap();
+        store.apply(batch.clone(), sealed.seq).unwrap();
+        store.fail_flushes(2);
+        assert!(store.flush().unwrap_err().is_storage());
+        let served = store.record(samples::INSTANCE_ID).unwrap().unwrap();
+        let before = store.checkpoint().unwrap();
+        let kept = || Kept {
+            batch: batch.clone(),
+            seq: sealed.seq,
+            before: Some(&flushed),
+            after: &sealed.offsets,
+        };
+        assert!(store.reopen_with(Some(kept())).unwrap_err().is_storage());
+        // Closed, not one batch behind: nothing reads a state without its
+        // runs, or a checkpoint older than one already served.
+        assert!(matches!(
+            store.record(samples::INSTANCE_ID),
+            Err(Error::Unavailable)
+        ));
+        assert!(matches!(store.checkpoint(), Err(Error::Unavailable)));
+        store.reopen_with(Some(kept())).unwrap();
+        assert_eq!(store.record(samples::INSTANCE_ID).unwrap().unwrap(), served);
+        assert_eq!(store.checkpoint().unwrap(), before);
+        assert_eq!(before.digest, ledger_of(&log).checkpoint_digest());
+        // Nothing marked the view corrupt: the next start resumes it.
+        drop(projection);
+        drop(store);
+        assert_eq!(open(dir.path()).1, Opened::Resumed);
+    }
+
+    #[test]
     fn a_reopened_view_holds_every_flushed_batch() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = open(dir.path());
@@ -1516,6 +1559,18 @@ mod tests {
         )));
         assert!(full.is_storage());
         assert!(is_storage_failure(&std::io::Error::from_raw_os_error(28)));
+        // Only a full disk is waited out; a failing or read-only one stops.
+        let io = |error: std::io::Error| Error::sled("flush")(sled::Error::Io(error));
+        assert!(io(std::io::Error::from_raw_os_error(28)).is_storage()); // ENOSPC
+        assert!(io(std::io::Error::from_raw_os_error(122)).is_storage()); // EDQUOT
+        for stops in [
+            std::io::Error::from_raw_os_error(5),  // EIO
+            std::io::Error::from_raw_os_error(30), // EROFS
+            std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+            std::io::Error::from(std::io::ErrorKind::InvalidData),
+        ] {
+            assert!(!io(stops).is_storage());
+        }
         assert!(!is_storage_failure(&std::io::Error::from(
             std::io::ErrorKind::InvalidData
         )));
