@@ -387,6 +387,9 @@ const STORAGE_RETRY_MAX: Duration = Duration::from_secs(5);
 ///
 /// Returns how long the successful write took (the outage excluded), for
 /// the commit-time metric.
+// The batch, where it leads and what to do while waiting are all the
+// caller's; a struct for them would only rename the parameters.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn write_batch(
     store: &impl ViewWriter,
     metrics: &Metrics,
@@ -395,6 +398,7 @@ pub(crate) fn write_batch(
     batch: sled::Batch,
     seq: u64,
     offsets: &BTreeMap<i32, i64>,
+    waiting: &mut dyn FnMut(),
 ) -> Result<Duration, Error> {
     let before = store.offsets().ok();
     let began = Instant::now();
@@ -417,6 +421,7 @@ pub(crate) fn write_batch(
                 // Stopping: what is on disk is the previous batch, consistent.
                 return Err(error);
             }
+            waiting();
             std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
         }
         delay = (delay * 2).min(STORAGE_RETRY_MAX);
@@ -460,6 +465,35 @@ fn projector_consumer(config: &Config) -> Result<BaseConsumer<QuietContext>, Err
                 source,
             })
         })
+}
+
+/// Fetch fresh high watermarks and set the lag gauges from them.
+fn refresh_lag(
+    client: Option<&BaseConsumer<QuietContext>>,
+    topic: &str,
+    highs: &mut BTreeMap<i32, i64>,
+    offsets: &BTreeMap<i32, i64>,
+    metrics: &Metrics,
+) {
+    if let Some(client) = client {
+        for (partition, high) in highs.iter_mut() {
+            match client.fetch_watermarks(topic, *partition, Duration::from_secs(1)) {
+                Ok((_, fresh)) => *high = fresh,
+                Err(error) => {
+                    tracing::debug!(partition, error = %error, "cannot refresh the high watermark")
+                }
+            }
+        }
+    }
+    for (partition, next) in offsets {
+        metrics.set_offset(*partition, *next, highs.get(partition).copied());
+        // Nothing left to fold here: whatever the last event's age, this
+        // partition is not behind.
+        if highs.get(partition).is_some_and(|high| high <= next) {
+            let now = crate::unix_millis();
+            metrics.set_fold_lag(*partition, now, now);
+        }
+    }
 }
 
 /// The commit thread: [`commit_loop`], and on its failure a stop.
@@ -520,6 +554,20 @@ fn commit_loop(
                     batch,
                     sealed.seq,
                     &sealed.offsets,
+                    // The lag gauges keep moving while the disk is full:
+                    // the log grows, the view does not.
+                    &mut || {
+                        if refreshed.elapsed() >= WATERMARK_REFRESH {
+                            refreshed = Instant::now();
+                            refresh_lag(
+                                marks_client.as_ref(),
+                                topic,
+                                &mut highs,
+                                &offsets,
+                                metrics,
+                            );
+                        }
+                    },
                 )?;
                 waiters.committed(written.iter().map(|(id, entries)| (id.as_str(), *entries)));
                 let seconds = took.as_secs_f64();
@@ -561,25 +609,7 @@ fn commit_loop(
         }
         if refreshed.elapsed() >= WATERMARK_REFRESH {
             refreshed = Instant::now();
-            if let Some(client) = &marks_client {
-                for (partition, high) in highs.iter_mut() {
-                    match client.fetch_watermarks(topic, *partition, Duration::from_secs(1)) {
-                        Ok((_, fresh)) => *high = fresh,
-                        Err(error) => {
-                            tracing::debug!(partition, error = %error, "cannot refresh the high watermark")
-                        }
-                    }
-                }
-            }
-            for (partition, next) in &offsets {
-                metrics.set_offset(*partition, *next, highs.get(partition).copied());
-                // Nothing left to fold here: whatever the last event's age,
-                // this partition is not behind.
-                if highs.get(partition).is_some_and(|high| high <= next) {
-                    let now = crate::unix_millis();
-                    metrics.set_fold_lag(*partition, now, now);
-                }
-            }
+            refresh_lag(marks_client.as_ref(), topic, &mut highs, &offsets, metrics);
         }
         if logged.elapsed() >= config.progress_interval {
             let records = progress.borrow().records;
@@ -698,6 +728,7 @@ mod tests {
                 sled::Batch::default(),
                 7,
                 &BTreeMap::from([(0, 20)]),
+                &mut || {},
             );
             drop(progress);
             (result, collect.join().unwrap())
