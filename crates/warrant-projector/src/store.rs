@@ -635,47 +635,57 @@ impl Store {
                     Error::corrupt(format!("the view cannot be reopened: {reason}"))
                 }
             })?;
+        match self.ready_reopened(&reopened, kept) {
+            Ok(()) => {
+                *db = Some(reopened);
+                Ok(())
+            }
+            Err(error) => {
+                // Not exposed. A handle that failed a write is as spent as
+                // the last one (and may panic flushing as it drops).
+                let _ =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(reopened)));
+                Err(error)
+            }
+        }
+    }
+
+    /// Check a reopened handle and write the kept batch on it.
+    fn ready_reopened(&self, reopened: &sled::Db, kept: Option<Kept<'_>>) -> Result<(), Error> {
         // Only the meta keys: the offsets check below is what tells a view
         // that lost flushed batches, without scanning the whole index under
         // the gate.
-        match check_meta(&reopened, &self.topic, false)? {
+        match check_meta(reopened, &self.topic, false)? {
             Meta::Compatible => {}
             Meta::Empty => return Err(Error::corrupt("the view was empty when reopened")),
             Meta::Incompatible(reason) => {
                 return Err(Error::corrupt(format!("when reopened, {reason}")))
             }
         }
-        if let Some(kept) = kept {
-            // The reopened view holds the last flushed batch, or this one
-            // too (the old handle's drop flushed it). Anything else is not
-            // this view: marked, so the next start rebuilds it rather than
-            // resuming from offsets it never had.
-            let now = offsets_in(&reopened)?;
-            if kept.before.is_some_and(|before| *before != now) && now != *kept.after {
-                let what = format!(
-                    "after reopening, the view's offsets {now:?} are neither the last flushed batch's nor this one's"
-                );
-                let _ = reopened
-                    .insert(META_CORRUPT, what.as_bytes())
-                    .and_then(|_| reopened.flush());
-                return Err(Error::corrupt(what));
-            }
-            // Setting absolute values, atomically: applying it again to a
-            // view that already has it changes nothing.
-            let written = reopened
-                .apply_batch(kept.batch)
-                .map_err(Error::sled("apply a batch"))
-                .and_then(|()| flush_db(&reopened, self));
-            if let Err(error) = written {
-                // The disk still refuses: this handle is as spent as the
-                // last one (and may panic flushing as it drops).
-                let _ =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(reopened)));
-                return Err(error);
-            }
-            self.applied.store(kept.seq, Ordering::Release);
+        let Some(kept) = kept else {
+            return Ok(());
+        };
+        // The reopened view holds the last flushed batch, or this one too
+        // (the old handle's drop flushed it). Anything else is not this
+        // view: marked, so the next start rebuilds it rather than resuming
+        // from offsets it never had.
+        let now = offsets_in(reopened)?;
+        if kept.before.is_some_and(|before| *before != now) && now != *kept.after {
+            let what = format!(
+                "after reopening, the view's offsets {now:?} are neither the last flushed batch's nor this one's"
+            );
+            let _ = reopened
+                .insert(META_CORRUPT, what.as_bytes())
+                .and_then(|_| reopened.flush());
+            return Err(Error::corrupt(what));
         }
-        *db = Some(reopened);
+        // Setting absolute values, atomically: applying it again to a view
+        // that already has it changes nothing.
+        reopened
+            .apply_batch(kept.batch)
+            .map_err(Error::sled("apply a batch"))?;
+        flush_db(reopened, self)?;
+        self.applied.store(kept.seq, Ordering::Release);
         Ok(())
     }
 
