@@ -641,6 +641,8 @@ mod tests {
     struct FullDisk {
         failures: AtomicUsize,
         reopened: AtomicUsize,
+        /// Calls of `write_batch`'s `waiting` (the lag gauges' refresh).
+        waited: AtomicUsize,
         applied: Mutex<Vec<u64>>,
         /// What `offsets` answers after a reopen.
         offsets_after_reopen: BTreeMap<i32, i64>,
@@ -659,6 +661,7 @@ mod tests {
             FullDisk {
                 failures: AtomicUsize::new(failures),
                 reopened: AtomicUsize::new(0),
+                waited: AtomicUsize::new(0),
                 applied: Mutex::new(Vec::new()),
                 offsets_after_reopen: BTreeMap::from([(0, 10)]),
                 error: disk_full,
@@ -728,7 +731,9 @@ mod tests {
                 sled::Batch::default(),
                 7,
                 &BTreeMap::from([(0, 20)]),
-                &mut || {},
+                &mut || {
+                    view.waited.fetch_add(1, Ordering::SeqCst);
+                },
             );
             drop(progress);
             (result, collect.join().unwrap())
@@ -745,6 +750,8 @@ mod tests {
         assert_eq!(*view.applied.lock().unwrap(), vec![7, 7, 7]);
         assert_eq!(view.reopened.load(Ordering::SeqCst), 2);
         assert_eq!(metrics.storage_errors.get(), 2);
+        // The lag gauges were given their chance to move while it waited.
+        assert!(view.waited.load(Ordering::SeqCst) > 0);
         // While refused, the progress named the disk's error; once written, nothing.
         assert!(
             reasons
