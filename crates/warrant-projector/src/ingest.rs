@@ -219,15 +219,18 @@ impl Ingest {
                 // state again once it is back (nothing of this record was
                 // folded yet).
                 Err(error) if error.is_storage() => {
-                    if !matches!(error, Error::Unavailable) {
+                    if matches!(error, Error::Unavailable) {
+                        // The commit thread logs and counts its reopens.
+                        tracing::debug!(error = %error_chain(&error), "cannot read the view; folding waits");
+                    } else {
                         // The fold's own wait, not the commit thread's:
                         // counted and named here.
                         waited = true;
                         self.metrics.storage_failed();
                         self.progress
                             .send_modify(|p| p.storage_error = Some(error_chain(&error)));
+                        tracing::warn!(error = %error_chain(&error), "cannot read the view; folding waits");
                     }
-                    tracing::warn!(error = %error_chain(&error), "cannot read the view; folding waits");
                     if !self.pause(STORAGE_READ_RETRY) {
                         return Ok(None);
                     }
