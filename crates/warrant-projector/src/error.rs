@@ -89,18 +89,25 @@ impl Error {
         }
     }
 
-    /// A failure of the disk under the view (full, read-only, failing I/O),
-    /// which may pass: the batch is kept and written again after
-    /// [`crate::Store::reopen`]. Corrupt bytes and bugs are not.
+    /// A failure that passes by itself, to wait out rather than stop for: a
+    /// full disk (ENOSPC, EDQUOT; the batch is kept and written again after
+    /// [`crate::Store::reopen`]), a reopen that met a handle still in use,
+    /// or the view closed while the commit thread reopens it. Any other I/O
+    /// error (EIO, EROFS, a short read), corrupt bytes and bugs stop the
+    /// projector with the error.
     pub fn is_storage(&self) -> bool {
+        use crate::store::{is_handle_busy, is_out_of_space};
         match self {
             Error::Sled {
-                source: sled::Error::Io(_),
+                source: sled::Error::Io(error),
                 ..
-            }
-            | Error::Open { .. }
-            | Error::Unavailable => true,
-            Error::DataDir { source, .. } => crate::store::is_storage_failure(source),
+            } => is_out_of_space(error),
+            Error::Open {
+                source: sled::Error::Io(error),
+                ..
+            } => is_out_of_space(error) || is_handle_busy(error),
+            Error::Unavailable => true,
+            Error::DataDir { source, .. } => is_out_of_space(source),
             _ => false,
         }
     }

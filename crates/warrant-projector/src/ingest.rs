@@ -23,7 +23,7 @@ use warrant_kafka::{partitions_of, watermarks, QuietContext};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::projection::{Projection, Sealed};
-use crate::store::Store;
+use crate::store::{Kept, Store};
 use crate::waiters::RecordWaiters;
 use crate::{Config, Progress};
 
@@ -124,7 +124,7 @@ impl Ingest {
                 marks.iter().map(|(p, (_, high))| (*p, *high)).collect();
             std::thread::Builder::new()
                 .name("warrant-commit".to_owned())
-                .spawn(move || commit_loop(receiver, &shared, highs))
+                .spawn(move || commit_thread(receiver, &shared, highs))
                 .map_err(|source| Error::Spawn {
                     name: "commit",
                     source,
@@ -200,6 +200,50 @@ impl Ingest {
         Ok(())
     }
 
+    /// Fold one record; while the view cannot be read for a reason that
+    /// passes (closed for a reopen, a full disk), wait and read again.
+    /// `None` when stopped meanwhile.
+    fn fold_record(
+        &self,
+        projection: &mut Projection,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<Option<bool>, Error> {
+        let mut waited = false;
+        let applied = loop {
+            match projection.apply(partition, offset, key, value) {
+                // The commit thread is reopening sled after a storage error
+                // (it says so in /readyz), or the disk is full: read the
+                // state again once it is back (nothing of this record was
+                // folded yet).
+                Err(error) if error.is_storage() => {
+                    if matches!(error, Error::Unavailable) {
+                        // The commit thread logs and counts its reopens.
+                        tracing::debug!(error = %error_chain(&error), "cannot read the view; folding waits");
+                    } else {
+                        // The fold's own wait, not the commit thread's:
+                        // counted and named here.
+                        waited = true;
+                        self.metrics.storage_failed();
+                        self.progress
+                            .send_modify(|p| p.storage_error = Some(error_chain(&error)));
+                        tracing::warn!(error = %error_chain(&error), "cannot read the view; folding waits");
+                    }
+                    if !self.pause(STORAGE_READ_RETRY) {
+                        return Ok(None);
+                    }
+                }
+                result => break result?,
+            }
+        };
+        if waited {
+            self.progress.send_modify(|p| p.storage_error = None);
+        }
+        Ok(Some(applied))
+    }
+
     fn fold_loop(
         &self,
         consumer: &BaseConsumer<QuietContext>,
@@ -231,20 +275,15 @@ impl Ingest {
                 None => idle = true,
                 Some(Ok(message)) => {
                     let (partition, offset) = (message.partition(), message.offset());
-                    let applied = loop {
-                        match projection.apply(partition, offset, message.key(), message.payload())
-                        {
-                            // The commit thread is reopening sled after a
-                            // storage error: read the state again once it is
-                            // back (nothing of this record was folded yet).
-                            Err(error) if error.is_storage() => {
-                                tracing::debug!(error = %error_chain(&error), "cannot read the view; retrying");
-                                if !self.pause(STORAGE_READ_RETRY) {
-                                    return Ok(());
-                                }
-                            }
-                            result => break result?,
-                        }
+                    let Some(applied) = self.fold_record(
+                        projection,
+                        partition,
+                        offset,
+                        message.key(),
+                        message.payload(),
+                    )?
+                    else {
+                        return Ok(());
                     };
                     if applied {
                         opened.get_or_insert_with(Instant::now);
@@ -308,7 +347,9 @@ impl Ingest {
 pub(crate) trait ViewWriter {
     fn apply(&self, batch: sled::Batch, seq: u64) -> Result<(), Error>;
     fn flush(&self) -> Result<usize, Error>;
-    fn reopen(&self) -> Result<(), Error>;
+    /// See [`Store::reopen_with`]: the kept batch is durable on the new
+    /// handle before anything else can read it.
+    fn reopen_with(&self, kept: Kept<'_>) -> Result<(), Error>;
     fn offsets(&self) -> Result<BTreeMap<i32, i64>, Error>;
 }
 
@@ -319,8 +360,8 @@ impl ViewWriter for Store {
     fn flush(&self) -> Result<usize, Error> {
         Store::flush(self)
     }
-    fn reopen(&self) -> Result<(), Error> {
-        Store::reopen(self)
+    fn reopen_with(&self, kept: Kept<'_>) -> Result<(), Error> {
+        Store::reopen_with(self, Some(kept))
     }
     fn offsets(&self) -> Result<BTreeMap<i32, i64>, Error> {
         Store::offsets(self)
@@ -331,19 +372,27 @@ impl ViewWriter for Store {
 const STORAGE_RETRY_FIRST: Duration = Duration::from_millis(200);
 const STORAGE_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Apply and flush one batch, and on a storage failure (a full disk, an
-/// I/O error) keep trying instead of stopping: reopen sled, write the same
-/// batch again, with backoff, until it is durable or the projector is
-/// stopped. Meanwhile nothing is applied after it (the fold thread blocks
-/// on the channel), `/readyz` says why, and the failures are counted.
+/// Apply and flush one batch, and on a full disk keep trying instead of
+/// stopping: reopen sled and write the same batch on the new handle, with
+/// backoff, until it is durable or the projector is stopped. Meanwhile
+/// nothing is applied after it (the fold thread blocks on the channel, or
+/// waits on [`Error::Unavailable`] reads), `/readyz` says why, and the
+/// failures are counted. Any other failure, of a write or of a reopen (EIO,
+/// a view sled will not take back, one at the wrong offsets), is returned:
+/// the projector stops with it.
 ///
 /// Writing the batch again is safe because a batch sets absolute values
 /// (states, runs under their first seq, counts, offsets) and sled applies
 /// it atomically: the reopened view holds everything up to the previous
 /// batch, which was flushed, and this batch either wholly or not at all.
-/// A reopened view whose offsets are anything else is not that view: the
-/// projector then stops with a corruption error, and the next start
-/// rebuilds it.
+/// It is written inside the reopen, so no reader sees the new handle
+/// without it (see [`Store::reopen_with`]).
+///
+/// Returns how long the successful write took (the outage excluded), for
+/// the commit-time metric.
+// The batch, where it leads and what to do while waiting are all the
+// caller's; a struct for them would only rename the parameters.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn write_batch(
     store: &impl ViewWriter,
     metrics: &Metrics,
@@ -352,60 +401,53 @@ pub(crate) fn write_batch(
     batch: sled::Batch,
     seq: u64,
     offsets: &BTreeMap<i32, i64>,
-) -> Result<(), Error> {
+    waiting: &mut dyn FnMut(),
+) -> Result<Duration, Error> {
     let before = store.offsets().ok();
+    let began = Instant::now();
+    let written = store
+        .apply(batch.clone(), seq)
+        .and_then(|()| store.flush().map(drop));
+    let mut error = match written {
+        Ok(()) => return Ok(began.elapsed()),
+        Err(error) if error.is_storage() => error,
+        Err(error) => return Err(error),
+    };
     let mut delay = STORAGE_RETRY_FIRST;
-    let mut failed = false;
     loop {
-        let written = store
-            .apply(batch.clone(), seq)
-            .and_then(|()| store.flush().map(drop));
-        let error = match written {
-            Ok(()) => break,
-            Err(error) if error.is_storage() => error,
-            Err(error) => return Err(error),
-        };
-        failed = true;
         metrics.storage_failed();
         tracing::error!(batch = seq, error = %error_chain(&error), retry_in_ms = delay.as_millis() as u64, "cannot write a batch to the view; folding is paused until it can be written");
-        // "Not open" only repeats that the last reopen failed, whose own
-        // error (the disk's) is the reason worth showing.
-        if !matches!(error, Error::Unavailable) {
-            progress.send_modify(|p| p.storage_error = Some(error_chain(&error)));
-        }
+        progress.send_modify(|p| p.storage_error = Some(error_chain(&error)));
         let until = Instant::now() + delay;
         while Instant::now() < until {
             if stop.load(Ordering::Acquire) {
                 // Stopping: what is on disk is the previous batch, consistent.
                 return Err(error);
             }
+            waiting();
             std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
         }
         delay = (delay * 2).min(STORAGE_RETRY_MAX);
-        match store.reopen() {
+        let began = Instant::now();
+        let kept = Kept {
+            batch: batch.clone(),
+            seq,
+            before: before.as_ref(),
+            after: offsets,
+        };
+        match store.reopen_with(kept) {
             Ok(()) => {
-                let now = store.offsets()?;
-                if before
-                    .as_ref()
-                    .is_some_and(|before| *before != now && now != *offsets)
-                {
-                    return Err(Error::corrupt(format!(
-                        "after reopening, the view's offsets {now:?} are neither the last flushed batch's nor this one's"
-                    )));
-                }
+                tracing::info!(batch = seq, "the view is writable again; folding resumes");
+                progress.send_modify(|p| p.storage_error = None);
+                return Ok(began.elapsed());
             }
-            Err(error) if error.is_storage() => {
-                tracing::warn!(error = %error_chain(&error), "cannot reopen the view yet");
-                progress.send_modify(|p| p.storage_error = Some(error_chain(&error)));
+            Err(failed) if failed.is_storage() => error = failed,
+            Err(failed) => {
+                tracing::error!(batch = seq, error = %error_chain(&failed), "cannot reopen the view; the projector stops");
+                return Err(failed);
             }
-            Err(error) => return Err(error),
         }
     }
-    if failed {
-        tracing::info!(batch = seq, "the view is writable again; folding resumes");
-        progress.send_modify(|p| p.storage_error = None);
-    }
-    Ok(())
 }
 
 /// warrant-kafka's consumer settings (read_committed, no auto commit, no
@@ -426,6 +468,51 @@ fn projector_consumer(config: &Config) -> Result<BaseConsumer<QuietContext>, Err
                 source,
             })
         })
+}
+
+/// Fetch fresh high watermarks and set the lag gauges from them.
+fn refresh_lag(
+    client: Option<&BaseConsumer<QuietContext>>,
+    topic: &str,
+    highs: &mut BTreeMap<i32, i64>,
+    offsets: &BTreeMap<i32, i64>,
+    metrics: &Metrics,
+) {
+    if let Some(client) = client {
+        for (partition, high) in highs.iter_mut() {
+            match client.fetch_watermarks(topic, *partition, Duration::from_secs(1)) {
+                Ok((_, fresh)) => *high = fresh,
+                Err(error) => {
+                    tracing::debug!(partition, error = %error, "cannot refresh the high watermark")
+                }
+            }
+        }
+    }
+    for (partition, next) in offsets {
+        metrics.set_offset(*partition, *next, highs.get(partition).copied());
+        // Nothing left to fold here: whatever the last event's age, this
+        // partition is not behind.
+        if highs.get(partition).is_some_and(|high| high <= next) {
+            let now = crate::unix_millis();
+            metrics.set_fold_lag(*partition, now, now);
+        }
+    }
+}
+
+/// The commit thread: [`commit_loop`], and on its failure a stop.
+fn commit_thread(
+    receiver: mpsc::Receiver<ToCommit>,
+    shared: &Ingest,
+    highs: BTreeMap<i32, i64>,
+) -> Result<(), Error> {
+    let committed = commit_loop(receiver, shared, highs);
+    if committed.is_err() {
+        // The fold thread may be waiting for the view to come back (a read
+        // retried while the view is closed): it never will. Stop it, so that
+        // run() returns this error and the projector exits non-zero.
+        shared.stop.store(true, Ordering::Release);
+    }
+    committed
 }
 
 fn commit_loop(
@@ -461,9 +548,8 @@ fn commit_loop(
                 mut sealed,
                 caught_up,
             }) => {
-                let began = Instant::now();
                 let (batch, written) = sealed.take_batch()?;
-                write_batch(
+                let took = write_batch(
                     store.as_ref(),
                     metrics,
                     progress,
@@ -471,9 +557,23 @@ fn commit_loop(
                     batch,
                     sealed.seq,
                     &sealed.offsets,
+                    // The lag gauges keep moving while the disk is full:
+                    // the log grows, the view does not.
+                    &mut || {
+                        if refreshed.elapsed() >= WATERMARK_REFRESH {
+                            refreshed = Instant::now();
+                            refresh_lag(
+                                marks_client.as_ref(),
+                                topic,
+                                &mut highs,
+                                &offsets,
+                                metrics,
+                            );
+                        }
+                    },
                 )?;
                 waiters.committed(written.iter().map(|(id, entries)| (id.as_str(), *entries)));
-                let seconds = began.elapsed().as_secs_f64();
+                let seconds = took.as_secs_f64();
                 // Durable from here on: report it.
                 metrics.committed(&sealed.stats, &sealed.counts, seconds);
                 metrics.set_oldest_paused(sealed.oldest_paused);
@@ -512,25 +612,7 @@ fn commit_loop(
         }
         if refreshed.elapsed() >= WATERMARK_REFRESH {
             refreshed = Instant::now();
-            if let Some(client) = &marks_client {
-                for (partition, high) in highs.iter_mut() {
-                    match client.fetch_watermarks(topic, *partition, Duration::from_secs(1)) {
-                        Ok((_, fresh)) => *high = fresh,
-                        Err(error) => {
-                            tracing::debug!(partition, error = %error, "cannot refresh the high watermark")
-                        }
-                    }
-                }
-            }
-            for (partition, next) in &offsets {
-                metrics.set_offset(*partition, *next, highs.get(partition).copied());
-                // Nothing left to fold here: whatever the last event's age,
-                // this partition is not behind.
-                if highs.get(partition).is_some_and(|high| high <= next) {
-                    let now = crate::unix_millis();
-                    metrics.set_fold_lag(*partition, now, now);
-                }
-            }
+            refresh_lag(marks_client.as_ref(), topic, &mut highs, &offsets, metrics);
         }
         if logged.elapsed() >= config.progress_interval {
             let records = progress.borrow().records;
@@ -562,6 +644,8 @@ mod tests {
     struct FullDisk {
         failures: AtomicUsize,
         reopened: AtomicUsize,
+        /// Calls of `write_batch`'s `waiting` (the lag gauges' refresh).
+        waited: AtomicUsize,
         applied: Mutex<Vec<u64>>,
         /// What `offsets` answers after a reopen.
         offsets_after_reopen: BTreeMap<i32, i64>,
@@ -580,6 +664,7 @@ mod tests {
             FullDisk {
                 failures: AtomicUsize::new(failures),
                 reopened: AtomicUsize::new(0),
+                waited: AtomicUsize::new(0),
                 applied: Mutex::new(Vec::new()),
                 offsets_after_reopen: BTreeMap::from([(0, 10)]),
                 error: disk_full,
@@ -600,9 +685,14 @@ mod tests {
             }
             Ok(0)
         }
-        fn reopen(&self) -> Result<(), Error> {
+        fn reopen_with(&self, kept: Kept<'_>) -> Result<(), Error> {
             self.reopened.fetch_add(1, Ordering::SeqCst);
-            Ok(())
+            let now = self.offsets_after_reopen.clone();
+            if kept.before.is_some_and(|before| *before != now) && now != *kept.after {
+                return Err(Error::corrupt("offsets"));
+            }
+            self.apply(kept.batch, kept.seq)?;
+            self.flush().map(drop)
         }
         fn offsets(&self) -> Result<BTreeMap<i32, i64>, Error> {
             Ok(if self.reopened.load(Ordering::SeqCst) == 0 {
@@ -644,11 +734,14 @@ mod tests {
                 sled::Batch::default(),
                 7,
                 &BTreeMap::from([(0, 20)]),
+                &mut || {
+                    view.waited.fetch_add(1, Ordering::SeqCst);
+                },
             );
             drop(progress);
             (result, collect.join().unwrap())
         });
-        (reasons.0, metrics, seen, reasons.1)
+        (reasons.0.map(drop), metrics, seen, reasons.1)
     }
 
     #[test]
@@ -660,6 +753,8 @@ mod tests {
         assert_eq!(*view.applied.lock().unwrap(), vec![7, 7, 7]);
         assert_eq!(view.reopened.load(Ordering::SeqCst), 2);
         assert_eq!(metrics.storage_errors.get(), 2);
+        // The lag gauges were given their chance to move while it waited.
+        assert!(view.waited.load(Ordering::SeqCst) > 0);
         // While refused, the progress named the disk's error; once written, nothing.
         assert!(
             reasons
@@ -688,6 +783,200 @@ mod tests {
         assert!(matches!(result, Err(Error::Corrupt { .. })));
         assert_eq!(metrics.storage_errors.get(), 0);
         assert_eq!(*view.applied.lock().unwrap(), vec![7]);
+    }
+
+    #[test]
+    fn io_errors_other_than_a_full_disk_stop_instead_of_retrying() {
+        for error in [
+            || Error::Sled {
+                op: "flush",
+                source: sled::Error::Io(std::io::Error::from_raw_os_error(5)), // EIO
+            },
+            || Error::Sled {
+                op: "flush",
+                source: sled::Error::Io(std::io::Error::from_raw_os_error(30)), // EROFS
+            },
+            || Error::Sled {
+                op: "flush",
+                source: sled::Error::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+            },
+        ] {
+            let mut view = FullDisk::new(1);
+            view.error = error;
+            let (result, metrics, _, _) = write(&view, &AtomicBool::new(false));
+            assert!(matches!(result, Err(Error::Sled { .. })), "{result:?}");
+            assert_eq!(view.reopened.load(Ordering::SeqCst), 0);
+            assert_eq!(metrics.storage_errors.get(), 0);
+        }
+    }
+
+    fn ingest(store: Arc<Store>, dir: &std::path::Path) -> (Ingest, watch::Receiver<Progress>) {
+        let (progress, seen) = watch::channel(Progress::default());
+        let ingest = Ingest {
+            config: Config::new(warrant_kafka::KafkaArgs::default(), dir),
+            store,
+            metrics: Arc::new(Metrics::new()),
+            stop: Arc::new(AtomicBool::new(false)),
+            progress,
+            waiters: Arc::new(RecordWaiters::new(16)),
+        };
+        (ingest, seen)
+    }
+
+    /// Two instances, A's history interrupted by B's first event: folded as
+    /// batches `[0..4]`, `[4..6]` (A), `[6..7]` (B), the rest.
+    fn two_instances() -> Vec<crate::testutil::Record> {
+        use crate::testutil::{history_for, instance_id, record};
+        let a: Vec<_> = history_for(&instance_id(1), 8)
+            .iter()
+            .map(|e| record(0, e))
+            .collect();
+        let b: Vec<_> = history_for(&instance_id(2), 3)
+            .iter()
+            .map(|e| record(0, e))
+            .collect();
+        [&a[..6], &b[..1], &a[6..], &b[1..]].concat()
+    }
+
+    /// Where [`folded_to_the_third_batch`] leaves the fold.
+    struct Folded {
+        projection: Projection,
+        /// Offsets of the first batch, flushed.
+        flushed: BTreeMap<i32, i64>,
+        /// The second batch, applied but not flushed.
+        second: (sled::Batch, u64, BTreeMap<i32, i64>),
+        third: Sealed,
+    }
+
+    /// A projection with the first batch of [`two_instances`] committed, the
+    /// second applied, and the third sealed, which let the cache drop A's
+    /// states (`cache_limit` 0): the next A event reads A from the store.
+    fn folded_to_the_third_batch(store: &Arc<Store>, log: &[crate::testutil::Record]) -> Folded {
+        let mut projection = Projection::new(store.clone(), 0).unwrap();
+        crate::testutil::apply(&mut projection, &log[..4]);
+        projection.commit_now().unwrap();
+        let flushed = store.offsets().unwrap();
+        crate::testutil::apply(&mut projection, &log[4..6]);
+        let mut second = projection.seal().unwrap().unwrap();
+        let (batch, _) = second.take_batch().unwrap();
+        store.apply(batch.clone(), second.seq).unwrap();
+        crate::testutil::apply(&mut projection, &log[6..7]);
+        let third = projection.seal().unwrap().unwrap();
+        Folded {
+            projection,
+            flushed,
+            second: (batch, second.seq, second.offsets.clone()),
+            third,
+        }
+    }
+
+    /// Fold `log[7]` on another thread once the view is closed.
+    fn fold_once_closed(
+        ingest: &Ingest,
+        mut projection: Projection,
+        log: &[crate::testutil::Record],
+    ) -> std::thread::JoinHandle<(Result<Option<bool>, Error>, Projection)> {
+        let ingest = ingest.clone();
+        let (partition, key, value) = log[7].clone();
+        std::thread::spawn(move || {
+            while ingest.store.offsets().is_ok() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let applied = ingest.fold_record(
+                &mut projection,
+                partition,
+                7,
+                key.as_deref(),
+                value.as_deref(),
+            );
+            (applied, projection)
+        })
+    }
+
+    #[test]
+    fn a_reopen_that_fails_for_good_stops_the_projector_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = crate::testutil::open(&dir.path().join("view"));
+        let log = two_instances();
+        let Folded {
+            projection, third, ..
+        } = folded_to_the_third_batch(&store, &log);
+        store.flush().unwrap();
+        // A read found bad bytes (the next start must rebuild), and the
+        // flush of the next batch fails: the reopen finds the mark.
+        store.mark_corrupt("a test");
+        store.fail_flushes(1);
+        let (ingest, progress) = ingest(store.clone(), dir.path());
+        let (sender, receiver) = mpsc::sync_channel(1);
+        let committer = {
+            let shared = ingest.clone();
+            std::thread::spawn(move || commit_thread(receiver, &shared, BTreeMap::new()))
+        };
+        // Meanwhile the fold waits for the view to come back: it must be
+        // stopped, not left retrying a view that never reopens.
+        let folded = fold_once_closed(&ingest, projection, &log);
+        sender
+            .send(ToCommit::Batch {
+                sealed: Box::new(third),
+                caught_up: false,
+            })
+            .unwrap();
+        let committed = committer.join().unwrap();
+        assert!(
+            matches!(committed, Err(Error::Corrupt { .. })),
+            "{committed:?}"
+        );
+        assert!(ingest.stopped());
+        assert!(matches!(folded.join().unwrap().0, Ok(None)));
+        assert!(progress.borrow().storage_error.is_some());
+    }
+
+    #[test]
+    fn the_fold_waits_while_the_view_is_closed_and_reads_the_kept_batch_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = crate::testutil::open(&dir.path().join("view"));
+        let log = two_instances();
+        let Folded {
+            projection,
+            flushed,
+            second: (batch, seq, offsets),
+            mut third,
+        } = folded_to_the_third_batch(&store, &log);
+        let kept = || Kept {
+            batch: batch.clone(),
+            seq,
+            before: Some(&flushed),
+            after: &offsets,
+        };
+        // The second batch's flush is refused, and so is the reopen's write
+        // of it: the view stays closed rather than open one batch behind.
+        store.fail_flushes(2);
+        assert!(store.flush().unwrap_err().is_storage());
+        assert!(store.reopen_with(Some(kept())).unwrap_err().is_storage());
+        let (ingest, _) = ingest(store.clone(), dir.path());
+        let folded = fold_once_closed(&ingest, projection, &log);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!folded.is_finished(), "the fold read a closed view");
+        store.reopen_with(Some(kept())).unwrap();
+        let (applied, mut projection) = folded.join().unwrap();
+        assert_eq!(applied.unwrap(), Some(true));
+        // A's event 7 folded onto A's state with the second batch's events:
+        // the view ends where the shared ledger does, every history whole.
+        let (batch, _) = third.take_batch().unwrap();
+        store.apply(batch, third.seq).unwrap();
+        store.flush().unwrap();
+        crate::testutil::apply(&mut projection, &log[8..]);
+        projection.commit_now().unwrap();
+        let ledger = crate::testutil::ledger_of(&log);
+        assert_eq!(
+            store.checkpoint().unwrap().digest,
+            ledger.checkpoint_digest()
+        );
+        for n in [1, 2] {
+            let id = crate::testutil::instance_id(n);
+            let (state, _) = store.history(&id).unwrap().unwrap();
+            assert_eq!(state.head, ledger.get(&id).unwrap().state.head);
+        }
     }
 
     #[test]

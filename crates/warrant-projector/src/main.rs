@@ -16,17 +16,18 @@ use warrant_runtime::{init_tracing, shutdown_signal, LogFormat};
 ///                                     instances by status, paged by id
 ///   GET /v1/checkpoint                consumed offsets and a digest of all heads
 ///   GET /readyz                       200 once caught up with the log; 503 while
-///                                     catching up or while the disk refuses writes
+///                                     catching up or while the disk is full
 ///                                     ("status": "storage_error", with the error)
 ///   GET /healthz, GET /metrics
 ///
 /// The sled directory is a disposable cache of the log: delete it (with the
 /// projector stopped) and the next start rebuilds it from offset 0. The
 /// projector rebuilds it by itself when sled cannot open it or a read finds
-/// corrupt bytes (it then stops; the next start rebuilds), never serving
-/// them. When the disk refuses a write (full, I/O errors) it keeps the batch,
+/// corrupt bytes (the read marks the view; the next start rebuilds), never
+/// serving them. When the disk is full (ENOSPC, EDQUOT) it keeps the batch,
 /// stops folding and retries with backoff, resuming by itself once the
-/// write succeeds.
+/// write succeeds; any other I/O error (EIO, a read-only filesystem) stops
+/// it with the error.
 #[derive(Debug, Parser)]
 #[command(name = "warrant-projector", version, verbatim_doc_comment)]
 struct Cli {

@@ -209,6 +209,9 @@ pub struct Store {
     /// Sequence number of the last applied batch.
     applied: AtomicU64,
     checkpoint: Mutex<Option<(u64, Checkpoint)>>,
+    /// Flushes still to fail as if the disk were full (tests).
+    #[cfg(test)]
+    failing_flushes: AtomicU64,
     /// Keeps a second projector off this directory.
     _lock: File,
 }
@@ -242,7 +245,7 @@ impl Store {
 
         let (db, opened) = match open_sled(&sled_dir, &options) {
             // Bad bytes under the meta keys: as unusable as a failed open.
-            Ok(db) => match check_meta(&db, topic).or_else(|error| match error {
+            Ok(db) => match check_meta(&db, topic, true).or_else(|error| match error {
                 Error::Corrupt { what } => Ok(Meta::Incompatible(what)),
                 error => Err(error),
             })? {
@@ -265,10 +268,10 @@ impl Store {
                     )
                 }
             },
-            Err(OpenFailure::Storage(reason)) => {
+            Err(OpenFailure::Storage(error)) => {
                 return Err(Error::Open {
                     path: sled_dir,
-                    source: sled::Error::Unsupported(reason),
+                    source: sled::Error::Io(error),
                 })
             }
             Err(OpenFailure::Unusable(reason)) => (
@@ -287,6 +290,8 @@ impl Store {
             gate: RwLock::new(()),
             applied: AtomicU64::new(0),
             checkpoint: Mutex::new(None),
+            #[cfg(test)]
+            failing_flushes: AtomicU64::new(0),
             _lock: lock,
         };
         Ok((store, opened))
@@ -324,17 +329,7 @@ impl Store {
 
     /// The next offset to consume per partition, as last committed.
     pub fn offsets(&self) -> Result<BTreeMap<i32, i64>, Error> {
-        let mut offsets = BTreeMap::new();
-        for item in self.db()?.scan_prefix([OFFSET]) {
-            let (key, value) = item.map_err(Error::sled("read offsets"))?;
-            let partition = key
-                .get(1..)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .map(i32::from_be_bytes)
-                .ok_or_else(|| Error::corrupt("offset key"))?;
-            offsets.insert(partition, decode_i64(&value, "offset")?);
-        }
-        Ok(offsets)
+        offsets_in(&self.db()?)
     }
 
     /// How many instances have each status, as last committed.
@@ -388,20 +383,7 @@ impl Store {
     pub fn state(&self, instance_id: &str) -> Result<Option<InstanceState>, Error> {
         // No batch may move the instance between two of these reads.
         let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
-        for status in StatusName::ALL
-            .into_iter()
-            .map(Some)
-            .chain(std::iter::once(None))
-        {
-            let found = self
-                .db()?
-                .get(index_key(status, instance_id))
-                .map_err(Error::sled("read a state"))?;
-            if let Some(value) = found {
-                return decode_state(instance_id, &value).map(Some);
-            }
-        }
-        Ok(None)
+        state_in(&self.db()?, instance_id)
     }
 
     /// The state and full history of one instance, consistent with each
@@ -415,13 +397,18 @@ impl Store {
         &self,
         instance_id: &str,
     ) -> Result<Option<(InstanceState, Vec<HistoryEntry>)>, Error> {
-        let Some(stored) = self.state(instance_id)? else {
+        // The state and its runs from one handle in one hold of the gate: a
+        // reopen (which takes the gate) can never come between them, so a
+        // mismatch is in the bytes, never a state read on the old handle
+        // and runs read on the new one.
+        let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+        let db = self.db()?;
+        let Some(stored) = state_in(&db, instance_id)? else {
             return Ok(None);
         };
         let corrupt = |what: String| Error::corrupt(format!("history of {instance_id}: {what}"));
         let prefix = history_prefix(instance_id);
-        let runs: Vec<sled::IVec> = self
-            .db()?
+        let runs: Vec<sled::IVec> = db
             .scan_prefix(&prefix)
             .map(|item| {
                 let (key, value) = item.map_err(Error::sled("read a history"))?;
@@ -437,6 +424,8 @@ impl Store {
             .into_iter()
             .map(|(_, value)| value)
             .collect();
+        drop(db);
+        drop(_gate);
         let mut records = Vec::with_capacity(usize::try_from(stored.entries).unwrap_or(0));
         'runs: for run in &runs {
             let mut rest: &[u8] = run;
@@ -557,14 +546,15 @@ impl Store {
             }
         }
         let mut heads = Vec::new();
-        for item in self.db()?.scan_prefix([INDEX]) {
+        let db = self.db()?;
+        for item in db.scan_prefix([INDEX]) {
             let (key, value) = item.map_err(Error::sled("read the index"))?;
             let summary = decode_summary(&key, &value)?;
             heads.push((summary.instance_id, summary.head_hash));
         }
         let checkpoint = Checkpoint {
             topic: self.topic.clone(),
-            partitions: self.offsets()?,
+            partitions: offsets_in(&db)?,
             instances: heads.len() as u64,
             digest: checkpoint_digest(heads.iter().map(|(id, head)| (id.as_str(), head))),
         };
@@ -587,7 +577,7 @@ impl Store {
 
     /// Make every applied batch durable.
     pub fn flush(&self) -> Result<usize, Error> {
-        self.db()?.flush().map_err(Error::sled("flush"))
+        flush_db(&self.db()?, self)
     }
 
     /// The open sled handle. A clone (sled's handles are shared): holding
@@ -600,28 +590,48 @@ impl Store {
             .ok_or(Error::Unavailable)
     }
 
-    /// Close sled and open the directory again, after a write or flush
-    /// failed (a full disk, an I/O error). sled remembers the first such
-    /// error and fails every later write with it, whatever the disk does
-    /// next, so retrying on the same handle can never succeed; a new handle
-    /// recovers the view as of its last flushed batch. Until an open
-    /// succeeds, reads fail with [`Error::Unavailable`].
+    /// Close sled and open the directory again (see [`Store::reopen_with`]),
+    /// with no batch to write again.
     pub fn reopen(&self) -> Result<(), Error> {
-        // No scan may run across the swap.
+        self.reopen_with(None)
+    }
+
+    /// Close sled and open the directory again, after a write or flush
+    /// failed (a full disk). sled remembers the first such error and fails
+    /// every later write with it, whatever the disk does next, so retrying
+    /// on the same handle can never succeed; a new handle recovers the view
+    /// as of its last flushed batch.
+    ///
+    /// The batch that failed (`kept`) is applied and flushed on the new
+    /// handle before anyone else may use it, in the same hold of the gate:
+    /// nothing ever reads the reopened view without that batch, though the
+    /// old handle served it (in memory) and the fold and HTTP may already
+    /// have built on it — the fold's cache may have let go of its states, a
+    /// record waiter may have been told about it. Until the new handle is
+    /// exposed, reads fail with [`Error::Unavailable`] (503, and the fold
+    /// waits), never with a view one batch behind.
+    pub(crate) fn reopen_with(&self, kept: Option<Kept<'_>>) -> Result<(), Error> {
+        // No read may run across the swap.
         let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
         let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(old) = db.take() {
             // sled flushes (and may panic on a failed fsync) when its last
             // handle drops; nothing it could still write matters: the batch
-            // in hand is applied again after the reopen.
+            // in hand is applied again below.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(old)));
         }
+        *self
+            .checkpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
         let reopened =
             open_sled(&self.sled_dir, &self.options).map_err(|failure| match failure {
-                // The disk still refuses: the caller tries again later.
-                OpenFailure::Storage(reason) => Error::Open {
+                // The filesystem refused: a full disk passes (the caller
+                // tries again); a failing one stops the projector, and the
+                // view is not wiped for it.
+                OpenFailure::Storage(error) => Error::Open {
                     path: self.sled_dir.clone(),
-                    source: sled::Error::Unsupported(reason),
+                    source: sled::Error::Io(error),
                 },
                 // sled will not take this directory back: only a rebuild helps,
                 // which the next start does (it cannot open it either).
@@ -629,18 +639,57 @@ impl Store {
                     Error::corrupt(format!("the view cannot be reopened: {reason}"))
                 }
             })?;
-        match check_meta(&reopened, &self.topic)? {
+        match self.ready_reopened(&reopened, kept) {
+            Ok(()) => {
+                *db = Some(reopened);
+                Ok(())
+            }
+            Err(error) => {
+                // Not exposed. A handle that failed a write is as spent as
+                // the last one (and may panic flushing as it drops).
+                let _ =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(reopened)));
+                Err(error)
+            }
+        }
+    }
+
+    /// Check a reopened handle and write the kept batch on it.
+    fn ready_reopened(&self, reopened: &sled::Db, kept: Option<Kept<'_>>) -> Result<(), Error> {
+        // Only the meta keys: the offsets check below is what tells a view
+        // that lost flushed batches, without scanning the whole index under
+        // the gate.
+        match check_meta(reopened, &self.topic, false)? {
             Meta::Compatible => {}
             Meta::Empty => return Err(Error::corrupt("the view was empty when reopened")),
             Meta::Incompatible(reason) => {
                 return Err(Error::corrupt(format!("when reopened, {reason}")))
             }
         }
-        *db = Some(reopened);
-        *self
-            .checkpoint
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
+        let Some(kept) = kept else {
+            return Ok(());
+        };
+        // The reopened view holds the last flushed batch, or this one too
+        // (the old handle's drop flushed it). Anything else is not this
+        // view: marked, so the next start rebuilds it rather than resuming
+        // from offsets it never had.
+        let now = offsets_in(reopened)?;
+        if kept.before.is_some_and(|before| *before != now) && now != *kept.after {
+            let what = format!(
+                "after reopening, the view's offsets {now:?} are neither the last flushed batch's nor this one's"
+            );
+            let _ = reopened
+                .insert(META_CORRUPT, what.as_bytes())
+                .and_then(|_| reopened.flush());
+            return Err(Error::corrupt(what));
+        }
+        // Setting absolute values, atomically: applying it again to a view
+        // that already has it changes nothing.
+        reopened
+            .apply_batch(kept.batch)
+            .map_err(Error::sled("apply a batch"))?;
+        flush_db(reopened, self)?;
+        self.applied.store(kept.seq, Ordering::Release);
         Ok(())
     }
 
@@ -649,9 +698,76 @@ impl Store {
         self.applied.load(Ordering::Acquire)
     }
 
+    /// Make the next `n` flushes fail with a full disk (tests).
+    #[cfg(test)]
+    pub(crate) fn fail_flushes(&self, n: u64) {
+        self.failing_flushes.store(n, Ordering::Release);
+    }
+
     pub fn sled_dir(&self) -> &Path {
         &self.sled_dir
     }
+}
+
+/// [`Store::offsets`] on one handle.
+fn offsets_in(db: &sled::Db) -> Result<BTreeMap<i32, i64>, Error> {
+    let mut offsets = BTreeMap::new();
+    for item in db.scan_prefix([OFFSET]) {
+        let (key, value) = item.map_err(Error::sled("read offsets"))?;
+        let partition = key
+            .get(1..)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(i32::from_be_bytes)
+            .ok_or_else(|| Error::corrupt("offset key"))?;
+        offsets.insert(partition, decode_i64(&value, "offset")?);
+    }
+    Ok(offsets)
+}
+
+/// [`Store::state`] on one handle (the caller holds the gate).
+fn state_in(db: &sled::Db, instance_id: &str) -> Result<Option<InstanceState>, Error> {
+    for status in StatusName::ALL
+        .into_iter()
+        .map(Some)
+        .chain(std::iter::once(None))
+    {
+        let found = db
+            .get(index_key(status, instance_id))
+            .map_err(Error::sled("read a state"))?;
+        if let Some(value) = found {
+            return decode_state(instance_id, &value).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// The batch a failed write leaves in hand, for [`Store::reopen_with`].
+pub(crate) struct Kept<'a> {
+    pub batch: sled::Batch,
+    pub seq: u64,
+    /// Offsets of the last flushed batch, when known.
+    pub before: Option<&'a BTreeMap<i32, i64>>,
+    /// Offsets once this batch is written.
+    pub after: &'a BTreeMap<i32, i64>,
+}
+
+/// Flush `db`; in tests, fail the way a full disk does while
+/// [`Store::fail_flushes`] says so.
+fn flush_db(db: &sled::Db, store: &Store) -> Result<usize, Error> {
+    #[cfg(test)]
+    if store
+        .failing_flushes
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return Err(Error::Sled {
+            op: "flush",
+            source: sled::Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+        });
+    }
+    #[cfg(not(test))]
+    let _ = store;
+    db.flush().map_err(Error::sled("flush"))
 }
 
 enum Meta {
@@ -664,7 +780,7 @@ enum Meta {
 enum OpenFailure {
     /// The filesystem refused (full, read-only, I/O error): the view may be
     /// fine, and wiping it would throw away a good view for a disk problem.
-    Storage(String),
+    Storage(std::io::Error),
     /// The directory itself is unusable (corrupt, not a sled view).
     Unusable(String),
 }
@@ -672,7 +788,8 @@ enum OpenFailure {
 impl OpenFailure {
     fn reason(self) -> String {
         match self {
-            OpenFailure::Storage(reason) | OpenFailure::Unusable(reason) => reason,
+            OpenFailure::Storage(error) => format!("the filesystem refused: {error}"),
+            OpenFailure::Unusable(reason) => reason,
         }
     }
 }
@@ -689,15 +806,16 @@ fn open_sled(dir: &Path, options: &StoreOptions) -> Result<sled::Db, OpenFailure
     // panic here means "unusable view", which the log can rebuild.
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(sled::Error::Io(error))) if is_storage_failure(&error) => Err(OpenFailure::Storage(
-            format!("the filesystem refused: {error}"),
-        )),
+        Ok(Err(sled::Error::Io(error))) if is_storage_failure(&error) => {
+            Err(OpenFailure::Storage(error))
+        }
         // sled's own lock on its file: a handle of the previous open is still
         // alive (a read in flight during a reopen). It passes; the directory
         // is fine.
         Ok(Err(sled::Error::Io(error))) if error.to_string().contains("could not acquire lock") => {
-            Err(OpenFailure::Storage(format!(
-                "the previous sled handle is still in use: {error}"
+            Err(OpenFailure::Storage(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!("the previous sled handle is still in use: {error}"),
             )))
         }
         Ok(Err(error)) => Err(OpenFailure::Unusable(format!(
@@ -720,7 +838,10 @@ fn open_sled(dir: &Path, options: &StoreOptions) -> Result<sled::Db, OpenFailure
 /// log.
 fn remove_unfinished_snapshots(dir: &Path) -> Result<(), OpenFailure> {
     let storage = |error: std::io::Error| {
-        OpenFailure::Storage(format!("cannot clear unfinished sled snapshots: {error}"))
+        OpenFailure::Storage(std::io::Error::new(
+            error.kind(),
+            format!("cannot clear unfinished sled snapshots: {error}"),
+        ))
     };
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -741,7 +862,28 @@ fn remove_unfinished_snapshots(dir: &Path) -> Result<(), OpenFailure> {
     Ok(())
 }
 
-/// Errors of the filesystem rather than of the bytes in it.
+/// A full filesystem or an exhausted quota: the one disk failure that
+/// passes by itself (once space is freed), so the only one worth waiting
+/// out. A read-only filesystem (EROFS) is not: Linux remounts a filesystem
+/// read-only after errors, and it stays so until someone acts; like EIO it
+/// stops the projector with the error, whose restart then finds the disk
+/// as it is.
+pub(crate) fn is_out_of_space(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded
+    ) || matches!(error.raw_os_error(), Some(28 | 122)) // ENOSPC, EDQUOT
+}
+
+/// A reopen that met sled's lock held by a handle of the previous open (a
+/// read still in flight): it passes when that read ends.
+pub(crate) fn is_handle_busy(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::WouldBlock
+}
+
+/// Errors of the filesystem rather than of the bytes in it: a view that
+/// fails to open with one is not wiped (the view may be fine).
 pub(crate) fn is_storage_failure(error: &std::io::Error) -> bool {
     use std::io::ErrorKind;
     matches!(
@@ -767,7 +909,10 @@ fn wipe_and_open(dir: &Path, options: &StoreOptions, reason: &str) -> Result<sle
     })
 }
 
-fn check_meta(db: &sled::Db, topic: &str) -> Result<Meta, Error> {
+/// Whether `db` is a view of this projector's format and topic; with
+/// `full`, also whether its counts, index and offsets agree (a scan of the
+/// whole index: at start only).
+fn check_meta(db: &sled::Db, topic: &str, full: bool) -> Result<Meta, Error> {
     let get = |key: &[u8]| db.get(key).map_err(Error::sled("read meta"));
     if let Some(what) = get(META_CORRUPT)? {
         return Ok(Meta::Incompatible(format!(
@@ -805,6 +950,9 @@ fn check_meta(db: &sled::Db, topic: &str) -> Result<Meta, Error> {
                 "its offsets or counts do not decode".to_owned(),
             ));
         }
+    }
+    if !full {
+        return Ok(Meta::Compatible);
     }
     // Every batch writes states, index, counts and offsets together, so in
     // a view sled recovered whole they agree. One that lost keys (sled
@@ -1354,6 +1502,49 @@ mod tests {
     }
 
     #[test]
+    fn reads_while_a_kept_batch_cannot_be_rewritten_are_unavailable_not_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let log = mixed_log();
+        let mut projection = Projection::new(store.clone(), 1000).unwrap();
+        apply(&mut projection, &log[..4]);
+        projection.commit_now().unwrap();
+        let flushed = store.offsets().unwrap();
+        // The next batch is applied (the old handle serves it), its flush
+        // refused, and the reopen's write of it refused too.
+        apply(&mut projection, &log[4..]);
+        let mut sealed = projection.seal().unwrap().unwrap();
+        let (batch, _) = sealed.take_batch().unwrap();
+        store.apply(batch.clone(), sealed.seq).unwrap();
+        store.fail_flushes(2);
+        assert!(store.flush().unwrap_err().is_storage());
+        let served = store.record(samples::INSTANCE_ID).unwrap().unwrap();
+        let before = store.checkpoint().unwrap();
+        let kept = || Kept {
+            batch: batch.clone(),
+            seq: sealed.seq,
+            before: Some(&flushed),
+            after: &sealed.offsets,
+        };
+        assert!(store.reopen_with(Some(kept())).unwrap_err().is_storage());
+        // Closed, not one batch behind: nothing reads a state without its
+        // runs, or a checkpoint older than one already served.
+        assert!(matches!(
+            store.record(samples::INSTANCE_ID),
+            Err(Error::Unavailable)
+        ));
+        assert!(matches!(store.checkpoint(), Err(Error::Unavailable)));
+        store.reopen_with(Some(kept())).unwrap();
+        assert_eq!(store.record(samples::INSTANCE_ID).unwrap().unwrap(), served);
+        assert_eq!(store.checkpoint().unwrap(), before);
+        assert_eq!(before.digest, ledger_of(&log).checkpoint_digest());
+        // Nothing marked the view corrupt: the next start resumes it.
+        drop(projection);
+        drop(store);
+        assert_eq!(open(dir.path()).1, Opened::Resumed);
+    }
+
+    #[test]
     fn a_reopened_view_holds_every_flushed_batch() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = open(dir.path());
@@ -1382,6 +1573,18 @@ mod tests {
         )));
         assert!(full.is_storage());
         assert!(is_storage_failure(&std::io::Error::from_raw_os_error(28)));
+        // Only a full disk is waited out; a failing or read-only one stops.
+        let io = |error: std::io::Error| Error::sled("flush")(sled::Error::Io(error));
+        assert!(io(std::io::Error::from_raw_os_error(28)).is_storage()); // ENOSPC
+        assert!(io(std::io::Error::from_raw_os_error(122)).is_storage()); // EDQUOT
+        for stops in [
+            std::io::Error::from_raw_os_error(5),  // EIO
+            std::io::Error::from_raw_os_error(30), // EROFS
+            std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+            std::io::Error::from(std::io::ErrorKind::InvalidData),
+        ] {
+            assert!(!io(stops).is_storage());
+        }
         assert!(!is_storage_failure(&std::io::Error::from(
             std::io::ErrorKind::InvalidData
         )));
