@@ -194,9 +194,17 @@ async fn sighup_publishes_a_changed_ruleset_and_swaps_the_principals() {
     assert!(up, "intake did not come up");
 
     // A new ruleset version and a new service token.
-    let new_rules = std::fs::read_to_string(&ruleset)
+    // Whatever version the example carries: a replace of one literal date
+    // silently became a no-op the day the example was bumped.
+    let new_rules: String = std::fs::read_to_string(&ruleset)
         .expect("ruleset")
-        .replace("version: \"2026-11-28\"", "version: \"2026-11-29\"");
+        .lines()
+        .map(|line| match line.starts_with("version:") {
+            true => "version: \"reloaded-by-sighup\"\n".to_owned(),
+            false => format!("{line}\n"),
+        })
+        .collect();
+    assert!(new_rules.contains("version: \"reloaded-by-sighup\""));
     std::fs::write(&ruleset, &new_rules).expect("write");
     let new_principals = std::fs::read_to_string(&principals).expect("principals").replace(
         "tokens:\n",
@@ -237,7 +245,7 @@ async fn sighup_publishes_a_changed_ruleset_and_swaps_the_principals() {
         .expect("JSON");
     let digest = warrant_authority::sha256_hex(new_rules.as_bytes());
     assert_eq!(answer["ruleset"]["digest"], digest.as_str());
-    assert_eq!(answer["ruleset"]["version"], "2026-11-29");
+    assert_eq!(answer["ruleset"]["version"], "reloaded-by-sighup");
     let published = read_all(&topics, &topics.rulesets_topic);
     assert_eq!(published.len(), 2);
     let latest = published
