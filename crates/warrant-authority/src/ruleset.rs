@@ -249,6 +249,45 @@ impl Ruleset {
         }
     }
 
+    /// What `warrant rules check` warns about, one sentence each: a ruleset
+    /// that loads but likely does not do what its author meant.
+    ///
+    /// - A condition that is the literal `false` never holds.
+    /// - A rule with a condition followed by a later rule that matches
+    ///   everything it does (kind and target, no condition) with fewer
+    ///   approvals: since a condition that cannot be evaluated does not
+    ///   match, any proposal that makes the strict condition err (`" 5000"`
+    ///   for `int(amount) >= 1000`) falls through to the laxer rule. Put
+    ///   the condition on the lax rule instead (docs/rules.md).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            let Some(when) = &rule.when else { continue };
+            if when.source().trim() == "false" {
+                warnings.push(format!(
+                    "rule {:?}: when is `false`, so the rule never matches",
+                    rule.id
+                ));
+                continue;
+            }
+            let strict = approvals_of_requirement(&rule.requirement);
+            let laxer = self.rules[index + 1..].iter().find(|later| {
+                later.when.is_none()
+                    && covers(later, rule)
+                    && approvals_of_requirement(&later.requirement) < strict
+            });
+            if let Some(later) = laxer {
+                warnings.push(format!(
+                    "rule {:?} has a condition and the later rule {:?} matches all it does with fewer approvals ({} < {strict}): a proposal whose condition cannot be evaluated falls through to the laxer rule; put the condition on the lax rule, before the strict one",
+                    rule.id,
+                    later.id,
+                    approvals_of_requirement(&later.requirement)
+                ));
+            }
+        }
+        warnings
+    }
+
     /// The first rule that matches, with why each earlier one did not.
     /// Total: loading guaranteed a catch-all, the last rule.
     pub fn resolve(&self, facts: &Facts<'_>) -> Resolution<'_> {
@@ -554,6 +593,27 @@ fn shorten(text: &str, max: usize) -> String {
 }
 
 /// `*` matches any run of characters (dots included), `?` exactly one.
+/// Approvals a requirement asks for in all (none when nothing is
+/// reviewed), to compare how strict two rules are.
+fn approvals_of_requirement(requirement: &Requirement) -> i64 {
+    requirement
+        .groups()
+        .iter()
+        .map(|group| i64::from(group.count))
+        .sum()
+}
+
+/// Whether `wide` matches every kind and target `narrow` does, conditions
+/// aside. Conservative: a glob in `narrow` is covered only by an all-`*`
+/// pattern or the same pattern.
+fn covers(wide: &Rule, narrow: &Rule) -> bool {
+    let kind = wide.kind_pattern.chars().all(|c| c == '*')
+        || wide.kind_pattern == narrow.kind_pattern
+        || (!narrow.kind_pattern.contains(['*', '?'])
+            && glob_matches(&wide.kind_pattern, &narrow.kind_pattern));
+    kind && target_has_prefix(&narrow.target_prefix, &wide.target_prefix)
+}
+
 fn glob_matches(pattern: &str, text: &str) -> bool {
     let pattern: Vec<char> = pattern.chars().collect();
     let text: Vec<char> = text.chars().collect();
