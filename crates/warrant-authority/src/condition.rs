@@ -256,6 +256,39 @@ fn field(of: &Shape, name: &str) -> Result<Shape, String> {
     }
 }
 
+/// The values `proposer.kind` can have (warrant-schema's `ProposerKind`).
+const PROPOSER_KINDS: [&str; 3] = ["AGENT", "SERVICE", "HUMAN"];
+
+/// `proposer.kind == "human"` can never hold (the values are upper case):
+/// like a misspelt field, it would silently route to the next rule.
+fn check_proposer_kind(args: &[IdedExpr]) -> Result<(), String> {
+    let is_kind = |e: &IdedExpr| {
+        matches!(&e.expr, Expr::Select(select)
+            if !select.test && select.field == "kind"
+                && matches!(&select.operand.expr, Expr::Ident(name) if name == "proposer"))
+    };
+    let literal = |e: &IdedExpr| match &e.expr {
+        Expr::Literal(cel::common::ast::LiteralValue::String(text)) => Some(text.to_string()),
+        _ => None,
+    };
+    if let [left, right] = args {
+        let compared = if is_kind(left) {
+            literal(right)
+        } else if is_kind(right) {
+            literal(left)
+        } else {
+            None
+        };
+        if let Some(text) = compared.filter(|t| !PROPOSER_KINDS.contains(&t.as_str())) {
+            return Err(format!(
+                "compares proposer.kind with {text:?}, which it never is; it is one of {}",
+                PROPOSER_KINDS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The whole condition: checked as [`shape`] does, and refused when it is
 /// known not to be a bool (`"abc"`, `action.parameters.amount`).
 fn check(expr: &IdedExpr) -> Result<(), String> {
@@ -317,6 +350,9 @@ fn shape(expr: &IdedExpr, bound: &mut Vec<(String, Shape)>) -> Result<Shape, Str
                 .iter()
                 .map(|arg| shape(arg, bound))
                 .collect::<Result<Vec<_>, _>>()?;
+            if matches!(name, "_==_" | "_!=_") {
+                check_proposer_kind(&call.args)?;
+            }
             let first = target.as_ref().or(args.first());
             Ok(match name {
                 "string" => {
@@ -525,6 +561,14 @@ mod tests {
             ("has(action.nosuch)", "selects .nosuch on the action"),
             ("action.kind.size == 1", "selects .size on a string"),
             ("context_refs.uri == \"x\"", "selects .uri on a list"),
+            (
+                r#"proposer.kind == "human""#,
+                "compares proposer.kind with \"human\"",
+            ),
+            (
+                r#""agent" != proposer.kind"#,
+                "compares proposer.kind with \"agent\"",
+            ),
         ] {
             let error = refused(source);
             assert!(error.starts_with(problem), "{source}: {error}");
