@@ -1202,6 +1202,64 @@ rules:
     }
 
     #[test]
+    fn a_strict_rule_with_a_condition_before_a_laxer_one_is_warned_about() {
+        let rule = |id: &str, matches: &str, when: Option<&str>, approvals: i32| {
+            let when = when
+                .map(|w| format!("    when: '{w}'\n"))
+                .unwrap_or_default();
+            format!("  - id: {id}\n    match: {{ {matches} }}\n{when}    approvals_required: {approvals}\n    approver_roles: [sre]\n    override_roles: [ic]\n    decision_timeout_ms: 1000\n    grant_ttl_ms: 1000\n")
+        };
+        let warnings = |rules: &[String]| {
+            let text = format!("version: \"t\"\nrules:\n{}", rules.concat());
+            Ruleset::parse(text.as_bytes()).expect("loads").warnings()
+        };
+        let strict = rule(
+            "big-refunds",
+            "kind: \"payments.refund\", target: \"prod/\"",
+            Some("int(action.parameters.amount) >= 1000"),
+            3,
+        );
+        let catch_all = rule("everything-else", "", None, 1);
+        // A glob and a shorter target still cover the strict rule.
+        let wider = rule(
+            "payments",
+            "kind: \"payments.*\", target: \"prod\"",
+            None,
+            2,
+        );
+        let elsewhere = rule(
+            "staging",
+            "kind: \"payments.*\", target: \"staging/\"",
+            None,
+            1,
+        );
+        let stricter = rule("everything-else", "", None, 5);
+        let found = warnings(&[strict.clone(), elsewhere.clone(), wider, catch_all.clone()]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("rule \"big-refunds\" has a condition and the later rule \"payments\" matches all it does with fewer approvals (2 < 3)"), "{found:?}");
+        assert_eq!(
+            warnings(&[strict.clone(), elsewhere, stricter]),
+            Vec::<String>::new()
+        );
+        // The condition on the lax rule: nothing to warn about.
+        let lax = rule(
+            "small-refunds",
+            "kind: \"payments.refund\", target: \"prod/\"",
+            Some("int(action.parameters.amount) < 1000"),
+            1,
+        );
+        assert_eq!(
+            warnings(&[lax, rule("everything-else", "", None, 3)]),
+            Vec::<String>::new()
+        );
+        let never = rule("never", "kind: \"x\"", Some("false"), 1);
+        assert_eq!(
+            warnings(&[never, catch_all]),
+            vec!["rule \"never\": when is `false`, so the rule never matches".to_owned()]
+        );
+    }
+
+    #[test]
     fn a_last_rule_with_a_condition_is_no_catch_all() {
         let text = CONDITIONS.replace(
             "  - id: everything-else\n",
