@@ -249,6 +249,45 @@ impl Ruleset {
         }
     }
 
+    /// What `warrant rules check` warns about, one sentence each: a ruleset
+    /// that loads but likely does not do what its author meant.
+    ///
+    /// - A condition that is the literal `false` never holds.
+    /// - A rule with a condition followed by a later rule that matches
+    ///   everything it does (kind and target, no condition) with fewer
+    ///   approvals: since a condition that cannot be evaluated does not
+    ///   match, any proposal that makes the strict condition err (`" 5000"`
+    ///   for `int(amount) >= 1000`) falls through to the laxer rule. Put
+    ///   the condition on the lax rule instead (docs/rules.md).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            let Some(when) = &rule.when else { continue };
+            if when.source().trim() == "false" {
+                warnings.push(format!(
+                    "rule {:?}: when is `false`, so the rule never matches",
+                    rule.id
+                ));
+                continue;
+            }
+            let strict = approvals_of_requirement(&rule.requirement);
+            let laxer = self.rules[index + 1..].iter().find(|later| {
+                later.when.is_none()
+                    && covers(later, rule)
+                    && approvals_of_requirement(&later.requirement) < strict
+            });
+            if let Some(later) = laxer {
+                warnings.push(format!(
+                    "rule {:?} has a condition and the later rule {:?} matches all it does with fewer approvals ({} < {strict}): a proposal whose condition cannot be evaluated falls through to the laxer rule; put the condition on the lax rule, before the strict one",
+                    rule.id,
+                    later.id,
+                    approvals_of_requirement(&later.requirement)
+                ));
+            }
+        }
+        warnings
+    }
+
     /// The first rule that matches, with why each earlier one did not.
     /// Total: loading guaranteed a catch-all, the last rule.
     pub fn resolve(&self, facts: &Facts<'_>) -> Resolution<'_> {
@@ -554,6 +593,27 @@ fn shorten(text: &str, max: usize) -> String {
 }
 
 /// `*` matches any run of characters (dots included), `?` exactly one.
+/// Approvals a requirement asks for in all (none when nothing is
+/// reviewed), to compare how strict two rules are.
+fn approvals_of_requirement(requirement: &Requirement) -> i64 {
+    requirement
+        .groups()
+        .iter()
+        .map(|group| i64::from(group.count))
+        .sum()
+}
+
+/// Whether `wide` matches every kind and target `narrow` does, conditions
+/// aside. Conservative: a glob in `narrow` is covered only by an all-`*`
+/// pattern or the same pattern.
+fn covers(wide: &Rule, narrow: &Rule) -> bool {
+    let kind = wide.kind_pattern.chars().all(|c| c == '*')
+        || wide.kind_pattern == narrow.kind_pattern
+        || (!narrow.kind_pattern.contains(['*', '?'])
+            && glob_matches(&wide.kind_pattern, &narrow.kind_pattern));
+    kind && target_has_prefix(&narrow.target_prefix, &wide.target_prefix)
+}
+
 fn glob_matches(pattern: &str, text: &str) -> bool {
     let pattern: Vec<char> = pattern.chars().collect();
     let text: Vec<char> = text.chars().collect();
@@ -1139,6 +1199,64 @@ rules:
                 "{condition}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn a_strict_rule_with_a_condition_before_a_laxer_one_is_warned_about() {
+        let rule = |id: &str, matches: &str, when: Option<&str>, approvals: i32| {
+            let when = when
+                .map(|w| format!("    when: '{w}'\n"))
+                .unwrap_or_default();
+            format!("  - id: {id}\n    match: {{ {matches} }}\n{when}    approvals_required: {approvals}\n    approver_roles: [sre]\n    override_roles: [ic]\n    decision_timeout_ms: 1000\n    grant_ttl_ms: 1000\n")
+        };
+        let warnings = |rules: &[String]| {
+            let text = format!("version: \"t\"\nrules:\n{}", rules.concat());
+            Ruleset::parse(text.as_bytes()).expect("loads").warnings()
+        };
+        let strict = rule(
+            "big-refunds",
+            "kind: \"payments.refund\", target: \"prod/\"",
+            Some("int(action.parameters.amount) >= 1000"),
+            3,
+        );
+        let catch_all = rule("everything-else", "", None, 1);
+        // A glob and a shorter target still cover the strict rule.
+        let wider = rule(
+            "payments",
+            "kind: \"payments.*\", target: \"prod\"",
+            None,
+            2,
+        );
+        let elsewhere = rule(
+            "staging",
+            "kind: \"payments.*\", target: \"staging/\"",
+            None,
+            1,
+        );
+        let stricter = rule("everything-else", "", None, 5);
+        let found = warnings(&[strict.clone(), elsewhere.clone(), wider, catch_all.clone()]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("rule \"big-refunds\" has a condition and the later rule \"payments\" matches all it does with fewer approvals (2 < 3)"), "{found:?}");
+        assert_eq!(
+            warnings(&[strict.clone(), elsewhere, stricter]),
+            Vec::<String>::new()
+        );
+        // The condition on the lax rule: nothing to warn about.
+        let lax = rule(
+            "small-refunds",
+            "kind: \"payments.refund\", target: \"prod/\"",
+            Some("int(action.parameters.amount) < 1000"),
+            1,
+        );
+        assert_eq!(
+            warnings(&[lax, rule("everything-else", "", None, 3)]),
+            Vec::<String>::new()
+        );
+        let never = rule("never", "kind: \"x\"", Some("false"), 1);
+        assert_eq!(
+            warnings(&[never, catch_all]),
+            vec!["rule \"never\": when is `false`, so the rule never matches".to_owned()]
+        );
     }
 
     #[test]

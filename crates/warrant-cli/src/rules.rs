@@ -30,13 +30,19 @@ pub fn load(path: &Path) -> anyhow::Result<Ruleset> {
 pub fn check(path: &Path, json: bool) -> anyhow::Result<()> {
     let ruleset = load(path)?;
     let with_when = ruleset.rules().iter().filter(|r| r.when.is_some()).count();
+    // Warnings, not refusals: the ruleset is valid, intake would load it.
+    let warnings = ruleset.warnings();
     if json {
         return print_json(&json!({
             "path": path,
             "version": ruleset.version(),
             "digest": ruleset.digest(),
             "rules": ruleset.rules().iter().map(|r| &r.id).collect::<Vec<_>>(),
+            "warnings": warnings,
         }));
+    }
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
     }
     println!(
         "{}: version {}, {} rule(s), {with_when} with a condition; digest {}",

@@ -101,3 +101,78 @@ fn explain_says_which_rule_applies_and_why_the_others_do_not() {
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("intake would refuse this action"), "{err}");
 }
+
+const RULE_TAIL: &str = "    approver_roles: [sre]
+    override_roles: [ic]
+    decision_timeout_ms: 1000
+    grant_ttl_ms: 1000
+";
+
+fn check_text(text: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("ruleset.yaml");
+    std::fs::write(&file, text).expect("write");
+    warrant(&["rules", "check", &file.display().to_string()])
+}
+
+#[test]
+fn check_warns_about_a_strict_rule_with_a_condition_before_a_laxer_one() {
+    // Bad: " 5000" makes int() err, so the refund falls to the one-approval rule.
+    let strict_first = format!(
+        "version: \"t\"\nrules:\n  - id: big-refunds\n    match: {{ kind: \"payments.refund\", target: \"prod/\" }}\n    when: int(action.parameters.amount) >= 1000\n    approvals_required: 3\n{RULE_TAIL}  - id: everything-else\n    approvals_required: 1\n{RULE_TAIL}"
+    );
+    let (code, out, err) = check_text(&strict_first);
+    assert_eq!(code, 0, "a warning, not a refusal: {out} {err}");
+    assert!(out.contains("2 rule(s), 1 with a condition"), "{out}");
+    assert!(
+        err.contains("warning: rule \"big-refunds\" has a condition and the later rule \"everything-else\" matches all it does with fewer approvals (1 < 3)"),
+        "{err}"
+    );
+
+    // Good: the condition is on the lax rule, the strict one catches the rest.
+    let lax_first = format!(
+        "version: \"t\"\nrules:\n  - id: small-refunds\n    match: {{ kind: \"payments.refund\", target: \"prod/\" }}\n    when: int(action.parameters.amount) < 1000\n    approvals_required: 1\n{RULE_TAIL}  - id: everything-else\n    approvals_required: 3\n{RULE_TAIL}"
+    );
+    let (code, out, err) = check_text(&lax_first);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(!err.contains("warning"), "{err}");
+
+    // The example ruleset has no warning either.
+    let (code, _, err) = warrant(&["rules", "check", &example()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
+
+#[test]
+fn check_refuses_misspelt_fields_and_warns_about_false() {
+    let with = |when: &str| {
+        format!(
+            "version: \"t\"\nrules:\n  - id: strict\n    match: {{ kind: \"iam.grant\" }}\n    when: '{when}'\n    approvals_required: 1\n{RULE_TAIL}  - id: everything-else\n    approvals_required: 3\n{RULE_TAIL}"
+        )
+    };
+    for (when, problem) in [
+        (
+            "action.paramters.amount == \"1\"",
+            "rule \"strict\": when selects .paramters on the action",
+        ),
+        (
+            "context_refs.exists(r, r.url == \"x\")",
+            "rule \"strict\": when selects .url on a context ref",
+        ),
+        ("\"abc\"", "rule \"strict\": when is a string, not a bool"),
+        (
+            "[action.parameters].exists(context_refs, context_refs.map(k, k)[0] == \"a\")",
+            "rule \"strict\": when binds \"context_refs\"",
+        ),
+    ] {
+        let (code, out, err) = check_text(&with(when));
+        assert_eq!(code, 4, "{when}: {out} {err}");
+        assert!(err.contains(problem), "{when}: {err}");
+    }
+    let (code, out, err) = check_text(&with("false"));
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(
+        err.contains("warning: rule \"strict\": when is `false`, so the rule never matches"),
+        "{err}"
+    );
+}
