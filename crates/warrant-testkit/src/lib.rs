@@ -483,6 +483,8 @@ async fn drain(
 /// Run a command a test depends on; fail the test, with its output, if it
 /// does not succeed.
 pub fn run_ok(command: &mut Command) -> std::process::Output {
+    // Test support only: a command that cannot start fails the test that
+    // needed it, which is what a panic here does.
     let output = command.output().expect("the command starts");
     assert!(
         output.status.success(),
