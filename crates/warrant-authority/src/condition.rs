@@ -8,14 +8,17 @@
 //! CEL is side-effect free and always terminates (no loops beyond
 //! comprehensions over finite lists, no recursion). The `cel` crate is
 //! built without its `chrono` and `regex` features, so no expression can
-//! read a clock or build a regex. What the crate does not give is a static
-//! type checker, so loading checks what it can without one: the expression
-//! parses, names only `action`, `proposer` and `context_refs`, selects
-//! only the fields those really have, calls only the functions listed in
-//! [`FUNCTIONS`], and is not known to be something other than a bool. Types are checked as the
-//! expression evaluates: an error (a missing parameter, `int("x")`, a
-//! result that is not a bool) makes the rule not match, and the reason is
-//! recorded.
+//! read a clock or build a regex. The crate has no static type checker;
+//! [`check`] is one, over the fixed types of the three variables: loading
+//! refuses a condition that does not parse, names anything but `action`,
+//! `proposer` and `context_refs`, selects a field they do not have, calls a
+//! function not listed in [`FUNCTIONS`] or with operands it does not take,
+//! applies an operator to operands of the wrong types (`action.kind > 5`,
+//! `size(action.target) + "x"`), compares values that are never equal, has
+//! a part that names no variable and fails (`int("x")`, `1 / 0`), or is not
+//! a bool. What the types cannot tell (a missing parameter, `int("slow")`,
+//! `.startsWith` on a null `proposer.model`) fails as the condition
+//! evaluates: the rule does not match, and the reason is recorded.
 //!
 //! One more rule keeps evaluation deterministic: the crate's maps iterate in
 //! hash order (random per process), so a comprehension (`all`, `exists`,
@@ -26,10 +29,11 @@
 
 use std::sync::Arc;
 
-use cel::common::ast::{EntryExpr, Expr, IdedExpr};
 use cel::{Context, Program, Value};
 
 use crate::ruleset::Facts;
+
+mod check;
 
 /// The variables a condition may name.
 pub const VARIABLES: [&str; 3] = ["action", "proposer", "context_refs"];
@@ -54,6 +58,8 @@ pub const FUNCTIONS: [&str; 9] = [
 pub struct Condition {
     source: String,
     program: Arc<Program>,
+    /// Its value, when it names no variable (`false`, `1 > 2`).
+    constant: Option<bool>,
 }
 
 impl std::fmt::Debug for Condition {
@@ -84,15 +90,22 @@ impl Condition {
                 text.lines().next().unwrap_or("syntax error")
             )
         })?;
-        check(program.expression())?;
+        let checked = check::check(&program, ENV.with(Arc::clone))?;
         Ok(Condition {
             source: source.to_owned(),
             program: Arc::new(program),
+            constant: checked.constant,
         })
     }
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The condition's value on every proposal, when it names no variable
+    /// (`false`, `1 > 2`); `None` when it depends on the proposal.
+    pub fn constant(&self) -> Option<bool> {
+        self.constant
     }
 
     /// `Ok(true)` when the condition holds in `bound` (the facts of one
@@ -150,328 +163,6 @@ impl Bound {
             Ok(context)
         };
         Bound(build())
-    }
-}
-
-/// What the checker knows a subexpression evaluates to. It is no type
-/// checker, only enough to catch misspelt fields (which would silently
-/// route actions to a laxer rule) and anything that could expose a map's
-/// iteration order.
-#[derive(Debug, Clone, PartialEq)]
-enum Shape {
-    Action,
-    Proposer,
-    ContextRefs,
-    ContextRef,
-    /// `action.parameters`: a map from name to string.
-    Parameters,
-    /// A map literal.
-    Map,
-    List(Box<Shape>),
-    Str,
-    /// A string or null (`proposer.model`, a context ref's `digest`).
-    MaybeStr,
-    Bool,
-    /// A number or another scalar.
-    Scalar,
-    Null,
-    /// Not known: may be anything, a map included.
-    Unknown,
-}
-
-impl Shape {
-    fn describe(&self) -> &'static str {
-        match self {
-            Shape::Action => "the action",
-            Shape::Proposer => "the proposer",
-            Shape::ContextRefs | Shape::List(_) => "a list",
-            Shape::ContextRef => "a context ref",
-            Shape::Parameters | Shape::Map => "a map",
-            Shape::Str | Shape::MaybeStr => "a string",
-            Shape::Bool => "a bool",
-            Shape::Scalar => "a number",
-            Shape::Null => "null",
-            Shape::Unknown => "a value",
-        }
-    }
-
-    /// A value whose text does not depend on any iteration order.
-    fn is_scalar(&self) -> bool {
-        matches!(
-            self,
-            Shape::Str | Shape::MaybeStr | Shape::Bool | Shape::Scalar | Shape::Null
-        )
-    }
-
-    /// The one shape of every element, or `Unknown`.
-    fn common(shapes: impl IntoIterator<Item = Shape>) -> Shape {
-        let mut shapes = shapes.into_iter();
-        let Some(first) = shapes.next() else {
-            return Shape::Unknown;
-        };
-        if shapes.all(|s| s == first) {
-            first
-        } else {
-            Shape::Unknown
-        }
-    }
-}
-
-/// The fields each object really has (warrant-schema's `Action`, `Proposer`
-/// and `ContextRef`), with the shape of each.
-fn field(of: &Shape, name: &str) -> Result<Shape, String> {
-    let fields: &[(&str, Shape)] = match of {
-        Shape::Action => &[
-            ("kind", Shape::Str),
-            ("target", Shape::Str),
-            ("parameters", Shape::Parameters),
-        ],
-        Shape::Proposer => &[
-            ("principal", Shape::Str),
-            ("kind", Shape::Str),
-            ("model", Shape::MaybeStr),
-        ],
-        Shape::ContextRef => &[
-            ("uri", Shape::Str),
-            ("digest", Shape::MaybeStr),
-            ("note", Shape::MaybeStr),
-        ],
-        // Any parameter name may be asked for; a missing one is an
-        // evaluation error, so the rule does not match.
-        Shape::Parameters => return Ok(Shape::Str),
-        Shape::Map | Shape::Unknown => return Ok(Shape::Unknown),
-        other => return Err(format!("selects .{name} on {}", other.describe())),
-    };
-    match fields.iter().find(|(field, _)| *field == name) {
-        Some((_, shape)) => Ok(shape.clone()),
-        None => Err(format!(
-            "selects .{name} on {}, which has only {}",
-            of.describe(),
-            fields
-                .iter()
-                .map(|(field, _)| *field)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
-}
-
-/// The values `proposer.kind` can have (warrant-schema's `ProposerKind`).
-const PROPOSER_KINDS: [&str; 3] = ["AGENT", "SERVICE", "HUMAN"];
-
-/// `proposer.kind == "human"` can never hold (the values are upper case):
-/// like a misspelt field, it would silently route to the next rule.
-fn check_proposer_kind(args: &[IdedExpr]) -> Result<(), String> {
-    let is_kind = |e: &IdedExpr| {
-        matches!(&e.expr, Expr::Select(select)
-            if !select.test && select.field == "kind"
-                && matches!(&select.operand.expr, Expr::Ident(name) if name == "proposer"))
-    };
-    let literal = |e: &IdedExpr| match &e.expr {
-        Expr::Literal(cel::common::ast::LiteralValue::String(text)) => Some(text.to_string()),
-        _ => None,
-    };
-    if let [left, right] = args {
-        let compared = if is_kind(left) {
-            literal(right)
-        } else if is_kind(right) {
-            literal(left)
-        } else {
-            None
-        };
-        if let Some(text) = compared.filter(|t| !PROPOSER_KINDS.contains(&t.as_str())) {
-            return Err(format!(
-                "compares proposer.kind with {text:?}, which it never is; it is one of {}",
-                PROPOSER_KINDS.join(", ")
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The whole condition: checked as [`shape`] does, and refused when it is
-/// known not to be a bool (`"abc"`, `action.parameters.amount`).
-fn check(expr: &IdedExpr) -> Result<(), String> {
-    let mut bound = Vec::new();
-    match shape(expr, &mut bound)? {
-        Shape::Bool | Shape::Unknown => Ok(()),
-        other => Err(format!("is {}, not a bool", other.describe())),
-    }
-}
-
-/// Walk the expression: only known variables, fields and functions, and
-/// comprehensions only over lists whose order is fixed.
-fn shape(expr: &IdedExpr, bound: &mut Vec<(String, Shape)>) -> Result<Shape, String> {
-    match &expr.expr {
-        Expr::Unspecified => Ok(Shape::Unknown),
-        Expr::Literal(literal) => Ok(match literal {
-            cel::common::ast::LiteralValue::Boolean(_) => Shape::Bool,
-            cel::common::ast::LiteralValue::String(_) => Shape::Str,
-            cel::common::ast::LiteralValue::Null => Shape::Null,
-            _ => Shape::Scalar,
-        }),
-        Expr::Ident(name) => {
-            if let Some((_, shape)) = bound.iter().rev().find(|(b, _)| b == name) {
-                return Ok(shape.clone());
-            }
-            match name.as_str() {
-                "action" => Ok(Shape::Action),
-                "proposer" => Ok(Shape::Proposer),
-                "context_refs" => Ok(Shape::ContextRefs),
-                // The macros' own accumulators.
-                _ if name.starts_with('@') => Ok(Shape::Unknown),
-                _ => Err(format!(
-                    "names {name:?}; a condition may name only {}",
-                    VARIABLES.join(", ")
-                )),
-            }
-        }
-        Expr::Select(select) => {
-            let operand = shape(&select.operand, bound)?;
-            let selected = field(&operand, &select.field)?;
-            // `has(x.f)` asks whether the field is there.
-            Ok(if select.test { Shape::Bool } else { selected })
-        }
-        Expr::Call(call) => {
-            let name = call.func_name.as_str();
-            let operator = name.starts_with(|c: char| !c.is_ascii_alphabetic());
-            if !operator && !FUNCTIONS.contains(&name) {
-                return Err(format!(
-                    "calls {name}(), which is not one of {}",
-                    FUNCTIONS.join(", ")
-                ));
-            }
-            let target = match &call.target {
-                Some(target) => Some(shape(target, bound)?),
-                None => None,
-            };
-            let args = call
-                .args
-                .iter()
-                .map(|arg| shape(arg, bound))
-                .collect::<Result<Vec<_>, _>>()?;
-            if matches!(name, "_==_" | "_!=_") {
-                check_proposer_kind(&call.args)?;
-            }
-            let first = target.as_ref().or(args.first());
-            Ok(match name {
-                "string" => {
-                    // The text of a map (or of a list of maps) spells its
-                    // entries in iteration order, which is random.
-                    if let Some(arg) = first.filter(|arg| !arg.is_scalar()) {
-                        return Err(format!(
-                            "calls string() on {}; only a string, number or bool has a text that does not depend on a map's iteration order",
-                            arg.describe()
-                        ));
-                    }
-                    Shape::Str
-                }
-                "size" | "int" | "uint" | "double" => Shape::Scalar,
-                "contains" | "startsWith" | "endsWith" | "bool" => Shape::Bool,
-                "_[_]" => match (first, args.last()) {
-                    (Some(Shape::ContextRefs), _) => Shape::ContextRef,
-                    (Some(Shape::Parameters), _) => Shape::Str,
-                    (Some(Shape::List(element)), _) => (**element).clone(),
-                    _ => Shape::Unknown,
-                },
-                "_?_:_" => Shape::common(args.into_iter().skip(1)),
-                "_+_" => match (args.first(), args.get(1)) {
-                    (Some(Shape::Str | Shape::MaybeStr), _)
-                    | (_, Some(Shape::Str | Shape::MaybeStr)) => Shape::Str,
-                    (Some(Shape::Scalar), Some(Shape::Scalar)) => Shape::Scalar,
-                    _ => Shape::Unknown,
-                },
-                "_-_" | "_*_" | "_/_" | "_%_" | "-_" => Shape::Scalar,
-                "_==_"
-                | "_!=_"
-                | "_<_"
-                | "_<=_"
-                | "_>_"
-                | "_>=_"
-                | "_&&_"
-                | "_||_"
-                | "!_"
-                | "@in"
-                | "@not_strictly_false" => Shape::Bool,
-                _ => Shape::Unknown,
-            })
-        }
-        Expr::List(list) => {
-            let elements = list
-                .elements
-                .iter()
-                .map(|e| shape(e, bound))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Shape::List(Box::new(Shape::common(elements))))
-        }
-        Expr::Map(map) => {
-            for entry in &map.entries {
-                match &entry.expr {
-                    EntryExpr::MapEntry(e) => {
-                        shape(&e.key, bound)?;
-                        shape(&e.value, bound)?;
-                    }
-                    EntryExpr::StructField(f) => {
-                        shape(&f.value, bound)?;
-                    }
-                }
-            }
-            Ok(Shape::Map)
-        }
-        Expr::Struct(_) => Err("builds a message; conditions only compare values".to_owned()),
-        Expr::Comprehension(comprehension) => {
-            // A bound name that shadows a variable would make `context_refs`
-            // below mean something else (the attacker's
-            // `[action.parameters].exists(context_refs, context_refs.map(k, k)…)`).
-            let names =
-                std::iter::once(&comprehension.iter_var).chain(comprehension.iter_var2.as_ref());
-            for name in names {
-                if VARIABLES.contains(&name.as_str()) {
-                    return Err(format!(
-                        "binds {name:?}, which would hide the variable of that name; pick another name"
-                    ));
-                }
-            }
-            // Only the top-level `context_refs` (no bound name can hide it,
-            // see above) or a list literal has a fixed order; any other
-            // range might be a map, whose order is random per process.
-            let element = match &comprehension.iter_range.expr {
-                Expr::Ident(name) if name == "context_refs" => Shape::ContextRef,
-                Expr::List(_) => match shape(&comprehension.iter_range, bound)? {
-                    Shape::List(element) => *element,
-                    _ => Shape::Unknown,
-                },
-                _ => {
-                    return Err(
-                        "iterates over something other than context_refs or a list literal; maps iterate in no fixed order"
-                            .to_owned(),
-                    )
-                }
-            };
-            let depth = bound.len();
-            match &comprehension.iter_var2 {
-                // Two variables over a list: the index, then the element.
-                Some(second) => {
-                    bound.push((comprehension.iter_var.clone(), Shape::Scalar));
-                    bound.push((second.clone(), element));
-                }
-                None => bound.push((comprehension.iter_var.clone(), element)),
-            }
-            bound.push((comprehension.accu_var.clone(), Shape::Unknown));
-            let init = shape(&comprehension.accu_init, bound);
-            let result = [&comprehension.loop_cond, &comprehension.loop_step]
-                .into_iter()
-                .try_for_each(|part| shape(part, bound).map(drop))
-                .and_then(|()| shape(&comprehension.result, bound));
-            bound.truncate(depth);
-            // `exists` and `all` start from a bool, `exists_one` ends in
-            // one; `map` and `filter` build a list of whatever, so that is
-            // `Unknown` (never trusted as scalar).
-            match (init?, result?) {
-                (Shape::Bool, _) | (_, Shape::Bool) => Ok(Shape::Bool),
-                _ => Ok(Shape::Unknown),
-            }
-        }
     }
 }
 
@@ -579,7 +270,7 @@ mod tests {
     fn a_condition_known_not_to_be_a_bool_is_refused() {
         for (source, what) in [
             (r#""abc""#, "a string"),
-            ("1", "a number"),
+            ("1", "an int"),
             ("null", "null"),
             ("action.parameters.amount", "a string"),
             ("action.parameters", "a map"),
@@ -608,6 +299,14 @@ mod tests {
             r#"size(context_refs.filter(r, r.uri.startsWith("x"))) > 1"#,
             r#"action.parameters == {"a": "1"}"#,
             r#"proposer.model == null || proposer.model.startsWith("m")"#,
+            // deploy/examples/ruleset.yaml and docs/rules.md.
+            "has(action.parameters.strategy) && action.parameters.strategy == \"rolling\"\n&& has(action.parameters.reason) && action.parameters.reason.contains(\"latency\")\n&& has(action.parameters.p99_ms) && int(action.parameters.p99_ms) > 2000",
+            "int(action.parameters.amount) >= 1000",
+            "int(action.parameters.amount) < 1000",
+            r#"proposer.kind == "HUMAN""#,
+            r#"proposer.model != null && proposer.model.startsWith("m")"#,
+            "double(action.parameters.n) + 1.5 > 2.0",
+            "1 == 1.0 && int(action.parameters.n) < 2.5",
         ] {
             Condition::parse(source).expect(source);
         }

@@ -252,7 +252,8 @@ impl Ruleset {
     /// What `warrant rules check` warns about, one sentence each: a ruleset
     /// that loads but likely does not do what its author meant.
     ///
-    /// - A condition that is the literal `false` never holds.
+    /// - A condition that names no variable and is false (`false`,
+    ///   `1 > 2`) never holds.
     /// - A rule with a condition followed by a later rule that matches
     ///   everything it does (kind and target, no condition) with fewer
     ///   approvals: since a condition that cannot be evaluated does not
@@ -263,11 +264,23 @@ impl Ruleset {
         let mut warnings = Vec::new();
         for (index, rule) in self.rules.iter().enumerate() {
             let Some(when) = &rule.when else { continue };
-            if when.source().trim() == "false" {
-                warnings.push(format!(
-                    "rule {:?}: when is `false`, so the rule never matches",
-                    rule.id
-                ));
+            if when.constant() == Some(false) {
+                let source = when
+                    .source()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                warnings.push(if source == "false" {
+                    format!(
+                        "rule {:?}: when is `false`, so the rule never matches",
+                        rule.id
+                    )
+                } else {
+                    format!(
+                        "rule {:?}: when `{source}` is always false, so the rule never matches",
+                        rule.id
+                    )
+                });
                 continue;
             }
             let strict = approvals_of_requirement(&rule.requirement);
@@ -1187,6 +1200,14 @@ rules:
                 "iterates over something other than context_refs",
             ),
             ("   ", "is empty"),
+            (
+                "action.kind > 5",
+                "compares a string with an int (action.kind > 5)",
+            ),
+            (
+                "1 / 0 == 1",
+                "always fails: Division by zero of Int(1) (1 / 0)",
+            ),
         ] {
             let text = CONDITIONS.replace(
                 "      proposer.kind == \"AGENT\"\n      && context_refs.exists(r, r.uri.startsWith(\"runbook://\"))",
@@ -1254,8 +1275,15 @@ rules:
         );
         let never = rule("never", "kind: \"x\"", Some("false"), 1);
         assert_eq!(
-            warnings(&[never, catch_all]),
+            warnings(&[never, catch_all.clone()]),
             vec!["rule \"never\": when is `false`, so the rule never matches".to_owned()]
+        );
+        // Any condition that names no variable has one value: known at load.
+        let never = rule("never", "kind: \"x\"", Some("size([1, 2]) > 2"), 1);
+        let always = rule("always", "kind: \"x\"", Some("[1, 2].exists(x, x == 2)"), 1);
+        assert_eq!(
+            warnings(&[never, always, catch_all]),
+            vec!["rule \"never\": when `size([1, 2]) > 2` is always false, so the rule never matches".to_owned()]
         );
     }
 
