@@ -45,6 +45,26 @@ fn action(item: &QueueItem) -> String {
     format!("{} on {}", item.action.kind, item.action.target)
 }
 
+/// `1/2` for one group; `sre 1/1, security 0/1` for several, since each
+/// must be met and the sum would hide which one is missing.
+fn approvals(item: &QueueItem) -> String {
+    if item.approval_groups.len() <= 1 {
+        return format!("{}/{}", item.decided_by.len(), item.rule.approvals_required);
+    }
+    item.approval_groups
+        .iter()
+        .map(|group| {
+            format!(
+                "{} {}/{}",
+                group.roles.join("|"),
+                group.counted,
+                group.count
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The queue as a table, oldest first as intake pages it.
 pub fn queue(page: &QueuePage, status: &str, role: Option<&str>, now: i64) -> String {
     let mut out = String::new();
@@ -61,20 +81,26 @@ pub fn queue(page: &QueuePage, status: &str, role: Option<&str>, now: i64) -> St
         .max()
         .unwrap_or(0)
         .max("RULE".len());
+    let approvals_width = page
+        .instances
+        .iter()
+        .map(|item| approvals(item).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("APPROVALS".len());
     let _ = writeln!(
         out,
-        "{:<36}  {:<7}  {:<15}  {:<9}  {:<rule_width$}  ACTION",
+        "{:<36}  {:<7}  {:<15}  {:<approvals_width$}  {:<rule_width$}  ACTION",
         "INSTANCE", "AGE", "LEFT", "APPROVALS", "RULE"
     );
     for item in &page.instances {
-        let approvals = format!("{}/{}", item.decided_by.len(), item.rule.approvals_required);
         let _ = writeln!(
             out,
-            "{:<36}  {:<7}  {:<15}  {:<9}  {:<rule_width$}  {}",
+            "{:<36}  {:<7}  {:<15}  {:<approvals_width$}  {:<rule_width$}  {}",
             item.instance_id,
             span(now - item.proposed_at),
             time_left(item.decision_deadline, now),
-            approvals,
+            approvals(item),
             item.rule.rule_id,
             action(item)
         );
@@ -229,7 +255,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use warrant_authority::{Ledger, LogPosition};
-    use warrant_client::{Identity, QueueRule, SignedScope};
+    use warrant_client::{Identity, QueueGroup, QueueRule, SignedScope};
     use warrant_schema::{samples, Action, Proposer, ProposerKind};
 
     use super::*;
@@ -296,6 +322,13 @@ mod tests {
                 signed_decisions: false,
             },
             decided_by: vec!["erin".to_owned()],
+            approval_groups: vec![QueueGroup {
+                roles: vec!["sre".to_owned()],
+                count: 2,
+                counted: 1,
+                approved_by: vec!["erin".to_owned()],
+                missing: 1,
+            }],
         }
     }
 
@@ -336,6 +369,45 @@ mod tests {
             ),
             "nothing is BLOCKED\n"
         );
+    }
+
+    /// Given a rule of two groups with the SRE place filled, when the queue
+    /// is printed, then each group shows, and the columns still line up.
+    #[test]
+    fn the_queue_shows_each_group_of_a_rule_with_several() {
+        let id = "6f1c2b9e-4d0a-4c7e-9a51-0d2f3b8c7e11";
+        let mut access = item(id, "prod-access");
+        access.rule.approvals_required = 2;
+        access.approval_groups = vec![
+            QueueGroup {
+                roles: vec!["sre".to_owned()],
+                count: 1,
+                counted: 1,
+                approved_by: vec!["erin".to_owned()],
+                missing: 0,
+            },
+            QueueGroup {
+                roles: vec!["security".to_owned(), "ciso".to_owned()],
+                count: 1,
+                counted: 0,
+                approved_by: vec![],
+                missing: 1,
+            },
+        ];
+        let page = QueuePage {
+            instances: vec![access, item(id, "prod-restarts")],
+            next: None,
+        };
+        let text = queue(&page, "AWAITING_DECISION", None, NOW);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[2].contains("  sre 1/1, security|ciso 0/1  prod-access"),
+            "{text}"
+        );
+        assert!(lines[3].contains("  1/2  "), "{text}");
+        let action_at = lines[1].find("ACTION");
+        assert_eq!(lines[2].find("service.restart"), action_at, "{text}");
+        assert_eq!(lines[3].find("service.restart"), action_at, "{text}");
     }
 
     #[test]

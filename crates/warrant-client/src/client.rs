@@ -86,6 +86,25 @@ pub struct QueueItem {
     /// Reviewers whose decisions the fold applied so far.
     #[serde(default)]
     pub decided_by: Vec<String>,
+    /// Each approval group and where it stands: every one must be met, so
+    /// this, not `rule.approvals_required` (their sum), says who is still
+    /// needed. Empty from an intake that does not send it.
+    #[serde(default)]
+    pub approval_groups: Vec<QueueGroup>,
+}
+
+/// One approval group of a queued instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueGroup {
+    pub roles: Vec<String>,
+    /// Distinct principals the group needs.
+    pub count: u32,
+    /// How many approvals count for it now.
+    pub counted: u32,
+    /// Who they are, in the order they approved.
+    pub approved_by: Vec<String>,
+    /// `count - counted`: 0 once the group is met.
+    pub missing: u32,
 }
 
 /// The rule an instance is held under, as the queue shows it.

@@ -37,7 +37,7 @@ mod sign;
 
 pub use client::{
     canonical_instance_id, unix_now_millis, unix_now_secs, Client, DecisionReceipt, Identity,
-    QueueItem, QueuePage, QueueQuery, QueueRule, Reader, Session, SESSION_COOKIE,
+    QueueGroup, QueueItem, QueuePage, QueueQuery, QueueRule, Reader, Session, SESSION_COOKIE,
 };
 pub use error::{Error, ErrorKind};
 pub use key::{KeyError, ReviewerKey, KEY_FILE_FORMAT};

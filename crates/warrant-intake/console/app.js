@@ -401,12 +401,26 @@ function queueTable(rows, status) {
       el("span", {}, el("strong", {}, row.action.kind), " ", el("code", {}, row.action.target)),
       el("span", {}, row.rule.rule_id, row.rule.signed_decisions ? el("span", { class: "tag" }, "signed only") : null),
       el("span", { title: `approvers: ${row.rule.approver_roles.join(", ")}; override: ${row.rule.override_roles.join(", ")}` },
-        `${row.decided_by.length} of ${row.rule.approvals_required}`,
-        row.decided_by.length ? el("span", { class: "muted" }, ` (${row.decided_by.join(", ")})`) : null),
+        approvalsCell(row)),
       row.proposer.principal,
       age(row.proposed_at),
       timeLeft(row.decision_deadline, row.status),
     ]), empty);
+}
+
+// One group: "1 of 2 (alice)". Several: each on its own, since every group
+// must be met and the sum hides which one is missing.
+function approvalsCell(row) {
+  const groups = row.approval_groups ?? [];
+  if (groups.length <= 1) {
+    return el("span", {}, `${row.decided_by.length} of ${row.rule.approvals_required}`,
+      row.decided_by.length ? el("span", { class: "muted" }, ` (${row.decided_by.join(", ")})`) : null);
+  }
+  return el("span", {}, ...groups.flatMap((g, i) => [
+    i ? " · " : null,
+    g.missing === 0 ? `${g.roles.join("/")} ${g.counted} of ${g.count}` : el("strong", {}, `${g.roles.join("/")} ${g.counted} of ${g.count}`),
+    g.approved_by.length ? el("span", { class: "muted" }, ` (${g.approved_by.join(", ")})`) : null,
+  ]));
 }
 
 function instancePage(id) {

@@ -374,7 +374,8 @@ pub struct QueueQuery {
 
 /// `GET /v1/instances?status=&role=&after=&limit=`: the reviewers' queue,
 /// each instance with what a reviewer needs to pick it up (the action, the
-/// rule's roles and the deadline), newest statuses from the projector.
+/// rule's roles, each approval group and what it still misses, and the
+/// deadline), newest statuses from the projector.
 pub async fn queue(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -424,6 +425,22 @@ pub async fn queue(
             .filter(|d| d.outcome == "applied")
             .map(|d| d.reviewer.as_str())
             .collect();
+        // Per group: a rule of several groups is met only when each is, so
+        // the sum in `rule.approvals_required` does not say who is still
+        // needed (two SREs do not make up for the missing security review).
+        let groups: Vec<_> = record
+            .approval_groups
+            .iter()
+            .map(|group| {
+                json!({
+                    "roles": group.roles,
+                    "count": group.count,
+                    "counted": group.approved_by.len(),
+                    "approved_by": group.approved_by,
+                    "missing": group.missing,
+                })
+            })
+            .collect();
         instances.push(json!({
             "instance_id": summary.instance_id,
             "status": summary.status,
@@ -442,6 +459,7 @@ pub async fn queue(
                 "signed_decisions": rule.signed_decisions,
             },
             "decided_by": approvals,
+            "approval_groups": groups,
         }));
     }
     Ok(Json(json!({ "instances": instances, "next": page.next })).into_response())

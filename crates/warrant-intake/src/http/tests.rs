@@ -2085,6 +2085,63 @@ mod signed_by_the_reviewer {
         assert_eq!(with_token.status, StatusCode::OK);
     }
 
+    /// Given a rule of two groups (prod-access: one SRE and one security
+    /// reviewer) and alice's approval, when the queue is read, then the item
+    /// shows each group: the SRE place filled by alice, the security place
+    /// still missing, which the summed "1 of 2" could not tell.
+    #[tokio::test]
+    async fn the_queue_shows_each_approval_group_and_what_it_still_misses() {
+        let h = harness();
+        let id = instance(0x51);
+        let access = json!({
+            "instance_id": id,
+            "action": {
+                "kind": "iam.grant",
+                "target": "prod/payments",
+                "parameters": { "role": "db-admin", "to": "dana" }
+            },
+            "proposer": { "kind": "AGENT" },
+            "context_refs": [],
+        });
+        let proposed = h.post("/v1/proposals", Some(SERVICE), &access).await;
+        assert_eq!(proposed.ok(StatusCode::ACCEPTED)["rule_id"], "prod-access");
+        h.decide(&id, ALICE, &approve(&id))
+            .await
+            .ok(StatusCode::ACCEPTED);
+        let bearer = format!("Bearer {SERVICE}");
+        let queue = h
+            .send(get_with(
+                "/v1/instances?status=AWAITING_DECISION&role=security",
+                &[("authorization", &bearer)],
+            ))
+            .await;
+        let queue = queue.ok(StatusCode::OK).clone();
+        let item = &queue["instances"][0];
+        assert_eq!(item["instance_id"], json!(id));
+        assert_eq!(
+            item["approval_groups"],
+            json!([
+                { "roles": ["sre"], "count": 1, "counted": 1, "approved_by": ["alice"], "missing": 0 },
+                { "roles": ["security"], "count": 1, "counted": 0, "approved_by": [], "missing": 1 },
+            ])
+        );
+        // The summed form stays, for readers of the older queue.
+        assert_eq!(item["rule"]["approvals_required"], 2);
+        assert_eq!(item["decided_by"], json!(["alice"]));
+        // A single-group rule has one group.
+        h.propose_restart(INSTANCE).await;
+        let queue = h
+            .send(get_with(
+                "/v1/instances?status=AWAITING_SIGNALS",
+                &[("authorization", &bearer)],
+            ))
+            .await;
+        assert_eq!(
+            queue.ok(StatusCode::OK)["instances"][0]["approval_groups"],
+            json!([{ "roles": ["sre"], "count": 2, "counted": 0, "approved_by": [], "missing": 2 }])
+        );
+    }
+
     #[tokio::test]
     async fn the_console_is_served_with_a_strict_content_security_policy() {
         let h = harness();
