@@ -906,35 +906,30 @@ impl Checker<'_> {
     }
 
     /// The accumulator's type: what `accu_init` starts with, joined with
-    /// what each step makes of it until that settles (`map` starts from `[]`
-    /// of nothing and steps to a list of what it maps to).
+    /// what one step makes of it (`map` starts from `[]` of nothing and
+    /// steps to a list of what it maps to). One step is enough: the only
+    /// comprehensions are the macros' (no one can write `@result`), whose
+    /// step is a bool operator, `@result + 1` or `@result + [e]` (maybe
+    /// under `? :`), so a second step types as the first. Walking the body
+    /// once also keeps nested comprehensions linear to check.
     fn fold(
         &mut self,
         comprehension: &cel::common::ast::ComprehensionExpr,
         init: Type,
     ) -> Result<(Type, usize), String> {
-        let mut accu = init;
-        let mut reach = usize::MAX;
-        for _ in 0..3 {
-            self.scope
-                .push((comprehension.accu_var.clone(), accu.clone()));
-            let cond = self.walk(&comprehension.loop_cond);
-            let step =
-                cond.and_then(|cond| self.walk(&comprehension.loop_step).map(|step| (cond, step)));
-            self.scope.pop();
-            let (cond, step) = step?;
-            reach = reach.min(cond.reach).min(step.reach);
-            let next = self.join(&comprehension.loop_step, &accu, &step.ty)?;
-            if next == accu {
-                break;
-            }
-            accu = next;
-        }
+        self.scope
+            .push((comprehension.accu_var.clone(), init.clone()));
+        let cond = self.walk(&comprehension.loop_cond);
+        let step =
+            cond.and_then(|cond| self.walk(&comprehension.loop_step).map(|step| (cond, step)));
+        self.scope.pop();
+        let (cond, step) = step?;
+        let accu = self.join(&comprehension.loop_step, &init, &step.ty)?;
         self.scope.push((comprehension.accu_var.clone(), accu));
         let result = self.walk(&comprehension.result);
         self.scope.pop();
         let result = result?;
-        Ok((result.ty, reach.min(result.reach)))
+        Ok((result.ty, cond.reach.min(step.reach).min(result.reach)))
     }
 
     /// The source text of `expr`, for a message: from the first to the last
@@ -1516,6 +1511,25 @@ mod tests {
         }
         assert_eq!(disagreements, Vec::<String>::new());
         assert_eq!(checked, 14 * 14 * 12);
+    }
+
+    /// Given comprehensions nested seven deep, each typed from the one
+    /// inside, when loaded, then accepted, and it evaluates.
+    #[test]
+    fn nested_comprehensions_load_and_evaluate() {
+        let mut source = "x0 == action.kind".to_owned();
+        for depth in 1..=6 {
+            source = format!("[action.kind].map(x{depth}, {source})[0]");
+        }
+        let source = format!("size([action.kind].filter(x0, {source})) == 1");
+        let condition = Condition::parse(&source).expect("loads");
+        let facts = full();
+        let bound = Bound::of(&Facts {
+            action: &facts.0,
+            proposer: &facts.1,
+            context_refs: &facts.2,
+        });
+        assert_eq!(condition.evaluate(&bound), Ok(true));
     }
 
     /// Given a long condition over several lines, when a part is refused,
