@@ -53,6 +53,19 @@ pub const FUNCTIONS: [&str; 9] = [
     "bool",
 ];
 
+/// How long a condition may be, how deep brackets may nest in it, and how
+/// many operations deep it may be. The crate's parser, evaluator and AST
+/// recurse, with large frames: in a debug build on a 2 MiB thread stack,
+/// parsing a dozen nested parentheses overflows it, and so do evaluating a
+/// chain of about sixty `+` and dropping the AST of one of 1,500 (3 KB of
+/// `1+1+…`). Running out of stack aborts the process (intake, at load or at
+/// a proposal) instead of failing one rule, so such conditions are refused
+/// at load. Honest conditions are a few hundred bytes and nest a few
+/// levels (docs/rules.md).
+pub const MAX_LENGTH: usize = 2048;
+pub const MAX_NESTING: usize = 8;
+pub const MAX_DEPTH: usize = 32;
+
 /// A parsed `when:` expression.
 #[derive(Clone)]
 pub struct Condition {
@@ -83,6 +96,18 @@ impl Condition {
         if source.trim().is_empty() {
             return Err("is empty".to_owned());
         }
+        if source.len() > MAX_LENGTH {
+            return Err(format!(
+                "is {} bytes long; a condition may be at most {MAX_LENGTH}: match on kind and target for long lists",
+                source.len()
+            ));
+        }
+        let nesting = check::nesting(source);
+        if nesting > MAX_NESTING {
+            return Err(format!(
+                "nests brackets {nesting} deep; a condition may nest them at most {MAX_NESTING} deep"
+            ));
+        }
         let program = Program::compile(source).map_err(|e| {
             let text = e.to_string();
             format!(
@@ -90,6 +115,12 @@ impl Condition {
                 text.lines().next().unwrap_or("syntax error")
             )
         })?;
+        let depth = check::depth(program.expression());
+        if depth > MAX_DEPTH {
+            return Err(format!(
+                "is {depth} operations deep; a condition may be at most {MAX_DEPTH} deep: split a long chain of + or of nested calls"
+            ));
+        }
         let checked = check::check(&program, ENV.with(Arc::clone))?;
         Ok(Condition {
             source: source.to_owned(),
@@ -310,6 +341,48 @@ mod tests {
         ] {
             Condition::parse(source).expect(source);
         }
+    }
+
+    /// Given conditions nested deeper than the crate's parser and evaluator
+    /// can take on a thread's stack, when loaded, then refused (a stack
+    /// overflow would abort intake); as deep as allowed loads and evaluates.
+    #[test]
+    fn conditions_too_deep_for_the_stack_are_refused() {
+        let (action, proposer, refs) = facts_holding(BTreeMap::new());
+        let bound = Bound::of(&Facts {
+            action: &action,
+            proposer: &proposer,
+            context_refs: &refs,
+        });
+        let holds = |source: &str| {
+            let condition = Condition::parse(source).unwrap_or_else(|e| panic!("{source}: {e}"));
+            assert_eq!(condition.evaluate(&bound), Ok(true), "{source}");
+        };
+        let parens = |n: usize| format!("{}action.kind != \"x\"{}", "(".repeat(n), ")".repeat(n));
+        holds(&parens(MAX_NESTING));
+        assert_eq!(
+            refused(&parens(MAX_NESTING + 1)),
+            "nests brackets 9 deep; a condition may nest them at most 8 deep"
+        );
+        assert!(refused(&parens(100_000)).starts_with("is 200018 bytes long"));
+        // Brackets in a string are text.
+        holds(&format!("action.kind != \"{}\"", "([{".repeat(50)));
+        // `>` over `+` n times over size(action.kind) over .kind over action.
+        let chain = |n: usize| format!("size(action.kind){} > 0", " + 1".repeat(n));
+        holds(&chain(MAX_DEPTH - 4));
+        assert_eq!(
+            refused(&chain(MAX_DEPTH - 3)),
+            "is 33 operations deep; a condition may be at most 32 deep: split a long chain of + or of nested calls"
+        );
+        assert!(refused(&chain(400)).starts_with("is 404 operations deep"));
+        assert!(refused(&chain(1_000)).starts_with("is 4021 bytes long"));
+        // The parser balances a chain of && (and of ||), so a long one loads.
+        holds(&vec![r#"action.kind != "x""#; 90].join(" && "));
+        holds(
+            &vec![r#"action.kind == "x""#; 90]
+                .join(" || ")
+                .replacen("==", "!=", 1),
+        );
     }
 
     fn facts_holding(parameters: BTreeMap<String, String>) -> (Action, Proposer, Vec<ContextRef>) {

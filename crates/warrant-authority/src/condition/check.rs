@@ -971,39 +971,75 @@ fn extent(expr: &IdedExpr, source: &SourceInfo, span: &mut (usize, usize)) {
         span.0 = span.0.min(start);
         span.1 = span.1.max(stop);
     }
-    match &expr.expr {
-        Expr::Call(call) => {
-            for part in call.target.iter().map(|t| &**t).chain(&call.args) {
-                extent(part, source, span);
-            }
-        }
-        Expr::Select(select) => extent(&select.operand, source, span),
-        Expr::List(list) => {
-            for element in &list.elements {
-                extent(element, source, span);
-            }
-        }
-        Expr::Map(map) => {
-            for entry in &map.entries {
-                if let EntryExpr::MapEntry(entry) = &entry.expr {
-                    extent(&entry.key, source, span);
-                    extent(&entry.value, source, span);
-                }
-            }
-        }
-        Expr::Comprehension(c) => {
-            for part in [
-                &c.iter_range,
-                &c.accu_init,
-                &c.loop_cond,
-                &c.loop_step,
-                &c.result,
-            ] {
-                extent(part, source, span);
-            }
-        }
-        Expr::Struct(_) | Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    for child in children(expr) {
+        extent(child, source, span);
     }
+}
+
+/// The sub-expressions of `expr`.
+fn children(expr: &IdedExpr) -> Vec<&IdedExpr> {
+    match &expr.expr {
+        Expr::Call(call) => call.target.iter().map(|t| &**t).chain(&call.args).collect(),
+        Expr::Select(select) => vec![&select.operand],
+        Expr::List(list) => list.elements.iter().collect(),
+        Expr::Map(map) => map
+            .entries
+            .iter()
+            .flat_map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(entry) => vec![&entry.key, &entry.value],
+                EntryExpr::StructField(field) => vec![&field.value],
+            })
+            .collect(),
+        Expr::Struct(message) => message
+            .entries
+            .iter()
+            .flat_map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(entry) => vec![&entry.key, &entry.value],
+                EntryExpr::StructField(field) => vec![&field.value],
+            })
+            .collect(),
+        Expr::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
+    }
+}
+
+/// How many operations deep `root` is (a literal alone is 1), without
+/// recursing: this is what keeps the recursive walks below safe.
+pub(super) fn depth(root: &IdedExpr) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(root, 1)];
+    while let Some((expr, depth)) = pending.pop() {
+        deepest = deepest.max(depth);
+        pending.extend(children(expr).into_iter().map(|child| (child, depth + 1)));
+    }
+    deepest
+}
+
+/// How deep brackets (`(`, `[`, `{`) nest in `source`, outside string
+/// literals.
+pub(super) fn nesting(source: &str) -> usize {
+    let bytes = source.as_bytes();
+    let (mut open, mut deepest) = (0usize, 0usize);
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            quote @ (b'"' | b'\'') => at = skip_string(bytes, at, quote),
+            b'(' | b'[' | b'{' => {
+                open += 1;
+                deepest = deepest.max(open);
+            }
+            b')' | b']' | b'}' => open = open.saturating_sub(1),
+            _ => {}
+        }
+        at += 1;
+    }
+    deepest
 }
 
 /// `span` widened until its brackets balance, and back over the name of a
