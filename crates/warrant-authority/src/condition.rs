@@ -25,7 +25,12 @@
 //! `exists_one`, `map`, `filter`) may only range over `context_refs` or a
 //! list literal, never over a map such as `action.parameters`; no
 //! comprehension variable may be named like a variable (it would hide it);
-//! and `string()` is refused on anything that may be a map or a list.
+//! `string()` is refused on anything that may be a map or a list; and
+//! `list + map` (which appends the map's keys) is refused, as is anything
+//! that could hide a map in a value of unknown type.
+//!
+//! And one keeps intake alive: a condition the crate would recurse on too
+//! deeply is refused ([`MAX_LENGTH`], [`MAX_NESTING`], [`MAX_DEPTH`]).
 
 use std::sync::Arc;
 

@@ -27,7 +27,9 @@
 //! - `dyn` is a value whose type is only known as the expression evaluates:
 //!   an element of a list literal of mixed types, a branch of `? :` whose
 //!   branches differ. Anything may be done with it; what is wrong shows as
-//!   an evaluation error.
+//!   an evaluation error. A `dyn` is never a map (mixing a map with other
+//!   types is refused), because the crate's `list + map` appends the map's
+//!   keys in hash order; `+` takes two lists for the same reason.
 
 use std::sync::Arc;
 
