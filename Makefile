@@ -17,8 +17,8 @@ kafka-up: ## start the local single-node Kafka and create the topics
 kafka-down: ## stop the local Kafka
 	bash deploy/kafka.sh stop
 
-bench-fold: ## decode + fold + hash throughput (criterion)
-	cargo bench -p warrant-authority --bench fold
+bench-fold: ## decode + fold + hash per event (criterion), and its ratio to SHA-256 alone
+	bash scripts/bench-fold.sh
 
 bench-log: ## 1M events: kcat vs warrant-replay vs projector catch-up, and projector RSS
 	bash scripts/bench-log.sh

@@ -5,6 +5,10 @@
 //! and each stage alone, so the split between Avro decoding, the rules and
 //! SHA-256 is read off one run.
 
+/// What the services and replay run with: their binaries set the same.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use warrant_authority::{
     chain_hash, step, Hash32, InstanceState, LogEvent, LogPosition, Outcome, StatusName,

@@ -72,6 +72,43 @@ pub fn checkpoint_digest<'a>(heads: impl IntoIterator<Item = (&'a str, &'a Hash3
     Hash32(hasher.finalize().into())
 }
 
+/// What intake needs to know about an instance to take an event for it,
+/// read from the stored state alone: no history, no refold. Existence is
+/// monotonic (an instance, once proposed, stays proposed), so a caller may
+/// remember a positive answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceFacts {
+    pub instance_id: String,
+    /// `None` until an `ActionProposed` was applied.
+    pub status: Option<StatusName>,
+    pub entries: u64,
+    pub head_hash: Hash32,
+    /// The principal that proposed it.
+    pub submitted_by: Option<String>,
+    pub action_digest: Option<String>,
+    pub decision_deadline: Option<TimestampMillis>,
+    /// The `not_after` of the authorization, while authorized.
+    pub grant_not_after: Option<TimestampMillis>,
+}
+
+impl InstanceFacts {
+    pub fn of(state: &InstanceState) -> InstanceFacts {
+        let instance = state.instance();
+        InstanceFacts {
+            instance_id: state.instance_id.clone(),
+            status: state.status(),
+            entries: state.entries,
+            head_hash: state.head,
+            submitted_by: instance.map(|i| i.proposal.submitted_by.clone()),
+            action_digest: instance.map(|i| i.proposal.action_digest.clone()),
+            decision_deadline: instance.map(|i| i.proposal.decision_deadline),
+            grant_not_after: instance
+                .and_then(|i| i.status.authorization())
+                .map(|a| a.scope.not_after),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecutionRecord {
     pub instance_id: String,

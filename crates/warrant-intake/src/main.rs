@@ -6,6 +6,11 @@ use clap::Parser;
 use warrant_intake::config::{self, Paths};
 use warrant_runtime::{init_tracing, shutdown_signal, LogFormat};
 
+/// mimalloc: the fold allocates and frees a few dozen small strings per
+/// event, and glibc's malloc took ~40% of its time (make bench-fold).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The only door into Warrant's authoritative log (warrant.log).
 ///
 /// Authenticates every caller, resolves proposals against the ruleset,

@@ -7,6 +7,7 @@
 //! - `GET {base}/v1/instances/{id}?after_seq=N&wait_ms=M` → the same, once
 //!   the record has more than N entries or M ms have passed; 503
 //!   `too_many_waiters` when every waiter slot is taken;
+//! - `GET {base}/v1/instances/{id}/facts` → 200 [`InstanceFacts`] or 404;
 //! - `GET {base}/v1/instances/{id}/entries?partition=P&offset=O&wait_ms=N`
 //!   → 200 [`EntryView`] once the entry at that log position is folded and
 //!   committed, or 404 `{"error":{"code":"not_folded"}}` after `wait_ms`;
@@ -15,7 +16,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use warrant_authority::{EntryView, ExecutionRecord, LogPosition, StatusName};
+use warrant_authority::{EntryView, ExecutionRecord, InstanceFacts, LogPosition, StatusName};
 
 use crate::log::BoxFuture;
 
@@ -72,6 +73,13 @@ pub trait Projector: Send + Sync + 'static {
         &'a self,
         instance_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<ExecutionRecord>, ProjectorError>>;
+
+    /// What intake checks before taking an event for an instance, without
+    /// its history; `None` if the view has no such instance.
+    fn facts<'a>(
+        &'a self,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<InstanceFacts>, ProjectorError>>;
 
     /// The execution record once it has more than `after_seq` history
     /// entries, or as it is after `wait`; `None` if still unknown then.
@@ -178,6 +186,20 @@ impl Projector for HttpProjector {
         Box::pin(async move {
             self.get(
                 &format!("/v1/instances/{}", segment(instance_id)),
+                &[],
+                None,
+            )
+            .await
+        })
+    }
+
+    fn facts<'a>(
+        &'a self,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<InstanceFacts>, ProjectorError>> {
+        Box::pin(async move {
+            self.get(
+                &format!("/v1/instances/{}/facts", segment(instance_id)),
                 &[],
                 None,
             )

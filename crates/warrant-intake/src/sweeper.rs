@@ -194,7 +194,7 @@ impl Sweeper {
     }
 
     /// The deadline of `kind` for an instance, from the cache or the
-    /// projector's record; `None` if the record no longer has one.
+    /// projector's facts; `None` if the record no longer has one.
     async fn deadline(
         &self,
         instance_id: &str,
@@ -206,12 +206,12 @@ impl Sweeper {
         {
             return Ok(Some(*deadline));
         }
-        let Some(record) = self.projector.record(instance_id).await? else {
+        let Some(facts) = self.projector.facts(instance_id).await? else {
             return Ok(None);
         };
         Ok(match kind {
-            DeadlineKind::Decision => record.proposal.map(|p| p.decision_deadline),
-            DeadlineKind::Grant => record.authorization.map(|a| a.scope.not_after),
+            DeadlineKind::Decision => facts.decision_deadline,
+            DeadlineKind::Grant => facts.grant_not_after,
         })
     }
 

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::sync::watch;
-use warrant_authority::{EntryView, LogPosition, StatusName};
+use warrant_authority::{EntryView, InstanceFacts, LogPosition, StatusName};
 use warrant_runtime::{not_a_count, saturating_count, ApiError};
 
 use crate::error::Error;
@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/instances", get(list_instances))
         .route("/v1/instances/{id}", get(get_instance))
         .route("/v1/instances/{id}/entries", get(get_entry))
+        .route("/v1/instances/{id}/facts", get(get_facts))
         .route("/v1/checkpoint", get(get_checkpoint))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -167,6 +168,22 @@ async fn get_instance(
     let record = read(&state.store, move |store| store.record(&lookup)).await?;
     match record {
         Some(record) => Ok(Json(record).into_response()),
+        None => Err(not_found(format!("no instance {id:?} in the view"))),
+    }
+}
+
+/// `GET /v1/instances/{id}/facts`: what intake checks before it takes an
+/// event for the instance (status, proposer, action digest, deadlines),
+/// from the stored state alone. Unlike the record, this neither reads nor
+/// refolds the history, so its cost does not grow with the instance.
+async fn get_facts(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let lookup = id.clone();
+    let stored = read(&state.store, move |store| store.state(&lookup)).await?;
+    match stored {
+        Some(stored) => Ok(Json(InstanceFacts::of(&stored)).into_response()),
         None => Err(not_found(format!("no instance {id:?} in the view"))),
     }
 }
@@ -521,6 +538,36 @@ mod tests {
         let expected = fx.ledger.get(samples::INSTANCE_ID).unwrap().record();
         assert_eq!(body, serde_json::to_value(&expected).unwrap());
         assert_eq!(body["head_hash"], expected.head_hash.to_string());
+    }
+
+    #[tokio::test]
+    async fn an_instances_facts_are_read_from_its_state() {
+        let fx = fixture();
+        let (status, body) = get_json(
+            &fx.app,
+            &format!("/v1/instances/{}/facts", samples::INSTANCE_ID),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let folded = fx.ledger.get(samples::INSTANCE_ID).unwrap();
+        let record = folded.record();
+        assert_eq!(
+            body,
+            serde_json::to_value(InstanceFacts::of(&folded.state)).unwrap()
+        );
+        let proposal = record.proposal.as_ref().unwrap();
+        assert_eq!(body["action_digest"], proposal.action_digest);
+        assert_eq!(body["submitted_by"], proposal.submitted_by);
+        assert_eq!(body["entries"], record.history.len());
+        assert_eq!(body["head_hash"], record.head_hash.to_string());
+
+        let (status, body) = get_json(
+            &fx.app,
+            "/v1/instances/00000000-0000-4000-8000-000000000000/facts",
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_error(&body, "not_found");
     }
 
     #[tokio::test]

@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use warrant_runtime::{init_tracing, shutdown_signal, LogFormat};
 
+/// mimalloc: the fold allocates and frees a few dozen small strings per
+/// event, and glibc's malloc took ~40% of its time (make bench-fold).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Folds the Warrant log into a local view and serves execution records.
 ///
 /// Consumes every partition of the log topic from the offsets stored in its

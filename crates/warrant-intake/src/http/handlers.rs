@@ -193,12 +193,18 @@ async fn append(state: &AppState, envelope: &Envelope) -> Result<Appended, ApiEr
 }
 
 /// 404 unless the projector (or this intake, moments ago) knows the instance.
+/// A proposed instance stays proposed, so a positive answer is remembered
+/// and the projector is asked about each instance at most once while it is
+/// in that memory; a negative one is not (the proposal may be in flight).
 async fn ensure_known(state: &AppState, instance_id: &str) -> Result<(), ApiError> {
     if state.recent.contains(instance_id) {
         return Ok(());
     }
-    match state.projector.record(instance_id).await {
-        Ok(Some(record)) if record.status.is_some() => Ok(()),
+    match state.projector.facts(instance_id).await {
+        Ok(Some(facts)) if facts.status.is_some() => {
+            state.recent.insert(instance_id);
+            Ok(())
+        }
         Ok(_) => Err(ApiError::not_found(
             "unknown_instance",
             format!("no instance {instance_id} has been proposed"),
@@ -600,8 +606,8 @@ async fn decide_signed(
         &decision.justification,
         decision.scope.constraints.keys(),
     )?;
-    let record = match state.projector.record(instance_id).await {
-        Ok(Some(record)) => record,
+    let facts = match state.projector.facts(instance_id).await {
+        Ok(Some(facts)) => facts,
         Ok(None) => {
             return Err(ApiError::not_found(
                 "unknown_instance",
@@ -616,19 +622,19 @@ async fn decide_signed(
             ));
         }
     };
-    let Some(proposal) = record.proposal.as_ref() else {
+    let Some(proposed_digest) = facts.action_digest.as_deref() else {
         return Err(ApiError::not_found(
             "unknown_instance",
             format!("no instance {instance_id} has been proposed"),
         ));
     };
-    if proposal.action_digest != decision.action_digest {
+    if proposed_digest != decision.action_digest {
         return Err(unauthorized(
             "digest_mismatch",
             format!(
                 "the decision was signed over action digest {} but instance {instance_id} proposes {}",
                 truncate(&decision.action_digest, 64),
-                proposal.action_digest
+                proposed_digest
             ),
         ));
     }

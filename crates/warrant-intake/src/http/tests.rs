@@ -3,7 +3,7 @@
 //! with the real fold, so claims are answered exactly as in production.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -13,7 +13,9 @@ use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
-use warrant_authority::{EntryView, ExecutionRecord, Ledger, LogPosition, RefusalCode, StatusName};
+use warrant_authority::{
+    EntryView, ExecutionRecord, InstanceFacts, Ledger, LogPosition, RefusalCode, StatusName,
+};
 use warrant_schema::{Envelope, EventBody};
 
 use super::*;
@@ -114,6 +116,8 @@ pub(crate) struct FoldingProjector {
     lagging: AtomicBool,
     /// Sees only this many records of the log (a projector that lags).
     visible: Mutex<Option<usize>>,
+    /// How many times intake asked for an instance's facts.
+    pub(crate) facts_asked: AtomicUsize,
 }
 
 fn unreachable_projector() -> ProjectorError {
@@ -149,6 +153,22 @@ impl Projector for FoldingProjector {
                 return Err(unreachable_projector());
             }
             Ok(self.record_of(instance_id))
+        })
+    }
+
+    fn facts<'a>(
+        &'a self,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<InstanceFacts>, ProjectorError>> {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(unreachable_projector());
+            }
+            self.facts_asked.fetch_add(1, Ordering::SeqCst);
+            Ok(self
+                .ledger()
+                .get(instance_id)
+                .map(|folded| InstanceFacts::of(&folded.state)))
         })
     }
 
@@ -267,6 +287,7 @@ pub(crate) fn harness_with(options: HttpOptions) -> Harness {
         busy: AtomicBool::new(false),
         lagging: AtomicBool::new(false),
         visible: Mutex::new(None),
+        facts_asked: AtomicUsize::new(0),
     });
     let clock = Arc::new(ManualClock::at(NOW_MS));
     let state = AppState {
@@ -1059,6 +1080,39 @@ async fn a_proposal_just_made_here_is_known_before_the_projector_folds_it() {
     .ok(StatusCode::ACCEPTED);
 }
 
+#[tokio::test]
+async fn an_instance_the_projector_confirmed_is_not_looked_up_again() {
+    let mut h = harness();
+    // Proposed through an intake that keeps no memory (another replica).
+    h.propose_restart(INSTANCE).await;
+    h.state.recent = Arc::new(RecentInstances::new(10));
+    h.router = router(h.state.clone());
+    let path = format!("/v1/instances/{INSTANCE}/signals");
+    h.post(&path, Some(POLICY), &allow())
+        .await
+        .ok(StatusCode::ACCEPTED);
+    assert_eq!(h.projector.facts_asked.load(Ordering::SeqCst), 1);
+    h.projector.down.store(true, Ordering::SeqCst);
+    h.post(&path, Some(POLICY), &allow())
+        .await
+        .ok(StatusCode::ACCEPTED);
+    assert_eq!(h.projector.facts_asked.load(Ordering::SeqCst), 1);
+
+    // An unknown instance is asked about every time: it may be in flight.
+    let unknown = instance(0x98);
+    h.projector.down.store(false, Ordering::SeqCst);
+    for _ in 0..2 {
+        h.post(
+            &format!("/v1/instances/{unknown}/signals"),
+            Some(POLICY),
+            &allow(),
+        )
+        .await
+        .expect(StatusCode::NOT_FOUND, "unknown_instance");
+    }
+    assert_eq!(h.projector.facts_asked.load(Ordering::SeqCst), 3);
+}
+
 // ---------------------------------------------------------------- decisions
 
 #[tokio::test]
@@ -1721,6 +1775,17 @@ async fn serve_fake_projector(projector: Arc<FoldingProjector>) -> String {
         }
     }
 
+    async fn facts(State(p): State<Shared>, Path(id): Path<String>) -> axum::response::Response {
+        match Projector::facts(p.as_ref(), &id).await {
+            Ok(Some(facts)) => Json(facts).into_response(),
+            _ => (
+                StatusCode::NOT_FOUND,
+                Json(json!({ "error": { "code": "not_found", "message": "no such instance" } })),
+            )
+                .into_response(),
+        }
+    }
+
     async fn entry(
         State(p): State<Shared>,
         Path(id): Path<String>,
@@ -1766,6 +1831,7 @@ async fn serve_fake_projector(projector: Arc<FoldingProjector>) -> String {
         .route("/v1/instances", get(list))
         .route("/v1/instances/{id}", get(record))
         .route("/v1/instances/{id}/entries", get(entry))
+        .route("/v1/instances/{id}/facts", get(facts))
         .with_state(projector);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
