@@ -1230,10 +1230,15 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
             }),
         })
         .collect();
+    let unowned = projectors.unowned(replay);
+    // A partition nobody given folds is reported as unowned, not as behind.
     let behind = projectors
         .offsets()
         .map(|offsets| lags(replay, topic, &offsets))
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|lag| !unowned.contains(&lag.partition))
+        .collect();
     let (checkpoint, shards) = match projectors.checkpoints.as_slice() {
         // One projector: its checkpoint, as it always was.
         [only] => (
@@ -1254,7 +1259,7 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
         behind,
         completeness_not_proven: replay.inexact.clone(),
         gaps: replay.gaps.clone(),
-        unowned: projectors.unowned(replay),
+        unowned,
         shards,
     })
 }
