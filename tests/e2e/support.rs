@@ -167,14 +167,7 @@ impl Drop for Services {
         self.projector.kill();
         self.intake.kill();
         if std::thread::panicking() {
-            for log in &self.logs {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(60).collect();
-                eprintln!("---- last lines of {} ----", log.display());
-                for line in tail.iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
+            print_logs(&self.logs);
         }
     }
 }
@@ -211,23 +204,66 @@ pub fn start_services(
 ) -> Services {
     let projector_log = dir.join("projector.log");
     let intake_log = dir.join("intake.log");
-    let projector = Command::new(binary("warrant-projector"))
+    let projector = spawn_projector(
+        args,
+        &dir.join("projector"),
+        projector_url,
+        &projector_log,
+        &[],
+    );
+    let intake = spawn_intake(
+        args,
+        &[projector_url],
+        intake_port,
+        sweeper,
+        principals,
+        ruleset,
+        &intake_log,
+    );
+    Services {
+        projector,
+        intake,
+        logs: vec![projector_log, intake_log],
+    }
+}
+
+/// One projector process on `args`' topics, listening at `url`, its view
+/// in `data_dir`, its log in `log`, with `extra` flags (`--partitions`).
+pub fn spawn_projector(
+    args: &KafkaArgs,
+    data_dir: &Path,
+    url: &str,
+    log: &Path,
+    extra: &[&str],
+) -> KillOnDrop {
+    Command::new(binary("warrant-projector"))
         .args(topic_flags(args))
-        .arg(format!(
-            "--listen={}",
-            projector_url.trim_start_matches("http://")
-        ))
+        .arg(format!("--listen={}", url.trim_start_matches("http://")))
         .arg("--data-dir")
-        .arg(dir.join("projector"))
+        .arg(data_dir)
+        .args(extra)
         .stdout(Stdio::null())
-        .stderr(log_file(&projector_log))
+        .stderr(log_file(log))
         .spawn()
         .map(KillOnDrop)
-        .expect("the projector starts");
-    let intake = Command::new(binary("warrant-intake"))
+        .expect("the projector starts")
+}
+
+/// Intake on `args`' topics at `intake_port`, asking the projector at
+/// `projector_urls` (every shard's, for a sharded one).
+pub fn spawn_intake(
+    args: &KafkaArgs,
+    projector_urls: &[&str],
+    intake_port: u16,
+    sweeper: bool,
+    principals: &Path,
+    ruleset: &Path,
+    log: &Path,
+) -> KillOnDrop {
+    Command::new(binary("warrant-intake"))
         .args(topic_flags(args))
         .arg(format!("--listen=127.0.0.1:{intake_port}"))
-        .arg(format!("--projector-url={projector_url}"))
+        .arg(format!("--projector-url={}", projector_urls.join(",")))
         .arg("--ruleset")
         .arg(ruleset)
         .arg("--principals")
@@ -238,15 +274,61 @@ pub fn start_services(
         .arg(format!("--sweeper={sweeper}"))
         .arg("--sweep-interval-ms=200")
         .stdout(Stdio::null())
-        .stderr(log_file(&intake_log))
+        .stderr(log_file(log))
         .spawn()
         .map(KillOnDrop)
-        .expect("intake starts");
-    Services {
-        projector,
-        intake,
-        logs: vec![projector_log, intake_log],
+        .expect("intake starts")
+}
+
+/// Processes killed when the test ends, whose logs are printed if it failed.
+#[derive(Debug, Default)]
+pub struct Processes {
+    pub children: Vec<KillOnDrop>,
+    pub logs: Vec<PathBuf>,
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            child.kill();
+        }
+        if std::thread::panicking() {
+            print_logs(&self.logs);
+        }
     }
+}
+
+fn print_logs(logs: &[PathBuf]) {
+    for log in logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(60).collect();
+        eprintln!("---- last lines of {} ----", log.display());
+        for line in tail.iter().rev() {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// Run `warrant-replay --verify` with `verify` (one URL, or a comma list of
+/// shards) over the whole log; the exit code and stdout then stderr.
+pub fn replay_verify(args: &KafkaArgs, verify: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(binary("warrant-replay"))
+        .args([
+            format!("--brokers={}", args.brokers),
+            format!("--log-topic={}", args.log_topic),
+            // Where replay finds which key was whose when each decision was signed.
+            format!("--principals-topic={}", args.principals_topic),
+        ])
+        .args(["--quiet", "--verify", verify])
+        .args(extra)
+        .output()
+        .expect("replay runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), report)
 }
 
 /// Wait until the projector at `projector_url` has folded the whole log,
@@ -264,21 +346,7 @@ pub async fn replay_verifies(args: &KafkaArgs, projector_url: &str) -> String {
         },
     )
     .await;
-    let output = Command::new(binary("warrant-replay"))
-        .args([
-            format!("--brokers={}", args.brokers),
-            format!("--log-topic={}", args.log_topic),
-            // Where replay finds which key was whose when each decision was signed.
-            format!("--principals-topic={}", args.principals_topic),
-        ])
-        .args(["--quiet", "--verify", projector_url])
-        .output()
-        .expect("replay runs");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "replay --verify failed: {report}");
+    let (code, report) = replay_verify(args, projector_url, &[]);
+    assert_eq!(code, Some(0), "replay --verify failed: {report}");
     report
 }

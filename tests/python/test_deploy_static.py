@@ -498,16 +498,67 @@ def write_dir_problems(inv: Invocation, name: str, path: str) -> list[str]:
 
 
 def url_problems(inv: Invocation, name: str, services: dict[str, int]) -> list[str]:
-    """`inv.env[name]` must point at host:port of a known service."""
-    url = inv.env.get(name)
-    if url is None:
+    """`inv.env[name]` (one URL, or a comma list of them: every projector
+    shard's) must point at host:port of known services."""
+    value = inv.env.get(name)
+    if value is None:
         return [f"{inv.where}: {name} is not set"]
-    parts = urlsplit(url)
-    if parts.hostname not in services:
-        return [f"{inv.where}: {name}={url} names {parts.hostname!r}, not one of {sorted(services)}"]
-    if parts.port != services[parts.hostname]:
-        return [f"{inv.where}: {name}={url} but {parts.hostname} serves on {services[parts.hostname]}"]
-    return []
+    problems = []
+    for url in value.split(","):
+        parts = urlsplit(url.strip())
+        if parts.hostname not in services:
+            problems.append(f"{inv.where}: {name}={url} names {parts.hostname!r}, not one of {sorted(services)}")
+        elif parts.port != services[parts.hostname]:
+            problems.append(f"{inv.where}: {name}={url} but {parts.hostname} serves on {services[parts.hostname]}")
+    return problems
+
+
+def k8s_pod_names(docs: list[dict], services: dict[str, int]) -> dict[str, int]:
+    """`<pod>.<headless service>.<namespace>.svc` -> port, for every pod a
+    StatefulSet runs under a headless Service that reaches it."""
+    names = {}
+    for doc in docs:
+        if doc.get("kind") != "StatefulSet":
+            continue
+        service = doc["spec"].get("serviceName")
+        if service not in services:
+            continue
+        namespace = doc["metadata"].get("namespace", "default")
+        for ordinal in range(int(doc["spec"].get("replicas", 1))):
+            names[f"{doc['metadata']['name']}-{ordinal}.{service}.{namespace}.svc"] = services[service]
+    return names
+
+
+def projector_shard_problems(docs: list[dict]) -> list[str]:
+    """A sharded projector StatefulSet (WARRANT_PROJECTOR_PARTITIONS
+    "$(POD_NAME)/N") must have N replicas, each pod its own name, and every
+    intake must be given every shard's URL."""
+    problems = []
+    for doc in docs:
+        if doc.get("kind") != "StatefulSet" or doc["metadata"]["name"] != "warrant-projector":
+            continue
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in container.get("env") or []}
+        spec = env.get("WARRANT_PROJECTOR_PARTITIONS", {}).get("value", "all")
+        if spec == "all":
+            continue
+        replicas = int(doc["spec"].get("replicas", 1))
+        index, _, count = spec.partition("/")
+        if index != "$(POD_NAME)" or env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.name":
+            problems.append(f"StatefulSet/warrant-projector: WARRANT_PROJECTOR_PARTITIONS={spec} must take the shard from the pod's name ($(POD_NAME) from metadata.name)")
+        if count != str(replicas):
+            problems.append(f"StatefulSet/warrant-projector: WARRANT_PROJECTOR_PARTITIONS={spec} names {count} shards but the StatefulSet runs {replicas} replicas")
+        service = doc["spec"]["serviceName"]
+        namespace = doc["metadata"].get("namespace", "default")
+        shards = {f"{doc['metadata']['name']}-{i}.{service}.{namespace}.svc" for i in range(replicas)}
+        invocations, _ = k8s_invocations(docs)
+        for inv in invocations:
+            if inv.binary != "warrant-intake":
+                continue
+            given = {urlsplit(url.strip()).hostname for url in inv.env.get("WARRANT_PROJECTOR_URL", "").split(",")}
+            if given != shards:
+                problems.append(f"{inv.where}: WARRANT_PROJECTOR_URL names {sorted(given)}, but the shards are {sorted(shards)}")
+    return problems
 
 
 def k8s_services(docs: list[dict]) -> tuple[dict[str, int], list[str]]:
@@ -834,6 +885,7 @@ def test_ports_and_addresses_agree_with_the_binaries(compose, k8s):
     problems += service_problems
     k8s_invs, _ = k8s_invocations(k8s)
     projector_services = {name: port for name, port in services.items() if name.startswith("warrant-projector")}
+    projector_services |= k8s_pod_names(k8s, projector_services)
     for inv in k8s_invs:
         if inv.binary == "warrant-intake":
             problems += url_problems(inv, "WARRANT_PROJECTOR_URL", projector_services)
@@ -859,6 +911,20 @@ def test_ports_and_addresses_agree_with_the_binaries(compose, k8s):
     sts["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] = "9102"
     invocations, _ = k8s_invocations(broken)
     assert any("uses port 9102" in p for inv in invocations for p in invocation_problems(inv))
+
+
+def test_the_projector_shards_match_the_statefulset_and_intake_knows_them_all(k8s):
+    assert projector_shard_problems(k8s) == []
+    sts = next(d for d in k8s if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "warrant-projector")
+    assert int(sts["spec"]["replicas"]) > 1, "the manifests show the projector sharded"
+
+    # And notices a shard count that is not the replicas, or a shard intake is not given.
+    broken = copy.deepcopy(k8s)
+    sts = next(d for d in broken if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "warrant-projector")
+    sts["spec"]["replicas"] = 3
+    problems = projector_shard_problems(broken)
+    assert any("names 2 shards but the StatefulSet runs 3 replicas" in p for p in problems), problems
+    assert any("warrant-projector-2.warrant-projector-headless.warrant.svc" in p for p in problems), problems
 
 
 def test_files_and_data_are_on_the_right_volumes(compose, k8s):

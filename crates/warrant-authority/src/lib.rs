@@ -14,6 +14,7 @@ mod condition;
 mod digest;
 mod fold;
 mod ledger;
+mod partition;
 mod record;
 mod ruleset;
 pub mod signed;
@@ -26,10 +27,13 @@ pub use canonical::{
 pub use digest::{action_digest, canonical_action_json, sha256_hex};
 pub use fold::{error_chain, fold, grant_id, step, LogEvent};
 pub use ledger::{Folded, Ledger};
+pub use partition::{
+    instance_partition, murmur2, partition_for_key, ranges, Ownership, OwnershipError,
+};
 pub use record::*;
 pub use ruleset::{Facts, Resolution, Rule, Ruleset, RulesetError};
 pub use view::{
     checkpoint_digest, instance_for_key, instance_key, quarantine_instance, quarantine_partition,
-    Attestation, DecisionView, EntryView, ExecutionRecord, GroupProgress, InstanceFacts, ProposalView, SignalView,
-    TransitionView, QUARANTINE,
+    Attestation, DecisionView, EntryView, ExecutionRecord, GroupProgress, InstanceFacts,
+    ProposalView, SignalView, TransitionView, QUARANTINE,
 };

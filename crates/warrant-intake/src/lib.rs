@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod principals;
 pub mod projector;
 mod service;
+pub mod shards;
 pub mod signature;
 pub mod sweeper;
 

@@ -11,7 +11,11 @@
 //! - `GET {base}/v1/instances/{id}/entries?partition=P&offset=O&wait_ms=N`
 //!   → 200 [`EntryView`] once the entry at that log position is folded and
 //!   committed, or 404 `{"error":{"code":"not_folded"}}` after `wait_ms`;
-//! - `GET {base}/v1/instances?status=S&limit=N&after=ID` → a [`Page`].
+//! - `GET {base}/v1/instances?status=S&limit=N&after=ID` → a [`Page`];
+//! - `GET {base}/v1/shard` → which partitions the projector folds;
+//! - 421 `not_owner` from any per-instance call: the projector is one shard
+//!   of several and the instance's partition is another's (see
+//!   [`crate::shards::ShardedProjector`], which routes to the owner).
 
 use std::time::Duration;
 
@@ -46,6 +50,19 @@ pub enum ProjectorError {
     Url(String),
     #[error("the projector at {url} has no free waiter slot")]
     Busy { url: String },
+    #[error("the projector at {url} does not own the partition asked about (give intake every shard's URL)")]
+    NotOwner { url: String },
+    #[error("cannot route to the projector shards: {0}")]
+    Sharding(String),
+}
+
+/// `GET /v1/shard`: the partitions one projector folds, of how many; both
+/// `None` until it has resolved them against the log.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ShardInfo {
+    pub topic: String,
+    pub owned: Option<Vec<i32>>,
+    pub log_partitions: Option<i32>,
 }
 
 /// One line of `GET /v1/instances`.
@@ -133,6 +150,22 @@ impl HttpProjector {
         Ok(HttpProjector { base, client })
     }
 
+    /// The base URL, without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Which partitions this projector folds (`GET /v1/shard`).
+    pub async fn shard(&self) -> Result<ShardInfo, ProjectorError> {
+        let info: Option<ShardInfo> = self.get("/v1/shard", &[], None).await?;
+        info.ok_or_else(|| {
+            ProjectorError::Sharding(format!(
+                "{}/v1/shard answered 404: a projector that predates shards cannot be one of several",
+                self.base
+            ))
+        })
+    }
+
     /// GET `path` with `query`; `Ok(None)` on 404.
     async fn get<T: serde::de::DeserializeOwned>(
         &self,
@@ -155,6 +188,9 @@ impl HttpProjector {
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
+        }
+        if status == reqwest::StatusCode::MISDIRECTED_REQUEST {
+            return Err(ProjectorError::NotOwner { url });
         }
         if !status.is_success() {
             return Err(ProjectorError::Status {

@@ -21,7 +21,8 @@ use crate::http::{AppState, Clock, HttpOptions, Readiness, RecentInstances, Syst
 use crate::ingress::{Ingress, IngressOptions};
 use crate::log::{Appended, KafkaLog};
 use crate::metrics::{HttpLabels, Metrics};
-use crate::projector::HttpProjector;
+use crate::projector::{HttpProjector, Projector, ProjectorError};
+use crate::shards::ShardedProjector;
 use crate::sweeper::Sweeper;
 use crate::Error;
 
@@ -46,12 +47,18 @@ pub struct Args {
 
     /// Base URL of warrant-projector, asked whether instances exist, what
     /// the fold answered an execution request, and which deadlines are due.
+    /// For a projector sharded by partition (--partitions), every shard's
+    /// URL: repeat the flag, or separate them with commas. Intake asks each
+    /// shard what it owns and sends each question to the owner of the
+    /// instance's partition.
     #[arg(
         long,
         env = "WARRANT_PROJECTOR_URL",
+        value_name = "URL",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:8081"
     )]
-    pub projector_url: String,
+    pub projector_url: Vec<String>,
 
     /// How long POST /executions waits for the fold's answer before a 503
     /// (the request stays on the log and the fold still decides it).
@@ -138,7 +145,7 @@ impl Args {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ruleset,
             principals,
-            projector_url: "http://127.0.0.1:9".to_owned(),
+            projector_url: vec!["http://127.0.0.1:9".to_owned()],
             claim_timeout_ms: 5000,
             produce_timeout_ms: 5000,
             max_body_bytes: 65_536,
@@ -175,6 +182,27 @@ impl Args {
         }
         Ok(())
     }
+}
+
+/// One projector, or several shards of one (`--projector-url` repeated).
+fn projector_client(urls: &[String]) -> Result<Arc<dyn Projector>, ProjectorError> {
+    let urls: Vec<String> = urls
+        .iter()
+        .map(|url| url.trim().to_owned())
+        .filter(|url| !url.is_empty())
+        .collect();
+    let timeout = Duration::from_secs(5);
+    Ok(match urls.as_slice() {
+        [] => return Err(ProjectorError::Url(String::new())),
+        [one] => Arc::new(HttpProjector::new(one, timeout)?),
+        several => {
+            tracing::info!(
+                shards = several.len(),
+                "projector shards: routing by partition"
+            );
+            Arc::new(ShardedProjector::new(several, timeout)?)
+        }
+    })
 }
 
 /// A running intake.
@@ -240,10 +268,7 @@ impl Intake {
             .map_err(Error::Kafka)?;
         let config = Shared::new(ruleset, principals);
         let readiness = Arc::new(Readiness::new(false));
-        let projector = Arc::new(
-            HttpProjector::new(&args.projector_url, Duration::from_secs(5))
-                .map_err(Error::Projector)?,
-        );
+        let projector = projector_client(&args.projector_url).map_err(Error::Projector)?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let state = AppState {
             config: config.clone(),
@@ -744,4 +769,52 @@ pub async fn reload(paths: &Paths, config: &Shared, log: &KafkaLog, metrics: &Me
         "configuration reloaded"
     );
     config.replace(ruleset, principals);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn urls(flags: &[&str]) -> Vec<String> {
+        let base = ["intake", "--ruleset", "r.yaml", "--principals", "p.yaml"];
+        Cli::try_parse_from(base.iter().chain(flags))
+            .unwrap()
+            .args
+            .projector_url
+    }
+
+    #[test]
+    fn one_projector_or_every_shard_by_repeating_the_flag_or_with_commas() {
+        assert_eq!(urls(&[]), ["http://127.0.0.1:8081"]);
+        let two = ["http://p0:8081", "http://p1:8081"];
+        assert_eq!(
+            urls(&["--projector-url", "http://p0:8081,http://p1:8081"]),
+            two
+        );
+        assert_eq!(
+            urls(&[
+                "--projector-url",
+                "http://p0:8081",
+                "--projector-url=http://p1:8081"
+            ]),
+            two
+        );
+        assert!(projector_client(&urls(&[])).is_ok());
+        assert!(projector_client(&two.map(str::to_owned)).is_ok());
+        assert!(matches!(
+            projector_client(&["http://p0:8081".to_owned(), "http://p0:8081".to_owned()]),
+            Err(ProjectorError::Sharding(_))
+        ));
+        assert!(projector_client(&[" ".to_owned()]).is_err());
+    }
 }

@@ -16,12 +16,12 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::sync::watch;
-use warrant_authority::{EntryView, InstanceFacts, LogPosition, StatusName};
+use warrant_authority::{ranges, EntryView, InstanceFacts, LogPosition, StatusName};
 use warrant_runtime::{not_a_count, saturating_count, ApiError};
 
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Owned, Store};
 use crate::waiters::RecordWaiters;
 use crate::Progress;
 
@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/instances/{id}/entries", get(get_entry))
         .route("/v1/instances/{id}/facts", get(get_facts))
         .route("/v1/checkpoint", get(get_checkpoint))
+        .route("/v1/shard", get(get_shard))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(get_metrics))
@@ -68,6 +69,32 @@ pub fn router(state: AppState) -> Router {
 /// 404 `not_found`: no such instance, entry or route.
 fn not_found(message: impl Into<String>) -> ApiError {
     ApiError::not_found("not_found", message)
+}
+
+/// 421 `not_owner`: the request is for a partition another shard folds,
+/// so "unknown" from here would be a lie. The caller (intake, replay)
+/// asks `GET /v1/shard` of every shard to learn where to send it.
+fn not_owner(partition: i32, owned: &Owned) -> ApiError {
+    let partitions: Vec<i32> = owned.partitions.iter().copied().collect();
+    ApiError::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        "not_owner",
+        format!(
+            "partition {partition} is not this projector's: it folds partitions {} of the log's {}; ask the shard that owns it",
+            ranges(&partitions),
+            owned.log_partitions
+        ),
+    )
+}
+
+/// [`not_owner`] when this view is a shard without `id`'s partition and
+/// without `id`.
+async fn misdirected(state: &AppState, id: &str) -> Result<(), ApiError> {
+    let lookup = id.to_owned();
+    match read(&state.store, move |store| store.misdirected(&lookup)).await? {
+        Some((partition, owned)) => Err(not_owner(partition, &owned)),
+        None => Ok(()),
+    }
 }
 
 /// `Query` whose rejection is our JSON 400, never axum's plain text.
@@ -162,13 +189,18 @@ async fn get_instance(
     };
     let wait = wait_of(query.wait_ms.as_deref())?;
     if !wait.is_zero() {
+        // Never wait for an instance another shard folds.
+        misdirected(&state, &id).await?;
         wait_for_entries(&state, &id, after_seq, wait).await?;
     }
     let lookup = id.clone();
     let record = read(&state.store, move |store| store.record(&lookup)).await?;
     match record {
         Some(record) => Ok(Json(record).into_response()),
-        None => Err(not_found(format!("no instance {id:?} in the view"))),
+        None => {
+            misdirected(&state, &id).await?;
+            Err(not_found(format!("no instance {id:?} in the view")))
+        }
     }
 }
 
@@ -184,7 +216,10 @@ async fn get_facts(
     let stored = read(&state.store, move |store| store.state(&lookup)).await?;
     match stored {
         Some(stored) => Ok(Json(InstanceFacts::of(&stored)).into_response()),
-        None => Err(not_found(format!("no instance {id:?} in the view"))),
+        None => {
+            misdirected(&state, &id).await?;
+            Err(not_found(format!("no instance {id:?} in the view")))
+        }
     }
 }
 
@@ -271,6 +306,13 @@ async fn get_entry(
         .filter(|o| *o >= 0)
         .ok_or_else(|| not_a_count("offset", &query.offset))?;
     let wait = wait_of(query.wait_ms.as_deref())?;
+    // Another shard's partition is never folded here: say so at once
+    // instead of holding a claim for the whole wait.
+    if let Some(owned) = read(&state.store, Store::owned).await? {
+        if !owned.partitions.contains(&partition) {
+            return Err(not_owner(partition, &owned));
+        }
+    }
     let deadline = tokio::time::Instant::now() + wait;
     let position = LogPosition { partition, offset };
     let mut committed = state.committed.clone();
@@ -364,6 +406,20 @@ async fn list_instances(
 async fn get_checkpoint(State(state): State<AppState>) -> Result<Response, ApiError> {
     let checkpoint = read(&state.store, Store::checkpoint).await?;
     Ok(Json(checkpoint).into_response())
+}
+
+/// `GET /v1/shard`: which partitions this view folds, of how many; both
+/// `null` until the fold has resolved `--partitions` against the log (a
+/// fresh view before Kafka answered). Cheap, unlike the checkpoint: intake
+/// asks every shard to route by partition.
+async fn get_shard(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let owned = read(&state.store, Store::owned).await?;
+    Ok(Json(serde_json::json!({
+        "topic": state.store.topic(),
+        "owned": owned.as_ref().map(|o| &o.partitions),
+        "log_partitions": owned.as_ref().map(|o| o.log_partitions),
+    }))
+    .into_response())
 }
 
 async fn healthz() -> Response {
@@ -609,6 +665,88 @@ mod tests {
             get_json(&fx.app, "/v1/instances/x/entries?partition=-1&offset=0").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body["error"]["code"], "invalid_query");
+    }
+
+    #[tokio::test]
+    async fn a_shard_says_not_owner_for_another_shards_instances_and_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        fold_into(&store, &mixed_log());
+        let app = router(AppState {
+            store: store.clone(),
+            metrics: Arc::new(Metrics::new()),
+            committed: watch::channel(Progress::default()).1,
+            waiters: Arc::new(RecordWaiters::new(DEFAULT_MAX_WAITERS)),
+        });
+        // Before the fold resolved its partitions: nothing is refused.
+        let (status, body) = get_json(&app, "/v1/shard").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["owned"], Value::Null, "{body}");
+        let (_, checkpoint) = get_json(&app, "/v1/checkpoint").await;
+        assert!(checkpoint.get("owned").is_none(), "{checkpoint}");
+
+        // Shard of partitions 0 and 1 of 6.
+        store
+            .set_owned(&Owned {
+                log_partitions: 6,
+                partitions: [0, 1].into(),
+            })
+            .unwrap();
+        let (_, body) = get_json(&app, "/v1/shard").await;
+        assert_eq!(
+            body,
+            serde_json::json!({"topic": TOPIC, "owned": [0, 1], "log_partitions": 6})
+        );
+        let (_, checkpoint) = get_json(&app, "/v1/checkpoint").await;
+        assert_eq!(checkpoint["owned"], serde_json::json!([0, 1]));
+        assert_eq!(checkpoint["log_partitions"], 6);
+
+        let partition_of = |id: &str| warrant_authority::instance_partition(id, 6).unwrap();
+        let elsewhere = (1000..)
+            .map(instance_id)
+            .find(|id| partition_of(id) >= 2)
+            .unwrap();
+        let here = (1000..)
+            .map(instance_id)
+            .find(|id| partition_of(id) < 2)
+            .unwrap();
+        // Another shard's instance: 421 at once, with or without a wait.
+        for uri in [
+            format!("/v1/instances/{elsewhere}"),
+            format!("/v1/instances/{elsewhere}?wait_ms=30000"),
+            format!("/v1/instances/{here}/entries?partition=4&offset=0&wait_ms=30000"),
+        ] {
+            let started = Instant::now();
+            let (status, body) = get_json(&app, &uri).await;
+            assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{uri}: {body}");
+            assert_error(&body, "not_owner");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("folds partitions 0-1 of the log's 6"),
+                "{body}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(5), "{uri} waited");
+        }
+        // One of its own that is unknown: a plain 404.
+        let (status, body) = get_json(&app, &format!("/v1/instances/{here}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_error(&body, "not_found");
+        // An instance the view holds is served whatever its key routes to
+        // (a record produced to an explicit partition is still the log's).
+        let held = samples::INSTANCE_ID;
+        assert!(
+            partition_of(held) >= 2,
+            "pick an instance another shard would own"
+        );
+        let (status, _) = get_json(&app, &format!("/v1/instances/{held}")).await;
+        assert_eq!(status, StatusCode::OK);
+        // A quarantine names its partition.
+        let (status, body) = get_json(&app, "/v1/instances/quarantine-5").await;
+        assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{body}");
+        let (status, _) = get_json(&app, "/v1/instances/quarantine-0").await;
+        assert_eq!(status, StatusCode::OK);
     }
 
     #[tokio::test]

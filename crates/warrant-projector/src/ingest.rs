@@ -1,5 +1,6 @@
-//! The consumer side: every partition of the log, assigned by hand from the
-//! offsets in sled, folded on one thread and committed on another.
+//! The consumer side: every partition of the log (or this shard's share of
+//! them, `--partitions`), assigned by hand from the offsets in sled, folded
+//! on one thread and committed on another.
 //!
 //! The fold thread polls, folds and seals batches; the commit thread applies
 //! each batch to sled, flushes it, and only then reports progress and
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use warrant_authority::error_chain;
+use warrant_authority::{error_chain, ranges};
 use warrant_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use warrant_kafka::rdkafka::error::KafkaError;
 use warrant_kafka::rdkafka::types::RDKafkaErrorCode;
@@ -23,7 +24,7 @@ use warrant_kafka::{partitions_of, watermarks, QuietContext};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::projection::{Projection, Sealed};
-use crate::store::{Kept, Store};
+use crate::store::{Kept, Owned, Store};
 use crate::waiters::RecordWaiters;
 use crate::{Config, Progress};
 
@@ -91,7 +92,14 @@ impl Ingest {
             return Ok(());
         };
         let topic = self.config.kafka.log_topic.clone();
-        self.check_offsets(&marks)?;
+        let owned = self.check_ownership(&marks)?;
+        // Only the owned partitions are consumed, and only they count for
+        // catching up (readiness), lag and progress.
+        let marks: BTreeMap<i32, (i64, i64)> = marks
+            .into_iter()
+            .filter(|(partition, _)| owned.partitions.contains(partition))
+            .collect();
+        self.check_offsets(&marks, &owned)?;
         // A view of another incarnation of the topic was just cleared: its
         // old offsets are not committed progress any more.
         let offsets = self.store.offsets()?;
@@ -176,9 +184,59 @@ impl Ingest {
         }
     }
 
+    /// Resolve `--partitions` against the log's partitions and make the view
+    /// hold nothing else: one that holds a partition this projector does
+    /// not own now (it was another shard, or the whole log) is emptied and
+    /// rebuilt from offset 0; one that holds only some of them is kept, and
+    /// the others are folded from the start of the log (an instance lives
+    /// in one partition, so a partition's instances are added whole).
+    fn check_ownership(&self, marks: &BTreeMap<i32, (i64, i64)>) -> Result<Owned, Error> {
+        let log: Vec<i32> = marks.keys().copied().collect();
+        let spec = &self.config.partitions;
+        let partitions = spec.resolve(&log).map_err(|error| {
+            Error::Config(format!(
+                "--partitions {spec} on topic {}: {error}",
+                self.config.kafka.log_topic
+            ))
+        })?;
+        let owned = Owned {
+            log_partitions: i32::try_from(log.len()).unwrap_or(i32::MAX),
+            partitions,
+        };
+        let recorded = self.store.owned()?;
+        let offsets = self.store.offsets()?;
+        // What the view holds: what it recorded, and every partition it has
+        // offsets for. A view from before shards recorded nothing and
+        // folded every partition.
+        let mut held: BTreeSet<i32> = match &recorded {
+            Some(recorded) => recorded.partitions.clone(),
+            None if offsets.is_empty() => BTreeSet::new(),
+            None => log.iter().copied().collect(),
+        };
+        held.extend(offsets.keys().copied());
+        let list = |set: &BTreeSet<i32>| ranges(&set.iter().copied().collect::<Vec<_>>());
+        if !held.is_subset(&owned.partitions) {
+            let reason = format!(
+                "the view holds partitions {} but this projector owns {} (--partitions {spec})",
+                list(&held),
+                list(&owned.partitions)
+            );
+            self.store.reset(&reason, Some(&owned))?;
+            self.metrics.set_counts(&self.store.status_counts()?);
+        } else if recorded.as_ref() != Some(&owned) {
+            let added: BTreeSet<i32> = owned.partitions.difference(&held).copied().collect();
+            if !held.is_empty() && !added.is_empty() {
+                tracing::info!(held = %list(&held), added = %list(&added), "the view owns more partitions now; folding the new ones from the start of the log");
+            }
+            self.store.set_owned(&owned)?;
+        }
+        tracing::info!(topic = %self.config.kafka.log_topic, partitions = %list(&owned.partitions), of = owned.log_partitions, spec = %spec, "owned partitions");
+        Ok(owned)
+    }
+
     /// A view that consumed past the end of a partition, or a partition the
     /// topic no longer has, was built from another incarnation of the topic.
-    fn check_offsets(&self, marks: &BTreeMap<i32, (i64, i64)>) -> Result<(), Error> {
+    fn check_offsets(&self, marks: &BTreeMap<i32, (i64, i64)>, owned: &Owned) -> Result<(), Error> {
         let stored = self.store.offsets()?;
         let mismatch = stored.iter().find_map(|(partition, next)| match marks.get(partition) {
             None => Some(format!("partition {partition} is in the view but not in the topic")),
@@ -188,7 +246,7 @@ impl Ingest {
             Some(_) => None,
         });
         if let Some(reason) = mismatch {
-            self.store.reset(&reason)?;
+            self.store.reset(&reason, Some(owned))?;
             self.metrics.set_counts(&self.store.status_counts()?);
             return Ok(());
         }
@@ -821,6 +879,112 @@ mod tests {
             waiters: Arc::new(RecordWaiters::new(16)),
         };
         (ingest, seen)
+    }
+
+    /// Watermarks of a log of `n` partitions.
+    fn log_of(n: i32) -> BTreeMap<i32, (i64, i64)> {
+        (0..n).map(|p| (p, (0, 100))).collect()
+    }
+
+    fn sharded(store: &Arc<Store>, dir: &std::path::Path, spec: &str) -> Result<Owned, Error> {
+        let (mut ingest, _) = ingest(store.clone(), dir);
+        ingest.config.partitions = spec.parse().unwrap();
+        ingest.check_ownership(&log_of(6))
+    }
+
+    fn owned(partitions: &[i32]) -> Owned {
+        Owned {
+            log_partitions: 6,
+            partitions: partitions.iter().copied().collect(),
+        }
+    }
+
+    /// A view of instances on partitions 0 and 1, as a projector from
+    /// before shards left it (nothing recorded about ownership).
+    fn legacy_view(dir: &std::path::Path) -> Arc<Store> {
+        use crate::testutil::{history_for, instance_id, record};
+        let (store, _) = crate::testutil::open(&dir.join("view"));
+        let mut log: Vec<_> = history_for(&instance_id(1), 3)
+            .iter()
+            .map(|e| record(0, e))
+            .collect();
+        log.extend(history_for(&instance_id(2), 3).iter().map(|e| record(1, e)));
+        crate::testutil::fold_into(&store, &log);
+        store
+    }
+
+    #[test]
+    fn a_fresh_view_records_the_partitions_it_owns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = crate::testutil::open(&dir.path().join("view"));
+        assert_eq!(
+            sharded(&store, dir.path(), "3-5").unwrap(),
+            owned(&[3, 4, 5])
+        );
+        assert_eq!(store.owned().unwrap(), Some(owned(&[3, 4, 5])));
+        assert_eq!(store.checkpoint().unwrap().owned, Some([3, 4, 5].into()));
+    }
+
+    #[test]
+    fn a_view_from_before_shards_is_kept_for_all_and_rebuilt_for_a_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = legacy_view(dir.path());
+        let before = store.checkpoint().unwrap();
+        assert_eq!(
+            sharded(&store, dir.path(), "all").unwrap(),
+            owned(&[0, 1, 2, 3, 4, 5])
+        );
+        let kept = store.checkpoint().unwrap();
+        assert_eq!((kept.digest, kept.instances), (before.digest, 2));
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = legacy_view(dir.path());
+        assert_eq!(
+            sharded(&store, dir.path(), "3-5").unwrap(),
+            owned(&[3, 4, 5])
+        );
+        // It held partitions it does not own any more: emptied, from offset 0.
+        assert_eq!(store.offsets().unwrap(), BTreeMap::new());
+        assert_eq!(store.status_counts().unwrap().total(), 0);
+        assert_eq!(store.owned().unwrap(), Some(owned(&[3, 4, 5])));
+    }
+
+    #[test]
+    fn a_shard_that_owns_more_keeps_its_view_and_one_that_owns_others_rebuilds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = legacy_view(dir.path());
+        store.set_owned(&owned(&[0, 1])).unwrap();
+        // 0-1 grows to 0-2: partition 2's instances are folded from its start.
+        assert_eq!(
+            sharded(&store, dir.path(), "0-2").unwrap(),
+            owned(&[0, 1, 2])
+        );
+        assert_eq!(store.status_counts().unwrap().total(), 2);
+        assert_eq!(store.owned().unwrap(), Some(owned(&[0, 1, 2])));
+        // 0-2 becomes shard 1 of 2 (1, 3, 5): it holds 0, so it is rebuilt.
+        assert_eq!(
+            sharded(&store, dir.path(), "1/2").unwrap(),
+            owned(&[1, 3, 5])
+        );
+        assert_eq!(store.status_counts().unwrap().total(), 0);
+        assert_eq!(store.owned().unwrap(), Some(owned(&[1, 3, 5])));
+    }
+
+    #[test]
+    fn partitions_the_log_does_not_have_stop_the_projector_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = crate::testutil::open(&dir.path().join("view"));
+        for (spec, says) in [
+            ("4-7", "partitions 6-7 are not in the log, which has 0-5"),
+            ("6/8", "owns none of the log's partitions"),
+        ] {
+            let error = sharded(&store, dir.path(), spec).unwrap_err();
+            assert!(matches!(error, Error::Config(_)), "{error:?}");
+            let text = error.to_string();
+            assert!(text.contains(says) && text.contains(spec), "{text}");
+        }
+        // Nothing was recorded for a spec that cannot be served.
+        assert_eq!(store.owned().unwrap(), None);
     }
 
     /// Two instances, A's history interrupted by B's first event: folded as

@@ -1,7 +1,8 @@
 //! The projector: folds `warrant.log` into a sled view and serves it.
 //!
 //! This crate owns the read side of docs/contract.md §6: it consumes every partition of
-//! the log (assigned by hand, from offsets kept in sled), folds each record
+//! the log, or one shard's share of them (`--partitions`; assigned by hand,
+//! from offsets kept in sled), folds each record
 //! with `warrant_authority::step` — the same code replay runs — and commits
 //! states, history entries, a status index and the consumed offsets in one
 //! atomic sled batch, flushed before anything reports progress. It serves
@@ -35,14 +36,16 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use warrant_authority::error_chain;
+use warrant_authority::{error_chain, Ownership};
 use warrant_kafka::KafkaArgs;
 
 pub use error::Error;
 pub use http::{router, AppState};
 pub use metrics::Metrics;
 pub use projection::{BatchStats, Projection, Sealed};
-pub use store::{Checkpoint, InstanceSummary, Opened, Page, StatusCounts, Store, StoreOptions};
+pub use store::{
+    Checkpoint, InstanceSummary, Opened, Owned, Page, StatusCounts, Store, StoreOptions,
+};
 
 /// Command-line flags and `WARRANT_*` variables; `--help` is the manual.
 #[derive(Debug, Clone, clap::Args)]
@@ -57,6 +60,20 @@ pub struct Args {
         default_value = ".cache/projector"
     )]
     pub data_dir: PathBuf,
+    /// The partitions of the log this projector folds and serves: `all`, a
+    /// list with ranges (`0-2`, `3,4,5`), or `I/N`, shard I of N: every
+    /// partition p with p % N == I (I may be a StatefulSet pod's name, whose
+    /// ordinal ends it). Each shard keeps its own view; a view built for
+    /// other partitions is rebuilt from offset 0 (one that holds fewer of
+    /// them is kept, and the new ones folded from the start of the log).
+    #[arg(
+        long,
+        env = "WARRANT_PROJECTOR_PARTITIONS",
+        value_name = "SPEC",
+        default_value = "all",
+        value_parser = parse_ownership
+    )]
+    pub partitions: Ownership,
     /// Address of the HTTP API (/v1/instances, /v1/checkpoint, /healthz, /metrics).
     #[arg(
         long,
@@ -109,12 +126,18 @@ pub struct Args {
     pub max_waiters: usize,
 }
 
+fn parse_ownership(text: &str) -> Result<Ownership, String> {
+    text.parse()
+        .map_err(|error: warrant_authority::OwnershipError| error.to_string())
+}
+
 impl Args {
     /// The validated configuration.
     pub fn config(self) -> Result<Config, Error> {
         let config = Config {
             kafka: self.kafka,
             data_dir: self.data_dir,
+            partitions: self.partitions,
             listen: self.listen,
             batch_records: self.batch_records,
             batch_wait: Duration::from_millis(self.batch_ms),
@@ -137,6 +160,8 @@ impl Args {
 pub struct Config {
     pub kafka: KafkaArgs,
     pub data_dir: PathBuf,
+    /// Which partitions this projector folds (`--partitions`).
+    pub partitions: Ownership,
     pub listen: SocketAddr,
     pub batch_records: usize,
     pub batch_wait: Duration,
@@ -156,6 +181,7 @@ impl Config {
         Config {
             kafka,
             data_dir: data_dir.into(),
+            partitions: Ownership::All,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             batch_records: 10_000,
             batch_wait: Duration::from_millis(100),

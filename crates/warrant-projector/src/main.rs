@@ -12,14 +12,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Folds the Warrant log into a local view and serves execution records.
 ///
-/// Consumes every partition of the log topic from the offsets stored in its
-/// sled directory, folds each event with the same code as warrant-replay,
-/// and serves:
+/// Consumes every partition of the log topic (or its shard's share,
+/// --partitions) from the offsets stored in its sled directory, folds each
+/// event with the same code as warrant-replay, and serves:
 ///
 ///   GET /v1/instances/{id}            the execution record of one instance
+///                                     (421 not_owner: another shard's partition)
 ///   GET /v1/instances?status=S&limit=N&after=ID
 ///                                     instances by status, paged by id
-///   GET /v1/checkpoint                consumed offsets and a digest of all heads
+///   GET /v1/checkpoint                consumed offsets, the partitions owned
+///                                     and a digest of all heads
+///   GET /v1/shard                     the partitions owned, of how many
 ///   GET /readyz                       200 once caught up with the log; 503 while
 ///                                     catching up or while the disk is full
 ///                                     ("status": "storage_error", with the error)

@@ -12,6 +12,7 @@
 //! |---|---|
 //! | `~format` | [`FORMAT`] |
 //! | `~topic` | the log topic name |
+//! | `~owned` | the partitions the view folds, of how many: `6:0,1,2` (absent in a view from before shards, which folded them all, and in a fresh one); see [`Owned`] |
 //! | `~corrupt` | present only when a read found bad bytes: rebuild on next start |
 //! | `c` status-code | instances with that status, u64 BE (code 0xFF: no proposal) |
 //! | `h` instance-id 0x00 first-seq-u64-BE | a run: the instance's log records from one batch, see `push_entry` |
@@ -30,7 +31,7 @@
 //! States are MessagePack (`rmp_serde`, structs as arrays): a change to the
 //! serde shape of `InstanceState` or anything in it must bump [`FORMAT`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -39,8 +40,8 @@ use std::sync::{Mutex, PoisonError, RwLock};
 
 use serde::Serialize;
 use warrant_authority::{
-    checkpoint_digest, fold, ExecutionRecord, Hash32, HistoryEntry, InstanceState, LogEvent,
-    LogPosition, StatusName,
+    checkpoint_digest, fold, instance_partition, ExecutionRecord, Hash32, HistoryEntry,
+    InstanceState, LogEvent, LogPosition, StatusName,
 };
 
 use crate::error::Error;
@@ -63,6 +64,7 @@ pub const FORMAT: &str = "warrant-projector/4";
 
 const META_FORMAT: &[u8] = b"~format";
 const META_TOPIC: &[u8] = b"~topic";
+const META_OWNED: &[u8] = b"~owned";
 const META_CORRUPT: &[u8] = b"~corrupt";
 const COUNT: u8 = b'c';
 const HISTORY: u8 = b'h';
@@ -163,9 +165,51 @@ pub struct Checkpoint {
     pub topic: String,
     /// Next offset to consume, per partition.
     pub partitions: BTreeMap<i32, i64>,
+    /// The partitions this view folds (all of them, unless the projector
+    /// is one shard of several), once the fold has resolved them against
+    /// the log; a partition owned but still empty has no offset yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owned: Option<BTreeSet<i32>>,
+    /// How many partitions the log had when they were resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_partitions: Option<i32>,
     pub instances: u64,
-    /// [`warrant_authority::checkpoint_digest`] over every instance's head.
+    /// [`warrant_authority::checkpoint_digest`] over the head of every
+    /// instance in the view (in its owned partitions only, for a shard).
     pub digest: Hash32,
+}
+
+/// The partitions a view folds, of a log of `log_partitions`: every one
+/// for a lone projector, its share for one shard of several (`--partitions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Owned {
+    pub log_partitions: i32,
+    pub partitions: BTreeSet<i32>,
+}
+
+impl Owned {
+    fn encode(&self) -> String {
+        let partitions: Vec<String> = self.partitions.iter().map(i32::to_string).collect();
+        format!("{}:{}", self.log_partitions, partitions.join(","))
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Owned> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (count, list) = text.split_once(':')?;
+        let log_partitions: i32 = count.parse().ok().filter(|n| *n > 0)?;
+        let partitions = list
+            .split(',')
+            .map(|p| {
+                p.parse::<i32>()
+                    .ok()
+                    .filter(|p| (0..log_partitions).contains(p))
+            })
+            .collect::<Option<BTreeSet<i32>>>()?;
+        (!partitions.is_empty()).then_some(Owned {
+            log_partitions,
+            partitions,
+        })
+    }
 }
 
 /// What [`Store::open`] found.
@@ -280,7 +324,7 @@ impl Store {
             ),
         };
         if opened != Opened::Resumed {
-            write_meta(&db, topic)?;
+            write_meta(&db, topic, None)?;
         }
         let store = Store {
             db: RwLock::new(Some(db)),
@@ -298,13 +342,14 @@ impl Store {
     }
 
     /// Empty the view in place (the log changed under it, e.g. the topic was
-    /// recreated): the next fold starts from offset 0.
-    pub fn reset(&self, reason: &str) -> Result<(), Error> {
+    /// recreated, or the projector now owns other partitions): the next
+    /// fold starts from offset 0. `owned`: what the emptied view will fold.
+    pub fn reset(&self, reason: &str, owned: Option<&Owned>) -> Result<(), Error> {
         tracing::warn!(path = %self.sled_dir.display(), reason, "sled view does not match the log; clearing it and rebuilding from offset 0");
         let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
         let db = self.db()?;
         db.clear().map_err(Error::sled("clear the view"))?;
-        write_meta(&db, &self.topic)?;
+        write_meta(&db, &self.topic, owned)?;
         db.flush().map_err(Error::sled("flush"))?;
         *self
             .checkpoint
@@ -330,6 +375,44 @@ impl Store {
     /// The next offset to consume per partition, as last committed.
     pub fn offsets(&self) -> Result<BTreeMap<i32, i64>, Error> {
         offsets_in(&self.db()?)
+    }
+
+    /// The partitions the view folds, if recorded (see [`Owned`]).
+    pub fn owned(&self) -> Result<Option<Owned>, Error> {
+        owned_in(&self.db()?)
+    }
+
+    /// Record the partitions the view folds from now on. The caller makes
+    /// sure the view holds nothing of any other (see [`Store::reset`]).
+    pub fn set_owned(&self, owned: &Owned) -> Result<(), Error> {
+        let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        let db = self.db()?;
+        db.insert(META_OWNED, owned.encode().as_bytes())
+            .map_err(Error::sled("write meta"))?;
+        db.flush().map_err(Error::sled("flush"))?;
+        *self
+            .checkpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        Ok(())
+    }
+
+    /// The partition of `instance_id` and what the view owns, when the view
+    /// is a shard that does not own that partition and holds no such
+    /// instance: a request for it was sent to the wrong shard. `None` when
+    /// the view owns it, holds it anyway, or has not resolved its
+    /// partitions yet.
+    pub fn misdirected(&self, instance_id: &str) -> Result<Option<(i32, Owned)>, Error> {
+        let Some(owned) = self.owned()? else {
+            return Ok(None);
+        };
+        let Some(partition) = instance_partition(instance_id, owned.log_partitions) else {
+            return Ok(None);
+        };
+        if owned.partitions.contains(&partition) || self.state(instance_id)?.is_some() {
+            return Ok(None);
+        }
+        Ok(Some((partition, owned)))
     }
 
     /// How many instances have each status, as last committed.
@@ -552,9 +635,12 @@ impl Store {
             let summary = decode_summary(&key, &value)?;
             heads.push((summary.instance_id, summary.head_hash));
         }
+        let owned = owned_in(&db)?;
         let checkpoint = Checkpoint {
             topic: self.topic.clone(),
             partitions: offsets_in(&db)?,
+            log_partitions: owned.as_ref().map(|o| o.log_partitions),
+            owned: owned.map(|o| o.partitions),
             instances: heads.len() as u64,
             digest: checkpoint_digest(heads.iter().map(|(id, head)| (id.as_str(), head))),
         };
@@ -707,6 +793,11 @@ impl Store {
     pub fn sled_dir(&self) -> &Path {
         &self.sled_dir
     }
+
+    /// The log topic this view folds.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
 }
 
 /// [`Store::offsets`] on one handle.
@@ -722,6 +813,16 @@ fn offsets_in(db: &sled::Db) -> Result<BTreeMap<i32, i64>, Error> {
         offsets.insert(partition, decode_i64(&value, "offset")?);
     }
     Ok(offsets)
+}
+
+/// [`Store::owned`] on one handle.
+fn owned_in(db: &sled::Db) -> Result<Option<Owned>, Error> {
+    match db.get(META_OWNED).map_err(Error::sled("read meta"))? {
+        None => Ok(None),
+        Some(bytes) => Owned::decode(&bytes)
+            .map(Some)
+            .ok_or_else(|| Error::corrupt("the owned partitions do not decode")),
+    }
 }
 
 /// [`Store::state`] on one handle (the caller holds the gate).
@@ -942,6 +1043,11 @@ fn check_meta(db: &sled::Db, topic: &str, full: bool) -> Result<Meta, Error> {
             )))
         }
     }
+    if get(META_OWNED)?.is_some_and(|owned| Owned::decode(&owned).is_none()) {
+        return Ok(Meta::Incompatible(
+            "its owned partitions do not decode".to_owned(),
+        ));
+    }
     // The few keys everything else rests on must decode.
     for item in db.scan_prefix([OFFSET]).chain(db.scan_prefix([COUNT])) {
         let (key, value) = item.map_err(Error::sled("read meta"))?;
@@ -987,10 +1093,14 @@ fn check_meta(db: &sled::Db, topic: &str, full: bool) -> Result<Meta, Error> {
     Ok(Meta::Compatible)
 }
 
-fn write_meta(db: &sled::Db, topic: &str) -> Result<(), Error> {
+fn write_meta(db: &sled::Db, topic: &str, owned: Option<&Owned>) -> Result<(), Error> {
     let mut batch = sled::Batch::default();
     batch.insert(META_FORMAT, FORMAT.as_bytes());
     batch.insert(META_TOPIC, topic.as_bytes());
+    match owned {
+        Some(owned) => batch.insert(META_OWNED, owned.encode().as_bytes()),
+        None => batch.remove(META_OWNED),
+    }
     batch.remove(META_CORRUPT);
     db.apply_batch(batch).map_err(Error::sled("write meta"))?;
     db.flush().map_err(Error::sled("flush"))?;
@@ -1408,6 +1518,38 @@ mod tests {
     }
 
     #[test]
+    fn the_owned_partitions_survive_a_restart_and_bad_ones_rebuild_the_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let owned = Owned {
+            log_partitions: 6,
+            partitions: [3, 4, 5].into(),
+        };
+        {
+            let (store, _) = open(dir.path());
+            fold_into(&store, &mixed_log());
+            store.set_owned(&owned).unwrap();
+        }
+        let (store, opened) = open(dir.path());
+        assert_eq!(opened, Opened::Resumed);
+        assert_eq!(store.owned().unwrap(), Some(owned.clone()));
+        // Reset keeps what the emptied view will fold.
+        store.reset("a test", Some(&owned)).unwrap();
+        assert_eq!(store.owned().unwrap(), Some(owned));
+        for bad in [&b"6:"[..], b"6:7", b"0:0", b"x", b"6:1,,2"] {
+            store.db().unwrap().insert(META_OWNED, bad).unwrap();
+            assert!(Owned::decode(bad).is_none(), "{bad:?}");
+            store.db().unwrap().flush().unwrap();
+        }
+        drop(store);
+        let (store, opened) = open(dir.path());
+        assert!(
+            matches!(opened, Opened::Rebuilt { ref reason } if reason.contains("owned")),
+            "{opened:?}"
+        );
+        assert_eq!(store.owned().unwrap(), None);
+    }
+
+    #[test]
     fn a_directory_sled_cannot_open_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -1604,7 +1746,7 @@ mod tests {
         let (store, _) = open(dir.path());
         fold_into(&store, &mixed_log());
         assert_eq!(store.checkpoint().unwrap().instances, 3);
-        store.reset("a test").unwrap();
+        store.reset("a test", None).unwrap();
         assert_eq!(store.checkpoint().unwrap().instances, 0);
         assert!(store.offsets().unwrap().is_empty());
         drop(store);

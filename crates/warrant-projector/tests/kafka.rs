@@ -405,6 +405,103 @@ async fn a_view_of_another_incarnation_of_the_topic_is_rebuilt() {
     assert_eq!(store.offsets().unwrap(), BTreeMap::from([(0, 3)]));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_fold_their_own_partitions_and_the_producer_agrees_on_where_keys_go() {
+    let kafka = fresh_topics(6).await;
+    let producer = kafka.producer().unwrap();
+    // Instances until every partition has two; the producer's partitioner
+    // (murmur2_random) must put each where warrant-authority says.
+    let mut records = Vec::new();
+    let mut per_partition = BTreeMap::<i32, usize>::new();
+    let mut ids = Vec::new();
+    for n in 1.. {
+        let id = instance_id(n);
+        let partition = warrant_authority::instance_partition(&id, 6).unwrap();
+        let count = per_partition.entry(partition).or_default();
+        if *count < 2 {
+            *count += 1;
+            ids.push(id.clone());
+            records.extend(history_for(&id)[..4].iter().map(Produce::event));
+        }
+        if per_partition.len() == 6 && per_partition.values().all(|c| *c == 2) {
+            break;
+        }
+    }
+    let positions = produce(&producer, &kafka.log_topic, &records).await;
+    for (position, record) in positions.iter().zip(&records) {
+        let key = String::from_utf8(record.key.clone().unwrap()).unwrap();
+        assert_eq!(
+            Some(position.partition),
+            warrant_authority::instance_partition(&key, 6),
+            "{key}"
+        );
+    }
+    let log: Vec<(LogPosition, Produce)> = positions.into_iter().zip(records).collect();
+    let ledger = ledger_of(&log);
+
+    let data = tempfile::tempdir().unwrap();
+    let mut shards = Vec::new();
+    for (n, spec) in ["0-2", "3-5"].into_iter().enumerate() {
+        let mut config = Config::new(kafka.clone(), data.path().join(format!("shard-{n}")));
+        config.partitions = spec.parse().unwrap();
+        shards.push(Projector::start(config).await.unwrap());
+    }
+    for shard in &shards {
+        wait_caught_up(shard).await;
+    }
+    let mut instances = 0;
+    for (shard, owned) in shards.iter().zip([[0, 1, 2], [3, 4, 5]]) {
+        let addr = shard.local_addr();
+        let (_, checkpoint) = get(addr, "/v1/checkpoint").await;
+        assert_eq!(
+            checkpoint["owned"],
+            serde_json::json!(owned),
+            "{checkpoint}"
+        );
+        assert_eq!(checkpoint["log_partitions"], 6);
+        let consumed: Vec<i32> = checkpoint["partitions"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(consumed, owned, "{checkpoint}");
+        // Its digest is the shared ledger's over its own partitions.
+        let heads: Vec<(&str, &warrant_authority::Hash32)> = ledger
+            .instances()
+            .filter(|(id, _)| {
+                owned.contains(&warrant_authority::instance_partition(id, 6).unwrap())
+            })
+            .map(|(id, folded)| (id.as_str(), &folded.state.head))
+            .collect();
+        assert_eq!(checkpoint["instances"], heads.len());
+        instances += heads.len();
+        assert_eq!(
+            checkpoint["digest"],
+            warrant_authority::checkpoint_digest(heads).to_string()
+        );
+        let (status, body) = get(addr, "/readyz").await;
+        assert_eq!(status, 200, "{body}");
+        for id in &ids {
+            let mine = owned.contains(&warrant_authority::instance_partition(id, 6).unwrap());
+            let (status, body) = get(addr, &format!("/v1/instances/{id}")).await;
+            if mine {
+                assert_eq!(status, 200, "{id}: {body}");
+                let expected = serde_json::to_value(ledger.get(id).unwrap().record()).unwrap();
+                assert_eq!(body, expected);
+            } else {
+                assert_eq!(status, 421, "{id}: {body}");
+                assert_eq!(body["error"]["code"], "not_owner");
+            }
+        }
+    }
+    assert_eq!(instances, ids.len());
+    for shard in shards {
+        shard.stop();
+        shard.wait().await.unwrap();
+    }
+}
+
 /// Catch-up rate on `WARRANT_BENCH_EVENTS` events (default 100000): the
 /// sample lifecycle of many instances, in overlapping waves, over 3
 /// partitions. Prints records/s; asserts only that the view is right.

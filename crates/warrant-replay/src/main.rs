@@ -86,6 +86,15 @@ compared; only such a range, from the log start, proves that no instance is
 missing (a whole instance removed from a partial range leaves nothing to
 compare). Text output escapes control characters in every string from the log.
 
+SHARDS: a projector sharded by partition (warrant-projector --partitions) is
+verified with every shard's URL (--verify URL1,URL2 or the flag repeated).
+Each shard's checkpoint says which partitions it folds; each instance is
+compared with the shard of its partition, each shard's digest with replay's
+over its partitions (a line per shard, then the composed checkpoint), and
+--to-checkpoint reads each partition up to its shard's offset. A partition
+folded by two shards given is a usage error; one that no shard given folds
+fails the comparison (UNOWNED), so some shards are never taken for the log.
+
 --check-rules resolves every proposal in the range again against the ruleset
 the rulesets topic (--rulesets-topic) holds under the proposal's recorded
 digest (the text must hash to it) and lists every instance whose recorded
@@ -106,6 +115,7 @@ EXAMPLES:
   warrant-replay --instance 6f1c2b9e-4d0a-4c7e-9a51-0d2f3b8c7e11
   warrant-replay --format ndjson --from-time 2026-11-01 --to-time 2026-12-01
   warrant-replay --verify http://127.0.0.1:8081 --to-checkpoint
+  warrant-replay --verify http://projector-0:8081,http://projector-1:8081 --to-checkpoint
   warrant-replay export --out log-2026-11.avro --from-time 2026-11-01 --to-time 2026-12-01
   warrant-replay --file log-2026-11.avro --verify http://127.0.0.1:8081";
 
@@ -266,13 +276,17 @@ struct ReplayArgs {
     #[arg(long, env = "WARRANT_REPLAY_CHECK_RULES", help_heading = "Verify")]
     check_rules: bool,
     /// Compare with the projector at this base URL (e.g. http://127.0.0.1:8081).
+    /// For a projector sharded by partition, every shard's URL: repeat the
+    /// flag or separate them with commas; each instance is compared with
+    /// the shard that folds its partition.
     #[arg(
         long,
         env = "WARRANT_REPLAY_VERIFY",
         value_name = "URL",
+        value_delimiter = ',',
         help_heading = "Verify"
     )]
-    verify: Option<String>,
+    verify: Vec<String>,
     /// Requests to the projector in flight at once.
     #[arg(
         long,
@@ -387,19 +401,19 @@ fn run_export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
 fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let common = &args.common;
     init_logs(common);
-    let format = args.format.unwrap_or(if args.verify.is_some() {
+    let format = args.format.unwrap_or(if !args.verify.is_empty() {
         Format::None
     } else {
         Format::Text
     });
-    let keep = match (format, &args.verify) {
+    let keep = match (format, args.verify.is_empty()) {
         (Format::Text | Format::Json | Format::Ndjson, _) => Keep::History,
-        (Format::None, Some(_)) => Keep::Chain,
-        (Format::None, None) => Keep::State,
+        (Format::None, false) => Keep::Chain,
+        (Format::None, true) => Keep::State,
     };
     let mut range = common.range()?;
-    let verify_options = args.verify.as_ref().map(|url| VerifyOptions {
-        url: url.clone(),
+    let verify_options = (!args.verify.is_empty()).then(|| VerifyOptions {
+        urls: args.verify.clone(),
         concurrency: args.verify_concurrency,
         timeout: Duration::from_secs(args.verify_timeout),
         projector_topic: args.verify_topic.clone(),

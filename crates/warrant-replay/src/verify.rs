@@ -5,6 +5,14 @@
 //! entry `seq` of replay against `history[seq-1]` of the projector. The
 //! comparison itself ([`compare`]) is a pure function; [`verify`] fetches.
 //!
+//! A projector sharded by partition (`warrant-projector --partitions`) is
+//! verified by giving every shard's URL: each shard's checkpoint says which
+//! partitions it folds, each instance is compared with the shard of its
+//! partition, each shard's digest with replay's over those partitions, and
+//! a partition that no shard given folds fails the comparison
+//! ([`Verdict::Unowned`]), so verifying some shards is never mistaken for
+//! verifying the log.
+//!
 //! "May have folded more" has a limit: the projector's next entry for the
 //! instance sits at a log position. When that position lies inside the
 //! range replay read, the range held that record and replay did not fold
@@ -21,7 +29,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use warrant_authority::{error_chain, EntryView, ExecutionRecord, Hash32, LogPosition, Outcome};
+use warrant_authority::{
+    checkpoint_digest, error_chain, EntryView, ExecutionRecord, Hash32, LogPosition, Outcome,
+};
 
 use crate::range::PartitionRange;
 use crate::replayed::{Replay, ReplayedInstance};
@@ -109,6 +119,9 @@ pub enum Verdict {
     FieldsDiffer { fields: Vec<String> },
     /// The projector's answer is not a usable execution record.
     Malformed { reason: String },
+    /// None of the projectors given folds the instance's partition (they
+    /// are shards, and not every shard was given).
+    Unowned { partition: i32 },
 }
 
 impl Verdict {
@@ -123,7 +136,8 @@ impl Verdict {
             | Verdict::EntryMissing { .. }
             | Verdict::StartMissing { .. }
             | Verdict::FieldsDiffer { .. }
-            | Verdict::Malformed { .. } => true,
+            | Verdict::Malformed { .. }
+            | Verdict::Unowned { .. } => true,
         }
     }
 
@@ -141,6 +155,7 @@ impl Verdict {
             | Verdict::StartMissing { .. }
             | Verdict::FieldsDiffer { .. } => "DIFFERS",
             Verdict::Malformed { .. } => "MALFORMED",
+            Verdict::Unowned { .. } => "UNOWNED",
         }
     }
 }
@@ -207,6 +222,10 @@ impl std::fmt::Display for Verdict {
                 write!(f, "same entries but different {}", fields.join(", "))
             }
             Verdict::Malformed { reason } => write!(f, "unusable answer: {reason}"),
+            Verdict::Unowned { partition } => write!(
+                f,
+                "no projector given folds partition {partition} (give --verify every shard's URL)"
+            ),
         }
     }
 }
@@ -460,6 +479,13 @@ pub struct ProjectorCheckpoint {
     pub topic: String,
     /// Partition (as a string, JSON keys being strings) to next offset.
     pub partitions: BTreeMap<String, i64>,
+    /// The partitions it folds, when it says (a projector from before
+    /// shards does not, and folds them all).
+    #[serde(default)]
+    pub owned: Option<Vec<i32>>,
+    /// How many partitions the log had when it resolved `owned`.
+    #[serde(default)]
+    pub log_partitions: Option<i32>,
     #[serde(default)]
     pub instances: Option<u64>,
     pub digest: Hash32,
@@ -469,6 +495,39 @@ impl ProjectorCheckpoint {
     pub fn next_offset(&self, partition: i32) -> Option<i64> {
         self.partitions.get(&partition.to_string()).copied()
     }
+
+    /// Its topic and offsets.
+    pub fn offsets(&self) -> CheckpointOffsets {
+        CheckpointOffsets {
+            topic: self.topic.clone(),
+            partitions: self.partitions.clone(),
+        }
+    }
+}
+
+/// What the projectors given have consumed, composed: one projector's
+/// checkpoint offsets, or every shard's offsets of the partitions it owns.
+/// `--to-checkpoint` reads up to them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointOffsets {
+    pub topic: String,
+    /// Partition (as a string) to next offset.
+    pub partitions: BTreeMap<String, i64>,
+}
+
+impl CheckpointOffsets {
+    pub fn next_offset(&self, partition: i32) -> Option<i64> {
+        self.partitions.get(&partition.to_string()).copied()
+    }
+}
+
+/// One shard's part of the checkpoint comparison.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardCheck {
+    pub url: String,
+    /// The partitions it folds.
+    pub owned: Vec<i32>,
+    pub checkpoint: CheckpointCheck,
 }
 
 /// What the checkpoint says about the range.
@@ -519,6 +578,14 @@ pub struct VerifyReport {
     /// read was rewritten, so the comparison fails whatever else agrees.
     #[serde(default)]
     pub gaps: Vec<crate::Gap>,
+    /// With several shards, each one's digest against replay's over its
+    /// partitions (`checkpoint` then sums them up).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardCheck>,
+    /// Partitions of the log (or of the range) that none of the projectors
+    /// given folds: a failure, the log was not verified whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unowned: Vec<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -535,6 +602,7 @@ impl VerifyReport {
         self.instances.iter().any(|i| i.verdict.is_failure())
             || matches!(self.checkpoint, CheckpointCheck::Differs { .. })
             || !self.gaps.is_empty()
+            || !self.unowned.is_empty()
     }
 
     /// Verdict label to count.
@@ -591,26 +659,26 @@ impl VerifyReport {
                 )?,
             }
         }
-        match &self.checkpoint {
-            CheckpointCheck::Unavailable { reason } => writeln!(
+        if !self.unowned.is_empty() {
+            writeln!(
                 out,
-                "checkpoint: unavailable ({})",
-                crate::text::clean(reason)
-            )?,
-            CheckpointCheck::Skipped { reason } => writeln!(
-                out,
-                "checkpoint: digest not compared ({})",
-                crate::text::clean(reason)
-            )?,
-            CheckpointCheck::Equal { digest, instances } => writeln!(
-                out,
-                "checkpoint: digest equal over {instances} instances ({digest})"
-            )?,
-            CheckpointCheck::Differs { expected, actual } => writeln!(
-                out,
-                "DIFFERS   checkpoint digest: replay {expected}, projector {actual}"
-            )?,
+                "UNOWNED   partitions {}: none of the projectors given folds them (give --verify every shard's URL)",
+                warrant_authority::ranges(&self.unowned)
+            )?;
         }
+        for shard in &self.shards {
+            write!(
+                out,
+                "  shard {} (partitions {}): ",
+                crate::text::clean(&shard.url),
+                warrant_authority::ranges(&shard.owned)
+            )?;
+            write_checkpoint(out, &shard.checkpoint)?;
+        }
+        if !self.shards.is_empty() {
+            write!(out, "composed ")?;
+        }
+        write_checkpoint(out, &self.checkpoint)?;
         if let Some(reason) = &self.completeness_not_proven {
             writeln!(
                 out,
@@ -642,11 +710,36 @@ impl VerifyReport {
     }
 }
 
+/// One checkpoint line of the text report.
+fn write_checkpoint(out: &mut dyn std::io::Write, check: &CheckpointCheck) -> std::io::Result<()> {
+    match check {
+        CheckpointCheck::Unavailable { reason } => writeln!(
+            out,
+            "checkpoint: unavailable ({})",
+            crate::text::clean(reason)
+        ),
+        CheckpointCheck::Skipped { reason } => writeln!(
+            out,
+            "checkpoint: digest not compared ({})",
+            crate::text::clean(reason)
+        ),
+        CheckpointCheck::Equal { digest, instances } => writeln!(
+            out,
+            "checkpoint: digest equal over {instances} instances ({digest})"
+        ),
+        CheckpointCheck::Differs { expected, actual } => writeln!(
+            out,
+            "DIFFERS   checkpoint digest: replay {expected}, projector {actual}"
+        ),
+    }
+}
+
 /// How to talk to the projector.
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
-    /// Base URL, e.g. `http://127.0.0.1:8081`.
-    pub url: String,
+    /// Base URL, e.g. `http://127.0.0.1:8081`; several for the shards of a
+    /// projector sharded by partition (every shard's).
+    pub urls: Vec<String>,
     /// Requests in flight at once.
     pub concurrency: usize,
     pub timeout: Duration,
@@ -658,8 +751,13 @@ pub struct VerifyOptions {
 
 impl VerifyOptions {
     pub fn new(url: impl Into<String>) -> VerifyOptions {
+        VerifyOptions::sharded(vec![url.into()])
+    }
+
+    /// Every shard of a projector sharded by partition.
+    pub fn sharded(urls: Vec<String>) -> VerifyOptions {
         VerifyOptions {
-            url: url.into(),
+            urls,
             concurrency: 8,
             timeout: Duration::from_secs(30),
             projector_topic: None,
@@ -674,7 +772,7 @@ impl VerifyOptions {
 fn digest_comparable(
     replay: &Replay,
     topic: &str,
-    checkpoint: &ProjectorCheckpoint,
+    checkpoint: &CheckpointOffsets,
 ) -> Result<(), String> {
     if replay.only.is_some() {
         return Err("only one instance was replayed".to_owned());
@@ -732,7 +830,7 @@ fn checkpoint_check(
     topic: &str,
     checkpoint: &ProjectorCheckpoint,
 ) -> CheckpointCheck {
-    if let Err(reason) = digest_comparable(replay, topic, checkpoint) {
+    if let Err(reason) = digest_comparable(replay, topic, &checkpoint.offsets()) {
         return CheckpointCheck::Skipped { reason };
     }
     match replay.checkpoint_digest() {
@@ -750,7 +848,7 @@ fn checkpoint_check(
     }
 }
 
-fn lags(replay: &Replay, topic: &str, checkpoint: &ProjectorCheckpoint) -> Vec<Lag> {
+fn lags(replay: &Replay, topic: &str, checkpoint: &CheckpointOffsets) -> Vec<Lag> {
     if checkpoint.topic != topic {
         return Vec::new();
     }
@@ -797,7 +895,11 @@ async fn fetch_instance(
 ) -> Result<Fetched, Error> {
     let url = format!("{base}/v1/instances/{instance_id}");
     let (status, body) = get(&client, url.clone()).await?;
-    if status == reqwest::StatusCode::NOT_FOUND {
+    // 421: the shard that folds the instance's partition does not hold it
+    // (its key routes elsewhere, and no record of it reached the shard).
+    if status == reqwest::StatusCode::NOT_FOUND
+        || status == reqwest::StatusCode::MISDIRECTED_REQUEST
+    {
         return Ok(Fetched::NotFound);
     }
     if !status.is_success() {
@@ -827,37 +929,255 @@ async fn fetch_checkpoint(
     serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
 }
 
-/// The projector's checkpoint (`--to-checkpoint` reads up to its offsets).
-pub async fn checkpoint(options: &VerifyOptions) -> Result<ProjectorCheckpoint, Error> {
-    let base = options.url.trim_end_matches('/').to_owned();
-    let client = reqwest::Client::builder()
+/// The projectors given, and which of them folds each partition.
+struct Projectors {
+    /// Base URLs, without a trailing slash.
+    urls: Vec<String>,
+    /// Each one's checkpoint, fetched first.
+    checkpoints: Vec<Result<ProjectorCheckpoint, String>>,
+    /// The projector of each partition it says it folds; `None` for one
+    /// projector that does not say (from before shards: it folds them all).
+    owners: Option<BTreeMap<i32, usize>>,
+    /// The log's partition count, as the projectors saw it.
+    log_partitions: Option<i32>,
+}
+
+impl Projectors {
+    /// Which projector to ask about a record of `partition`.
+    fn owner(&self, partition: i32) -> Option<usize> {
+        match &self.owners {
+            None => Some(0),
+            Some(owners) => owners.get(&partition).copied(),
+        }
+    }
+
+    /// Partitions of the log and of the range that no projector given
+    /// folds (none known for one projector that does not say).
+    fn unowned(&self, replay: &Replay) -> Vec<i32> {
+        let Some(owners) = &self.owners else {
+            return Vec::new();
+        };
+        let mut partitions: BTreeSet<i32> = replay.ranges.iter().map(|r| r.partition).collect();
+        partitions.extend(0..self.log_partitions.unwrap_or(0));
+        partitions
+            .into_iter()
+            .filter(|p| !owners.contains_key(p))
+            .collect()
+    }
+
+    /// The checkpoint composed: the topic, and every projector's offsets of
+    /// the partitions it folds.
+    fn offsets(&self) -> Result<CheckpointOffsets, String> {
+        let mut composed: Option<CheckpointOffsets> = None;
+        for (n, checkpoint) in self.checkpoints.iter().enumerate() {
+            let checkpoint = checkpoint.as_ref().map_err(Clone::clone)?;
+            let composed = composed.get_or_insert_with(|| CheckpointOffsets {
+                topic: checkpoint.topic.clone(),
+                partitions: BTreeMap::new(),
+            });
+            for (partition, next) in &checkpoint.partitions {
+                let own = partition
+                    .parse::<i32>()
+                    .is_ok_and(|p| self.owner(p) == Some(n));
+                if own {
+                    composed.partitions.insert(partition.clone(), *next);
+                }
+            }
+        }
+        composed.ok_or_else(|| "no projector given".to_owned())
+    }
+}
+
+fn http_client(options: &VerifyOptions) -> Result<reqwest::Client, Error> {
+    reqwest::Client::builder()
         .timeout(options.timeout)
         .build()
         .map_err(|source| Error::Http {
-            url: base.clone(),
+            url: options.urls.join(","),
             source,
+        })
+}
+
+/// Fetch every projector's checkpoint and learn who folds what. With one
+/// projector, an unreadable checkpoint is reported, not fatal (today's
+/// `--verify`); several must all say what they fold, once each.
+async fn projectors(
+    client: &reqwest::Client,
+    options: &VerifyOptions,
+) -> Result<Projectors, Error> {
+    let urls: Vec<String> = options
+        .urls
+        .iter()
+        .map(|url| url.trim().trim_end_matches('/').to_owned())
+        .filter(|url| !url.is_empty())
+        .collect();
+    if urls.is_empty() {
+        return Err(Error::Usage("--verify needs a projector URL".to_owned()));
+    }
+    let mut checkpoints = Vec::with_capacity(urls.len());
+    for url in &urls {
+        checkpoints.push(fetch_checkpoint(client, url).await);
+    }
+    if let [only] = checkpoints.as_slice() {
+        let said = only.as_ref().ok();
+        return Ok(Projectors {
+            owners: said
+                .and_then(|c| c.owned.as_ref())
+                .map(|owned| owned.iter().map(|p| (*p, 0)).collect()),
+            log_partitions: said.and_then(|c| c.log_partitions),
+            urls,
+            checkpoints,
+        });
+    }
+    let usage = |message: String| Error::Usage(format!("--verify: {message}"));
+    let mut owners = BTreeMap::new();
+    let mut first: Option<(&str, &ProjectorCheckpoint)> = None;
+    for (n, (url, checkpoint)) in urls.iter().zip(&checkpoints).enumerate() {
+        let checkpoint = checkpoint.as_ref().map_err(|reason| {
+            usage(format!(
+                "cannot read the checkpoint of {url}, which says the partitions it folds: {reason}"
+            ))
         })?;
-    fetch_checkpoint(&client, &base).await.map_err(|reason| {
+        let owned = checkpoint.owned.as_ref().ok_or_else(|| {
+            usage(format!(
+                "{url} does not say which partitions it folds (a projector from before shards, or one not connected to Kafka yet); several URLs must be shards of one projector"
+            ))
+        })?;
+        if let Some((first_url, first)) = first {
+            if checkpoint.topic != first.topic {
+                return Err(usage(format!(
+                    "{url} folds topic {}, {first_url} folds {}",
+                    checkpoint.topic, first.topic
+                )));
+            }
+            if checkpoint.log_partitions != first.log_partitions {
+                return Err(usage(format!(
+                    "{url} sees {:?} partitions of the log, {first_url} sees {:?}",
+                    checkpoint.log_partitions, first.log_partitions
+                )));
+            }
+        } else {
+            first = Some((url, checkpoint));
+        }
+        for partition in owned {
+            if let Some(other) = owners.insert(*partition, n) {
+                return Err(usage(format!(
+                    "partition {partition} is folded by both {} and {url}: each partition needs exactly one shard",
+                    urls[other]
+                )));
+            }
+        }
+    }
+    let log_partitions = first.and_then(|(_, c)| c.log_partitions);
+    Ok(Projectors {
+        urls,
+        checkpoints,
+        owners: Some(owners),
+        log_partitions,
+    })
+}
+
+/// The projectors' checkpoint offsets, composed across shards
+/// (`--to-checkpoint` reads up to them).
+pub async fn checkpoint(options: &VerifyOptions) -> Result<CheckpointOffsets, Error> {
+    let client = http_client(options)?;
+    let projectors = projectors(&client, options).await?;
+    projectors.offsets().map_err(|reason| {
         Error::Usage(format!(
             "--to-checkpoint: cannot read the projector's checkpoint: {reason}"
         ))
     })
 }
 
-/// Compare every replayed instance with the projector at `options.url`.
+/// Each shard's digest against replay's over its partitions, and what they
+/// say together: equal when every shard's is (the digest then is replay's
+/// over the whole range, what one projector of the log would report).
+fn shard_checks(
+    replay: &Replay,
+    topic: &str,
+    projectors: &Projectors,
+) -> (CheckpointCheck, Vec<ShardCheck>) {
+    let composed = projectors.offsets();
+    let comparable = composed
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|offsets| digest_comparable(replay, topic, offsets));
+    let mut shards = Vec::with_capacity(projectors.urls.len());
+    let mut differs = None;
+    for (n, (url, checkpoint)) in projectors
+        .urls
+        .iter()
+        .zip(&projectors.checkpoints)
+        .enumerate()
+    {
+        let owned: Vec<i32> = projectors
+            .owners
+            .iter()
+            .flatten()
+            .filter(|(_, owner)| **owner == n)
+            .map(|(p, _)| *p)
+            .collect();
+        let check = match (checkpoint, &comparable) {
+            (Err(reason), _) => CheckpointCheck::Unavailable {
+                reason: reason.clone(),
+            },
+            (Ok(_), Err(reason)) => CheckpointCheck::Skipped {
+                reason: reason.clone(),
+            },
+            (Ok(checkpoint), Ok(())) => {
+                let heads: Vec<(&str, Hash32)> = replay
+                    .instances
+                    .iter()
+                    .filter(|i| owned.contains(&i.partition))
+                    .map(|i| (i.instance_id(), i.head()))
+                    .collect();
+                let expected = checkpoint_digest(heads.iter().map(|(id, head)| (*id, head)));
+                if expected == checkpoint.digest {
+                    CheckpointCheck::Equal {
+                        digest: expected,
+                        instances: heads.len() as u64,
+                    }
+                } else {
+                    let found = CheckpointCheck::Differs {
+                        expected,
+                        actual: checkpoint.digest,
+                    };
+                    differs.get_or_insert_with(|| found.clone());
+                    found
+                }
+            }
+        };
+        shards.push(ShardCheck {
+            url: url.clone(),
+            owned,
+            checkpoint: check,
+        });
+    }
+    let overall = match (differs, comparable, replay.checkpoint_digest()) {
+        (Some(differs), _, _) => differs,
+        (None, Err(reason), _) => match composed {
+            Err(reason) => CheckpointCheck::Unavailable { reason },
+            Ok(_) => CheckpointCheck::Skipped { reason },
+        },
+        (None, Ok(()), Some(digest)) => CheckpointCheck::Equal {
+            digest,
+            instances: replay.instances.len() as u64,
+        },
+        (None, Ok(()), None) => CheckpointCheck::Skipped {
+            reason: "an instance id has records in several partitions".to_owned(),
+        },
+    };
+    (overall, shards)
+}
+
+/// Compare every replayed instance with the projector at `options.urls`
+/// (with several, the shard that folds its partition).
 pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyReport, Error> {
-    let base = options.url.trim_end_matches('/').to_owned();
     let topic = options.projector_topic.as_deref().unwrap_or(&replay.topic);
-    let client = reqwest::Client::builder()
-        .timeout(options.timeout)
-        .build()
-        .map_err(|source| Error::Http {
-            url: base.clone(),
-            source,
-        })?;
-    // The checkpoint first: the projector only moves forward, so anything
+    let client = http_client(options)?;
+    // The checkpoints first: a projector only moves forward, so anything
     // it reports as consumed here is in the records fetched afterwards.
-    let checkpoint = fetch_checkpoint(&client, &base).await;
+    let projectors = projectors(&client, options).await?;
 
     let ranges: BTreeMap<i32, &PartitionRange> =
         replay.ranges.iter().map(|r| (r.partition, r)).collect();
@@ -871,14 +1191,20 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
             // projector can say whether a partial instance's history really
             // starts before the range.
             let instance = &replay.instances[next];
+            let index = next;
+            next += 1;
+            let Some(owner) = projectors.owner(instance.partition) else {
+                verdicts[index] = Some(Verdict::Unowned {
+                    partition: instance.partition,
+                });
+                continue;
+            };
             let (client, base, id) = (
                 client.clone(),
-                base.clone(),
+                projectors.urls[owner].clone(),
                 instance.instance_id().to_owned(),
             );
-            let index = next;
             in_flight.spawn(async move { (index, fetch_instance(client, base, id).await) });
-            next += 1;
         }
         let Some(joined) = in_flight.join_next().await else {
             if next >= replay.instances.len() {
@@ -904,20 +1230,37 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
             }),
         })
         .collect();
-    let (checkpoint, behind) = match checkpoint {
-        Ok(checkpoint) => (
-            checkpoint_check(replay, topic, &checkpoint),
-            lags(replay, topic, &checkpoint),
+    let unowned = projectors.unowned(replay);
+    // A partition nobody given folds is reported as unowned, not as behind.
+    let behind = projectors
+        .offsets()
+        .map(|offsets| lags(replay, topic, &offsets))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|lag| !unowned.contains(&lag.partition))
+        .collect();
+    let (checkpoint, shards) = match projectors.checkpoints.as_slice() {
+        // One projector: its checkpoint, as it always was.
+        [only] => (
+            match only {
+                Ok(checkpoint) => checkpoint_check(replay, topic, checkpoint),
+                Err(reason) => CheckpointCheck::Unavailable {
+                    reason: reason.clone(),
+                },
+            },
+            Vec::new(),
         ),
-        Err(reason) => (CheckpointCheck::Unavailable { reason }, Vec::new()),
+        _ => shard_checks(replay, topic, &projectors),
     };
     Ok(VerifyReport {
-        url: base,
+        url: projectors.urls.join(","),
         instances,
         checkpoint,
         behind,
         completeness_not_proven: replay.inexact.clone(),
         gaps: replay.gaps.clone(),
+        unowned,
+        shards,
     })
 }
 
@@ -1424,6 +1767,8 @@ mod tests {
             behind: vec![],
             completeness_not_proven: None,
             gaps: Vec::new(),
+            shards: Vec::new(),
+            unowned: Vec::new(),
         };
         assert!(!report.failed());
         report.instances.push(verdict(
@@ -1525,10 +1870,12 @@ mod tests {
         let checkpoint = ProjectorCheckpoint {
             topic: "warrant.log".to_owned(),
             partitions: BTreeMap::from([("0".to_owned(), 12)]),
+            owned: None,
+            log_partitions: None,
             instances: Some(0),
             digest: Hash32([7; 32]),
         };
-        let skipped = digest_comparable(&replay, &replay.topic, &checkpoint);
+        let skipped = digest_comparable(&replay, &replay.topic, &checkpoint.offsets());
         assert_eq!(
             skipped,
             Err(
@@ -1537,7 +1884,7 @@ mod tests {
             )
         );
         assert_eq!(
-            digest_comparable(&replay, "warrant.log", &checkpoint),
+            digest_comparable(&replay, "warrant.log", &checkpoint.offsets()),
             Ok(())
         );
         // Told, the digests are compared (and differ here: no instances).
@@ -1545,6 +1892,187 @@ mod tests {
             checkpoint_check(&replay, "warrant.log", &checkpoint),
             CheckpointCheck::Differs { .. }
         ));
+    }
+
+    /// A replay of partitions 0 (offsets 0..12) and 1 (0..5) of warrant.log
+    /// in which nothing was folded.
+    fn empty_replay() -> Replay {
+        let range = |partition, end| PartitionRange {
+            partition,
+            log_start: 0,
+            start: 0,
+            end,
+        };
+        Replay {
+            signed_decisions: Vec::new(),
+            attested_decisions: 0,
+            source: "kafka test".to_owned(),
+            topic: "warrant.log".to_owned(),
+            ranges: vec![range(0, 12), range(1, 5)],
+            inexact: None,
+            gaps: Vec::new(),
+            open_transactions: Vec::new(),
+            instances: Vec::new(),
+            records: BTreeMap::new(),
+            events: 0,
+            keep: crate::Keep::Chain,
+            only: None,
+        }
+    }
+
+    fn shard(owned: &[i32], offsets: &[(i32, i64)], digest: Hash32) -> ProjectorCheckpoint {
+        ProjectorCheckpoint {
+            topic: "warrant.log".to_owned(),
+            partitions: offsets
+                .iter()
+                .map(|(p, next)| (p.to_string(), *next))
+                .collect(),
+            owned: Some(owned.to_vec()),
+            log_partitions: Some(2),
+            instances: Some(0),
+            digest,
+        }
+    }
+
+    fn two_shards(checkpoints: Vec<ProjectorCheckpoint>) -> Projectors {
+        let mut owners = BTreeMap::new();
+        for (n, checkpoint) in checkpoints.iter().enumerate() {
+            for p in checkpoint.owned.iter().flatten() {
+                owners.insert(*p, n);
+            }
+        }
+        Projectors {
+            urls: vec!["http://a".to_owned(), "http://b".to_owned()],
+            checkpoints: checkpoints.into_iter().map(Ok).collect(),
+            owners: Some(owners),
+            log_partitions: Some(2),
+        }
+    }
+
+    #[test]
+    fn shards_compose_one_checkpoint_and_each_digest_is_compared_on_its_partitions() {
+        let replay = empty_replay();
+        let nothing = checkpoint_digest(std::iter::empty());
+        let projectors = two_shards(vec![
+            // A stale offset of a partition it does not own is not its to report.
+            shard(&[0], &[(0, 12), (1, 99)], nothing),
+            shard(&[1], &[(1, 5)], nothing),
+        ]);
+        assert_eq!(projectors.owner(1), Some(1));
+        let offsets = projectors.offsets().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            offsets.partitions,
+            BTreeMap::from([("0".to_owned(), 12), ("1".to_owned(), 5)])
+        );
+        assert!(projectors.unowned(&replay).is_empty());
+        let (overall, shards) = shard_checks(&replay, "warrant.log", &projectors);
+        assert_eq!(
+            overall,
+            CheckpointCheck::Equal {
+                digest: nothing,
+                instances: 0
+            }
+        );
+        assert_eq!(shards.len(), 2);
+        assert_eq!(shards[1].owned, [1]);
+        assert!(shards
+            .iter()
+            .all(|s| matches!(s.checkpoint, CheckpointCheck::Equal { .. })));
+
+        // One shard's digest differs: so does the whole.
+        let projectors = two_shards(vec![
+            shard(&[0], &[(0, 12)], nothing),
+            shard(&[1], &[(1, 5)], Hash32([9; 32])),
+        ]);
+        let (overall, shards) = shard_checks(&replay, "warrant.log", &projectors);
+        assert_eq!(
+            overall,
+            CheckpointCheck::Differs {
+                expected: nothing,
+                actual: Hash32([9; 32])
+            }
+        );
+        assert!(matches!(
+            shards[0].checkpoint,
+            CheckpointCheck::Equal { .. }
+        ));
+
+        // A shard behind the range: no digest is comparable, and the lag says where.
+        let projectors = two_shards(vec![
+            shard(&[0], &[(0, 12)], nothing),
+            shard(&[1], &[(1, 3)], nothing),
+        ]);
+        let (overall, _) = shard_checks(&replay, "warrant.log", &projectors);
+        assert!(
+            matches!(overall, CheckpointCheck::Skipped { .. }),
+            "{overall:?}"
+        );
+        let behind = lags(
+            &replay,
+            "warrant.log",
+            &projectors.offsets().unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert_eq!(
+            behind,
+            vec![Lag {
+                partition: 1,
+                projector_next: Some(3),
+                range_end: 5
+            }]
+        );
+    }
+
+    #[test]
+    fn a_partition_no_shard_given_folds_fails_the_report() {
+        let replay = empty_replay();
+        let nothing = checkpoint_digest(std::iter::empty());
+        let mut projectors = two_shards(vec![shard(&[0], &[(0, 12)], nothing)]);
+        projectors.urls.truncate(1);
+        assert_eq!(projectors.owner(1), None);
+        assert_eq!(projectors.unowned(&replay), [1]);
+        let mut report = VerifyReport {
+            url: "http://a".to_owned(),
+            instances: vec![InstanceVerdict {
+                instance_id: "x".to_owned(),
+                partition: 1,
+                verdict: Verdict::Unowned { partition: 1 },
+            }],
+            checkpoint: CheckpointCheck::Skipped {
+                reason: "test".to_owned(),
+            },
+            behind: Vec::new(),
+            completeness_not_proven: None,
+            gaps: Vec::new(),
+            shards: Vec::new(),
+            unowned: projectors.unowned(&replay),
+        };
+        assert!(report.failed());
+        let mut text = Vec::new();
+        report
+            .write_text(&mut text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.contains("UNOWNED   x (partition 1): no projector given folds partition 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("UNOWNED   partitions 1: none of the projectors given folds them"),
+            "{text}"
+        );
+        assert!(text.ends_with("1 unowned; FAILED\n"), "{text}");
+        // Even with no instance there, an unowned partition alone fails.
+        report.instances.clear();
+        assert!(report.failed());
+        // A projector that does not say what it folds folds everything.
+        let legacy = Projectors {
+            urls: vec!["http://a".to_owned()],
+            checkpoints: Vec::new(),
+            owners: None,
+            log_partitions: None,
+        };
+        assert_eq!(legacy.owner(7), Some(0));
+        assert!(legacy.unowned(&replay).is_empty());
     }
 
     #[test]
@@ -1558,5 +2086,16 @@ mod tests {
         assert_eq!(checkpoint.next_offset(0), Some(12));
         assert_eq!(checkpoint.next_offset(1), None);
         assert_eq!(checkpoint.digest, Hash32([7; 32]));
+        assert_eq!(checkpoint.owned, None);
+        // A shard says what it owns, of how many.
+        let json = json.replacen(
+            r#""instances""#,
+            r#""owned":[0,2],"log_partitions":6,"instances""#,
+            1,
+        );
+        let checkpoint: ProjectorCheckpoint =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(checkpoint.owned, Some(vec![0, 2]));
+        assert_eq!(checkpoint.log_partitions, Some(6));
     }
 }
