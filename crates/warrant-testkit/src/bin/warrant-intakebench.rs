@@ -164,6 +164,20 @@ struct Args {
     /// Write every figure to this file as JSON.
     #[arg(long, env = "WARRANT_BENCH_JSON")]
     json: Option<PathBuf>,
+    /// Propose only instances whose ids the producer puts in these
+    /// partitions of the log (comma list, e.g. 0,2,4; needs
+    /// --log-partitions): the claims of `make bench-scale` go to the shard
+    /// that is caught up while another catches up.
+    #[arg(
+        long,
+        env = "WARRANT_BENCH_INSTANCE_PARTITIONS",
+        value_delimiter = ',',
+        requires = "log_partitions"
+    )]
+    instance_partitions: Vec<i32>,
+    /// Partitions of the log, for --instance-partitions.
+    #[arg(long, env = "WARRANT_BENCH_LOG_PARTITIONS")]
+    log_partitions: Option<i32>,
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -423,6 +437,35 @@ struct Bench {
     args: Args,
     http: Http,
     setup_url: String,
+    /// Distinguishes this run's chosen instance ids from an earlier run's.
+    run_salt: u64,
+}
+
+impl Bench {
+    /// The instance id to propose as number `n`: intake's own choice, or a
+    /// chosen UUID-shaped id that lands in one of --instance-partitions.
+    fn chosen_instance_id(&self, n: usize) -> Option<String> {
+        let partitions = self.args.log_partitions?;
+        if self.args.instance_partitions.is_empty() {
+            return None;
+        }
+        (0u64..).find_map(|attempt| {
+            let value =
+                (u128::from(self.run_salt) << 64) | (((n as u128) << 16) + u128::from(attempt));
+            let hex = format!("{value:032x}");
+            let id = format!(
+                "{}-{}-4{}-8{}-{}",
+                &hex[0..8],
+                &hex[8..12],
+                &hex[13..16],
+                &hex[17..20],
+                &hex[20..32]
+            );
+            warrant_authority::instance_partition(&id, partitions)
+                .filter(|p| self.args.instance_partitions.contains(p))
+                .map(|_| id)
+        })
+    }
 }
 
 fn expect(what: &str, answer: Result<Answer, String>, status: u16) -> anyhow::Result<Answer> {
@@ -443,7 +486,7 @@ impl Bench {
     async fn make_instance(&self, n: usize, approvals: usize) -> anyhow::Result<Instance> {
         let base = &self.setup_url;
         let args = &self.args;
-        let proposal = json!({
+        let mut proposal = json!({
             "action": {
                 "kind": args.action_kind,
                 "target": format!("{}{n}", args.target_prefix),
@@ -452,6 +495,9 @@ impl Bench {
             "proposer": {"kind": "AGENT", "model": "bench"},
             "rationale": "warrant-intakebench",
         });
+        if let Some(id) = self.chosen_instance_id(n) {
+            proposal["instance_id"] = json!(id);
+        }
         let answer = expect(
             "propose",
             self.http
@@ -842,10 +888,14 @@ async fn main() -> anyhow::Result<()> {
         ..args
     };
     let setup_url = trim(args.setup_intake_url.as_deref().unwrap_or(&args.intake_url));
+    let run_salt = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
     let bench = Arc::new(Bench {
         http: Http::new()?,
         setup_url,
         args,
+        run_salt,
     });
     let args = &bench.args;
     let kafka = match &args.baseline_topic {
