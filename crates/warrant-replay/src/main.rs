@@ -312,6 +312,17 @@ struct ReplayArgs {
     )]
     verify_topic: Option<String>,
 
+    /// Directory for the duplicate check's spill file (24 bytes per event,
+    /// in a directory of its own removed at exit) [default: the system's
+    /// temporary directory].
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_SPILL_DIR",
+        value_name = "DIR",
+        help_heading = "Input"
+    )]
+    spill_dir: Option<PathBuf>,
+
     /// Kafka reader threads, at most one per partition (0 = two per CPU).
     #[arg(
         long,
@@ -394,7 +405,7 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     });
     let keep = match (format, &args.verify) {
         (Format::Text | Format::Json | Format::Ndjson, _) => Keep::History,
-        (Format::None, Some(_)) => Keep::Chain,
+        (Format::None, Some(_)) => Keep::Trail,
         (Format::None, None) => Keep::State,
     };
     let mut range = common.range()?;
@@ -447,6 +458,7 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         threads: args.threads,
         stall_timeout: Duration::from_secs(common.stall_timeout),
         progress: !common.quiet,
+        spill_dir: args.spill_dir.clone(),
     };
     let started = Instant::now();
     let replayed = replay(&options)?;
@@ -454,7 +466,16 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
 
     let report = match (&runtime, &verify_options) {
         (Some(runtime), Some(verify_options)) => {
-            Some(runtime.block_on(verify(&replayed, verify_options))?)
+            let mut report = runtime.block_on(verify(&replayed, verify_options))?;
+            // Only the trails were kept: fold the instances that differ
+            // again, with every entry, to name the entry.
+            let unlocated = report.unlocated();
+            if !unlocated.is_empty() {
+                let ids: Vec<String> = unlocated.into_iter().map(|(id, _)| id).collect();
+                let again = warrant_replay::refold_chains(&options, &replayed, &ids)?;
+                report.locate(runtime.block_on(verify(&again, verify_options))?);
+            }
+            Some(report)
         }
         _ => None,
     };
