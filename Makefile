@@ -1,6 +1,6 @@
 # One entry point for routine tasks. The README's two commands are
 # `make demo` and `make test`.
-.PHONY: test demo chaos kafka-up kafka-down bench-fold bench-log bench-intake fuzz fuzz-smoke api-fuzz fmt lint
+.PHONY: test demo chaos kafka-up kafka-down bench-fold bench-log bench-replay-mem bench-intake fuzz fuzz-smoke api-fuzz fmt lint
 
 test: ## every test: Rust, Python, and end-to-end against a local Kafka
 	bash scripts/test.sh
@@ -22,6 +22,9 @@ bench-fold: ## decode + fold + hash throughput (criterion)
 
 bench-log: ## 1M events: kcat vs warrant-replay vs projector catch-up, and projector RSS
 	bash scripts/bench-log.sh
+
+bench-replay-mem: ## warrant-replay's peak RSS over 1M and 10M events of the same instances (flat: <= 1.2x), beside kcat
+	bash scripts/bench-replay-mem.sh
 
 bench-intake: ## claim round trip and decisions at 2,000/s (acks=all), beside Kafka and HTTP baselines
 	bash scripts/bench-intake.sh
