@@ -86,6 +86,17 @@ compared; only such a range, from the log start, proves that no instance is
 missing (a whole instance removed from a partial range leaves nothing to
 compare). Text output escapes control characters in every string from the log.
 
+MEMORY follows what is printed. --format none (the default with --verify)
+keeps each instance's state, and with --verify a 32-byte digest of every
+entry's hash and position: memory per instance, whatever the number of
+events. An instance whose digest does not match the projector's is read
+again, with the other such instances only and every entry kept, to name the
+entry. --format text/json/ndjson print whole records in id order after the
+range is read, so they keep every entry of every instance: memory grows with
+the events. Every event id is remembered for the DUPLICATE check: a filter
+of 2 bytes an event in memory, the ids (24 bytes an event) in a file under
+--spill-dir, in a directory of its own removed at exit.
+
 --check-rules resolves every proposal in the range again against the ruleset
 the rulesets topic (--rulesets-topic) holds under the proposal's recorded
 digest (the text must hash to it) and lists every instance whose recorded
@@ -132,13 +143,16 @@ enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
-    /// A readable report per instance.
+    /// A readable report per instance (keeps every entry: memory per event).
     Text,
-    /// One JSON document: source, ranges, summary, records (and verification).
+    /// One JSON document: source, ranges, summary, records (and
+    /// verification); keeps every entry: memory per event.
     Json,
-    /// One record per line.
+    /// One record per line, in id order after the range (keeps every entry:
+    /// memory per event).
     Ndjson,
-    /// No records (the summary and any verification only).
+    /// No records (the summary and any verification only): memory per
+    /// instance, not per event.
     None,
 }
 
