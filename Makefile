@@ -1,6 +1,6 @@
 # One entry point for routine tasks. The README's two commands are
 # `make demo` and `make test`.
-.PHONY: test demo chaos kafka-up kafka-down bench-fold bench-log bench-intake bench-scale fuzz fuzz-smoke api-fuzz fmt lint
+.PHONY: test demo chaos kafka-up kafka-down bench-fold bench-log bench-replay-mem bench-intake bench-scale fuzz fuzz-smoke api-fuzz fmt lint
 
 test: ## every test: Rust, Python, and end-to-end against a local Kafka
 	bash scripts/test.sh
@@ -22,6 +22,9 @@ bench-fold: ## decode + fold + hash per event (criterion), and its ratio to SHA-
 
 bench-log: ## 1M events: kcat vs warrant-replay vs projector catch-up, and projector RSS
 	bash scripts/bench-log.sh
+
+bench-replay-mem: ## warrant-replay's peak RSS over 1M and 10M events of the same instances (flat: <= 1.2x), beside kcat
+	bash scripts/bench-replay-mem.sh
 
 bench-scale: ## 10M events / 1M instances / 12 partitions: 1 and 2 projector shards beside kcat, claims while a shard catches up, replay
 	bash scripts/bench-scale.sh

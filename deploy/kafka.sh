@@ -53,6 +53,8 @@ Commands:
   start    fetch, format storage on first use, start the broker in the background,
            wait until it answers, then create the topics. No-op if already running.
   topics   Create Warrant's topics if they do not exist (broker must be running).
+  delete-topics NAME...
+           Delete these topics (benchmarks' throwaway topics; broker must be running).
   stop     Stop the broker (SIGTERM, SIGKILL after ${STOP_TIMEOUT}s). No-op if not running.
   status   Print whether the broker is running; exit 0 if it is, 1 if not.
   reset    stop, then delete the data dir (topics, offsets, cluster id). Keeps the jars.
@@ -376,6 +378,18 @@ cmd_topics() {
   create_topics "$existing"
 }
 
+cmd_delete_topics() {
+  (($# > 0)) || die "delete-topics: name the topics to delete"
+  check_java
+  [[ -d "$LIB" ]] || cmd_fetch
+  broker_pid >/dev/null || port_open "$PORT" || die "no broker on port $PORT (run: deploy/kafka.sh start)"
+  local name
+  for name in "$@"; do
+    topic_cmd --delete --if-exists --topic "$name"
+    log "deleted topic $name"
+  done
+}
+
 cmd_stop() {
   local pid
   if ! pid="$(broker_pid)"; then
@@ -439,6 +453,7 @@ main() {
     fetch) cmd_fetch; log "Kafka $(kafka_version) jars in $LIB" ;;
     start) cmd_start ;;
     topics) cmd_topics ;;
+    delete-topics) shift; cmd_delete_topics "$@" ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
     reset) cmd_reset ;;

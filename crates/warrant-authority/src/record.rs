@@ -56,6 +56,12 @@ pub struct InstanceState {
     pub instance_id: String,
     pub phase: Phase,
     /// Every event id seen in this instance, valid or not (for `Duplicate`).
+    ///
+    /// `step` only ever looks up, and inserts, the id of the event it folds.
+    /// A folder may therefore keep these ids elsewhere between steps (the
+    /// auditors' replay does, so its memory does not grow with the events)
+    /// if, before each step, the set holds that event's id whenever the
+    /// instance saw it before, and it takes back whatever `step` inserted.
     pub seen_event_ids: BTreeSet<String>,
     /// Number of history entries so far; the next entry gets `entries + 1`.
     pub entries: u64,

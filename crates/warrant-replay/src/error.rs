@@ -102,6 +102,14 @@ pub enum Error {
         status: u16,
         body: String,
     },
+    /// The duplicate check's spill directory (`--spill-dir`) is unusable.
+    #[error("cannot {what} in the spill directory {} (--spill-dir, WARRANT_REPLAY_SPILL_DIR: a writable directory with room for 24 bytes per event)", dir.display())]
+    Spill {
+        what: &'static str,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write the output")]
     Output(#[source] std::io::Error),
     #[error("a reader thread stopped unexpectedly")]

@@ -22,10 +22,12 @@ pub mod kafka;
 pub mod range;
 mod replayed;
 pub mod rules;
+pub mod seen;
 pub mod signatures;
 mod source;
 pub mod text;
 pub mod time;
+pub mod trail;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -43,6 +45,8 @@ pub use verify::{verify, Verdict, VerifyOptions, VerifyReport};
 
 use crate::file::{ExportMetadata, FileRead};
 use crate::range::RecordFilter;
+use crate::replayed::{FoldResult, Only};
+use crate::seen::{SeenConfig, SpillDir};
 
 /// Version of [`ExportMetadata`] written by this build.
 pub const EXPORT_FORMAT: u32 = 1;
@@ -63,6 +67,10 @@ pub struct ReplayOptions {
     pub stall_timeout: Duration,
     /// Log progress every two seconds.
     pub progress: bool,
+    /// Where the duplicate check writes the event ids it has seen
+    /// ([`seen`]), in a directory of its own removed at the end; `None`:
+    /// the system's temporary directory.
+    pub spill_dir: Option<PathBuf>,
 }
 
 impl ReplayOptions {
@@ -76,6 +84,7 @@ impl ReplayOptions {
             threads: 0,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             progress: false,
+            spill_dir: None,
         }
     }
 }
@@ -114,6 +123,13 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
         .as_deref()
         .map(canonical_instance)
         .transpose()?;
+    let spill = SpillDir::create(options.spill_dir.as_deref())?;
+    let fold = Fold {
+        options,
+        keep: options.keep,
+        only: only.as_deref().map(Only::new),
+        spill: &spill,
+    };
     match &options.source {
         Source::Kafka(kafka) => {
             let ranges = kafka::resolve(kafka, &options.range)?;
@@ -121,18 +137,7 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
             for open in &open_transactions {
                 tracing::warn!(topic = %kafka.log_topic, partition = open.partition, "{open}");
             }
-            let threads = match options.threads {
-                0 => default_threads(),
-                n => n,
-            };
-            let plan = kafka::plan(&ranges, threads);
-            let folders = plan
-                .iter()
-                .map(|_| Folder::new(options.keep, only.clone()))
-                .collect();
-            let progress = Progress::new(options.progress, "records");
-            let folders = kafka::read(kafka, plan, folders, &progress, options.stall_timeout)?;
-            let merged = Folder::merge(folders);
+            let merged = fold.kafka(kafka, &ranges)?;
             let gaps = merged.offsets.gaps(&ranges, true);
             Ok(Replay {
                 source: options.source.describe(),
@@ -151,15 +156,7 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
             })
         }
         Source::File(path) => {
-            let mut folder = Folder::new(options.keep, only.clone());
-            let progress = Progress::new(options.progress, "bytes");
-            let read = file::read(
-                path,
-                RecordFilter::new(options.range.clone()),
-                &mut folder,
-                &progress,
-            )?;
-            let merged = Folder::merge(vec![folder]);
+            let (read, merged) = fold.file(path)?;
             let (ranges, inexact) = file_ranges(path, &read, &options.range)?;
             let gaps = merged.offsets.gaps(&ranges, inexact.is_none());
             Ok(Replay {
@@ -183,6 +180,105 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
                 only,
             })
         }
+    }
+}
+
+/// Fold `instances` (ids, quarantines included) of `replayed` again, from
+/// the same records, keeping every entry's hash and position
+/// ([`Keep::Chain`]): what `--verify` needs to name the entry where an
+/// instance whose trail differs first differs ([`VerifyReport::locate`]).
+/// Memory is per entry of these instances only; the rest of the range is
+/// read and skipped. Kafka ranges are the ones `replayed` resolved, so the
+/// same offsets are read.
+pub fn refold_chains(
+    options: &ReplayOptions,
+    replayed: &Replay,
+    instances: &[String],
+) -> Result<Replay, Error> {
+    let spill = SpillDir::create(options.spill_dir.as_deref())?;
+    let fold = Fold {
+        options,
+        keep: Keep::Chain,
+        only: Some(Only::several(instances.iter().map(String::as_str))),
+        spill: &spill,
+    };
+    let merged = match &options.source {
+        Source::Kafka(kafka) => fold.kafka(kafka, &replayed.ranges)?,
+        Source::File(path) => fold.file(path)?.1,
+    };
+    Ok(Replay {
+        source: replayed.source.clone(),
+        topic: replayed.topic.clone(),
+        ranges: replayed.ranges.clone(),
+        inexact: replayed.inexact.clone(),
+        gaps: replayed.gaps.clone(),
+        open_transactions: replayed.open_transactions.clone(),
+        signed_decisions: merged.signed,
+        attested_decisions: merged.attested,
+        instances: merged.instances,
+        records: merged.records,
+        events: merged.events,
+        keep: Keep::Chain,
+        only: Some(format!("{} instances to locate", instances.len())),
+    })
+}
+
+/// One fold of a source: how much to keep, of which instances, and where
+/// the duplicate check spills.
+struct Fold<'a> {
+    options: &'a ReplayOptions,
+    keep: Keep,
+    only: Option<Only>,
+    spill: &'a std::sync::Arc<SpillDir>,
+}
+
+impl Fold<'_> {
+    fn folder(&self, expected_keys: u64) -> Folder {
+        let seen = SeenConfig {
+            spill: Some(std::sync::Arc::clone(self.spill)),
+            // With one instance folded there are few ids to expect.
+            expected_keys: if self.only.is_some() {
+                0
+            } else {
+                expected_keys
+            },
+            ..SeenConfig::default()
+        };
+        Folder::with(self.keep, self.only.clone(), seen)
+    }
+
+    fn kafka(
+        &self,
+        kafka: &warrant_kafka::KafkaArgs,
+        ranges: &[PartitionRange],
+    ) -> Result<FoldResult, Error> {
+        let threads = match self.options.threads {
+            0 => default_threads(),
+            n => n,
+        };
+        let plan = kafka::plan(ranges, threads);
+        let folders = plan
+            .iter()
+            .map(|ranges| self.folder(ranges.iter().map(PartitionRange::len).sum()))
+            .collect();
+        let progress = Progress::new(self.options.progress, "records");
+        let folders = kafka::read(kafka, plan, folders, &progress, self.options.stall_timeout)?;
+        Ok(Folder::merge(folders))
+    }
+
+    fn file(&self, path: &std::path::Path) -> Result<(FileRead, FoldResult), Error> {
+        // Records are rarely under 256 bytes: enough filter for most
+        // files, and it grows if not.
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
+        let mut folder = self.folder(size / 256);
+        let progress = Progress::new(self.options.progress, "bytes");
+        let read = file::read(
+            path,
+            RecordFilter::new(self.options.range.clone()),
+            &mut folder,
+            &progress,
+        )?;
+        Ok((read, Folder::merge(vec![folder])))
     }
 }
 

@@ -95,6 +95,17 @@ over its partitions (a line per shard, then the composed checkpoint), and
 folded by two shards given is a usage error; one that no shard given folds
 fails the comparison (UNOWNED), so some shards are never taken for the log.
 
+MEMORY follows what is printed. --format none (the default with --verify)
+keeps each instance's state, and with --verify a 32-byte digest of every
+entry's hash and position: memory per instance, whatever the number of
+events. An instance whose digest does not match the projector's is read
+again, with the other such instances only and every entry kept, to name the
+entry. --format text/json/ndjson print whole records in id order after the
+range is read, so they keep every entry of every instance: memory grows with
+the events. Every event id is remembered for the DUPLICATE check: a filter
+of 2 bytes an event in memory, the ids (24 bytes an event) in a file under
+--spill-dir, in a directory of its own removed at exit.
+
 --check-rules resolves every proposal in the range again against the ruleset
 the rulesets topic (--rulesets-topic) holds under the proposal's recorded
 digest (the text must hash to it) and lists every instance whose recorded
@@ -142,13 +153,16 @@ enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
-    /// A readable report per instance.
+    /// A readable report per instance (keeps every entry: memory per event).
     Text,
-    /// One JSON document: source, ranges, summary, records (and verification).
+    /// One JSON document: source, ranges, summary, records (and
+    /// verification); keeps every entry: memory per event.
     Json,
-    /// One record per line.
+    /// One record per line, in id order after the range (keeps every entry:
+    /// memory per event).
     Ndjson,
-    /// No records (the summary and any verification only).
+    /// No records (the summary and any verification only): memory per
+    /// instance, not per event.
     None,
 }
 
@@ -326,6 +340,17 @@ struct ReplayArgs {
     )]
     verify_topic: Option<String>,
 
+    /// Directory for the duplicate check's spill file (24 bytes per event,
+    /// in a directory of its own removed at exit) [default: the system's
+    /// temporary directory].
+    #[arg(
+        long,
+        env = "WARRANT_REPLAY_SPILL_DIR",
+        value_name = "DIR",
+        help_heading = "Input"
+    )]
+    spill_dir: Option<PathBuf>,
+
     /// Kafka reader threads, at most one per partition (0 = two per CPU).
     #[arg(
         long,
@@ -408,7 +433,7 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     });
     let keep = match (format, args.verify.is_empty()) {
         (Format::Text | Format::Json | Format::Ndjson, _) => Keep::History,
-        (Format::None, false) => Keep::Chain,
+        (Format::None, false) => Keep::Trail,
         (Format::None, true) => Keep::State,
     };
     let mut range = common.range()?;
@@ -461,6 +486,7 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         threads: args.threads,
         stall_timeout: Duration::from_secs(common.stall_timeout),
         progress: !common.quiet,
+        spill_dir: args.spill_dir.clone(),
     };
     let started = Instant::now();
     let replayed = replay(&options)?;
@@ -468,7 +494,16 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
 
     let report = match (&runtime, &verify_options) {
         (Some(runtime), Some(verify_options)) => {
-            Some(runtime.block_on(verify(&replayed, verify_options))?)
+            let mut report = runtime.block_on(verify(&replayed, verify_options))?;
+            // Only the trails were kept: fold the instances that differ
+            // again, with every entry, to name the entry.
+            let unlocated = report.unlocated();
+            if !unlocated.is_empty() {
+                let ids: Vec<String> = unlocated.into_iter().map(|(id, _)| id).collect();
+                let again = warrant_replay::refold_chains(&options, &replayed, &ids)?;
+                report.locate(runtime.block_on(verify(&again, verify_options))?);
+            }
+            Some(report)
         }
         _ => None,
     };

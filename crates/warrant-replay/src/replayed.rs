@@ -4,8 +4,10 @@
 //! `LogEvent::decode` and `instance_for_key`), exactly as `Ledger::apply`
 //! does; nothing here decides anything about an instance. What this module
 //! adds is bookkeeping the auditor needs: which partition an instance lives
-//! in, whether its first event may lie before the range (`partial`), and
-//! how much of each history to keep in memory ([`Keep`]).
+//! in, whether its first event may lie before the range (`partial`), how
+//! much of each history to keep in memory ([`Keep`]), and the event ids
+//! each instance has seen, kept out of the states ([`crate::seen`]) so
+//! that memory follows the instances, not the events.
 //!
 //! Records under keys that are not instance ids go to their partition's
 //! quarantine (`quarantine-<partition>`), as everywhere else, so every
@@ -13,7 +15,7 @@
 //! reader threads never need to agree on an order across partitions.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use warrant_authority::{
@@ -22,15 +24,23 @@ use warrant_authority::{
 };
 
 use crate::range::PartitionRange;
+use crate::seen::{Key, SeenConfig, SeenIds};
 use crate::source::{RawRecord, Sink};
+use crate::trail::Trail;
 use crate::Error;
 
-/// How much of each instance's history to keep. The state is always kept;
-/// full histories hold every decoded event and cost memory on big ranges.
+/// How much of each instance's history to keep. The state is always kept
+/// (memory per instance, whatever the number of events); the levels
+/// above [`Keep::Trail`] cost memory per event on big ranges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Keep {
     /// State and head hash only: summaries and the checkpoint digest.
     State,
+    /// Plus the trail of every entry's hash and position
+    /// ([`crate::trail`], 32 bytes): `--verify` can tell that every entry
+    /// matches, not which one differs first (it folds the instances that
+    /// differ again with [`Keep::Chain`] for that).
+    Trail,
     /// Plus every entry's hash and offset: `--verify` can name the first
     /// differing entry.
     Chain,
@@ -63,6 +73,8 @@ pub struct ReplayedInstance {
     /// Entry offsets (in `partition`) when [`Keep::Chain`]: the hash chain
     /// does not commit to positions, so `--verify` compares them apart.
     offsets: Vec<i64>,
+    /// The trail of every entry when [`Keep::Trail`].
+    trail: Option<Hash32>,
 }
 
 impl ReplayedInstance {
@@ -111,6 +123,12 @@ impl ReplayedInstance {
         None
     }
 
+    /// The trail ([`crate::trail`]) of every entry, if the replay kept
+    /// only that ([`Keep::Trail`]).
+    pub fn trail(&self) -> Option<Hash32> {
+        self.trail
+    }
+
     /// The history, if the replay kept it ([`Keep::History`]).
     pub fn history(&self) -> Option<&[HistoryEntry]> {
         (self.folded.history.len() as u64 == self.entries() && self.entries() > 0)
@@ -155,21 +173,44 @@ pub struct ReplayedRecord {
 
 /// Which records `--instance` folds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Only {
+pub(crate) enum Only {
     /// The records keyed by this instance id.
     Instance(String),
     /// Records under keys that are not instance ids: in one partition
     /// (`quarantine-<partition>`), or in all (`quarantine`).
     Quarantine(Option<i32>),
+    /// Several instances (what `--verify` folds again to locate a
+    /// difference): these ids, and these partitions' quarantines.
+    Several {
+        ids: HashSet<String>,
+        quarantines: BTreeSet<i32>,
+    },
 }
 
 impl Only {
-    fn new(only: &str) -> Only {
+    pub(crate) fn new(only: &str) -> Only {
         match quarantine_partition(only) {
             Some(partition) => Only::Quarantine(Some(partition)),
             None if only == QUARANTINE => Only::Quarantine(None),
             None => Only::Instance(only.to_owned()),
         }
+    }
+
+    /// These instance ids (quarantines included).
+    pub(crate) fn several<'a>(instances: impl IntoIterator<Item = &'a str>) -> Only {
+        let mut ids = HashSet::new();
+        let mut quarantines = BTreeSet::new();
+        for id in instances {
+            match quarantine_partition(id) {
+                Some(partition) => {
+                    quarantines.insert(partition);
+                }
+                None => {
+                    ids.insert(id.to_owned());
+                }
+            }
+        }
+        Only::Several { ids, quarantines }
     }
 
     /// Whether the record keyed `key` in `partition` is selected.
@@ -180,16 +221,25 @@ impl Only {
             Only::Quarantine(only) => {
                 only.is_none_or(|only| only == partition) && instance_key(key).is_none()
             }
+            Only::Several { ids, quarantines } => {
+                let named = key
+                    .and_then(|key| std::str::from_utf8(key).ok())
+                    .is_some_and(|key| ids.contains(key));
+                named || (quarantines.contains(&partition) && instance_key(key).is_none())
+            }
         }
     }
 }
 
 struct Slot {
+    /// The instance's number in its folder, for the seen-id store.
+    ordinal: u64,
     first: LogPosition,
     partial: bool,
     folded: Folded,
     chain: Vec<Hash32>,
     offsets: Vec<i64>,
+    trail: Option<Trail>,
 }
 
 #[derive(Default)]
@@ -231,6 +281,10 @@ pub struct Folder {
     events: u64,
     signed: Vec<SignedDecisionSeen>,
     attested: u64,
+    /// Every (instance, event id) folded: the states' `seen_event_ids`,
+    /// kept outside them between steps (see [`Folder::apply`]).
+    seen: SeenIds,
+    instances: u64,
 }
 
 impl std::fmt::Debug for Folder {
@@ -245,25 +299,44 @@ impl std::fmt::Debug for Folder {
 
 impl Folder {
     /// `only`: fold just this instance's records (others are read, not
-    /// folded); `quarantine` folds every partition's quarantine.
+    /// folded); `quarantine` folds every partition's quarantine. Seen ids
+    /// spill to the system's temporary directory.
     pub fn new(keep: Keep, only: Option<String>) -> Folder {
+        Folder::with(keep, only.as_deref().map(Only::new), SeenConfig::default())
+    }
+
+    pub(crate) fn with(keep: Keep, only: Option<Only>, seen: SeenConfig) -> Folder {
         Folder {
             keep,
             offsets: crate::gaps::Offsets::default(),
-            only: only.as_deref().map(Only::new),
+            only,
             partitions: BTreeMap::new(),
             events: 0,
             signed: Vec::new(),
             attested: 0,
+            seen: SeenIds::new(seen),
+            instances: 0,
         }
     }
 
     /// Fold one record. Records of a partition must come in offset order.
-    pub fn apply(&mut self, record: &RawRecord<'_>) -> Result<(), OutOfOrder> {
+    ///
+    /// The fold's `Duplicate` check reads `InstanceState::seen_event_ids`,
+    /// which here holds nothing between steps: the ids live in
+    /// [`SeenIds`]. Before the step, the event's id is put back into the
+    /// state if the store saw it under this instance, so `step` refuses it
+    /// exactly as if the state had kept every id; after the step, whatever
+    /// `step` inserted is moved into the store. `step` stays the only judge.
+    pub fn apply(&mut self, record: &RawRecord<'_>) -> Result<(), Error> {
         let part = self.partitions.entry(record.partition).or_default();
         match part.last_offset {
             Some(previous) if record.offset <= previous => {
-                return Err(OutOfOrder { previous });
+                return Err(Error::OutOfOrder {
+                    topic: record.topic.to_owned(),
+                    partition: record.partition,
+                    offset: record.offset,
+                    previous,
+                });
             }
             Some(_) => {}
             None => part.starts_late = record.range_start > record.log_start,
@@ -293,18 +366,24 @@ impl Folder {
             Some(key) => part.instances.get_mut(key),
             None => {
                 let instance_id = instance_for_key(record.key, record.partition);
+                let (ordinal, keep) = (self.instances, self.keep);
                 Some(
                     part.instances
                         .entry(instance_id)
-                        .or_insert_with_key(|instance_id| Slot {
-                            first: position,
-                            partial: false,
-                            folded: Folded {
-                                state: InstanceState::new(instance_id.clone()),
-                                history: Vec::new(),
-                            },
-                            chain: Vec::new(),
-                            offsets: Vec::new(),
+                        .or_insert_with_key(|instance_id| {
+                            self.instances += 1;
+                            Slot {
+                                ordinal,
+                                first: position,
+                                partial: false,
+                                folded: Folded {
+                                    state: InstanceState::new(instance_id.clone()),
+                                    history: Vec::new(),
+                                },
+                                chain: Vec::new(),
+                                offsets: Vec::new(),
+                                trail: (keep == Keep::Trail).then(Trail::default),
+                            }
                         }),
                 )
             }
@@ -312,10 +391,37 @@ impl Folder {
         let Some(slot) = slot else {
             return Ok(());
         };
-        let entry = step(
-            &mut slot.folded.state,
-            LogEvent::decode(position, record.value),
-        );
+        let event = LogEvent::decode(position, record.value);
+        let mut key = event
+            .decoded
+            .as_ref()
+            .ok()
+            .map(|envelope| Key::new(slot.ordinal, &envelope.event_id));
+        // A new instance has seen nothing: no lookup for its first event.
+        let seen_before = match &key {
+            Some(key) if slot.folded.state.entries > 0 => self.seen.contains(key)?,
+            _ => false,
+        };
+        if let (true, Ok(envelope)) = (seen_before, &event.decoded) {
+            slot.folded
+                .state
+                .seen_event_ids
+                .insert(envelope.event_id.clone());
+        }
+        let entry = step(&mut slot.folded.state, event);
+        let inserted = std::mem::take(&mut slot.folded.state.seen_event_ids);
+        if !seen_before {
+            for id in inserted {
+                // The fold inserts the id of the event it folds; any other
+                // would be keyed on its own.
+                let own = entry.event.as_ref().is_some_and(|e| e.event_id == id);
+                let key = match key.take() {
+                    Some(key) if own => key,
+                    _ => Key::new(slot.ordinal, &id),
+                };
+                self.seen.insert(key)?;
+            }
+        }
         if let Some(warrant_schema::EventBody::DecisionRecorded(decision)) =
             entry.event.as_ref().map(|e| &e.body)
         {
@@ -339,6 +445,11 @@ impl Folder {
         }
         match self.keep {
             Keep::State => {}
+            Keep::Trail => {
+                if let Some(trail) = &mut slot.trail {
+                    trail.push(&entry.hash, position);
+                }
+            }
             Keep::Chain => {
                 slot.chain.push(entry.hash);
                 slot.offsets.push(record.offset);
@@ -359,6 +470,7 @@ impl Folder {
         let mut attested = 0;
         let mut offsets = Vec::new();
         for folder in folders {
+            tracing::debug!(stats = ?folder.seen.stats(), "duplicate check");
             offsets.push(folder.offsets);
             events += folder.events;
             signed.extend(folder.signed);
@@ -373,6 +485,7 @@ impl Folder {
                     folded: slot.folded,
                     chain: slot.chain,
                     offsets: slot.offsets,
+                    trail: slot.trail.map(Trail::finish),
                 }));
             }
         }
@@ -419,21 +532,9 @@ pub struct FoldResult {
     pub offsets: crate::gaps::Offsets,
 }
 
-/// A record whose offset does not follow the previous one of its partition.
-#[derive(Debug, Clone, Copy)]
-pub struct OutOfOrder {
-    pub previous: i64,
-}
-
 impl Sink for Folder {
     fn record(&mut self, record: &RawRecord<'_>) -> Result<(), Error> {
         self.apply(record)
-            .map_err(|OutOfOrder { previous }| Error::OutOfOrder {
-                topic: record.topic.to_owned(),
-                partition: record.partition,
-                offset: record.offset,
-                previous,
-            })
     }
 }
 
@@ -654,9 +755,29 @@ mod tests {
                     // Only the first record of a partition is looked at.
                     range_start: self.range_start.unwrap_or(*offset),
                 };
-                folder
-                    .apply(&record)
-                    .unwrap_or_else(|e| panic!("out of order after {}", e.previous));
+                folder.apply(&record).unwrap_or_else(|e| panic!("{e}"));
+            }
+            Folder::merge(vec![folder])
+        }
+
+        fn fold_spilling(&self, keep: Keep, buffer_keys: usize) -> FoldResult {
+            let seen = SeenConfig {
+                buffer_keys,
+                ..SeenConfig::default()
+            };
+            let mut folder = Folder::with(keep, None, seen);
+            for (partition, offset, key, value) in &self.records {
+                let record = RawRecord {
+                    topic: "warrant.log",
+                    partition: *partition,
+                    offset: *offset,
+                    timestamp: None,
+                    key: key.as_deref(),
+                    value,
+                    log_start: self.log_start,
+                    range_start: *offset,
+                };
+                folder.apply(&record).unwrap_or_else(|e| panic!("{e}"));
             }
             Folder::merge(vec![folder])
         }
@@ -778,8 +899,22 @@ mod tests {
             assert_eq!(with_chain.folded.state, with_history.folded.state);
         }
 
+        let trail = feed.fold(Keep::Trail, None);
+        for (with_history, with_trail) in history.instances.iter().zip(&trail.instances) {
+            assert_eq!(with_trail.hashes(), None);
+            assert_eq!(with_trail.folded.state, with_history.folded.state);
+            let entries = with_history.history().unwrap_or_default();
+            assert_eq!(
+                with_trail.trail(),
+                Some(crate::trail::of(
+                    entries.iter().map(|e| (&e.hash, e.position))
+                ))
+            );
+        }
+
         let state = feed.fold(Keep::State, None);
         assert!(state.instances.iter().all(|i| i.hashes().is_none()));
+        assert!(state.instances.iter().all(|i| i.trail().is_none()));
         assert_eq!(
             state
                 .instances
@@ -792,6 +927,92 @@ mod tests {
                 .map(ReplayedInstance::head)
                 .collect::<Vec<_>>()
         );
+    }
+
+    /// Sample event `index` of instance `n` under another event id.
+    fn event_with_id(n: u8, index: usize, event_id: &str) -> Vec<u8> {
+        let mut envelope = samples::envelopes()
+            .into_iter()
+            .nth(index)
+            .map(|(_, envelope)| envelope)
+            .unwrap_or_else(|| panic!("no sample {index}"));
+        envelope.instance_id = id(n);
+        envelope.event_id = event_id.to_owned();
+        warrant_schema::encode(&envelope).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn duplicates_are_refused_as_the_ledger_does_though_the_ids_are_on_disk() {
+        let mut feed = Feed::new(0);
+        // The samples' event ids, under two instances: the same ids are
+        // new in each (the store keys them by instance).
+        let (a, b) = (events(1, 7), events(2, 7));
+        let (key_a, key_b) = (id(1), id(2));
+        let mut offset = 0;
+        let mut push = |feed: &mut Feed, key: &str, value: &[u8]| {
+            feed.push(0, offset, Some(key.as_bytes()), value);
+            offset += 1;
+        };
+        for n in 0..7 {
+            push(&mut feed, &key_a, &a[n]);
+            push(&mut feed, &key_b, &b[n]);
+        }
+        // Replayed events: long after their first time, so with a tiny
+        // buffer their ids are in a run on disk by now.
+        push(&mut feed, &key_a, &a[3]);
+        push(&mut feed, &key_b, &b[0]);
+        push(&mut feed, &key_a, &a[6]);
+        // Ids that are not canonical UUIDs: an uppercase spelling is another
+        // id; repeated, it is a duplicate.
+        let upper = events_id(&a[4]).to_uppercase();
+        push(&mut feed, &key_a, &event_with_id(1, 4, &upper));
+        push(&mut feed, &key_a, &event_with_id(1, 4, &upper));
+        push(&mut feed, &key_a, &event_with_id(1, 4, "not-a-uuid"));
+        push(&mut feed, &key_a, &event_with_id(1, 4, "not-a-uuid"));
+        let ledger = feed.ledger();
+        let refusals = |result: &FoldResult| -> Vec<(String, u64)> {
+            result
+                .instances
+                .iter()
+                .flat_map(|i| {
+                    i.folded
+                        .history
+                        .iter()
+                        .filter(|e| {
+                            e.outcome.refusal() == Some(warrant_authority::RefusalCode::Duplicate)
+                        })
+                        .map(|e| (i.instance_id().to_owned(), e.seq))
+                })
+                .collect()
+        };
+        let mut expected = Vec::new();
+        for buffer_keys in [1, 2, 3, 1 << 17] {
+            let result = feed.fold_spilling(Keep::History, buffer_keys);
+            for instance in &result.instances {
+                let folded = ledger
+                    .get(instance.instance_id())
+                    .unwrap_or_else(|| panic!("{} not in the ledger", instance.instance_id()));
+                assert_eq!(
+                    instance.record().map(|r| r.record),
+                    Some(folded.record()),
+                    "buffer of {buffer_keys}"
+                );
+                assert!(instance.folded.state.seen_event_ids.is_empty());
+            }
+            if expected.is_empty() {
+                expected = refusals(&result);
+            }
+            assert_eq!(refusals(&result), expected, "buffer of {buffer_keys}");
+        }
+        // a[3], a[6], b[0], the second uppercase and the second not-a-uuid.
+        assert_eq!(expected.len(), 5, "{expected:?}");
+    }
+
+    /// The event id in encoded sample bytes.
+    fn events_id(bytes: &[u8]) -> String {
+        warrant_schema::decode::<warrant_schema::Envelope>(bytes)
+            .map(|e| e.event_id)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -885,11 +1106,11 @@ mod tests {
         assert!(folder.apply(&record(1, 2)).is_ok());
         assert!(matches!(
             folder.apply(&record(0, 5)),
-            Err(OutOfOrder { previous: 5 })
+            Err(Error::OutOfOrder { previous: 5, .. })
         ));
         assert!(matches!(
             folder.apply(&record(0, 4)),
-            Err(OutOfOrder { previous: 5 })
+            Err(Error::OutOfOrder { previous: 5, .. })
         ));
         assert!(folder.apply(&record(0, 9)).is_ok());
     }

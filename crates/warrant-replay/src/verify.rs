@@ -57,6 +57,9 @@ pub struct Ours<'a> {
     pub hashes: Option<&'a [Hash32]>,
     /// Every entry's log position by `seq - 1`, if kept; else only the first.
     pub positions: Option<&'a [LogPosition]>,
+    /// When `hashes` is not kept: the trail ([`crate::trail`]) of every
+    /// entry's hash and position, if kept.
+    pub trail: Option<Hash32>,
     /// The record replay built: full, or from the state alone.
     pub record: &'a ExecutionRecord,
     /// Whether `record` has its history lists (signals, decisions,
@@ -93,6 +96,16 @@ pub enum Verdict {
         seq: u64,
         expected: Hash32,
         actual: Hash32,
+    },
+    /// Replay kept only the trail of the entries ([`crate::trail`]), and
+    /// the projector's first `entries` do not give it (an entry's hash or
+    /// position differs), or the projector has fewer: which entry differs
+    /// first, or whether it is only behind, takes the entries themselves.
+    /// `warrant-replay --verify` folds such instances again, keeping every
+    /// entry, to say ([`VerifyReport::locate`]).
+    Unlocated {
+        entries: u64,
+        projector_entries: u64,
     },
     /// The projector places entry `seq` elsewhere on the log.
     PositionDiffers {
@@ -132,6 +145,7 @@ impl Verdict {
             | Verdict::Missing
             | Verdict::Behind { .. }
             | Verdict::Differs { .. }
+            | Verdict::Unlocated { .. }
             | Verdict::PositionDiffers { .. }
             | Verdict::EntryMissing { .. }
             | Verdict::StartMissing { .. }
@@ -150,6 +164,7 @@ impl Verdict {
             Verdict::Missing => "MISSING",
             Verdict::Behind { .. } => "BEHIND",
             Verdict::Differs { .. }
+            | Verdict::Unlocated { .. }
             | Verdict::PositionDiffers { .. }
             | Verdict::EntryMissing { .. }
             | Verdict::StartMissing { .. }
@@ -194,6 +209,13 @@ impl std::fmt::Display for Verdict {
             } => write!(
                 f,
                 "entry {seq} differs: replay {expected}, projector {actual}"
+            ),
+            Verdict::Unlocated {
+                entries,
+                projector_entries,
+            } => write!(
+                f,
+                "the {entries} replayed entries do not all match the projector's {projector_entries} (replay with --instance to name the first that differs)"
             ),
             Verdict::PositionDiffers {
                 seq,
@@ -319,6 +341,24 @@ pub fn compare(ours: &Ours<'_>, theirs: Option<&ExecutionRecord>) -> Verdict {
         }
     }
     let common = ours.entries.min(projector_entries);
+    // With only the trail kept, equal trails stand for every entry below
+    // being equal; else only the entries can say which differs.
+    if let (None, Some(trail)) = (ours.hashes, ours.trail) {
+        let equal = ours.entries <= projector_entries
+            && crate::trail::of(
+                theirs
+                    .history
+                    .iter()
+                    .take(ours.entries as usize)
+                    .map(|entry| (&entry.hash, entry.position)),
+            ) == trail;
+        if !equal {
+            return Verdict::Unlocated {
+                entries: ours.entries,
+                projector_entries,
+            };
+        }
+    }
     // Entry by entry, the first difference wins: its hash (the bytes and
     // the outcome), then its position (which the chain does not commit to).
     for (seq, entry) in (1u64..).zip(&theirs.history).take(common as usize) {
@@ -612,6 +652,39 @@ impl VerifyReport {
             *counts.entry(instance.verdict.label()).or_insert(0) += 1;
         }
         counts
+    }
+
+    /// The instances whose verdict is [`Verdict::Unlocated`]: what must be
+    /// folded again, keeping every entry, to name the entry that differs.
+    pub fn unlocated(&self) -> Vec<(String, i32)> {
+        self.instances
+            .iter()
+            .filter(|i| matches!(i.verdict, Verdict::Unlocated { .. }))
+            .map(|i| (i.instance_id.clone(), i.partition))
+            .collect()
+    }
+
+    /// Replace unlocated verdicts by those of `located`, a verification of
+    /// the same instances folded again with every entry kept.
+    pub fn locate(&mut self, located: VerifyReport) {
+        let mut by_instance: BTreeMap<(String, i32), Verdict> = located
+            .instances
+            .into_iter()
+            .map(|i| ((i.instance_id, i.partition), i.verdict))
+            .collect();
+        for instance in &mut self.instances {
+            if !matches!(instance.verdict, Verdict::Unlocated { .. }) {
+                continue;
+            }
+            let key = (
+                std::mem::take(&mut instance.instance_id),
+                instance.partition,
+            );
+            if let Some(verdict) = by_instance.remove(&key) {
+                instance.verdict = verdict;
+            }
+            instance.instance_id = key.0;
+        }
     }
 
     /// The verdict for one instance (its first partition).
@@ -1293,6 +1366,7 @@ fn judge(
         entries: instance.entries(),
         hashes: hashes.as_deref(),
         positions: positions.as_deref(),
+        trail: instance.trail(),
         record: &record,
         full,
     };
@@ -1359,6 +1433,7 @@ mod tests {
             entries: mine.hashes.len() as u64,
             hashes: hashes.then_some(mine.hashes.as_slice()),
             positions: hashes.then_some(mine.positions.as_slice()),
+            trail: None,
             record: &mine.record,
             full: true,
         }
@@ -1718,6 +1793,111 @@ mod tests {
         let applied = first_entry(&theirs, |o| matches!(o, Outcome::Applied { .. }));
         theirs.history[applied].submitted_by = Some("svc:impostor".to_owned());
         assert_eq!(compare(&ours(&mine, true), Some(&theirs)), differs);
+    }
+
+    #[test]
+    fn a_trail_verifies_equal_entries_and_leaves_any_difference_unlocated() {
+        let mine = mine(7);
+        let trail = crate::trail::of(mine.hashes.iter().zip(mine.positions.iter().copied()));
+        let with_trail = Ours {
+            hashes: None,
+            positions: None,
+            trail: Some(trail),
+            full: false,
+            ..ours(&mine, false)
+        };
+        let unlocated = |projector_entries| Verdict::Unlocated {
+            entries: 7,
+            projector_entries,
+        };
+        assert_eq!(
+            compare(&with_trail, Some(&projector(7))),
+            compare(&ours(&mine, true), Some(&projector(7)))
+        );
+        assert!(matches!(
+            compare(&with_trail, Some(&projector(7))),
+            Verdict::Verified { entries: 7, .. }
+        ));
+        let mut moved = projector(7);
+        moved.history[3].position.offset += 1000;
+        assert_eq!(compare(&with_trail, Some(&moved)), unlocated(7));
+        let mut rehashed = projector(7);
+        rehashed.history[2].hash = Hash32([9; 32]);
+        assert_eq!(compare(&with_trail, Some(&rehashed)), unlocated(7));
+        // Fewer entries on the projector: behind, or a difference before.
+        assert_eq!(compare(&with_trail, Some(&projector(5))), unlocated(5));
+        let verdict = unlocated(5);
+        assert!(verdict.is_failure());
+        assert_eq!(verdict.label(), "DIFFERS");
+        assert!(verdict.to_string().contains("--instance"), "{verdict}");
+
+        // A range ending before the projector's last entries: the first
+        // five entries' trail against the projector's first five.
+        let five = super::tests::mine(5);
+        let trail = crate::trail::of(five.hashes.iter().zip(five.positions.iter().copied()));
+        let shorter = Ours {
+            hashes: None,
+            positions: None,
+            trail: Some(trail),
+            full: false,
+            ..ours(&five, false)
+        };
+        assert_eq!(
+            compare(&shorter, Some(&projector(7))),
+            Verdict::Verified {
+                entries: 5,
+                projector_entries: 7
+            }
+        );
+    }
+
+    #[test]
+    fn located_verdicts_replace_the_unlocated_ones_only() {
+        let verdict = |instance_id: &str, partition, verdict| InstanceVerdict {
+            instance_id: instance_id.to_owned(),
+            partition,
+            verdict,
+        };
+        let unlocated = Verdict::Unlocated {
+            entries: 3,
+            projector_entries: 3,
+        };
+        let differs = Verdict::Differs {
+            seq: 2,
+            expected: Hash32([1; 32]),
+            actual: Hash32([2; 32]),
+        };
+        let missing = Verdict::Missing;
+        let mut report = VerifyReport {
+            url: "http://projector".to_owned(),
+            instances: vec![
+                verdict("a", 0, unlocated.clone()),
+                verdict("b", 1, missing.clone()),
+                verdict("c", 2, unlocated.clone()),
+            ],
+            checkpoint: CheckpointCheck::Skipped {
+                reason: "test".to_owned(),
+            },
+            behind: Vec::new(),
+            completeness_not_proven: None,
+            gaps: Vec::new(),
+            shards: Vec::new(),
+            unowned: Vec::new(),
+        };
+        assert_eq!(
+            report.unlocated(),
+            vec![("a".to_owned(), 0), ("c".to_owned(), 2)]
+        );
+        let mut located = report.clone();
+        located.instances = vec![
+            verdict("a", 0, differs.clone()),
+            // Another partition's record of the same id is not this one.
+            verdict("c", 1, differs.clone()),
+        ];
+        report.locate(located);
+        let verdicts: Vec<_> = report.instances.iter().map(|i| &i.verdict).collect();
+        assert_eq!(verdicts, vec![&differs, &missing, &unlocated]);
+        assert_eq!(report.instances[0].instance_id, "a");
     }
 
     #[test]

@@ -178,6 +178,18 @@ impl InstanceScript {
         )
     }
 
+    /// A policy source reporting again, at once: while authorized the fold
+    /// records it (`SignalAfterDecision`) and only replaces the standing
+    /// verdict, so the state does not grow.
+    fn signal_again(&mut self, source: &str) -> &mut Self {
+        self.signal(source, SignalVerdict::Allow);
+        self.clock -= MINUTE;
+        if let Some(event) = self.events.last_mut() {
+            event.recorded_at = self.clock;
+        }
+        self
+    }
+
     fn decide(&mut self, principal: &str, roles: &[&str], verdict: DecisionVerdict) -> &mut Self {
         self.push(
             &format!("reviewer:{principal}"),
@@ -384,13 +396,26 @@ pub fn scripted_history(instances: usize) -> Script {
     script
 }
 
+/// Events of one instance in [`bulk_history`].
+pub const BULK_PER_INSTANCE: usize = 7;
+
 /// The realistic mix at volume: instances of seven events each (proposal,
 /// two signals, two approvals, a claim, its report), `events` in all,
 /// interleaved across instances as a busy log would be.
 pub fn bulk_history(events: usize) -> impl Iterator<Item = LogRecord> {
-    const PER_INSTANCE: usize = 7;
+    bulk_history_over(events, events.div_ceil(BULK_PER_INSTANCE))
+}
+
+/// [`bulk_history`] with `events` spread over `instances` instances (fewer
+/// when that leaves under seven events each): past the seven, each
+/// instance's policy sources report again while it is authorized, before
+/// the claim. The fold records those without growing the state, so a
+/// longer log over the same instances folds to states of the same size:
+/// what the replay memory benchmark compares (scripts/bench-replay-mem.sh).
+pub fn bulk_history_over(events: usize, instances: usize) -> impl Iterator<Item = LogRecord> {
     const INTERLEAVE: usize = 64;
-    let instances = events.div_ceil(PER_INSTANCE);
+    let per = events.div_ceil(instances.max(1)).max(BULK_PER_INSTANCE);
+    let instances = events.div_ceil(per);
     (0..instances.div_ceil(INTERLEAVE))
         .flat_map(move |block| {
             let scripts: Vec<InstanceScript> = (block * INTERLEAVE
@@ -401,13 +426,15 @@ pub fn bulk_history(events: usize) -> impl Iterator<Item = LogRecord> {
                         .signal("opa", SignalVerdict::Allow)
                         .signal("calendar", SignalVerdict::Allow)
                         .approve("alice")
-                        .approve("bob")
-                        .claim()
-                        .report(ExecutionOutcome::Succeeded);
+                        .approve("bob");
+                    for again in 0..per - BULK_PER_INSTANCE {
+                        s.signal_again(if again % 2 == 0 { "opa" } else { "calendar" });
+                    }
+                    s.claim().report(ExecutionOutcome::Succeeded);
                     s
                 })
                 .collect();
-            (0..PER_INSTANCE)
+            (0..per)
                 .flat_map(move |step| {
                     scripts
                         .iter()
@@ -582,5 +609,38 @@ mod tests {
         assert!(ledger
             .instances()
             .all(|(_, f)| f.state.status() == Some(StatusName::Completed)));
+    }
+
+    #[test]
+    fn more_events_over_the_same_instances_fold_to_states_of_the_same_shape() {
+        let fold = |events, instances| {
+            let mut ledger = Ledger::new();
+            for (offset, record) in bulk_history_over(events, instances).enumerate() {
+                let position = warrant_authority::LogPosition {
+                    partition: 0,
+                    offset: offset as i64,
+                };
+                let entry = ledger.apply(position, record.key.as_deref(), &record.value);
+                assert!(entry.outcome.refusal().is_none(), "{:?}", entry.outcome);
+            }
+            ledger
+        };
+        let short = fold(7 * 30, 30);
+        let long = fold(70 * 30, 30);
+        assert_eq!((short.len(), long.len()), (30, 30));
+        for ((id, a), (other, b)) in short.instances().zip(long.instances()) {
+            assert_eq!(id, other);
+            assert_eq!((a.state.entries, b.state.entries), (7, 70));
+            assert_eq!(b.state.status(), Some(StatusName::Completed));
+            let (Some(a), Some(b)) = (a.state.instance(), b.state.instance()) else {
+                panic!("{id} not proposed");
+            };
+            assert_eq!(
+                (a.signals.len(), a.approvals.len(), a.grants.len()),
+                (b.signals.len(), b.approvals.len(), b.grants.len())
+            );
+        }
+        // Fewer events than seven an instance: fewer instances.
+        assert_eq!(fold(20, 10).len(), 3);
     }
 }

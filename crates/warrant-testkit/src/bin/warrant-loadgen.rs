@@ -2,7 +2,8 @@
 //!
 //! `warrant-loadgen --events 1000000 --log-topic bench.log` produces whole
 //! instances (proposal, two signals, two approvals, a claim, a report),
-//! interleaved, through Warrant's own producer (acks=all, idempotent).
+//! interleaved, through Warrant's own producer (acks=all, idempotent);
+//! `--instances N` spreads them over N instances instead.
 
 use std::time::Instant;
 
@@ -17,6 +18,11 @@ struct Args {
     /// How many events to produce.
     #[arg(long, env = "WARRANT_LOADGEN_EVENTS", default_value_t = 1_000_000)]
     events: usize,
+    /// Spread the events over this many instances (at least seven events
+    /// each; more become policy signals reported again while authorized,
+    /// which do not grow the state) [default: seven events an instance].
+    #[arg(long, env = "WARRANT_LOADGEN_INSTANCES", value_name = "N")]
+    instances: Option<usize>,
     /// Create the topics first (log with this many partitions).
     #[arg(long, env = "WARRANT_LOADGEN_PARTITIONS", default_value_t = 3)]
     partitions: i32,
@@ -30,10 +36,15 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("creating topics")?;
     let started = Instant::now();
-    let positions =
-        warrant_testkit::produce(&args.kafka, warrant_testkit::bulk_history(args.events))
-            .await
-            .context("producing")?;
+    let instances = args
+        .instances
+        .unwrap_or(args.events.div_ceil(warrant_testkit::BULK_PER_INSTANCE));
+    let positions = warrant_testkit::produce(
+        &args.kafka,
+        warrant_testkit::bulk_history_over(args.events, instances),
+    )
+    .await
+    .context("producing")?;
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "produced {} events to {} in {seconds:.1} s ({:.0} events/s)",
