@@ -70,14 +70,15 @@ export WARRANT_RULESETS_TOPIC="$run.rulesets"
 echo "== producing $EVENTS events over $INSTANCES instances to $run.log ($PARTITIONS partitions)"
 "$BIN/warrant-loadgen" --events "$EVENTS" --instances "$INSTANCES" --partitions "$PARTITIONS"
 
-# time_run LABEL CMD... -> "seconds maxrss_kb" in $WORK/LABEL
+# time_run LABEL CMD... -> "seconds maxrss_kb" in $WORK/LABEL.time
 time_run() {
   local label=$1
   shift
-  /usr/bin/time -f '%e %M' -o "$WORK/$label" "$@" >/dev/null 2>"$WORK/$label.stderr"
+  /usr/bin/time -f '%e %M' -o "$WORK/$label.time" "$@" >/dev/null 2>"$WORK/$label.stderr" ||
+    { echo "bench-scale: $label failed:" >&2; tail -5 "$WORK/$label.stderr" >&2; return 1; }
 }
-seconds() { cut -d' ' -f1 "$WORK/$1"; }
-rss_mib() { awk '{printf "%.0f", $2 / 1024}' "$WORK/$1"; }
+seconds() { cut -d' ' -f1 "$WORK/$1.time"; }
+rss_mib() { awk '{printf "%.0f", $2 / 1024}' "$WORK/$1.time"; }
 sled_bytes() { du -sb "$1" | cut -f1; }
 
 echo "== kcat"
