@@ -21,7 +21,7 @@ use crate::http::{AppState, Clock, HttpOptions, Readiness, RecentInstances, Syst
 use crate::ingress::{Ingress, IngressOptions};
 use crate::log::{Appended, KafkaLog};
 use crate::metrics::{HttpLabels, Metrics};
-use crate::projector::{HttpProjector, Projector, ProjectorError};
+use crate::projector::{Projector, ProjectorError};
 use crate::shards::ShardedProjector;
 use crate::sweeper::Sweeper;
 use crate::Error;
@@ -184,7 +184,9 @@ impl Args {
     }
 }
 
-/// One projector, or several shards of one (`--projector-url` repeated).
+/// The projector's shards (`--projector-url` repeated or comma-separated).
+/// One URL is a shard too: it is asked what it owns like any other, so a
+/// URL of one shard of several is refused rather than read as the whole log.
 fn projector_client(urls: &[String]) -> Result<Arc<dyn Projector>, ProjectorError> {
     let urls: Vec<String> = urls
         .iter()
@@ -192,17 +194,14 @@ fn projector_client(urls: &[String]) -> Result<Arc<dyn Projector>, ProjectorErro
         .filter(|url| !url.is_empty())
         .collect();
     let timeout = Duration::from_secs(5);
-    Ok(match urls.as_slice() {
-        [] => return Err(ProjectorError::Url(String::new())),
-        [one] => Arc::new(HttpProjector::new(one, timeout)?),
-        several => {
-            tracing::info!(
-                shards = several.len(),
-                "projector shards: routing by partition"
-            );
-            Arc::new(ShardedProjector::new(several, timeout)?)
-        }
-    })
+    let projector = ShardedProjector::new(&urls, timeout)?;
+    if urls.len() > 1 {
+        tracing::info!(
+            shards = urls.len(),
+            "projector shards: routing by partition"
+        );
+    }
+    Ok(Arc::new(projector))
 }
 
 /// A running intake.

@@ -726,6 +726,39 @@ mod tests {
         assert!(asked(&a).is_empty());
     }
 
+    #[tokio::test]
+    async fn one_url_is_a_shard_that_must_own_every_partition() {
+        let one = Arc::new(FakeShard {
+            owned: Mutex::new(vec![3, 4, 5]),
+            listed: vec!["b1"],
+            ..FakeShard::default()
+        });
+        let projector =
+            ShardedProjector::new(&[serve(one.clone()).await], Duration::from_secs(5)).unwrap();
+        for error in [
+            listing(&projector).await.unwrap_err(),
+            projector.record(&id_in(4)).await.unwrap_err(),
+        ] {
+            assert!(matches!(error, ProjectorError::Sharding(_)), "{error:?}");
+            assert!(
+                error
+                    .to_string()
+                    .contains("no shard owns partitions 0-2 of 6 (give intake every shard's URL)"),
+                "{error}"
+            );
+        }
+        assert!(asked(&one).is_empty(), "nothing is asked of a partial view");
+
+        // A projector of the whole log: as before shards.
+        *one.owned.lock().unwrap() = (0..6).collect();
+        tokio::time::sleep(RETRY_DISCOVERY + Duration::from_millis(100)).await;
+        assert_eq!(listing(&projector).await.unwrap(), ["b1"]);
+        for partition in 0..6 {
+            assert!(projector.record(&id_in(partition)).await.unwrap().is_none());
+        }
+        assert_eq!(asked(&one).len(), 6);
+    }
+
     #[test]
     fn every_url_must_be_a_distinct_http_url() {
         let urls = |list: &[&str]| list.iter().map(|u| (*u).to_owned()).collect::<Vec<_>>();
