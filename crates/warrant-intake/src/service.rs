@@ -204,6 +204,13 @@ fn projector_client(urls: &[String]) -> Result<Arc<dyn Projector>, ProjectorErro
     Ok(Arc::new(projector))
 }
 
+/// `--check-config`'s look at `--projector-url`: the URLs intake would
+/// start with (each plain http, none twice), without asking them anything.
+pub fn check_projector_urls(urls: &[String]) -> Result<usize, ProjectorError> {
+    projector_client(urls)?;
+    Ok(urls.iter().filter(|url| !url.trim().is_empty()).count())
+}
+
 /// A running intake.
 pub struct Intake {
     addr: SocketAddr,
@@ -815,5 +822,20 @@ mod tests {
             Err(ProjectorError::Sharding(_))
         ));
         assert!(projector_client(&[" ".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn the_config_check_refuses_what_start_would() {
+        let check = |flag: &str| check_projector_urls(&urls(&["--projector-url", flag]));
+        assert_eq!(check("http://p0:8081").unwrap(), 1);
+        assert_eq!(check("http://p0:8081,http://p1:8081/").unwrap(), 2);
+        let error = check("http://p0:8081,http://p0:8081").unwrap_err();
+        assert!(error.to_string().contains("given twice"), "{error}");
+        let error = check(" , ").unwrap_err();
+        assert!(error.to_string().contains("no projector URL"), "{error}");
+        assert!(matches!(
+            check("http://p0:8081,p1:8081"),
+            Err(ProjectorError::Url(_))
+        ));
     }
 }
