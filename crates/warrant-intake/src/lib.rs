@@ -32,7 +32,7 @@ pub mod sweeper;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub use service::{reload, run, Args, Intake};
+pub use service::{check_projector_urls, reload, run, Args, Intake};
 
 /// Everything that can stop intake. `Display` says what failed; the cause
 /// is in `source()`.

@@ -40,8 +40,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// producer flushes); SIGHUP reloads the ruleset and principals files.
 /// Log verbosity: RUST_LOG (default info).
 ///
-/// --check-config loads and cross-checks the two files, prints what it
-/// found as JSON, and exits (0: usable, 1: not) without touching Kafka.
+/// --check-config loads and cross-checks the two files and the
+/// --projector-url list, prints what it found as JSON, and exits (0: usable,
+/// 1: not) without touching Kafka or the projector.
 #[derive(Debug, Parser)]
 #[command(name = "warrant-intake", version, verbatim_doc_comment)]
 struct Cli {
@@ -58,6 +59,15 @@ struct Cli {
 
 /// `--check-config`: 0 when intake could run on the files, 1 when not.
 fn check_config(args: &warrant_intake::Args) -> ExitCode {
+    // Refused at start too; say so before a rollout, not after.
+    if let Err(error) = warrant_intake::check_projector_urls(&args.projector_url) {
+        eprintln!(
+            "warrant-intake: --projector-url {:?}: {}",
+            args.projector_url.join(","),
+            warrant_intake::error_chain(&error)
+        );
+        return ExitCode::FAILURE;
+    }
     let paths = Paths {
         ruleset: args.ruleset.clone(),
         principals: args.principals.clone(),

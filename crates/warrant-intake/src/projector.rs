@@ -160,7 +160,7 @@ impl HttpProjector {
         let info: Option<ShardInfo> = self.get("/v1/shard", &[], None).await?;
         info.ok_or_else(|| {
             ProjectorError::Sharding(format!(
-                "{}/v1/shard answered 404: a projector that predates shards cannot be one of several",
+                "{}/v1/shard answered 404: this projector does not say which partitions it folds (it predates shards)",
                 self.base
             ))
         })

@@ -21,7 +21,7 @@ use crate::http::{AppState, Clock, HttpOptions, Readiness, RecentInstances, Syst
 use crate::ingress::{Ingress, IngressOptions};
 use crate::log::{Appended, KafkaLog};
 use crate::metrics::{HttpLabels, Metrics};
-use crate::projector::{HttpProjector, Projector, ProjectorError};
+use crate::projector::{Projector, ProjectorError};
 use crate::shards::ShardedProjector;
 use crate::sweeper::Sweeper;
 use crate::Error;
@@ -184,7 +184,9 @@ impl Args {
     }
 }
 
-/// One projector, or several shards of one (`--projector-url` repeated).
+/// The projector's shards (`--projector-url` repeated or comma-separated).
+/// One URL is a shard too: it is asked what it owns like any other, so a
+/// URL of one shard of several is refused rather than read as the whole log.
 fn projector_client(urls: &[String]) -> Result<Arc<dyn Projector>, ProjectorError> {
     let urls: Vec<String> = urls
         .iter()
@@ -192,17 +194,21 @@ fn projector_client(urls: &[String]) -> Result<Arc<dyn Projector>, ProjectorErro
         .filter(|url| !url.is_empty())
         .collect();
     let timeout = Duration::from_secs(5);
-    Ok(match urls.as_slice() {
-        [] => return Err(ProjectorError::Url(String::new())),
-        [one] => Arc::new(HttpProjector::new(one, timeout)?),
-        several => {
-            tracing::info!(
-                shards = several.len(),
-                "projector shards: routing by partition"
-            );
-            Arc::new(ShardedProjector::new(several, timeout)?)
-        }
-    })
+    let projector = ShardedProjector::new(&urls, timeout)?;
+    if urls.len() > 1 {
+        tracing::info!(
+            shards = urls.len(),
+            "projector shards: routing by partition"
+        );
+    }
+    Ok(Arc::new(projector))
+}
+
+/// `--check-config`'s look at `--projector-url`: the URLs intake would
+/// start with (each plain http, none twice), without asking them anything.
+pub fn check_projector_urls(urls: &[String]) -> Result<usize, ProjectorError> {
+    projector_client(urls)?;
+    Ok(urls.iter().filter(|url| !url.trim().is_empty()).count())
 }
 
 /// A running intake.
@@ -816,5 +822,20 @@ mod tests {
             Err(ProjectorError::Sharding(_))
         ));
         assert!(projector_client(&[" ".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn the_config_check_refuses_what_start_would() {
+        let check = |flag: &str| check_projector_urls(&urls(&["--projector-url", flag]));
+        assert_eq!(check("http://p0:8081").unwrap(), 1);
+        assert_eq!(check("http://p0:8081,http://p1:8081/").unwrap(), 2);
+        let error = check("http://p0:8081,http://p0:8081").unwrap_err();
+        assert!(error.to_string().contains("given twice"), "{error}");
+        let error = check(" , ").unwrap_err();
+        assert!(error.to_string().contains("no projector URL"), "{error}");
+        assert!(matches!(
+            check("http://p0:8081,p1:8081"),
+            Err(ProjectorError::Url(_))
+        ));
     }
 }

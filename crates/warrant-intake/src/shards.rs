@@ -1,4 +1,5 @@
-//! Several projector shards behind the one [`Projector`] intake asks.
+//! The projector, as the shards that fold the log's partitions; one
+//! projector of the whole log is the case of one shard that owns them all.
 //!
 //! Each shard folds some partitions of the log (`warrant-projector
 //! --partitions`). A question about one instance goes to the shard that
@@ -9,11 +10,13 @@
 //! the pages by instance id, so a cursor means what it means on one.
 //!
 //! Which shard owns what is asked of the shards themselves (`GET /v1/shard`)
-//! rather than configured twice: on first use, and again after a shard
-//! answers 421 `not_owner` (it was restarted with other partitions). Every
-//! partition of the log must be owned by exactly one shard; until it is,
-//! every routed call fails with [`ProjectorError::Sharding`] (intake
-//! answers 503), never a guess.
+//! rather than configured twice: on first use, again after a shard answers
+//! 421 `not_owner` (it was restarted with other partitions), and after every
+//! listing, which no shard can refuse with a 421 and which would otherwise
+//! come back short without a word. Every partition of the log must be owned
+//! by exactly one shard; until it is, every routed call and every listing
+//! fails with [`ProjectorError::Sharding`] (intake answers 503), never a
+//! guess or a partial page.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -91,7 +94,7 @@ impl Routes {
             .collect();
         if !unowned.is_empty() {
             return Err(format!(
-                "no shard owns partitions {} of {count}",
+                "no shard owns partitions {} of {count} (give intake every shard's URL)",
                 ranges(&unowned)
             ));
         }
@@ -138,7 +141,7 @@ struct Known {
     failed: Option<(Instant, String)>,
 }
 
-/// The projector, as several shards.
+/// The projector, as one or several shards.
 #[derive(Debug)]
 pub struct ShardedProjector {
     shards: Vec<HttpProjector>,
@@ -190,9 +193,27 @@ impl ShardedProjector {
             return Ok(routes);
         }
         let discovered = self.discover().await;
+        self.learn(discovered)
+    }
+
+    /// Ask every shard what it owns now, whatever is known.
+    async fn rediscover(&self) -> Result<Arc<Routes>, ProjectorError> {
+        let _one = self.discovering.lock().await;
+        let discovered = self.discover().await;
+        self.learn(discovered)
+    }
+
+    /// Remember what a discovery found: routes, or why there are none.
+    fn learn(&self, discovered: Result<Routes, String>) -> Result<Arc<Routes>, ProjectorError> {
         let mut known = self.known();
         match discovered {
             Ok(routes) => {
+                if known.routes.as_deref() == Some(&routes) {
+                    // Unchanged: keep the one every caller already holds.
+                    if let Some(same) = &known.routes {
+                        return Ok(same.clone());
+                    }
+                }
                 let routes = Arc::new(routes);
                 tracing::info!(
                     shards = self.shards.len(),
@@ -205,6 +226,7 @@ impl ShardedProjector {
             }
             Err(reason) => {
                 tracing::warn!(reason = %reason, "cannot route to the projector shards");
+                known.routes = None;
                 known.failed = Some((Instant::now(), reason.clone()));
                 Err(ProjectorError::Sharding(reason))
             }
@@ -353,22 +375,50 @@ impl Projector for ShardedProjector {
         limit: usize,
     ) -> BoxFuture<'a, Result<Page, ProjectorError>> {
         Box::pin(async move {
-            // Every shard, or none: a listing missing a shard's instances
-            // would look complete (the sweeper would skip its deadlines).
-            self.routes().await?;
-            let mut asked = tokio::task::JoinSet::new();
-            for shard in &self.shards {
-                let (shard, after) = (shard.clone(), after.map(str::to_owned));
-                asked.spawn(async move { shard.list(status, after.as_deref(), limit).await });
+            // Every partition, or none: a listing missing a partition's
+            // instances would look complete (the sweeper would never expire
+            // them, reviewers would never see them). No listing call says
+            // 421, so ownership is asked again after every listing: the
+            // pages are only whole if the shards still cover every
+            // partition, as they did when the listing began (a shard
+            // restarted with fewer partitions answers a smaller page).
+            let mut routes = self.routes().await?;
+            for _ in 0..2 {
+                let page = self.list_every_shard(status, after, limit).await?;
+                let now = self.rediscover().await?;
+                if now == routes {
+                    return Ok(page);
+                }
+                // Some pages may predate the change: list again.
+                routes = now;
             }
-            let mut pages = Vec::with_capacity(self.shards.len());
-            while let Some(joined) = asked.join_next().await {
-                let page = joined
-                    .map_err(|_| ProjectorError::Sharding("a listing task failed".to_owned()))?;
-                pages.push(page?);
-            }
-            Ok(merge_pages(pages, limit))
+            Err(ProjectorError::Sharding(
+                "the shards' partitions changed during two listings in a row".to_owned(),
+            ))
         })
+    }
+}
+
+impl ShardedProjector {
+    /// One page from every shard, merged.
+    async fn list_every_shard(
+        &self,
+        status: StatusName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, ProjectorError> {
+        let mut asked = tokio::task::JoinSet::new();
+        for shard in &self.shards {
+            let (shard, after) = (shard.clone(), after.map(str::to_owned));
+            asked.spawn(async move { shard.list(status, after.as_deref(), limit).await });
+        }
+        let mut pages = Vec::with_capacity(self.shards.len());
+        while let Some(joined) = asked.join_next().await {
+            let page =
+                joined.map_err(|_| ProjectorError::Sharding("a listing task failed".to_owned()))?;
+            pages.push(page?);
+        }
+        Ok(merge_pages(pages, limit))
     }
 }
 
@@ -618,6 +668,95 @@ mod tests {
             .list(StatusName::AwaitingDecision, None, 10)
             .await
             .is_err());
+    }
+
+    async fn listing(projector: &ShardedProjector) -> Result<Vec<String>, ProjectorError> {
+        let page = projector
+            .list(StatusName::AwaitingDecision, None, 10)
+            .await?;
+        Ok(ids(&page).into_iter().map(str::to_owned).collect())
+    }
+
+    #[tokio::test]
+    async fn a_listing_notices_a_shard_that_no_longer_owns_its_partitions() {
+        let a = Arc::new(FakeShard {
+            owned: Mutex::new(vec![0, 1, 2]),
+            listed: vec!["a1"],
+            ..FakeShard::default()
+        });
+        let b = Arc::new(FakeShard {
+            owned: Mutex::new(vec![3, 4, 5]),
+            listed: vec!["b1"],
+            ..FakeShard::default()
+        });
+        let urls = vec![serve(a.clone()).await, serve(b.clone()).await];
+        let projector = ShardedProjector::new(&urls, Duration::from_secs(5)).unwrap();
+        assert_eq!(listing(&projector).await.unwrap(), ["a1", "b1"]);
+
+        // Shard a restarts with fewer partitions. No per-instance call is
+        // made, so no 421 says so: the listing itself must notice.
+        *a.owned.lock().unwrap() = vec![0, 1];
+        for _ in 0..3 {
+            let error = listing(&projector).await.unwrap_err();
+            assert!(matches!(error, ProjectorError::Sharding(_)), "{error:?}");
+            assert!(
+                error
+                    .to_string()
+                    .contains("no shard owns partitions 2 of 6"),
+                "{error}"
+            );
+        }
+        // And what intake routes by is forgotten with it.
+        let error = projector.record(&id_in(2)).await.unwrap_err();
+        assert!(matches!(error, ProjectorError::Sharding(_)), "{error:?}");
+
+        // Whole again (once the failed discovery may be retried).
+        *a.owned.lock().unwrap() = vec![0, 1, 2];
+        tokio::time::sleep(RETRY_DISCOVERY + Duration::from_millis(100)).await;
+        assert_eq!(listing(&projector).await.unwrap(), ["a1", "b1"]);
+
+        // The shards swap partitions: still whole, and the new routes are
+        // learnt from the listing alone.
+        *a.owned.lock().unwrap() = vec![3, 4, 5];
+        *b.owned.lock().unwrap() = vec![0, 1, 2];
+        assert_eq!(listing(&projector).await.unwrap(), ["a1", "b1"]);
+        let id = id_in(0);
+        assert!(projector.record(&id).await.unwrap().is_none());
+        assert_eq!(asked(&b), [id]);
+        assert!(asked(&a).is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_url_is_a_shard_that_must_own_every_partition() {
+        let one = Arc::new(FakeShard {
+            owned: Mutex::new(vec![3, 4, 5]),
+            listed: vec!["b1"],
+            ..FakeShard::default()
+        });
+        let projector =
+            ShardedProjector::new(&[serve(one.clone()).await], Duration::from_secs(5)).unwrap();
+        for error in [
+            listing(&projector).await.unwrap_err(),
+            projector.record(&id_in(4)).await.unwrap_err(),
+        ] {
+            assert!(matches!(error, ProjectorError::Sharding(_)), "{error:?}");
+            assert!(
+                error
+                    .to_string()
+                    .contains("no shard owns partitions 0-2 of 6 (give intake every shard's URL)"),
+                "{error}"
+            );
+        }
+        assert!(asked(&one).is_empty(), "nothing is asked of a partial view");
+
+        // A projector of the whole log: as before shards.
+        *one.owned.lock().unwrap() = (0..6).collect();
+        tokio::time::sleep(RETRY_DISCOVERY + Duration::from_millis(100)).await;
+        assert_eq!(listing(&projector).await.unwrap(), ["b1"]);
+        for partition in 0..6 {
+            assert!(projector.record(&id_in(partition)).await.unwrap().is_none());
+        }
+        assert_eq!(asked(&one).len(), 6);
     }
 
     #[test]

@@ -289,9 +289,17 @@ pub async fn close_session(State(state): State<AppState>, headers: HeaderMap) ->
     response
 }
 
-fn projector_unavailable(error: &dyn std::error::Error) -> ApiError {
+fn projector_unavailable(error: &crate::projector::ProjectorError) -> ApiError {
     tracing::warn!(error = %crate::error_chain(error), "projector unavailable");
-    ApiError::unavailable("projector_unavailable", "the projector is unavailable")
+    match error {
+        // Which partitions no shard owns is the operator's next step; an
+        // unreachable shard's transport error stays in the log.
+        crate::projector::ProjectorError::Sharding(reason) => ApiError::unavailable(
+            "projector_unavailable",
+            format!("the projector is unavailable: {reason}"),
+        ),
+        _ => ApiError::unavailable("projector_unavailable", "the projector is unavailable"),
+    }
 }
 
 #[derive(Debug, Deserialize)]
