@@ -1023,25 +1023,208 @@ pub(super) fn depth(root: &IdedExpr) -> usize {
     deepest
 }
 
-/// How deep brackets (`(`, `[`, `{`) nest in `source`, outside string
-/// literals.
-pub(super) fn nesting(source: &str) -> usize {
+/// How deep brackets (`(`, `[`, `{`) nest in `source`, counted on the
+/// tokens of CEL's lexer (the `cel` crate's grammar): brackets in a string
+/// or bytes literal (quoted, triple-quoted or raw) or in a `//` comment are
+/// text. `Err` says where `source` is not made of CEL tokens; the parser
+/// refuses such a source, but only after parsing what its error recovery
+/// makes of the rest, so the caller must not trust the count then.
+pub(super) fn nesting(source: &str) -> Result<usize, String> {
     let bytes = source.as_bytes();
     let (mut open, mut deepest) = (0usize, 0usize);
     let mut at = 0;
     while at < bytes.len() {
-        match bytes[at] {
-            quote @ (b'"' | b'\'') => at = skip_string(bytes, at, quote),
-            b'(' | b'[' | b'{' => {
+        match token(bytes, at) {
+            Ok((Token::Open, next)) => {
                 open += 1;
                 deepest = deepest.max(open);
+                at = next;
             }
-            b')' | b']' | b'}' => open = open.saturating_sub(1),
-            _ => {}
+            Ok((Token::Close, next)) => {
+                open = open.saturating_sub(1);
+                at = next;
+            }
+            Ok((Token::Other, next)) => at = next,
+            Err(what) => return Err(format!("{what} at {}", position(source, at))),
         }
-        at += 1;
     }
-    deepest
+    Ok(deepest)
+}
+
+/// The number of opening brackets anywhere in `source`, strings and
+/// comments included: no reading of it can nest deeper.
+pub(super) fn brackets(source: &str) -> usize {
+    source.bytes().filter(|b| b"([{".contains(b)).count()
+}
+
+/// `line L, column C` (from 1) of byte `at`.
+fn position(source: &str, at: usize) -> String {
+    let before = &source.as_bytes()[..at];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |n| n + 1);
+    let column = source
+        .get(start..at)
+        .map_or(at - start, |s| s.chars().count())
+        + 1;
+    format!("line {line}, column {column}")
+}
+
+/// What the nesting count needs of a token.
+#[derive(Debug, PartialEq)]
+enum Token {
+    Open,
+    Close,
+    Other,
+}
+
+/// The token starting at byte `at` (which is not past the end), and the
+/// offset just past it; `Err` when no CEL token starts there. This follows
+/// the lexer rules of CEL's grammar (the `cel` crate's `CEL.g4`), with its
+/// longest match: `r"` and `b"` open a raw and a bytes literal only where a
+/// token starts (`xr"` is the name `xr`, then a string), and a number ends
+/// where its digits do (`1r"\"` is `1`, then a raw string).
+fn token(bytes: &[u8], at: usize) -> Result<(Token, usize), &'static str> {
+    let here = bytes[at];
+    let next = |n: usize| bytes.get(at + n).copied();
+    let is_quote = |b: Option<u8>| matches!(b, Some(b'"' | b'\''));
+    let word = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_';
+    let other = |len: usize| Ok((Token::Other, at + len));
+    match here {
+        b'(' | b'[' | b'{' => Ok((Token::Open, at + 1)),
+        b')' | b']' | b'}' => Ok((Token::Close, at + 1)),
+        b' ' | b'\t' | b'\r' | b'\n' | 0x0c => other(1),
+        b'/' if next(1) == Some(b'/') => {
+            let rest = bytes[at..].iter().position(|&b| b == b'\n');
+            Ok((Token::Other, rest.map_or(bytes.len(), |n| at + n)))
+        }
+        b'"' | b'\'' => string(bytes, at, false).map(|end| (Token::Other, end)),
+        b'r' | b'R' if is_quote(next(1)) => {
+            string(bytes, at + 1, true).map(|end| (Token::Other, end))
+        }
+        b'b' | b'B' if is_quote(next(1)) => {
+            string(bytes, at + 1, false).map(|end| (Token::Other, end))
+        }
+        b'b' | b'B' if matches!(next(1), Some(b'r' | b'R')) && is_quote(next(2)) => {
+            string(bytes, at + 2, true).map(|end| (Token::Other, end))
+        }
+        b'a'..=b'z' | b'A'..=b'Z' | b'_' => {
+            other(bytes[at..].iter().take_while(|b| word(b)).count())
+        }
+        b'`' => {
+            let name = bytes[at + 1..]
+                .iter()
+                .take_while(|b| word(b) || b".-/ ".contains(b))
+                .count();
+            if name > 0 && bytes.get(at + 1 + name) == Some(&b'`') {
+                other(name + 2)
+            } else {
+                Err("an unclosed or invalid `quoted name`")
+            }
+        }
+        b'0'..=b'9' => other(number(bytes, at) - at),
+        b'.' if next(1).is_some_and(|b| b.is_ascii_digit()) => other(number(bytes, at) - at),
+        b'=' | b'!' | b'<' | b'>' if next(1) == Some(b'=') => other(2),
+        b'&' | b'|' if next(1) == Some(here) => other(2),
+        b'<' | b'>' | b'!' | b'-' | b'+' | b'*' | b'/' | b'%' | b'?' | b':' | b'.' | b',' => {
+            other(1)
+        }
+        _ => Err("a character that starts no CEL token"),
+    }
+}
+
+/// The offset just past the number starting at `at`: `0x` and hex digits,
+/// or digits, a fraction and an exponent, each only when digits follow;
+/// `u` only after an integer.
+fn number(bytes: &[u8], at: usize) -> usize {
+    let digits = |from: usize, hex: bool| {
+        from + bytes[from..]
+            .iter()
+            .take_while(|b| {
+                if hex {
+                    b.is_ascii_hexdigit()
+                } else {
+                    b.is_ascii_digit()
+                }
+            })
+            .count()
+    };
+    let uint = |end: usize| end + usize::from(matches!(bytes.get(end), Some(b'u' | b'U')));
+    if bytes[at] == b'0'
+        && matches!(bytes.get(at + 1), Some(b'x'))
+        && bytes.get(at + 2).is_some_and(u8::is_ascii_hexdigit)
+    {
+        return uint(digits(at + 2, true));
+    }
+    let mut end = digits(at, false);
+    let mut integer = true;
+    if bytes.get(end) == Some(&b'.') && bytes.get(end + 1).is_some_and(u8::is_ascii_digit) {
+        end = digits(end + 1, false);
+        integer = false;
+    }
+    if matches!(bytes.get(end), Some(b'e' | b'E')) {
+        let sign = usize::from(matches!(bytes.get(end + 1), Some(b'+' | b'-')));
+        if bytes.get(end + 1 + sign).is_some_and(u8::is_ascii_digit) {
+            end = digits(end + 1 + sign, false);
+            integer = false;
+        }
+    }
+    if integer {
+        uint(end)
+    } else {
+        end
+    }
+}
+
+/// The offset just past the string literal whose quote is at `at`: `'` or
+/// `"`, tripled or not, raw (no escapes) or not; `Err` when it is not a
+/// valid one (unclosed, a line break in a one-line string, a bad escape).
+/// A tripled quote that does not close is the empty string `""` followed by
+/// a third quote for the lexer, which no parse accepts: an error here too.
+fn string(bytes: &[u8], at: usize, raw: bool) -> Result<usize, &'static str> {
+    let quote = bytes[at];
+    let triple = bytes.get(at + 1) == Some(&quote) && bytes.get(at + 2) == Some(&quote);
+    let mut i = at + if triple { 3 } else { 1 };
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == quote
+            && (!triple || (bytes.get(i + 1) == Some(&quote) && bytes.get(i + 2) == Some(&quote)))
+        {
+            return Ok(i + if triple { 3 } else { 1 });
+        }
+        if !triple && (b == b'\n' || b == b'\r') {
+            return Err("a line break in a string");
+        }
+        if b == b'\\' && !raw {
+            i += escape(&bytes[i..]).ok_or("an invalid escape sequence in a string")?;
+            continue;
+        }
+        i += 1;
+    }
+    Err("an unclosed string")
+}
+
+/// The length of the escape sequence `text` starts with (at its `\`), if
+/// it is one CEL has.
+fn escape(text: &[u8]) -> Option<usize> {
+    let hex = |from: usize, n: usize| {
+        (text.len() >= from + n && text[from..from + n].iter().all(u8::is_ascii_hexdigit))
+            .then_some(from + n)
+    };
+    match text.get(1)? {
+        b'a' | b'b' | b'f' | b'n' | b'r' | b't' | b'v' | b'"' | b'\'' | b'\\' | b'?' | b'`' => {
+            Some(2)
+        }
+        b'0'..=b'3' => {
+            (text.len() >= 4 && text[2..4].iter().all(|b| (b'0'..=b'7').contains(b))).then_some(4)
+        }
+        b'x' | b'X' => hex(2, 2),
+        b'u' => hex(2, 4),
+        b'U' => hex(2, 8),
+        _ => None,
+    }
 }
 
 /// `span` widened until its brackets balance, and back over the name of a
@@ -1055,7 +1238,7 @@ fn widen(bytes: &[u8], (mut lo, mut hi): (usize, usize)) -> Option<(usize, usize
     let mut at = lo;
     while at <= hi {
         match bytes[at] {
-            quote @ (b'"' | b'\'') => at = skip_string(bytes, at, quote),
+            b'"' | b'\'' => at = string(bytes, at, false).map_or(bytes.len(), |end| end - 1),
             b'(' | b'[' | b'{' => open += 1,
             b')' | b']' | b'}' => {
                 if open == 0 {
@@ -1090,25 +1273,6 @@ fn widen(bytes: &[u8], (mut lo, mut hi): (usize, usize)) -> Option<(usize, usize
         }
     }
     Some((lo, hi))
-}
-
-/// The offset of the last byte of the string literal opening at `at`.
-fn skip_string(bytes: &[u8], at: usize, quote: u8) -> usize {
-    let triple = bytes.get(at + 1) == Some(&quote) && bytes.get(at + 2) == Some(&quote);
-    let mut i = at + if triple { 3 } else { 1 };
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            i += 2;
-            continue;
-        }
-        if bytes[i] == quote
-            && (!triple || (bytes.get(i + 1) == Some(&quote) && bytes.get(i + 2) == Some(&quote)))
-        {
-            return if triple { i + 2 } else { i };
-        }
-        i += 1;
-    }
-    bytes.len()
 }
 
 #[cfg(test)]
