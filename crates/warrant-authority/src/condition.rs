@@ -71,6 +71,25 @@ pub const MAX_LENGTH: usize = 2048;
 pub const MAX_NESTING: usize = 8;
 pub const MAX_DEPTH: usize = 32;
 
+/// The most context refs a proposal may carry (intake refuses more). A
+/// condition's comprehensions over them are bounded by it: without a
+/// bound, `context_refs.all(r, context_refs.exists_one(s, s.uri == r.uri))`
+/// is quadratic in a count the client picks (4,000 refs took minutes).
+/// Evidence links are a handful; 32 leaves room.
+pub const MAX_CONTEXT_REFS: usize = 32;
+
+/// The most comprehension steps a condition may take on any proposal,
+/// counted at load from the size of what each comprehension ranges over
+/// (a list literal's length, [`MAX_CONTEXT_REFS`] for the refs and what
+/// `map` and `filter` make of them), multiplied through nesting and summed.
+/// A step costs about 8 µs in a debug build, so the bound keeps a condition
+/// under a tenth of a second there (a few milliseconds in release) on every
+/// matching proposal, and at load when it names no variable and is
+/// evaluated then. Every ref against every other ref (32 + 32 × 32 = 1,056
+/// steps) fits with room; nested comprehensions over literals
+/// (`[1, …30].all(a, [1, …30].all(b, …))`, 30^8 steps) do not.
+pub const MAX_STEPS: u64 = 10_000;
+
 /// A parsed `when:` expression.
 #[derive(Clone)]
 pub struct Condition {

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue, SourceInfo};
 use cel::{Context, Program, Value};
 
-use super::{FUNCTIONS, VARIABLES};
+use super::{FUNCTIONS, MAX_CONTEXT_REFS, MAX_STEPS, VARIABLES};
 
 /// The static type of a sub-expression.
 #[derive(Debug, Clone, PartialEq)]
@@ -325,6 +325,59 @@ fn check_proposer_kind(name: &str, args: &[IdedExpr]) -> Result<(), String> {
     }
 }
 
+/// The most entries a value may have, if it is a list or a map, and the
+/// most each of its entries (element, map value) may have: what bounds how
+/// often a comprehension over it steps. Context refs count as
+/// [`MAX_CONTEXT_REFS`], the most a proposal carries; a list literal as
+/// its length.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Size {
+    most: u64,
+    each: Option<Box<Size>>,
+}
+
+impl Size {
+    /// A scalar, or a value of no entries.
+    const NONE: Size = Size {
+        most: 0,
+        each: None,
+    };
+
+    fn of(most: u64, each: Size) -> Size {
+        Size {
+            most,
+            each: (each != Size::NONE).then(|| Box::new(each)),
+        }
+    }
+
+    fn each(&self) -> Size {
+        self.each.as_deref().cloned().unwrap_or_default()
+    }
+
+    /// What bounds the entries of a value that has those of `self` or
+    /// those of `other`.
+    fn each_of_either(&self, other: &Size) -> Size {
+        match (&self.each, &other.each) {
+            (None, None) => Size::NONE,
+            (Some(each), None) | (None, Some(each)) => (**each).clone(),
+            (Some(a), Some(b)) => a.join(b),
+        }
+    }
+
+    /// What bounds a value that is one or the other.
+    fn join(&self, other: &Size) -> Size {
+        Size::of(self.most.max(other.most), self.each_of_either(other))
+    }
+
+    /// What bounds `a + b`.
+    fn sum(&self, other: &Size) -> Size {
+        Size::of(
+            self.most.saturating_add(other.most),
+            self.each_of_either(other),
+        )
+    }
+}
+
 /// What the check learnt of a sub-expression.
 struct Typed {
     ty: Type,
@@ -333,11 +386,28 @@ struct Typed {
     /// `usize::MAX` when it names none. A sub-expression checked at scope
     /// depth `d` names nothing from outside itself when `reach > d`.
     reach: usize,
+    /// How large its value may be.
+    size: Size,
+    /// The most comprehension steps evaluating it once may take.
+    steps: u64,
 }
 
 impl Typed {
     fn of(ty: Type, reach: usize) -> Typed {
-        Typed { ty, reach }
+        Typed {
+            ty,
+            reach,
+            size: Size::NONE,
+            steps: 0,
+        }
+    }
+
+    fn sized(self, size: Size, steps: u64) -> Typed {
+        Typed {
+            size,
+            steps,
+            ..self
+        }
     }
 }
 
@@ -376,7 +446,7 @@ pub(super) fn check(program: &Program, env: Arc<cel::Env>) -> Result<Checked, St
 struct Checker<'a> {
     source: &'a SourceInfo,
     /// The comprehension variables in scope, innermost last.
-    scope: Vec<(String, Type)>,
+    scope: Vec<(String, Type, Size)>,
     /// No variables: for evaluating what names none, in the environment
     /// conditions are evaluated in.
     constants: Context<'static, 'static>,
@@ -388,6 +458,15 @@ impl Checker<'_> {
     fn walk(&mut self, expr: &IdedExpr) -> Result<Typed, String> {
         let depth = self.scope.len();
         let typed = self.visit(expr)?;
+        // Before evaluating it: a constant that steps too often would hang
+        // the load.
+        if typed.steps > MAX_STEPS {
+            return Err(format!(
+                "may take {} comprehension steps ({}); a condition may take at most {MAX_STEPS}: comprehensions nested in one another multiply, a list literal counts its length and context_refs counts {MAX_CONTEXT_REFS}, the most a proposal carries",
+                typed.steps,
+                self.snippet(expr)
+            ));
+        }
         if typed.reach > depth && !matches!(expr.expr, Expr::Literal(_)) {
             if let Err(error) = self.constants.resolve(expr) {
                 return Err(format!("always fails: {error} ({})", self.snippet(expr)));
@@ -418,8 +497,12 @@ impl Checker<'_> {
                 let operand = self.walk(&select.operand)?;
                 let selected = field(&operand.ty, &select.field)?;
                 // `has(x.f)` asks whether the field is there.
-                let ty = if select.test { Type::Bool } else { selected };
-                Ok(Typed::of(ty, operand.reach))
+                let (ty, size) = if select.test {
+                    (Type::Bool, Size::NONE)
+                } else {
+                    (selected, operand.size.each())
+                };
+                Ok(Typed::of(ty, operand.reach).sized(size, operand.steps))
             }
             Expr::Call(call) => {
                 let name = call.func_name.as_str();
@@ -446,27 +529,42 @@ impl Checker<'_> {
                     .map(|typed| typed.reach)
                     .min()
                     .unwrap_or(usize::MAX);
+                let steps = target
+                    .iter()
+                    .chain(&args)
+                    .fold(0u64, |sum, typed| sum.saturating_add(typed.steps));
+                let size = match (name, args.as_slice()) {
+                    ("_+_", [a, b]) => a.size.sum(&b.size),
+                    ("_?_:_", [_, yes, no]) => yes.size.join(&no.size),
+                    ("_[_]", [container, _]) => container.size.each(),
+                    _ => Size::NONE,
+                };
                 let types: Vec<&Type> = args.iter().map(|typed| &typed.ty).collect();
                 let ty = if operator {
                     self.operator(expr, name, &call.args, &types)?
                 } else {
                     self.function(expr, name, target.as_ref().map(|t| &t.ty), &types)?
                 };
-                Ok(Typed::of(ty, reach))
+                Ok(Typed::of(ty, reach).sized(size, steps))
             }
             Expr::List(list) => {
                 let mut element = Type::Empty;
                 let mut reach = usize::MAX;
+                let (mut each, mut steps) = (Size::NONE, 0u64);
                 for item in &list.elements {
                     let typed = self.walk(item)?;
                     element = self.join(expr, &element, &typed.ty)?;
                     reach = reach.min(typed.reach);
+                    each = each.join(&typed.size);
+                    steps = steps.saturating_add(typed.steps);
                 }
-                Ok(Typed::of(Type::List(Box::new(element)), reach))
+                let size = Size::of(list.elements.len() as u64, each);
+                Ok(Typed::of(Type::List(Box::new(element)), reach).sized(size, steps))
             }
             Expr::Map(map) => {
                 let (mut key, mut value) = (Type::Empty, Type::Empty);
                 let mut reach = usize::MAX;
+                let (mut each, mut steps) = (Size::NONE, 0u64);
                 for entry in &map.entries {
                     let EntryExpr::MapEntry(entry) = &entry.expr else {
                         return Err("builds a message; conditions only compare values".to_owned());
@@ -487,8 +585,11 @@ impl Checker<'_> {
                     key = self.join(expr, &key, &k.ty)?;
                     value = self.join(expr, &value, &v.ty)?;
                     reach = reach.min(k.reach).min(v.reach);
+                    each = each.join(&v.size);
+                    steps = steps.saturating_add(k.steps).saturating_add(v.steps);
                 }
-                Ok(Typed::of(Type::Map(Box::new(key), Box::new(value)), reach))
+                let size = Size::of(map.entries.len() as u64, each);
+                Ok(Typed::of(Type::Map(Box::new(key), Box::new(value)), reach).sized(size, steps))
             }
             Expr::Struct(_) => Err("builds a message; conditions only compare values".to_owned()),
             Expr::Comprehension(comprehension) => self.comprehension(comprehension),
@@ -507,13 +608,17 @@ impl Checker<'_> {
     }
 
     fn ident(&self, name: &str) -> Result<Typed, String> {
-        if let Some(depth) = self.scope.iter().rposition(|(bound, _)| bound == name) {
-            return Ok(Typed::of(self.scope[depth].1.clone(), depth + 1));
+        if let Some(depth) = self.scope.iter().rposition(|(bound, ..)| bound == name) {
+            let (_, ty, size) = &self.scope[depth];
+            return Ok(Typed::of(ty.clone(), depth + 1).sized(size.clone(), 0));
         }
         let ty = match name {
             "action" => Type::Action,
             "proposer" => Type::Proposer,
-            "context_refs" => Type::List(Box::new(Type::ContextRef)),
+            "context_refs" => {
+                let refs = Size::of(MAX_CONTEXT_REFS as u64, Size::NONE);
+                return Ok(Typed::of(Type::List(Box::new(Type::ContextRef)), 0).sized(refs, 0));
+            }
             _ => {
                 return Err(format!(
                     "names {name:?}; a condition may name only {}",
@@ -893,18 +998,24 @@ impl Checker<'_> {
         };
         let init = self.walk(&comprehension.accu_init)?;
         let depth = self.scope.len();
+        let each = range.size.each();
         match &comprehension.iter_var2 {
             // Two variables over a list: the index, then the element.
             Some(second) => {
-                self.scope.push((comprehension.iter_var.clone(), Type::Int));
-                self.scope.push((second.clone(), element));
+                self.scope
+                    .push((comprehension.iter_var.clone(), Type::Int, Size::NONE));
+                self.scope.push((second.clone(), element, each));
             }
-            None => self.scope.push((comprehension.iter_var.clone(), element)),
+            None => self
+                .scope
+                .push((comprehension.iter_var.clone(), element, each)),
         }
-        let result = self.fold(comprehension, init.ty);
+        let result = self.fold(comprehension, init, range.size.most);
         self.scope.truncate(depth);
-        let (ty, reach) = result?;
-        Ok(Typed::of(ty, reach.min(range.reach).min(init.reach)))
+        let result = result?;
+        let steps = range.steps.saturating_add(result.steps);
+        let reach = result.reach.min(range.reach);
+        Ok(Typed::of(result.ty, reach).sized(result.size, steps))
     }
 
     /// The accumulator's type: what `accu_init` starts with, joined with
@@ -914,24 +1025,46 @@ impl Checker<'_> {
     /// step is a bool operator, `@result + 1` or `@result + [e]` (maybe
     /// under `? :`), so a second step types as the first. Walking the body
     /// once also keeps nested comprehensions linear to check.
+    ///
+    /// It steps at most `most` times (the range's size), each step costing
+    /// one plus what its condition and step cost; a step grows the
+    /// accumulator by at most what one step adds to it (`map`, `filter`:
+    /// one element), so the result has at most `most` times that more.
     fn fold(
         &mut self,
         comprehension: &cel::common::ast::ComprehensionExpr,
-        init: Type,
-    ) -> Result<(Type, usize), String> {
-        self.scope
-            .push((comprehension.accu_var.clone(), init.clone()));
+        init: Typed,
+        most: u64,
+    ) -> Result<Typed, String> {
+        self.scope.push((
+            comprehension.accu_var.clone(),
+            init.ty.clone(),
+            init.size.clone(),
+        ));
         let cond = self.walk(&comprehension.loop_cond);
         let step =
             cond.and_then(|cond| self.walk(&comprehension.loop_step).map(|step| (cond, step)));
         self.scope.pop();
         let (cond, step) = step?;
-        let accu = self.join(&comprehension.loop_step, &init, &step.ty)?;
-        self.scope.push((comprehension.accu_var.clone(), accu));
+        let accu = self.join(&comprehension.loop_step, &init.ty, &step.ty)?;
+        let grown = Size::of(
+            init.size
+                .most
+                .saturating_add(most.saturating_mul(step.size.most)),
+            init.size.each_of_either(&step.size),
+        );
+        self.scope
+            .push((comprehension.accu_var.clone(), accu, grown));
         let result = self.walk(&comprehension.result);
         self.scope.pop();
         let result = result?;
-        Ok((result.ty, cond.reach.min(step.reach).min(result.reach)))
+        let each_step = 1u64.saturating_add(cond.steps).saturating_add(step.steps);
+        let steps = init
+            .steps
+            .saturating_add(most.saturating_mul(each_step))
+            .saturating_add(result.steps);
+        let reach = init.reach.min(cond.reach).min(step.reach).min(result.reach);
+        Ok(Typed::of(result.ty, reach).sized(result.size, steps))
     }
 
     /// The source text of `expr`, for a message: from the first to the last
@@ -1732,6 +1865,57 @@ mod tests {
             context_refs: &facts.2,
         });
         assert_eq!(condition.evaluate(&bound), Ok(true));
+    }
+
+    /// Given comprehensions nested over list literals (the attacker's: 30
+    /// ones, eight deep, 30^8 steps), when loaded, then refused before any
+    /// evaluation, whether the condition is a constant (evaluated at load)
+    /// or names a variable (evaluated at every matching proposal).
+    #[test]
+    fn comprehensions_that_may_step_too_often_are_refused() {
+        let ones = format!("[{}]", vec!["1"; 30].join(", "));
+        for inner in ["true", r#"action.kind != "x""#] {
+            let mut source = inner.to_owned();
+            for depth in 0..8 {
+                source = format!("{ones}.all(v{depth}, {source})");
+            }
+            let started = std::time::Instant::now();
+            let problem = refused(&source);
+            assert!(
+                problem.starts_with("may take 27930 comprehension steps ([1, 1,"),
+                "{problem}"
+            );
+            assert!(problem.ends_with("; a condition may take at most 10000: comprehensions nested in one another multiply, a list literal counts its length and context_refs counts 32, the most a proposal carries"), "{problem}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        }
+        for (source, steps) in [
+            // Every ref against every other, then a third level.
+            (
+                "context_refs.all(r, context_refs.all(s, context_refs.exists(t, t.uri == r.uri)))",
+                32 * (1 + 32 * (1 + 32)),
+            ),
+            (
+                "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10].all(n, context_refs.all(r, context_refs.all(s, r != s)))",
+                10 * (1 + 32 * (1 + 32)),
+            ),
+        ] {
+            let problem = refused(source);
+            assert!(
+                problem.starts_with(&format!("may take {steps} comprehension steps")),
+                "{source}: {problem}"
+            );
+        }
+        let facts = full();
+        for source in [
+            "context_refs.all(r, context_refs.exists_one(s, s.uri == r.uri))",
+            "[1, 2, 3].all(a, [1, 2, 3].all(b, [1, 2, 3].all(c, a * b * c > 0)))",
+            r#"context_refs.exists(r, ["runbook://a", "runbook://b"].exists(p, r.uri.startsWith(p)))"#,
+        ] {
+            if let Err(problem) = Condition::parse(source) {
+                panic!("{source} was refused: {problem}");
+            }
+            assert_eq!(run(source, &facts), Ok(cel::Value::Bool(true)), "{source}");
+        }
     }
 
     /// Given a long condition over several lines, when a part is refused,
