@@ -749,9 +749,16 @@ impl Checker<'_> {
         };
         let ty = match (a, b) {
             (a, b) if a.is_dyn() && b.is_dyn() => Some(Type::Dyn),
-            // The `dyn` may be a list of anything.
-            (x, Type::List(_)) | (Type::List(_), x) if x.is_dyn() && name == "_+_" => {
-                Some(Type::List(Box::new(Type::Dyn)))
+            // The `dyn` may be a list of anything but maps, so the sum's
+            // elements are `dyn` too; the list's own elements must not be
+            // maps either, or a map would hide in that `dyn`
+            // (`([[], 1][0] + [action.parameters])[0]`).
+            (x, Type::List(element)) | (Type::List(element), x) if x.is_dyn() && name == "_+_" => {
+                Some(Type::List(Box::new(self.join(
+                    expr,
+                    &Type::Dyn,
+                    element,
+                )?)))
             }
             (x, other) | (other, x) if x.is_dyn() && takes(other) => Some(other.clone().definite()),
             (a, b) if numbers.contains(a) && a == b => Some(a.clone()),
@@ -1705,6 +1712,7 @@ mod tests {
             r#"["a", 1].exists(x, x == "a")"#,
             r#"(size(action.kind) > 1 ? 1 : "a") == 1"#,
             r#"[1, "a"][0] == size(action.target) - 4"#,
+            "size([[], 1][0] + [action.kind]) == 1",
         ] {
             if let Err(problem) = Condition::parse(source) {
                 panic!("{source} was refused: {problem}");
@@ -1773,6 +1781,20 @@ mod tests {
             (
                 "[[action.parameters], [1]][0] == []",
                 "mixes a list of maps of strings to strings with a list of ints ([[action.parameters], [1]])",
+            ),
+            // The attacker's: a `dyn` plus a list of maps was typed a list
+            // of `dyn`, and its answer changed from process to process.
+            (
+                r#"([""] + ([[], 1][0] + [action.parameters])[0])[1] == "k0""#,
+                "mixes a value with a map ([[], 1][0] + [action.parameters])",
+            ),
+            (
+                "([[], 1][0] + [action.parameters])[0] + 1 == 1",
+                "mixes a value with a map ([[], 1][0] + [action.parameters])",
+            ),
+            (
+                "size([context_refs[0]] + [[], 1][0]) == 1",
+                "mixes a value with a context ref ([context_refs[0]] + [[], 1][0])",
             ),
         ] {
             let error = refused(source);
