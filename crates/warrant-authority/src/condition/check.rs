@@ -986,22 +986,21 @@ impl Checker<'_> {
                 ));
             }
         }
-        // Only the top-level `context_refs` (no bound name can hide it, see
-        // above) or a list literal has a fixed order; any other range might
-        // be a map, whose order is random per process.
-        if !matches!(&comprehension.iter_range.expr,
-            Expr::Ident(name) if name == "context_refs")
-            && !matches!(comprehension.iter_range.expr, Expr::List(_))
-        {
-            return Err(
-                "iterates over something other than context_refs or a list literal; maps iterate in no fixed order"
-                    .to_owned(),
-            );
-        }
+        // A list has a fixed order: `context_refs` (no bound name can hide
+        // it, see above), a literal, and what `map`, `filter`, `+` and
+        // indexing make of lists. A map's order is random per process, and
+        // a `dyn` might be a list of maps, or be checked as one thing and
+        // evaluate as another, so only a range known to be a list will do.
         let range = self.walk(&comprehension.iter_range)?;
-        let element = match range.ty {
-            Type::List(element) => *element,
-            _ => Type::Dyn,
+        let element = match &range.ty {
+            Type::List(element) => (**element).clone(),
+            other => {
+                return Err(format!(
+                    "iterates over {} ({}); a comprehension ranges over a list (context_refs, a list literal, or what map, filter and + make of them): maps iterate in no fixed order",
+                    other.describe(),
+                    self.snippet(&comprehension.iter_range)
+                ))
+            }
         };
         let init = self.walk(&comprehension.accu_init)?;
         let depth = self.scope.len();
@@ -1916,9 +1915,17 @@ mod tests {
                 "context_refs.all(r, context_refs.all(s, context_refs.exists(t, t.uri == r.uri)))",
                 32 * (1 + 32 * (1 + 32)),
             ),
+            // What `map` and `filter` make of the refs is as long, and so is
+            // an element of a list of them.
             (
-                "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10].all(n, context_refs.all(r, context_refs.all(s, r != s)))",
-                10 * (1 + 32 * (1 + 32)),
+                "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10].all(n, [context_refs, context_refs.filter(r, true)][0].all(r, context_refs.map(s, s.uri).all(s, r.uri != s)))",
+                // The filter, then per ref the map and its 32 steps.
+                10 * (1 + 32 + 32 * (1 + 32 + 32)),
+            ),
+            // `+` adds the lengths.
+            (
+                "(context_refs + context_refs + context_refs).all(r, [context_refs + context_refs + context_refs + context_refs + [context_refs[0]]][0].all(s, r.uri != s.uri))",
+                96 * (1 + 129),
             ),
         ] {
             let problem = refused(source);
@@ -1937,6 +1944,46 @@ mod tests {
                 panic!("{source} was refused: {problem}");
             }
             assert_eq!(run(source, &facts), Ok(cel::Value::Bool(true)), "{source}");
+        }
+    }
+
+    /// Given comprehensions over lists derived from the refs (the
+    /// attacker's, refused before though their order is the list's), when
+    /// loaded, then accepted, and they evaluate; a range that may be a map,
+    /// or is only known as it evaluates, is still refused.
+    #[test]
+    fn any_list_may_be_iterated_and_nothing_else() {
+        let facts = full();
+        for source in [
+            r#"context_refs.filter(r, r.uri.startsWith("runbook://")).all(r, r.digest != null)"#,
+            r#"context_refs.map(r, r.uri).exists(u, u.startsWith("runbook://"))"#,
+            r#"[context_refs].exists(c, c.exists(r, r.uri == "runbook://a"))"#,
+            r#"context_refs.map(r, r).exists(r, r.uri == "runbook://a")"#,
+            r#"(context_refs + context_refs).exists_one(r, r.digest == "x") == false"#,
+            r#"(size(action.kind) > 1 ? context_refs : []).all(r, r.uri != "")"#,
+            r#"{"a": ["x", "y"]}["a"].exists(v, v == "y")"#,
+        ] {
+            if let Err(problem) = Condition::parse(source) {
+                panic!("{source} was refused: {problem}");
+            }
+            assert_eq!(run(source, &facts), Ok(cel::Value::Bool(true)), "{source}");
+        }
+        for (source, problem) in [
+            (
+                r#"action.parameters.exists(k, k.startsWith("override_"))"#,
+                "iterates over a map (action.parameters); a comprehension ranges over a list",
+            ),
+            (
+                r#"[[1], 1][0].exists(x, x == 1)"#,
+                "iterates over a value ([[1], 1][0]); a comprehension ranges over a list",
+            ),
+            (
+                r#"context_refs[0].exists(k, k == "uri")"#,
+                "iterates over a context ref (context_refs[0]); a comprehension ranges over a list",
+            ),
+        ] {
+            let error = refused(source);
+            assert!(error.starts_with(problem), "{source}: {error}");
         }
     }
 
