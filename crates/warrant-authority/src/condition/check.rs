@@ -1900,14 +1900,13 @@ mod tests {
             for depth in 0..8 {
                 source = format!("{ones}.all(v{depth}, {source})");
             }
-            let started = std::time::Instant::now();
+            // Refused before it is evaluated: evaluating it would not end.
             let problem = refused(&source);
             assert!(
                 problem.starts_with("may take 27930 comprehension steps ([1, 1,"),
                 "{problem}"
             );
             assert!(problem.ends_with("; a condition may take at most 10000: comprehensions nested in one another multiply, a list literal counts its length and context_refs counts 32, the most a proposal carries"), "{problem}");
-            assert!(started.elapsed() < std::time::Duration::from_secs(2));
         }
         for (source, steps) in [
             // Every ref against every other, then a third level.
