@@ -22,8 +22,9 @@
 //!
 //! One more rule keeps evaluation deterministic: the crate's maps iterate in
 //! hash order (random per process), so a comprehension (`all`, `exists`,
-//! `exists_one`, `map`, `filter`) may only range over `context_refs` or a
-//! list literal, never over a map such as `action.parameters`; no
+//! `exists_one`, `map`, `filter`) may only range over a value known to be
+//! a list (`context_refs`, a literal, what `map`, `filter` and `+` make of
+//! them), never over a map such as `action.parameters`; no
 //! comprehension variable may be named like a variable (it would hide it);
 //! `string()` is refused on anything that may be a map or a list; and
 //! `list + map` (which appends the map's keys) is refused, as is anything
@@ -71,6 +72,25 @@ pub const MAX_LENGTH: usize = 2048;
 pub const MAX_NESTING: usize = 8;
 pub const MAX_DEPTH: usize = 32;
 
+/// The most context refs a proposal may carry (intake refuses more). A
+/// condition's comprehensions over them are bounded by it: without a
+/// bound, `context_refs.all(r, context_refs.exists_one(s, s.uri == r.uri))`
+/// is quadratic in a count the client picks (4,000 refs took minutes).
+/// Evidence links are a handful; 32 leaves room.
+pub const MAX_CONTEXT_REFS: usize = 32;
+
+/// The most comprehension steps a condition may take on any proposal,
+/// counted at load from the size of what each comprehension ranges over
+/// (a list literal's length, [`MAX_CONTEXT_REFS`] for the refs and what
+/// `map` and `filter` make of them), multiplied through nesting and summed.
+/// A step costs about 8 µs in a debug build, so the bound keeps a condition
+/// under a tenth of a second there (a few milliseconds in release) on every
+/// matching proposal, and at load when it names no variable and is
+/// evaluated then. Every ref against every other ref (32 + 32 × 32 = 1,056
+/// steps) fits with room; nested comprehensions over literals
+/// (`[1, …30].all(a, [1, …30].all(b, …))`, 30^8 steps) do not.
+pub const MAX_STEPS: u64 = 10_000;
+
 /// A parsed `when:` expression.
 #[derive(Clone)]
 pub struct Condition {
@@ -107,25 +127,22 @@ impl Condition {
                 source.len()
             ));
         }
-        let nesting = check::nesting(source);
+        // A source that is not all CEL tokens never parses; but the parser
+        // reads on past the bad token, so it must not nest deeper than any
+        // reading of it could either.
+        let nesting = match check::nesting(source) {
+            Ok(nesting) => nesting,
+            Err(problem) if check::brackets(source) > MAX_NESTING => {
+                return Err(format!("does not parse: {problem}"));
+            }
+            Err(_) => check::brackets(source),
+        };
         if nesting > MAX_NESTING {
             return Err(format!(
                 "nests brackets {nesting} deep; a condition may nest them at most {MAX_NESTING} deep"
             ));
         }
-        let program = Program::compile(source).map_err(|e| {
-            let text = e.to_string();
-            format!(
-                "does not parse: {}",
-                text.lines().next().unwrap_or("syntax error")
-            )
-        })?;
-        let depth = check::depth(program.expression());
-        if depth > MAX_DEPTH {
-            return Err(format!(
-                "is {depth} operations deep; a condition may be at most {MAX_DEPTH} deep: split a long chain of + or of nested calls"
-            ));
-        }
+        let program = on_a_large_stack(source)?;
         let checked = check::check(&program, ENV.with(Arc::clone))?;
         Ok(Condition {
             source: source.to_owned(),
@@ -157,6 +174,53 @@ impl Condition {
             Ok(other) => Err(format!("is not a bool but {:?}", other.type_of())),
             Err(error) => Err(error.to_string()),
         }
+    }
+}
+
+/// The stack [`on_a_large_stack`] parses on. The crate's parser stops at
+/// 96 nested expressions whatever the source; in a debug build each costs
+/// it up to about 170 KiB of stack (about 50 nested brackets overflow an
+/// 8 MiB main thread), so 64 MiB holds the parser's own limit with room to
+/// spare. It is address space reserved, not memory used, and only while a
+/// ruleset loads.
+const PARSE_STACK: usize = 64 << 20;
+
+/// Parse `source` and measure its depth on a thread with a [`PARSE_STACK`]
+/// stack, dropping there the tree of a source refused for its depth: the
+/// parser, and the drop of what it built, recurse once per nested bracket,
+/// and a stack overflow aborts the whole process (intake, as it loads a
+/// ruleset) rather than failing one rule. [`check::nesting`] already
+/// refuses deep nesting; this keeps a source it misreads from aborting.
+/// Still a pure function of `source`: the thread does no IO, reads no
+/// clock and shares nothing, and the caller waits for it.
+fn on_a_large_stack(source: &str) -> Result<Program, String> {
+    let owned = source.to_owned();
+    let parse = move || -> Result<Program, String> {
+        let program = Program::compile(&owned).map_err(|e| {
+            let text = e.to_string();
+            format!(
+                "does not parse: {}",
+                text.lines().next().unwrap_or("syntax error")
+            )
+        })?;
+        let depth = check::depth(program.expression());
+        if depth > MAX_DEPTH {
+            return Err(format!(
+                "is {depth} operations deep; a condition may be at most {MAX_DEPTH} deep: split a long chain of + or of nested calls"
+            ));
+        }
+        Ok(program)
+    };
+    let parser = std::thread::Builder::new()
+        .name("condition-parse".to_owned())
+        .stack_size(PARSE_STACK)
+        .spawn(parse)
+        .map_err(|e| format!("could not be parsed: no thread to parse it on ({e})"))?;
+    match parser.join() {
+        Ok(parsed) => parsed,
+        // A panic in the crate's parser: the condition is refused, and the
+        // panic (already printed) stops here.
+        Err(_) => Err("does not parse: the parser failed on it".to_owned()),
     }
 }
 
@@ -236,7 +300,6 @@ mod tests {
             r#"[action.parameters].exists(p, p.exists(k, k == "a"))"#,
             r#"[action.parameters][0].exists(k, k == "a")"#,
             r#"{"a": 1, "b": 2}.exists(k, k == "a")"#,
-            r#"context_refs.map(r, r).exists(r, r.uri == "a")"#,
             r#"(true ? action.parameters : {}).exists(k, k == "a")"#,
         ] {
             assert!(refused(source).starts_with("iterates over"), "{source}");
@@ -388,6 +451,104 @@ mod tests {
                 .join(" || ")
                 .replacen("==", "!=", 1),
         );
+    }
+
+    /// Given brackets hidden from a scan that misreads strings and comments
+    /// (the attacker's: after a raw `r"\"`, or between a `"` in a `//`
+    /// comment and one in the next), when loaded, then they are counted and
+    /// the condition refused; brackets inside each kind of literal and in
+    /// comments are still text.
+    #[test]
+    fn brackets_are_counted_on_cel_tokens() {
+        let deep = format!("{}true{}", "(".repeat(60), ")".repeat(60));
+        for source in [
+            format!(r#"action.kind != r"\" && {deep} && action.kind != "x""#),
+            format!("action.kind != \"x\" // a \" in a comment\n&& {deep} // closes it: \""),
+            format!(r#"action.kind != R'\' && {deep}"#),
+            format!(r#"action.kind != """\"""" && {deep} && action.kind != """x""""#),
+            format!(r#"b"\\" != br"\" && {deep} && b"" != b"x""#),
+            format!(r#"action.kind != r"""\""" && {deep}"#),
+            format!(r#"[1r"\"][0] && {deep}"#),
+        ] {
+            assert_eq!(
+                refused(&source),
+                "nests brackets 60 deep; a condition may nest them at most 8 deep",
+                "{source}"
+            );
+        }
+        let (action, proposer, refs) = facts_holding(BTreeMap::new());
+        let bound = Bound::of(&Facts {
+            action: &action,
+            proposer: &proposer,
+            context_refs: &refs,
+        });
+        let many = "([{".repeat(30);
+        for source in [
+            format!(r#"action.kind != r"{many}\""#),
+            format!("action.kind != \"\"\"{many}\n\"\"\""),
+            format!("action.kind != r'''{many}'''"),
+            format!(r#"b"{many}" != br"\{many}""#),
+            format!("action.kind != \"x\" // {many}\n&& true"),
+            format!("action.kind != \"\\\"{many}\""),
+        ] {
+            let condition = Condition::parse(&source).unwrap_or_else(|e| panic!("{source}: {e}"));
+            assert_eq!(condition.evaluate(&bound), Ok(true), "{source}");
+        }
+    }
+
+    /// Given a source that is not all CEL tokens, when loaded, then refused:
+    /// by the parser when it holds few brackets, and otherwise before the
+    /// parser (whose error recovery reads on past the bad token, a swallowed
+    /// quote turning string text into brackets) sees it.
+    #[test]
+    fn a_source_that_is_not_cel_tokens_is_refused() {
+        let deep = format!("{}true{}", "(".repeat(60), ")".repeat(60));
+        for (source, problem) in [
+            (
+                format!(r#"action.kind &"{deep}""#),
+                "does not parse: a character that starts no CEL token at line 1, column 13",
+            ),
+            (
+                format!(r#"action.kind == "\q{deep}""#),
+                "does not parse: an invalid escape sequence in a string at line 1, column 16",
+            ),
+            (
+                format!("action.kind == \"x\n{deep}\""),
+                "does not parse: a line break in a string at line 1, column 16",
+            ),
+            (
+                format!("`a//b == {deep}"),
+                "does not parse: an unclosed or invalid `quoted name` at line 1, column 1",
+            ),
+        ] {
+            assert_eq!(refused(&source), problem, "{source}");
+        }
+        assert!(refused("action.kind = \"x\"").starts_with("does not parse: ERROR: <input>:1:13"));
+    }
+
+    /// Given sources nested far deeper than the nesting scan allows, when
+    /// parsed on the large stack directly (as if the scan had missed them),
+    /// then the process survives: each parses or is refused. The test
+    /// thread's stack is 2 MiB, on which a dozen brackets would overflow.
+    #[test]
+    fn the_parser_cannot_overflow_its_stack() {
+        for n in [60, 95, 200, 1_000] {
+            for (open, close) in [
+                ("(", ")"),
+                ("[", "]"),
+                ("size(", ")"),
+                ("{1: ", "}"),
+                ("-(", ")"),
+            ] {
+                let source = format!("{}1{}", open.repeat(n), close.repeat(n));
+                let _ = on_a_large_stack(&source);
+            }
+            let _ = on_a_large_stack(&"(".repeat(n));
+            let _ = on_a_large_stack(&format!("{}1", "true ? 1 : ".repeat(n)));
+        }
+        assert!(on_a_large_stack(&format!("{}1{}", "(".repeat(60), ")".repeat(60))).is_ok());
+        let refused = on_a_large_stack(&format!("{}1{}", "(".repeat(200), ")".repeat(200)));
+        assert!(refused.is_err_and(|e| e.starts_with("does not parse:")));
     }
 
     fn facts_holding(parameters: BTreeMap<String, String>) -> (Action, Proposer, Vec<ContextRef>) {

@@ -24,6 +24,7 @@ pub use canonical::{
     check_action, check_kind, check_target, check_text, is_invisible, is_visible_text,
     target_has_prefix, NotCanonical,
 };
+pub use condition::MAX_CONTEXT_REFS;
 pub use digest::{action_digest, canonical_action_json, sha256_hex};
 pub use fold::{error_chain, fold, grant_id, step, LogEvent};
 pub use ledger::{Folded, Ledger};

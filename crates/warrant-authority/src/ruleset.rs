@@ -1197,7 +1197,7 @@ rules:
             ("action.kind.startWith(\"a\")", "calls startWith()"),
             (
                 "action.parameters.exists(k, k == \"x\")",
-                "iterates over something other than context_refs",
+                "iterates over a map (action.parameters)",
             ),
             ("   ", "is empty"),
             (

@@ -8,7 +8,9 @@
 //! resolution therefore live once; the HTTP side maps [`Invalid`] to a 4xx
 //! JSON error and ingress to a dead-letter reason.
 
-use warrant_authority::{action_digest, check_action, Facts, NotCanonical, Ruleset};
+use warrant_authority::{
+    action_digest, check_action, Facts, NotCanonical, Ruleset, MAX_CONTEXT_REFS,
+};
 use warrant_schema::{
     Action, ActionProposed, ContextRef, Envelope, EventBody, PolicyRef, PolicySignalRecorded,
     Proposer, ProposerKind, SignalVerdict, TimestampMillis,
@@ -124,6 +126,17 @@ pub fn proposal(
         });
     }
     check_action(&draft.action).map_err(Invalid::Action)?;
+    // Conditions range over the refs, and loading bounded what that costs
+    // by this count: more would make a proposal as slow as its client likes.
+    if draft.context_refs.len() > MAX_CONTEXT_REFS {
+        return Err(Invalid::Field {
+            field: "context_refs",
+            problem: format!(
+                "has {} refs; a proposal may carry at most {MAX_CONTEXT_REFS}",
+                draft.context_refs.len()
+            ),
+        });
+    }
     for context in &draft.context_refs {
         non_empty("context_refs[].uri", &context.uri)?;
     }
@@ -304,6 +317,31 @@ mod tests {
         assert_eq!(access.requirement.approval_groups.len(), 2);
         let warm = resolved(draft("cache.warm", "prod/payments"));
         assert_eq!(warm.requirement.review, warrant_schema::ReviewMode::Never);
+    }
+
+    /// Given a proposal with more context refs than conditions were bounded
+    /// for, when validated (for both doors), then refused naming the field
+    /// and the limit; at the limit, accepted.
+    #[test]
+    fn a_proposal_carries_at_most_max_context_refs() {
+        let with = |n: usize| {
+            let mut many = draft("service.restart", "prod/payments");
+            many.context_refs = (0..n)
+                .map(|i| ContextRef {
+                    uri: format!("runbook://{i}"),
+                    digest: None,
+                    note: None,
+                })
+                .collect();
+            proposal(stamp(), "svc:remediator", many, &ruleset())
+        };
+        assert!(with(MAX_CONTEXT_REFS).is_ok());
+        let refused = with(MAX_CONTEXT_REFS + 1).expect_err("too many");
+        assert_eq!(refused.code(), "invalid_field");
+        assert_eq!(
+            refused.to_string(),
+            "context_refs has 33 refs; a proposal may carry at most 32"
+        );
     }
 
     #[test]

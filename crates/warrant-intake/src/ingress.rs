@@ -821,6 +821,15 @@ mod tests {
         assert!(reason(Source::Proposals, &bytes)
             .starts_with("the action is not in canonical form: action.kind"));
 
+        let mut many_refs = samples::proposal_submitted();
+        many_refs.context_refs =
+            vec![many_refs.context_refs[0].clone(); warrant_authority::MAX_CONTEXT_REFS + 1];
+        let bytes = warrant_schema::encode(&many_refs).expect("encodes");
+        assert_eq!(
+            reason(Source::Proposals, &bytes),
+            "context_refs has 33 refs; a proposal may carry at most 32"
+        );
+
         let mut no_policy = samples::signal_submitted();
         no_policy.policy_ref.id = String::new();
         let bytes = warrant_schema::encode(&no_policy).expect("encodes");

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue, SourceInfo};
 use cel::{Context, Program, Value};
 
-use super::{FUNCTIONS, VARIABLES};
+use super::{FUNCTIONS, MAX_CONTEXT_REFS, MAX_STEPS, VARIABLES};
 
 /// The static type of a sub-expression.
 #[derive(Debug, Clone, PartialEq)]
@@ -325,6 +325,59 @@ fn check_proposer_kind(name: &str, args: &[IdedExpr]) -> Result<(), String> {
     }
 }
 
+/// The most entries a value may have, if it is a list or a map, and the
+/// most each of its entries (element, map value) may have: what bounds how
+/// often a comprehension over it steps. Context refs count as
+/// [`MAX_CONTEXT_REFS`], the most a proposal carries; a list literal as
+/// its length.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Size {
+    most: u64,
+    each: Option<Box<Size>>,
+}
+
+impl Size {
+    /// A scalar, or a value of no entries.
+    const NONE: Size = Size {
+        most: 0,
+        each: None,
+    };
+
+    fn of(most: u64, each: Size) -> Size {
+        Size {
+            most,
+            each: (each != Size::NONE).then(|| Box::new(each)),
+        }
+    }
+
+    fn each(&self) -> Size {
+        self.each.as_deref().cloned().unwrap_or_default()
+    }
+
+    /// What bounds the entries of a value that has those of `self` or
+    /// those of `other`.
+    fn each_of_either(&self, other: &Size) -> Size {
+        match (&self.each, &other.each) {
+            (None, None) => Size::NONE,
+            (Some(each), None) | (None, Some(each)) => (**each).clone(),
+            (Some(a), Some(b)) => a.join(b),
+        }
+    }
+
+    /// What bounds a value that is one or the other.
+    fn join(&self, other: &Size) -> Size {
+        Size::of(self.most.max(other.most), self.each_of_either(other))
+    }
+
+    /// What bounds `a + b`.
+    fn sum(&self, other: &Size) -> Size {
+        Size::of(
+            self.most.saturating_add(other.most),
+            self.each_of_either(other),
+        )
+    }
+}
+
 /// What the check learnt of a sub-expression.
 struct Typed {
     ty: Type,
@@ -333,11 +386,28 @@ struct Typed {
     /// `usize::MAX` when it names none. A sub-expression checked at scope
     /// depth `d` names nothing from outside itself when `reach > d`.
     reach: usize,
+    /// How large its value may be.
+    size: Size,
+    /// The most comprehension steps evaluating it once may take.
+    steps: u64,
 }
 
 impl Typed {
     fn of(ty: Type, reach: usize) -> Typed {
-        Typed { ty, reach }
+        Typed {
+            ty,
+            reach,
+            size: Size::NONE,
+            steps: 0,
+        }
+    }
+
+    fn sized(self, size: Size, steps: u64) -> Typed {
+        Typed {
+            size,
+            steps,
+            ..self
+        }
     }
 }
 
@@ -376,7 +446,7 @@ pub(super) fn check(program: &Program, env: Arc<cel::Env>) -> Result<Checked, St
 struct Checker<'a> {
     source: &'a SourceInfo,
     /// The comprehension variables in scope, innermost last.
-    scope: Vec<(String, Type)>,
+    scope: Vec<(String, Type, Size)>,
     /// No variables: for evaluating what names none, in the environment
     /// conditions are evaluated in.
     constants: Context<'static, 'static>,
@@ -388,6 +458,15 @@ impl Checker<'_> {
     fn walk(&mut self, expr: &IdedExpr) -> Result<Typed, String> {
         let depth = self.scope.len();
         let typed = self.visit(expr)?;
+        // Before evaluating it: a constant that steps too often would hang
+        // the load.
+        if typed.steps > MAX_STEPS {
+            return Err(format!(
+                "may take {} comprehension steps ({}); a condition may take at most {MAX_STEPS}: comprehensions nested in one another multiply, a list literal counts its length and context_refs counts {MAX_CONTEXT_REFS}, the most a proposal carries",
+                typed.steps,
+                self.snippet(expr)
+            ));
+        }
         if typed.reach > depth && !matches!(expr.expr, Expr::Literal(_)) {
             if let Err(error) = self.constants.resolve(expr) {
                 return Err(format!("always fails: {error} ({})", self.snippet(expr)));
@@ -418,8 +497,12 @@ impl Checker<'_> {
                 let operand = self.walk(&select.operand)?;
                 let selected = field(&operand.ty, &select.field)?;
                 // `has(x.f)` asks whether the field is there.
-                let ty = if select.test { Type::Bool } else { selected };
-                Ok(Typed::of(ty, operand.reach))
+                let (ty, size) = if select.test {
+                    (Type::Bool, Size::NONE)
+                } else {
+                    (selected, operand.size.each())
+                };
+                Ok(Typed::of(ty, operand.reach).sized(size, operand.steps))
             }
             Expr::Call(call) => {
                 let name = call.func_name.as_str();
@@ -446,27 +529,42 @@ impl Checker<'_> {
                     .map(|typed| typed.reach)
                     .min()
                     .unwrap_or(usize::MAX);
+                let steps = target
+                    .iter()
+                    .chain(&args)
+                    .fold(0u64, |sum, typed| sum.saturating_add(typed.steps));
+                let size = match (name, args.as_slice()) {
+                    ("_+_", [a, b]) => a.size.sum(&b.size),
+                    ("_?_:_", [_, yes, no]) => yes.size.join(&no.size),
+                    ("_[_]", [container, _]) => container.size.each(),
+                    _ => Size::NONE,
+                };
                 let types: Vec<&Type> = args.iter().map(|typed| &typed.ty).collect();
                 let ty = if operator {
                     self.operator(expr, name, &call.args, &types)?
                 } else {
                     self.function(expr, name, target.as_ref().map(|t| &t.ty), &types)?
                 };
-                Ok(Typed::of(ty, reach))
+                Ok(Typed::of(ty, reach).sized(size, steps))
             }
             Expr::List(list) => {
                 let mut element = Type::Empty;
                 let mut reach = usize::MAX;
+                let (mut each, mut steps) = (Size::NONE, 0u64);
                 for item in &list.elements {
                     let typed = self.walk(item)?;
                     element = self.join(expr, &element, &typed.ty)?;
                     reach = reach.min(typed.reach);
+                    each = each.join(&typed.size);
+                    steps = steps.saturating_add(typed.steps);
                 }
-                Ok(Typed::of(Type::List(Box::new(element)), reach))
+                let size = Size::of(list.elements.len() as u64, each);
+                Ok(Typed::of(Type::List(Box::new(element)), reach).sized(size, steps))
             }
             Expr::Map(map) => {
                 let (mut key, mut value) = (Type::Empty, Type::Empty);
                 let mut reach = usize::MAX;
+                let (mut each, mut steps) = (Size::NONE, 0u64);
                 for entry in &map.entries {
                     let EntryExpr::MapEntry(entry) = &entry.expr else {
                         return Err("builds a message; conditions only compare values".to_owned());
@@ -487,8 +585,11 @@ impl Checker<'_> {
                     key = self.join(expr, &key, &k.ty)?;
                     value = self.join(expr, &value, &v.ty)?;
                     reach = reach.min(k.reach).min(v.reach);
+                    each = each.join(&v.size);
+                    steps = steps.saturating_add(k.steps).saturating_add(v.steps);
                 }
-                Ok(Typed::of(Type::Map(Box::new(key), Box::new(value)), reach))
+                let size = Size::of(map.entries.len() as u64, each);
+                Ok(Typed::of(Type::Map(Box::new(key), Box::new(value)), reach).sized(size, steps))
             }
             Expr::Struct(_) => Err("builds a message; conditions only compare values".to_owned()),
             Expr::Comprehension(comprehension) => self.comprehension(comprehension),
@@ -507,13 +608,17 @@ impl Checker<'_> {
     }
 
     fn ident(&self, name: &str) -> Result<Typed, String> {
-        if let Some(depth) = self.scope.iter().rposition(|(bound, _)| bound == name) {
-            return Ok(Typed::of(self.scope[depth].1.clone(), depth + 1));
+        if let Some(depth) = self.scope.iter().rposition(|(bound, ..)| bound == name) {
+            let (_, ty, size) = &self.scope[depth];
+            return Ok(Typed::of(ty.clone(), depth + 1).sized(size.clone(), 0));
         }
         let ty = match name {
             "action" => Type::Action,
             "proposer" => Type::Proposer,
-            "context_refs" => Type::List(Box::new(Type::ContextRef)),
+            "context_refs" => {
+                let refs = Size::of(MAX_CONTEXT_REFS as u64, Size::NONE);
+                return Ok(Typed::of(Type::List(Box::new(Type::ContextRef)), 0).sized(refs, 0));
+            }
             _ => {
                 return Err(format!(
                     "names {name:?}; a condition may name only {}",
@@ -644,9 +749,16 @@ impl Checker<'_> {
         };
         let ty = match (a, b) {
             (a, b) if a.is_dyn() && b.is_dyn() => Some(Type::Dyn),
-            // The `dyn` may be a list of anything.
-            (x, Type::List(_)) | (Type::List(_), x) if x.is_dyn() && name == "_+_" => {
-                Some(Type::List(Box::new(Type::Dyn)))
+            // The `dyn` may be a list of anything but maps, so the sum's
+            // elements are `dyn` too; the list's own elements must not be
+            // maps either, or a map would hide in that `dyn`
+            // (`([[], 1][0] + [action.parameters])[0]`).
+            (x, Type::List(element)) | (Type::List(element), x) if x.is_dyn() && name == "_+_" => {
+                Some(Type::List(Box::new(self.join(
+                    expr,
+                    &Type::Dyn,
+                    element,
+                )?)))
             }
             (x, other) | (other, x) if x.is_dyn() && takes(other) => Some(other.clone().definite()),
             (a, b) if numbers.contains(a) && a == b => Some(a.clone()),
@@ -874,37 +986,42 @@ impl Checker<'_> {
                 ));
             }
         }
-        // Only the top-level `context_refs` (no bound name can hide it, see
-        // above) or a list literal has a fixed order; any other range might
-        // be a map, whose order is random per process.
-        if !matches!(&comprehension.iter_range.expr,
-            Expr::Ident(name) if name == "context_refs")
-            && !matches!(comprehension.iter_range.expr, Expr::List(_))
-        {
-            return Err(
-                "iterates over something other than context_refs or a list literal; maps iterate in no fixed order"
-                    .to_owned(),
-            );
-        }
+        // A list has a fixed order: `context_refs` (no bound name can hide
+        // it, see above), a literal, and what `map`, `filter`, `+` and
+        // indexing make of lists. A map's order is random per process, and
+        // a `dyn` might be a list of maps, or be checked as one thing and
+        // evaluate as another, so only a range known to be a list will do.
         let range = self.walk(&comprehension.iter_range)?;
-        let element = match range.ty {
-            Type::List(element) => *element,
-            _ => Type::Dyn,
+        let element = match &range.ty {
+            Type::List(element) => (**element).clone(),
+            other => {
+                return Err(format!(
+                    "iterates over {} ({}); a comprehension ranges over a list (context_refs, a list literal, or what map, filter and + make of them): maps iterate in no fixed order",
+                    other.describe(),
+                    self.snippet(&comprehension.iter_range)
+                ))
+            }
         };
         let init = self.walk(&comprehension.accu_init)?;
         let depth = self.scope.len();
+        let each = range.size.each();
         match &comprehension.iter_var2 {
             // Two variables over a list: the index, then the element.
             Some(second) => {
-                self.scope.push((comprehension.iter_var.clone(), Type::Int));
-                self.scope.push((second.clone(), element));
+                self.scope
+                    .push((comprehension.iter_var.clone(), Type::Int, Size::NONE));
+                self.scope.push((second.clone(), element, each));
             }
-            None => self.scope.push((comprehension.iter_var.clone(), element)),
+            None => self
+                .scope
+                .push((comprehension.iter_var.clone(), element, each)),
         }
-        let result = self.fold(comprehension, init.ty);
+        let result = self.fold(comprehension, init, range.size.most);
         self.scope.truncate(depth);
-        let (ty, reach) = result?;
-        Ok(Typed::of(ty, reach.min(range.reach).min(init.reach)))
+        let result = result?;
+        let steps = range.steps.saturating_add(result.steps);
+        let reach = result.reach.min(range.reach);
+        Ok(Typed::of(result.ty, reach).sized(result.size, steps))
     }
 
     /// The accumulator's type: what `accu_init` starts with, joined with
@@ -914,24 +1031,46 @@ impl Checker<'_> {
     /// step is a bool operator, `@result + 1` or `@result + [e]` (maybe
     /// under `? :`), so a second step types as the first. Walking the body
     /// once also keeps nested comprehensions linear to check.
+    ///
+    /// It steps at most `most` times (the range's size), each step costing
+    /// one plus what its condition and step cost; a step grows the
+    /// accumulator by at most what one step adds to it (`map`, `filter`:
+    /// one element), so the result has at most `most` times that more.
     fn fold(
         &mut self,
         comprehension: &cel::common::ast::ComprehensionExpr,
-        init: Type,
-    ) -> Result<(Type, usize), String> {
-        self.scope
-            .push((comprehension.accu_var.clone(), init.clone()));
+        init: Typed,
+        most: u64,
+    ) -> Result<Typed, String> {
+        self.scope.push((
+            comprehension.accu_var.clone(),
+            init.ty.clone(),
+            init.size.clone(),
+        ));
         let cond = self.walk(&comprehension.loop_cond);
         let step =
             cond.and_then(|cond| self.walk(&comprehension.loop_step).map(|step| (cond, step)));
         self.scope.pop();
         let (cond, step) = step?;
-        let accu = self.join(&comprehension.loop_step, &init, &step.ty)?;
-        self.scope.push((comprehension.accu_var.clone(), accu));
+        let accu = self.join(&comprehension.loop_step, &init.ty, &step.ty)?;
+        let grown = Size::of(
+            init.size
+                .most
+                .saturating_add(most.saturating_mul(step.size.most)),
+            init.size.each_of_either(&step.size),
+        );
+        self.scope
+            .push((comprehension.accu_var.clone(), accu, grown));
         let result = self.walk(&comprehension.result);
         self.scope.pop();
         let result = result?;
-        Ok((result.ty, cond.reach.min(step.reach).min(result.reach)))
+        let each_step = 1u64.saturating_add(cond.steps).saturating_add(step.steps);
+        let steps = init
+            .steps
+            .saturating_add(most.saturating_mul(each_step))
+            .saturating_add(result.steps);
+        let reach = init.reach.min(cond.reach).min(step.reach).min(result.reach);
+        Ok(Typed::of(result.ty, reach).sized(result.size, steps))
     }
 
     /// The source text of `expr`, for a message: from the first to the last
@@ -1023,25 +1162,208 @@ pub(super) fn depth(root: &IdedExpr) -> usize {
     deepest
 }
 
-/// How deep brackets (`(`, `[`, `{`) nest in `source`, outside string
-/// literals.
-pub(super) fn nesting(source: &str) -> usize {
+/// How deep brackets (`(`, `[`, `{`) nest in `source`, counted on the
+/// tokens of CEL's lexer (the `cel` crate's grammar): brackets in a string
+/// or bytes literal (quoted, triple-quoted or raw) or in a `//` comment are
+/// text. `Err` says where `source` is not made of CEL tokens; the parser
+/// refuses such a source, but only after parsing what its error recovery
+/// makes of the rest, so the caller must not trust the count then.
+pub(super) fn nesting(source: &str) -> Result<usize, String> {
     let bytes = source.as_bytes();
     let (mut open, mut deepest) = (0usize, 0usize);
     let mut at = 0;
     while at < bytes.len() {
-        match bytes[at] {
-            quote @ (b'"' | b'\'') => at = skip_string(bytes, at, quote),
-            b'(' | b'[' | b'{' => {
+        match token(bytes, at) {
+            Ok((Token::Open, next)) => {
                 open += 1;
                 deepest = deepest.max(open);
+                at = next;
             }
-            b')' | b']' | b'}' => open = open.saturating_sub(1),
-            _ => {}
+            Ok((Token::Close, next)) => {
+                open = open.saturating_sub(1);
+                at = next;
+            }
+            Ok((Token::Other, next)) => at = next,
+            Err(what) => return Err(format!("{what} at {}", position(source, at))),
         }
-        at += 1;
     }
-    deepest
+    Ok(deepest)
+}
+
+/// The number of opening brackets anywhere in `source`, strings and
+/// comments included: no reading of it can nest deeper.
+pub(super) fn brackets(source: &str) -> usize {
+    source.bytes().filter(|b| b"([{".contains(b)).count()
+}
+
+/// `line L, column C` (from 1) of byte `at`.
+fn position(source: &str, at: usize) -> String {
+    let before = &source.as_bytes()[..at];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |n| n + 1);
+    let column = source
+        .get(start..at)
+        .map_or(at - start, |s| s.chars().count())
+        + 1;
+    format!("line {line}, column {column}")
+}
+
+/// What the nesting count needs of a token.
+#[derive(Debug, PartialEq)]
+enum Token {
+    Open,
+    Close,
+    Other,
+}
+
+/// The token starting at byte `at` (which is not past the end), and the
+/// offset just past it; `Err` when no CEL token starts there. This follows
+/// the lexer rules of CEL's grammar (the `cel` crate's `CEL.g4`), with its
+/// longest match: `r"` and `b"` open a raw and a bytes literal only where a
+/// token starts (`xr"` is the name `xr`, then a string), and a number ends
+/// where its digits do (`1r"\"` is `1`, then a raw string).
+fn token(bytes: &[u8], at: usize) -> Result<(Token, usize), &'static str> {
+    let here = bytes[at];
+    let next = |n: usize| bytes.get(at + n).copied();
+    let is_quote = |b: Option<u8>| matches!(b, Some(b'"' | b'\''));
+    let word = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_';
+    let other = |len: usize| Ok((Token::Other, at + len));
+    match here {
+        b'(' | b'[' | b'{' => Ok((Token::Open, at + 1)),
+        b')' | b']' | b'}' => Ok((Token::Close, at + 1)),
+        b' ' | b'\t' | b'\r' | b'\n' | 0x0c => other(1),
+        b'/' if next(1) == Some(b'/') => {
+            let rest = bytes[at..].iter().position(|&b| b == b'\n');
+            Ok((Token::Other, rest.map_or(bytes.len(), |n| at + n)))
+        }
+        b'"' | b'\'' => string(bytes, at, false).map(|end| (Token::Other, end)),
+        b'r' | b'R' if is_quote(next(1)) => {
+            string(bytes, at + 1, true).map(|end| (Token::Other, end))
+        }
+        b'b' | b'B' if is_quote(next(1)) => {
+            string(bytes, at + 1, false).map(|end| (Token::Other, end))
+        }
+        b'b' | b'B' if matches!(next(1), Some(b'r' | b'R')) && is_quote(next(2)) => {
+            string(bytes, at + 2, true).map(|end| (Token::Other, end))
+        }
+        b'a'..=b'z' | b'A'..=b'Z' | b'_' => {
+            other(bytes[at..].iter().take_while(|b| word(b)).count())
+        }
+        b'`' => {
+            let name = bytes[at + 1..]
+                .iter()
+                .take_while(|b| word(b) || b".-/ ".contains(b))
+                .count();
+            if name > 0 && bytes.get(at + 1 + name) == Some(&b'`') {
+                other(name + 2)
+            } else {
+                Err("an unclosed or invalid `quoted name`")
+            }
+        }
+        b'0'..=b'9' => other(number(bytes, at) - at),
+        b'.' if next(1).is_some_and(|b| b.is_ascii_digit()) => other(number(bytes, at) - at),
+        b'=' | b'!' | b'<' | b'>' if next(1) == Some(b'=') => other(2),
+        b'&' | b'|' if next(1) == Some(here) => other(2),
+        b'<' | b'>' | b'!' | b'-' | b'+' | b'*' | b'/' | b'%' | b'?' | b':' | b'.' | b',' => {
+            other(1)
+        }
+        _ => Err("a character that starts no CEL token"),
+    }
+}
+
+/// The offset just past the number starting at `at`: `0x` and hex digits,
+/// or digits, a fraction and an exponent, each only when digits follow;
+/// `u` only after an integer.
+fn number(bytes: &[u8], at: usize) -> usize {
+    let digits = |from: usize, hex: bool| {
+        from + bytes[from..]
+            .iter()
+            .take_while(|b| {
+                if hex {
+                    b.is_ascii_hexdigit()
+                } else {
+                    b.is_ascii_digit()
+                }
+            })
+            .count()
+    };
+    let uint = |end: usize| end + usize::from(matches!(bytes.get(end), Some(b'u' | b'U')));
+    if bytes[at] == b'0'
+        && matches!(bytes.get(at + 1), Some(b'x'))
+        && bytes.get(at + 2).is_some_and(u8::is_ascii_hexdigit)
+    {
+        return uint(digits(at + 2, true));
+    }
+    let mut end = digits(at, false);
+    let mut integer = true;
+    if bytes.get(end) == Some(&b'.') && bytes.get(end + 1).is_some_and(u8::is_ascii_digit) {
+        end = digits(end + 1, false);
+        integer = false;
+    }
+    if matches!(bytes.get(end), Some(b'e' | b'E')) {
+        let sign = usize::from(matches!(bytes.get(end + 1), Some(b'+' | b'-')));
+        if bytes.get(end + 1 + sign).is_some_and(u8::is_ascii_digit) {
+            end = digits(end + 1 + sign, false);
+            integer = false;
+        }
+    }
+    if integer {
+        uint(end)
+    } else {
+        end
+    }
+}
+
+/// The offset just past the string literal whose quote is at `at`: `'` or
+/// `"`, tripled or not, raw (no escapes) or not; `Err` when it is not a
+/// valid one (unclosed, a line break in a one-line string, a bad escape).
+/// A tripled quote that does not close is the empty string `""` followed by
+/// a third quote for the lexer, which no parse accepts: an error here too.
+fn string(bytes: &[u8], at: usize, raw: bool) -> Result<usize, &'static str> {
+    let quote = bytes[at];
+    let triple = bytes.get(at + 1) == Some(&quote) && bytes.get(at + 2) == Some(&quote);
+    let mut i = at + if triple { 3 } else { 1 };
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == quote
+            && (!triple || (bytes.get(i + 1) == Some(&quote) && bytes.get(i + 2) == Some(&quote)))
+        {
+            return Ok(i + if triple { 3 } else { 1 });
+        }
+        if !triple && (b == b'\n' || b == b'\r') {
+            return Err("a line break in a string");
+        }
+        if b == b'\\' && !raw {
+            i += escape(&bytes[i..]).ok_or("an invalid escape sequence in a string")?;
+            continue;
+        }
+        i += 1;
+    }
+    Err("an unclosed string")
+}
+
+/// The length of the escape sequence `text` starts with (at its `\`), if
+/// it is one CEL has.
+fn escape(text: &[u8]) -> Option<usize> {
+    let hex = |from: usize, n: usize| {
+        (text.len() >= from + n && text[from..from + n].iter().all(u8::is_ascii_hexdigit))
+            .then_some(from + n)
+    };
+    match text.get(1)? {
+        b'a' | b'b' | b'f' | b'n' | b'r' | b't' | b'v' | b'"' | b'\'' | b'\\' | b'?' | b'`' => {
+            Some(2)
+        }
+        b'0'..=b'3' => {
+            (text.len() >= 4 && text[2..4].iter().all(|b| (b'0'..=b'7').contains(b))).then_some(4)
+        }
+        b'x' | b'X' => hex(2, 2),
+        b'u' => hex(2, 4),
+        b'U' => hex(2, 8),
+        _ => None,
+    }
 }
 
 /// `span` widened until its brackets balance, and back over the name of a
@@ -1055,7 +1377,7 @@ fn widen(bytes: &[u8], (mut lo, mut hi): (usize, usize)) -> Option<(usize, usize
     let mut at = lo;
     while at <= hi {
         match bytes[at] {
-            quote @ (b'"' | b'\'') => at = skip_string(bytes, at, quote),
+            b'"' | b'\'' => at = string(bytes, at, false).map_or(bytes.len(), |end| end - 1),
             b'(' | b'[' | b'{' => open += 1,
             b')' | b']' | b'}' => {
                 if open == 0 {
@@ -1090,25 +1412,6 @@ fn widen(bytes: &[u8], (mut lo, mut hi): (usize, usize)) -> Option<(usize, usize
         }
     }
     Some((lo, hi))
-}
-
-/// The offset of the last byte of the string literal opening at `at`.
-fn skip_string(bytes: &[u8], at: usize, quote: u8) -> usize {
-    let triple = bytes.get(at + 1) == Some(&quote) && bytes.get(at + 2) == Some(&quote);
-    let mut i = at + if triple { 3 } else { 1 };
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            i += 2;
-            continue;
-        }
-        if bytes[i] == quote
-            && (!triple || (bytes.get(i + 1) == Some(&quote) && bytes.get(i + 2) == Some(&quote)))
-        {
-            return if triple { i + 2 } else { i };
-        }
-        i += 1;
-    }
-    bytes.len()
 }
 
 #[cfg(test)]
@@ -1408,6 +1711,7 @@ mod tests {
             r#"["a", 1].exists(x, x == "a")"#,
             r#"(size(action.kind) > 1 ? 1 : "a") == 1"#,
             r#"[1, "a"][0] == size(action.target) - 4"#,
+            "size([[], 1][0] + [action.kind]) == 1",
         ] {
             if let Err(problem) = Condition::parse(source) {
                 panic!("{source} was refused: {problem}");
@@ -1476,6 +1780,20 @@ mod tests {
             (
                 "[[action.parameters], [1]][0] == []",
                 "mixes a list of maps of strings to strings with a list of ints ([[action.parameters], [1]])",
+            ),
+            // The attacker's: a `dyn` plus a list of maps was typed a list
+            // of `dyn`, and its answer changed from process to process.
+            (
+                r#"([""] + ([[], 1][0] + [action.parameters])[0])[1] == "k0""#,
+                "mixes a value with a map ([[], 1][0] + [action.parameters])",
+            ),
+            (
+                "([[], 1][0] + [action.parameters])[0] + 1 == 1",
+                "mixes a value with a map ([[], 1][0] + [action.parameters])",
+            ),
+            (
+                "size([context_refs[0]] + [[], 1][0]) == 1",
+                "mixes a value with a context ref ([context_refs[0]] + [[], 1][0])",
             ),
         ] {
             let error = refused(source);
@@ -1568,6 +1886,104 @@ mod tests {
             context_refs: &facts.2,
         });
         assert_eq!(condition.evaluate(&bound), Ok(true));
+    }
+
+    /// Given comprehensions nested over list literals (the attacker's: 30
+    /// ones, eight deep, 30^8 steps), when loaded, then refused before any
+    /// evaluation, whether the condition is a constant (evaluated at load)
+    /// or names a variable (evaluated at every matching proposal).
+    #[test]
+    fn comprehensions_that_may_step_too_often_are_refused() {
+        let ones = format!("[{}]", vec!["1"; 30].join(", "));
+        for inner in ["true", r#"action.kind != "x""#] {
+            let mut source = inner.to_owned();
+            for depth in 0..8 {
+                source = format!("{ones}.all(v{depth}, {source})");
+            }
+            // Refused before it is evaluated: evaluating it would not end.
+            let problem = refused(&source);
+            assert!(
+                problem.starts_with("may take 27930 comprehension steps ([1, 1,"),
+                "{problem}"
+            );
+            assert!(problem.ends_with("; a condition may take at most 10000: comprehensions nested in one another multiply, a list literal counts its length and context_refs counts 32, the most a proposal carries"), "{problem}");
+        }
+        for (source, steps) in [
+            // Every ref against every other, then a third level.
+            (
+                "context_refs.all(r, context_refs.all(s, context_refs.exists(t, t.uri == r.uri)))",
+                32 * (1 + 32 * (1 + 32)),
+            ),
+            // What `map` and `filter` make of the refs is as long, and so is
+            // an element of a list of them.
+            (
+                "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10].all(n, [context_refs, context_refs.filter(r, true)][0].all(r, context_refs.map(s, s.uri).all(s, r.uri != s)))",
+                // The filter, then per ref the map and its 32 steps.
+                10 * (1 + 32 + 32 * (1 + 32 + 32)),
+            ),
+            // `+` adds the lengths.
+            (
+                "(context_refs + context_refs + context_refs).all(r, [context_refs + context_refs + context_refs + context_refs + [context_refs[0]]][0].all(s, r.uri != s.uri))",
+                96 * (1 + 129),
+            ),
+        ] {
+            let problem = refused(source);
+            assert!(
+                problem.starts_with(&format!("may take {steps} comprehension steps")),
+                "{source}: {problem}"
+            );
+        }
+        let facts = full();
+        for source in [
+            "context_refs.all(r, context_refs.exists_one(s, s.uri == r.uri))",
+            "[1, 2, 3].all(a, [1, 2, 3].all(b, [1, 2, 3].all(c, a * b * c > 0)))",
+            r#"context_refs.exists(r, ["runbook://a", "runbook://b"].exists(p, r.uri.startsWith(p)))"#,
+        ] {
+            if let Err(problem) = Condition::parse(source) {
+                panic!("{source} was refused: {problem}");
+            }
+            assert_eq!(run(source, &facts), Ok(cel::Value::Bool(true)), "{source}");
+        }
+    }
+
+    /// Given comprehensions over lists derived from the refs (the
+    /// attacker's, refused before though their order is the list's), when
+    /// loaded, then accepted, and they evaluate; a range that may be a map,
+    /// or is only known as it evaluates, is still refused.
+    #[test]
+    fn any_list_may_be_iterated_and_nothing_else() {
+        let facts = full();
+        for source in [
+            r#"context_refs.filter(r, r.uri.startsWith("runbook://")).all(r, r.digest != null)"#,
+            r#"context_refs.map(r, r.uri).exists(u, u.startsWith("runbook://"))"#,
+            r#"[context_refs].exists(c, c.exists(r, r.uri == "runbook://a"))"#,
+            r#"context_refs.map(r, r).exists(r, r.uri == "runbook://a")"#,
+            r#"(context_refs + context_refs).exists_one(r, r.digest == "x") == false"#,
+            r#"(size(action.kind) > 1 ? context_refs : []).all(r, r.uri != "")"#,
+            r#"{"a": ["x", "y"]}["a"].exists(v, v == "y")"#,
+        ] {
+            if let Err(problem) = Condition::parse(source) {
+                panic!("{source} was refused: {problem}");
+            }
+            assert_eq!(run(source, &facts), Ok(cel::Value::Bool(true)), "{source}");
+        }
+        for (source, problem) in [
+            (
+                r#"action.parameters.exists(k, k.startsWith("override_"))"#,
+                "iterates over a map (action.parameters); a comprehension ranges over a list",
+            ),
+            (
+                r#"[[1], 1][0].exists(x, x == 1)"#,
+                "iterates over a value ([[1], 1][0]); a comprehension ranges over a list",
+            ),
+            (
+                r#"context_refs[0].exists(k, k == "uri")"#,
+                "iterates over a context ref (context_refs[0]); a comprehension ranges over a list",
+            ),
+        ] {
+            let error = refused(source);
+            assert!(error.starts_with(problem), "{source}: {error}");
+        }
     }
 
     /// Given a long condition over several lines, when a part is refused,

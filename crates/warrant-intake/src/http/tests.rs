@@ -1593,6 +1593,32 @@ async fn health_readiness_and_metrics() {
     }
 }
 
+/// Given the documented limit on context refs, then it is the one intake
+/// enforces (and conditions were bounded for), and one more is a 400 with
+/// nothing appended.
+#[tokio::test]
+async fn the_openapi_document_states_the_context_refs_limit() {
+    let document: Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+    let refs = &document["components"]["schemas"]["ProposalRequest"]["properties"]["context_refs"];
+    assert_eq!(refs["maxItems"], json!(warrant_authority::MAX_CONTEXT_REFS));
+    let h = harness();
+    let refs: Vec<Value> = (0..=warrant_authority::MAX_CONTEXT_REFS)
+        .map(|i| json!({ "uri": format!("runbook://{i}") }))
+        .collect();
+    let body = json!({ "action": { "kind": "k", "target": "t" }, "context_refs": refs });
+    let answer = h
+        .send(post("/v1/proposals", Some(SERVICE), body.to_string()))
+        .await;
+    assert_eq!(
+        (answer.status, answer.code()),
+        (StatusCode::BAD_REQUEST, "invalid_field"),
+        "{}",
+        answer.text
+    );
+    assert!(answer.text.contains("at most 32"), "{}", answer.text);
+    assert_eq!(h.log.len(), 0);
+}
+
 #[tokio::test]
 async fn every_route_is_in_the_openapi_document_and_nothing_else_is() {
     let h = harness();
