@@ -93,6 +93,16 @@ pub fn explain(path: &Path, action_json: &str, json: bool) -> anyhow::Result<()>
             format!("intake would refuse this action before resolving it: {e}"),
         )
     })?;
+    if context_refs.len() > warrant_authority::MAX_CONTEXT_REFS {
+        return Err(fail(
+            Class::Refused,
+            format!(
+                "intake would refuse this proposal before resolving it: context_refs has {} refs; a proposal may carry at most {}",
+                context_refs.len(),
+                warrant_authority::MAX_CONTEXT_REFS
+            ),
+        ));
+    }
     let proposer = proposer.unwrap_or_else(|| Proposer {
         principal: "agent:explain".to_owned(),
         kind: ProposerKind::Agent,

@@ -100,6 +100,19 @@ fn explain_says_which_rule_applies_and_why_the_others_do_not() {
     ]);
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("intake would refuse this action"), "{err}");
+
+    // More context refs than intake takes: explained as intake's refusal,
+    // so no condition is evaluated over a list intake never passes on.
+    let refs: Vec<String> = (0..33)
+        .map(|n| format!(r#"{{"uri": "runbook://{n}"}}"#))
+        .collect();
+    let proposal = format!(
+        r#"{{"action": {{"kind": "service.restart", "target": "prod/x", "parameters": {{}}}}, "context_refs": [{}]}}"#,
+        refs.join(",")
+    );
+    let (code, _, err) = warrant(&["rules", "explain", &example(), "--action", &proposal]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("at most 32"), "{err}");
 }
 
 const RULE_TAIL: &str = "    approver_roles: [sre]
