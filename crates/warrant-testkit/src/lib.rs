@@ -262,7 +262,7 @@ impl InstanceScript {
 }
 
 /// Deterministic UUID-shaped ids, so scripts are identical run to run.
-fn uuid_for(n: u64, salt: u64) -> String {
+pub fn uuid_for(n: u64, salt: u64) -> String {
     let value = (u128::from(salt) << 64) | u128::from(n);
     let hex = format!("{value:032x}");
     format!(

@@ -450,17 +450,8 @@ impl Bench {
             return None;
         }
         (0u64..).find_map(|attempt| {
-            let value =
-                (u128::from(self.run_salt) << 64) | (((n as u128) << 16) + u128::from(attempt));
-            let hex = format!("{value:032x}");
-            let id = format!(
-                "{}-{}-4{}-8{}-{}",
-                &hex[0..8],
-                &hex[8..12],
-                &hex[13..16],
-                &hex[17..20],
-                &hex[20..32]
-            );
+            // n in the high bits, the attempt in the low: distinct per n.
+            let id = warrant_testkit::uuid_for(((n as u64) << 16) + attempt, self.run_salt);
             warrant_authority::instance_partition(&id, partitions)
                 .filter(|p| self.args.instance_partitions.contains(p))
                 .map(|_| id)
