@@ -16,7 +16,9 @@ use axum::body::Body;
 use axum::http::{header, Request};
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
-use warrant_authority::{EntryView, ExecutionRecord, Ledger, LogPosition, StatusName};
+use warrant_authority::{
+    EntryView, ExecutionRecord, InstanceFacts, Ledger, LogPosition, StatusName,
+};
 use warrant_intake::config::{LoadedRuleset, Shared};
 use warrant_intake::http::{
     router, AppState, CallerWaits, HttpOptions, ManualClock, Readiness, RecentInstances, Sessions,
@@ -78,6 +80,13 @@ impl Projector for FoldingProjector {
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<ExecutionRecord>, ProjectorError>> {
         Box::pin(async move { Ok(self.0.ledger().get(id).map(|f| f.record())) })
+    }
+
+    fn facts<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<InstanceFacts>, ProjectorError>> {
+        Box::pin(async move { Ok(self.0.ledger().get(id).map(|f| InstanceFacts::of(&f.state))) })
     }
 
     fn wait_record<'a>(
