@@ -110,6 +110,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Replay's own serialized copy of a final instance's state does not
+    /// read back: a bug, never the log's doing.
+    #[error("cannot read back replay's copy of the state of {instance_id}: {reason} (a bug in warrant-replay)")]
+    Thaw { instance_id: String, reason: String },
     #[error("cannot write the output")]
     Output(#[source] std::io::Error),
     #[error("a reader thread stopped unexpectedly")]
