@@ -26,6 +26,7 @@ use warrant_authority::{
     Phase, StatusName, QUARANTINE,
 };
 
+use crate::error::ThawError;
 use crate::range::PartitionRange;
 use crate::seen::{Key, SeenConfig, SeenIds};
 use crate::source::{RawRecord, Sink};
@@ -105,7 +106,7 @@ impl ReplayedInstance {
     }
 
     /// The state the fold left (read back if it was kept serialized).
-    pub fn state(&self) -> Result<Cow<'_, InstanceState>, Error> {
+    pub fn state(&self) -> Result<Cow<'_, InstanceState>, ThawError> {
         match &self.frozen {
             None => Ok(Cow::Borrowed(&self.folded.state)),
             Some(frozen) => {
@@ -176,7 +177,7 @@ impl ReplayedInstance {
     /// The parts of the record that come from the state alone (status,
     /// proposal, authorization, grants, violations, head hash); the lists
     /// built from the history are empty.
-    pub fn state_record(&self) -> Result<ExecutionRecord, Error> {
+    pub fn state_record(&self) -> Result<ExecutionRecord, ThawError> {
         let state = self.state()?;
         Ok(ExecutionRecord::build(&state, &[]))
     }
@@ -215,8 +216,8 @@ impl Frozen {
         }
     }
 
-    fn thaw(&self, instance_id: &str) -> Result<Phase, Error> {
-        rmp_serde::from_slice(&self.phase).map_err(|e| Error::Thaw {
+    fn thaw(&self, instance_id: &str) -> Result<Phase, ThawError> {
+        rmp_serde::from_slice(&self.phase).map_err(|e| ThawError {
             instance_id: instance_id.to_owned(),
             reason: error_chain(&e),
         })
