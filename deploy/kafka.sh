@@ -383,11 +383,23 @@ cmd_delete_topics() {
   check_java
   [[ -d "$LIB" ]] || cmd_fetch
   broker_pid >/dev/null || port_open "$PORT" || die "no broker on port $PORT (run: deploy/kafka.sh start)"
-  local name
+  # One JVM per topic (~1-2 s each), so in parallel, as create_topics does.
+  local name failed=0
+  local -a pids=()
   for name in "$@"; do
-    topic_cmd --delete --if-exists --topic "$name"
-    log "deleted topic $name"
+    topic_cmd --delete --if-exists --topic "$name" &
+    pids+=("$!")
   done
+  local i
+  for i in "${!pids[@]}"; do
+    if wait "${pids[$i]}"; then
+      log "deleted topic ${*:i+1:1}"
+    else
+      log "failed to delete topic ${*:i+1:1}"
+      failed=1
+    fi
+  done
+  ((failed == 0)) || die "topic deletion failed"
 }
 
 cmd_stop() {

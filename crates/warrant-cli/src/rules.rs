@@ -366,11 +366,12 @@ pub fn diff(old: &Path, new: &Path, log: LogSource, json: bool) -> anyhow::Resul
         };
         fail(class, format!("cannot read the log: {e}"))
     })?;
-    let records: Vec<_> = replayed
+    let records = replayed
         .instances
         .iter()
         .map(|instance| instance.state_record())
-        .collect();
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(Class::Unavailable, format!("cannot read the log: {e}")))?;
     let mut report = diff_proposals(
         &old,
         &new,

@@ -110,8 +110,20 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Thaw(#[from] ThawError),
     #[error("cannot write the output")]
     Output(#[source] std::io::Error),
     #[error("a reader thread stopped unexpectedly")]
     Worker,
+}
+
+/// Replay's own serialized copy of a final instance's state does not read
+/// back: a bug, never the log's doing. Small, so results that carry it
+/// stay small.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read back replay's copy of the state of {instance_id}: {reason} (a bug in warrant-replay)")]
+pub struct ThawError {
+    pub instance_id: String,
+    pub reason: String,
 }

@@ -32,8 +32,13 @@ const PROGRESS_BATCH: u64 = 4096;
 /// the fetch, is the bottleneck; `fetch.queue.backoff.ms` (default 1 s)
 /// must be short or a full queue idles the reader. The queues are per
 /// partition and stay full while the fold catches up, so their size is
-/// peak memory: 10,000 records or 8 MiB each (2 MiB fetches) read as fast
-/// as 100,000 or 64 MiB (4 MiB fetches) did, with ~220 MB less peak RSS.
+/// peak memory: 10,000 records or 8 MiB each read as fast as 100,000 or
+/// 64 MiB did, with ~220 MB less peak RSS. Fetches of 512 KiB a partition,
+/// not 4 MiB: librdkafka decompresses each batch into buffers from the C
+/// allocator, whose heaps fragment over a long read (with 2 MiB fetches a
+/// 10M-event replay ended ~100 MB above a 1M-event one, with 512 KiB
+/// ~8 MB); no slower on a local broker (a distant one, whose round trip
+/// bounds each fetch, would read faster with bigger ones).
 pub fn consumer_config(kafka: &KafkaArgs) -> ClientConfig {
     let mut config = kafka.consumer_config("warrant-replay");
     config
@@ -41,7 +46,7 @@ pub fn consumer_config(kafka: &KafkaArgs) -> ClientConfig {
         // fail, not silently restart somewhere else.
         .set("auto.offset.reset", "error")
         .set("enable.partition.eof", "true")
-        .set("max.partition.fetch.bytes", "2097152")
+        .set("max.partition.fetch.bytes", "524288")
         .set("fetch.wait.max.ms", "50")
         .set("fetch.queue.backoff.ms", "5")
         .set("queued.min.messages", "10000")

@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use error::Error;
+pub use error::{Error, ThawError};
 pub use gaps::Gap;
 pub use range::{Bound, PartitionRange, RangeSpec};
 pub use replayed::{

@@ -96,9 +96,9 @@ folded by two shards given is a usage error; one that no shard given folds
 fails the comparison (UNOWNED), so some shards are never taken for the log.
 
 MEMORY follows what is printed. --format none (the default with --verify)
-keeps each instance's state, and with --verify a 32-byte digest of every
-entry's hash and position: memory per instance, whatever the number of
-events. An instance whose digest does not match the projector's is read
+keeps each instance's state (serialized once its status is final), and with
+--verify a 32-byte digest of every entry's hash and position: memory per
+instance, whatever the number of events. An instance whose digest does not match the projector's is read
 again, with the other such instances only and every entry kept, to name the
 entry. --format text/json/ndjson print whole records in id order after the
 range is read, so they keep every entry of every instance: memory grows with
@@ -556,11 +556,11 @@ fn run_replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         };
         let published = warrant_replay::kafka::read_rulesets(kafka)
             .context("cannot read the published rulesets (--rulesets-topic)")?;
-        let records: Vec<_> = replayed
+        let records = replayed
             .instances
             .iter()
             .map(|instance| instance.state_record())
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         let report = warrant_replay::rules::check(
             records
                 .iter()

@@ -689,6 +689,45 @@ mod tests {
         assert!(false_hits * 250 < keys, "{false_hits} false hits");
     }
 
+    /// The cost per event at volume (not run by default):
+    /// `cargo test --release -p warrant-replay cost_per_event -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn cost_per_event() {
+        let events: u64 = std::env::var("SEEN_EVENTS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10_000_000);
+        let mut seen = SeenIds::new(SeenConfig {
+            spill: None,
+            buffer_keys: DEFAULT_BUFFER_KEYS,
+            expected_keys: events,
+        });
+        // As a busy log: 143k instances, 64 open at a time, ids random.
+        let state = RandomState::new();
+        let id = |n: u64| uuid(u128::from(state.hash_one(n)) << 64 | u128::from(n));
+        let ordinal = |n: u64| (n / 64) % 2_234 * 64 + n % 64;
+        // What making the test's ids costs, to take it out.
+        let started = std::time::Instant::now();
+        let mut length = 0;
+        for n in 0..events {
+            length += id(n).len() as u64 + ordinal(n);
+        }
+        let making = started.elapsed();
+        let started = std::time::Instant::now();
+        for n in 0..events {
+            let key = Key::new(ordinal(n), &id(n));
+            assert!(!seen.contains(&key).unwrap_or_else(|e| panic!("{e}")));
+            seen.insert(key).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let elapsed = started.elapsed().saturating_sub(making);
+        eprintln!(
+            "{events} events: {:.0} ns an event (id parsed, looked up, inserted); {:?} ({length})",
+            elapsed.as_nanos() as f64 / events as f64,
+            seen.stats()
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 

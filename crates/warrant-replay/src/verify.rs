@@ -1288,7 +1288,7 @@ pub async fn verify(replay: &Replay, options: &VerifyOptions) -> Result<VerifyRe
         let (index, fetched) = joined.map_err(|_| Error::Worker)?;
         let instance = &replay.instances[index];
         let range = ranges.get(&instance.partition).copied();
-        verdicts[index] = Some(judge(instance, range, replay.exact_ranges(), fetched?));
+        verdicts[index] = Some(judge(instance, range, replay.exact_ranges(), fetched?)?);
     }
 
     let instances = replay
@@ -1344,17 +1344,17 @@ fn judge(
     range: Option<&PartitionRange>,
     exact: bool,
     fetched: Fetched,
-) -> Verdict {
+) -> Result<Verdict, Error> {
     let theirs = match fetched {
         Fetched::Record(record) => Some(record),
         Fetched::NotFound => None,
-        Fetched::Unusable(reason) => return Verdict::Malformed { reason },
+        Fetched::Unusable(reason) => return Ok(Verdict::Malformed { reason }),
     };
     let hashes = instance.hashes();
     let positions = instance.positions();
     let (record, full) = match instance.record() {
         Some(replayed) => (replayed.record, true),
-        None => (instance.state_record(), false),
+        None => (instance.state_record()?, false),
     };
     let ours = Ours {
         instance_id: instance.instance_id(),
@@ -1370,7 +1370,7 @@ fn judge(
         record: &record,
         full,
     };
-    compare(&ours, theirs.as_deref())
+    Ok(compare(&ours, theirs.as_deref()))
 }
 
 #[cfg(test)]
