@@ -29,8 +29,15 @@ use crate::log::BoxFuture;
 use crate::projector::{HttpProjector, Page, Projector, ProjectorError, ShardInfo};
 
 /// How long a failed discovery is remembered before the shards are asked
-/// again: a shard that is down must not be asked once per request.
+/// again: a shard that does not answer must not cost every request a
+/// connect timeout.
 const RETRY_DISCOVERY: Duration = Duration::from_millis(500);
+
+/// A discovery that failed faster than this (connection refused, a shard
+/// answering with an error) is not remembered: asking again costs little,
+/// and a projector that has just come up is used at once instead of
+/// RETRY_DISCOVERY later.
+const SLOW_DISCOVERY: Duration = Duration::from_millis(100);
 
 /// Which shard owns each partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,19 +199,25 @@ impl ShardedProjector {
         if let Some(routes) = self.cached()? {
             return Ok(routes);
         }
+        let started = Instant::now();
         let discovered = self.discover().await;
-        self.learn(discovered)
+        self.learn(discovered, started.elapsed())
     }
 
     /// Ask every shard what it owns now, whatever is known.
     async fn rediscover(&self) -> Result<Arc<Routes>, ProjectorError> {
         let _one = self.discovering.lock().await;
+        let started = Instant::now();
         let discovered = self.discover().await;
-        self.learn(discovered)
+        self.learn(discovered, started.elapsed())
     }
 
     /// Remember what a discovery found: routes, or why there are none.
-    fn learn(&self, discovered: Result<Routes, String>) -> Result<Arc<Routes>, ProjectorError> {
+    fn learn(
+        &self,
+        discovered: Result<Routes, String>,
+        took: Duration,
+    ) -> Result<Arc<Routes>, ProjectorError> {
         let mut known = self.known();
         match discovered {
             Ok(routes) => {
@@ -227,7 +240,7 @@ impl ShardedProjector {
             Err(reason) => {
                 tracing::warn!(reason = %reason, "cannot route to the projector shards");
                 known.routes = None;
-                known.failed = Some((Instant::now(), reason.clone()));
+                known.failed = (took >= SLOW_DISCOVERY).then(|| (Instant::now(), reason.clone()));
                 Err(ProjectorError::Sharding(reason))
             }
         }
