@@ -28,7 +28,7 @@ use warrant_authority::{
 
 use crate::error::ThawError;
 use crate::range::PartitionRange;
-use crate::seen::{Key, SeenConfig, SeenIds};
+use crate::seen::{canonical_uuid_bytes, Key, SeenConfig, SeenIds};
 use crate::source::{RawRecord, Sink};
 use crate::trail::Trail;
 use crate::Error;
@@ -70,47 +70,90 @@ pub struct ReplayedInstance {
     /// an instance is reported, not verified: a chain across partitions
     /// would depend on how a reader interleaved them.
     pub other_partitions: Vec<i32>,
+    /// What the fold kept, in the box it was folded in: the result is a
+    /// list of small records pointing at the boxes, not a second copy of
+    /// every state made while the first is still alive.
+    kept: Box<Kept>,
+}
+
+/// What the fold keeps of one instance.
+#[derive(Debug, Clone)]
+struct Kept {
     /// State and history; the history is empty unless [`Keep::History`].
     /// While `frozen`, the state's phase is in there instead.
     folded: Folded,
     frozen: Option<Frozen>,
-    /// Entry hashes when [`Keep::Chain`] (the history has them otherwise).
-    chain: Vec<Hash32>,
-    /// Entry offsets (in `partition`) when [`Keep::Chain`]: the hash chain
-    /// does not commit to positions, so `--verify` compares them apart.
-    offsets: Vec<i64>,
-    /// The trail of every entry when [`Keep::Trail`].
-    trail: Option<Hash32>,
+    entries: Entries,
+}
+
+/// What is kept of every entry besides the history, by [`Keep`]: one
+/// field for whichever it is, so an instance carries the room for one.
+#[derive(Debug, Clone)]
+enum Entries {
+    /// [`Keep::State`], and [`Keep::History`] (the history has them all).
+    Nothing,
+    /// [`Keep::Trail`] while the range is read. Boxed: a SHA-256 state is
+    /// over 100 bytes.
+    Trail(Box<Trail>),
+    /// [`Keep::Trail`] once the range is read: the trail of every entry.
+    TrailOf(Hash32),
+    /// [`Keep::Chain`]: every entry's hash, and its offset (in the
+    /// instance's partition): the hash chain does not commit to positions,
+    /// so `--verify` compares them apart.
+    Chain {
+        hashes: Vec<Hash32>,
+        offsets: Vec<i64>,
+    },
+}
+
+impl Entries {
+    fn new(keep: Keep) -> Entries {
+        match keep {
+            Keep::State | Keep::History => Entries::Nothing,
+            Keep::Trail => Entries::Trail(Box::default()),
+            Keep::Chain => Entries::Chain {
+                hashes: Vec::new(),
+                offsets: Vec::new(),
+            },
+        }
+    }
+
+    fn finish(self) -> Entries {
+        match self {
+            Entries::Trail(trail) => Entries::TrailOf(trail.finish()),
+            other => other,
+        }
+    }
 }
 
 impl ReplayedInstance {
     pub fn instance_id(&self) -> &str {
-        &self.folded.state.instance_id
+        &self.kept.folded.state.instance_id
     }
 
     /// History entries folded from the range.
     pub fn entries(&self) -> u64 {
-        self.folded.state.entries
+        self.kept.folded.state.entries
     }
 
     pub fn head(&self) -> Hash32 {
-        self.folded.state.head
+        self.kept.folded.state.head
     }
 
     /// Its status (`None`: never proposed).
     pub fn status(&self) -> Option<StatusName> {
-        match &self.frozen {
+        match &self.kept.frozen {
             Some(frozen) => Some(frozen.status),
-            None => self.folded.state.status(),
+            None => self.kept.folded.state.status(),
         }
     }
 
     /// The state the fold left (read back if it was kept serialized).
     pub fn state(&self) -> Result<Cow<'_, InstanceState>, ThawError> {
-        match &self.frozen {
-            None => Ok(Cow::Borrowed(&self.folded.state)),
+        match &self.kept.frozen {
+            None => Ok(Cow::Borrowed(&self.kept.folded.state)),
             Some(frozen) => {
-                let mut state = self.folded.state.clone();
+                let mut state = self.kept.folded.state.clone();
                 state.phase = frozen.thaw(&state.instance_id)?;
                 Ok(Cow::Owned(state))
             }
@@ -119,46 +162,49 @@ impl ReplayedInstance {
 
     /// Every entry's hash, by `seq - 1`, if the replay kept them.
     pub fn hashes(&self) -> Option<Cow<'_, [Hash32]>> {
-        if !self.folded.history.is_empty() {
-            return Some(Cow::Owned(
-                self.folded.history.iter().map(|e| e.hash).collect(),
-            ));
+        let history = &self.kept.folded.history;
+        if !history.is_empty() {
+            return Some(Cow::Owned(history.iter().map(|e| e.hash).collect()));
         }
-        if !self.chain.is_empty() {
-            return Some(Cow::Borrowed(&self.chain));
+        match &self.kept.entries {
+            Entries::Chain { hashes, .. } if !hashes.is_empty() => Some(Cow::Borrowed(hashes)),
+            _ => None,
         }
-        None
     }
 
     /// Every entry's log position, by `seq - 1`, if the replay kept them.
     pub fn positions(&self) -> Option<Vec<LogPosition>> {
-        if !self.folded.history.is_empty() {
-            return Some(self.folded.history.iter().map(|e| e.position).collect());
+        let history = &self.kept.folded.history;
+        if !history.is_empty() {
+            return Some(history.iter().map(|e| e.position).collect());
         }
-        if !self.offsets.is_empty() {
-            return Some(
-                self.offsets
+        match &self.kept.entries {
+            Entries::Chain { offsets, .. } if !offsets.is_empty() => Some(
+                offsets
                     .iter()
                     .map(|offset| LogPosition {
                         partition: self.partition,
                         offset: *offset,
                     })
                     .collect(),
-            );
+            ),
+            _ => None,
         }
-        None
     }
 
     /// The trail ([`crate::trail`]) of every entry, if the replay kept
     /// only that ([`Keep::Trail`]).
     pub fn trail(&self) -> Option<Hash32> {
-        self.trail
+        match &self.kept.entries {
+            Entries::TrailOf(trail) => Some(*trail),
+            _ => None,
+        }
     }
 
     /// The history, if the replay kept it ([`Keep::History`]).
     pub fn history(&self) -> Option<&[HistoryEntry]> {
-        (self.folded.history.len() as u64 == self.entries() && self.entries() > 0)
-            .then_some(self.folded.history.as_slice())
+        let history = &self.kept.folded.history;
+        (history.len() as u64 == self.entries() && self.entries() > 0).then_some(history.as_slice())
     }
 
     /// The execution record (`Folded::record`) with replay's markings; `None`
@@ -199,13 +245,20 @@ struct Frozen {
 impl Frozen {
     /// The state's phase, serialized, if its status is final; the state is
     /// left with none. `None`: not final, or it would not serialize.
-    fn freeze(state: &mut InstanceState) -> Option<Frozen> {
+    ///
+    /// The bytes are written to `scratch` (kept by the folder, so it has
+    /// long been big enough) and copied out at their exact length: growing
+    /// a vector for each state copied it over and over, and an allocator
+    /// may keep a shrunk block at its old size (mimalloc keeps any shrink
+    /// to half or more in place, so most phases held 1 KiB for ~900 bytes).
+    fn freeze(state: &mut InstanceState, scratch: &mut Vec<u8>) -> Option<Frozen> {
         let status = state.status().filter(|s| s.is_final())?;
-        match rmp_serde::to_vec(&state.phase) {
-            Ok(phase) => {
+        scratch.clear();
+        match rmp_serde::encode::write(scratch, &state.phase) {
+            Ok(()) => {
                 state.phase = Phase::Unproposed;
                 Some(Frozen {
-                    phase: phase.into_boxed_slice(),
+                    phase: Box::from(scratch.as_slice()),
                     status,
                 })
             }
@@ -300,17 +353,31 @@ impl Only {
     }
 }
 
+/// An instance while its partition is read.
 struct Slot {
     /// The instance's number in its folder, for the seen-id store.
     ordinal: u64,
     first: LogPosition,
     partial: bool,
-    folded: Folded,
-    /// The phase, when final and kept serialized (`Keep::State`, `Trail`).
-    frozen: Option<Frozen>,
-    chain: Vec<Hash32>,
-    offsets: Vec<i64>,
-    trail: Option<Trail>,
+    kept: Box<Kept>,
+}
+
+impl Slot {
+    fn new(ordinal: u64, first: LogPosition, instance_id: String, keep: Keep) -> Slot {
+        Slot {
+            ordinal,
+            first,
+            partial: false,
+            kept: Box::new(Kept {
+                folded: Folded {
+                    state: InstanceState::new(instance_id),
+                    history: Vec::new(),
+                },
+                frozen: None,
+                entries: Entries::new(keep),
+            }),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -320,10 +387,16 @@ struct PartitionFold {
     starts_late: bool,
     last_offset: Option<i64>,
     records: u64,
-    /// Keyed by instance id. A `HashMap` for speed: it is never iterated
-    /// into output before being sorted by id. Boxed: a table keeps about
-    /// twice as many buckets as entries, each the size of its value.
-    instances: HashMap<String, Box<Slot>>,
+    /// Keyed by instance id, as the 128 bits of the UUID it is
+    /// ([`crate::seen::canonical_uuid`]): the id is already in the state,
+    /// so a `String` key would be a second copy of every id, and hashing
+    /// 16 bytes is cheaper than hashing 36. A `HashMap` for speed: it is
+    /// never iterated into output before being sorted by id. A slot is
+    /// small (what the fold keeps is boxed): a table keeps up to twice as
+    /// many buckets as entries, each the size of its entry.
+    instances: HashMap<u128, Slot>,
+    /// Every other instance id: the partition's quarantine.
+    others: HashMap<String, Slot>,
 }
 
 /// A decision signed with a reviewer's own key, as replay saw it: what the
@@ -357,6 +430,8 @@ pub struct Folder {
     /// kept outside them between steps (see [`Folder::apply`]).
     seen: SeenIds,
     instances: u64,
+    /// Where [`Frozen::freeze`] serializes, reused for every state.
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for Folder {
@@ -388,6 +463,7 @@ impl Folder {
             attested: 0,
             seen: SeenIds::new(seen),
             instances: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -425,47 +501,35 @@ impl Folder {
             partition: record.partition,
             offset: record.offset,
         };
-        // Look the key up as it is first: for a known instance that is
-        // exactly what `instance_for_key` would return, and costs no String
-        // (a key that spells a quarantine id, say `quarantine-3`, can only
-        // find partition 3's own quarantine, which is where it belongs).
-        // Instances are per partition, so no other partition interferes.
-        let known = record
-            .key
-            .and_then(|key| std::str::from_utf8(key).ok())
-            .filter(|key| part.instances.contains_key(*key));
-        let slot = match known {
-            Some(key) => part.instances.get_mut(key),
-            None => {
-                let instance_id = instance_for_key(record.key, record.partition);
-                let (ordinal, keep) = (self.instances, self.keep);
-                Some(
-                    part.instances
-                        .entry(instance_id)
-                        .or_insert_with_key(|instance_id| {
-                            self.instances += 1;
-                            Box::new(Slot {
-                                ordinal,
-                                first: position,
-                                partial: false,
-                                folded: Folded {
-                                    state: InstanceState::new(instance_id.clone()),
-                                    history: Vec::new(),
-                                },
-                                frozen: None,
-                                chain: Vec::new(),
-                                offsets: Vec::new(),
-                                trail: (keep == Keep::Trail).then(Trail::default),
-                            })
-                        }),
+        // A key that is a canonical UUID is the instance id
+        // `instance_for_key` returns, and is looked up as its 128 bits: no
+        // String for a known instance. Any other key goes to the
+        // partition's quarantine, as `instance_for_key` says. Instances are
+        // per partition, so no other partition interferes.
+        let keep = self.keep;
+        let slot = match record.key.and_then(canonical_uuid_bytes) {
+            Some(bits) => part.instances.entry(bits).or_insert_with(|| {
+                let ordinal = self.instances;
+                self.instances += 1;
+                Slot::new(
+                    ordinal,
+                    position,
+                    instance_for_key(record.key, record.partition),
+                    keep,
                 )
-            }
+            }),
+            None => part
+                .others
+                .entry(instance_for_key(record.key, record.partition))
+                .or_insert_with_key(|instance_id| {
+                    let ordinal = self.instances;
+                    self.instances += 1;
+                    Slot::new(ordinal, position, instance_id.clone(), keep)
+                }),
         };
-        let Some(slot) = slot else {
-            return Ok(());
-        };
-        if let Some(frozen) = slot.frozen.take() {
-            slot.folded.state.phase = frozen.thaw(&slot.folded.state.instance_id)?;
+        let kept = &mut *slot.kept;
+        if let Some(frozen) = kept.frozen.take() {
+            kept.folded.state.phase = frozen.thaw(&kept.folded.state.instance_id)?;
         }
         let event = LogEvent::decode(position, record.value);
         let mut key = event
@@ -475,17 +539,17 @@ impl Folder {
             .map(|envelope| Key::new(slot.ordinal, &envelope.event_id));
         // A new instance has seen nothing: no lookup for its first event.
         let seen_before = match &key {
-            Some(key) if slot.folded.state.entries > 0 => self.seen.contains(key)?,
+            Some(key) if kept.folded.state.entries > 0 => self.seen.contains(key)?,
             _ => false,
         };
         if let (true, Ok(envelope)) = (seen_before, &event.decoded) {
-            slot.folded
+            kept.folded
                 .state
                 .seen_event_ids
                 .insert(envelope.event_id.clone());
         }
-        let entry = step(&mut slot.folded.state, event);
-        let inserted = std::mem::take(&mut slot.folded.state.seen_event_ids);
+        let entry = step(&mut kept.folded.state, event);
+        let inserted = std::mem::take(&mut kept.folded.state.seen_event_ids);
         if !seen_before {
             for id in inserted {
                 // The fold inserts the id of the event it folds; any other
@@ -503,7 +567,7 @@ impl Folder {
         {
             match &decision.proof {
                 Some(proof) => self.signed.push(SignedDecisionSeen {
-                    instance_id: slot.folded.state.instance_id.clone(),
+                    instance_id: kept.folded.state.instance_id.clone(),
                     seq: entry.seq,
                     position,
                     recorded_at: entry.recorded_at.unwrap_or_default(),
@@ -519,23 +583,21 @@ impl Folder {
             let proposal_applied = matches!(entry.outcome, Outcome::Applied { from: None, .. });
             slot.partial = part.starts_late && !proposal_applied;
         }
-        match self.keep {
-            Keep::State => {}
-            Keep::Trail => {
-                if let Some(trail) = &mut slot.trail {
-                    trail.push(&entry.hash, position);
-                }
+        match &mut kept.entries {
+            Entries::Trail(trail) => trail.push(&entry.hash, position),
+            Entries::Chain { hashes, offsets } => {
+                hashes.push(entry.hash);
+                offsets.push(record.offset);
             }
-            Keep::Chain => {
-                slot.chain.push(entry.hash);
-                slot.offsets.push(record.offset);
-            }
-            Keep::History => slot.folded.history.push(entry),
+            Entries::Nothing | Entries::TrailOf(_) => {}
+        }
+        if self.keep == Keep::History {
+            kept.folded.history.push(entry);
         }
         // Full histories dwarf a state; and `Keep::Chain` folds a few
         // instances only.
         if matches!(self.keep, Keep::State | Keep::Trail) {
-            slot.frozen = Frozen::freeze(&mut slot.folded.state);
+            kept.frozen = Frozen::freeze(&mut kept.folded.state, &mut self.scratch);
         }
         self.events += 1;
         Ok(())
@@ -549,7 +611,7 @@ impl Folder {
             folders
                 .iter()
                 .flat_map(|f| f.partitions.values())
-                .map(|p| p.instances.len())
+                .map(|p| p.instances.len() + p.others.len())
                 .sum(),
         );
         let mut events = 0;
@@ -565,18 +627,19 @@ impl Folder {
             attested += folder.attested;
             for (partition, part) in folder.partitions {
                 *records.entry(partition).or_insert(0) += part.records;
-                instances.extend(part.instances.into_values().map(|slot| {
-                    let slot = *slot;
+                let slots = part
+                    .instances
+                    .into_values()
+                    .chain(part.others.into_values());
+                instances.extend(slots.map(|mut slot| {
+                    let kept = &mut *slot.kept;
+                    kept.entries = std::mem::replace(&mut kept.entries, Entries::Nothing).finish();
                     ReplayedInstance {
                         partition,
                         first: slot.first,
                         partial: slot.partial,
                         other_partitions: Vec::new(),
-                        folded: slot.folded,
-                        frozen: slot.frozen,
-                        chain: slot.chain,
-                        offsets: slot.offsets,
-                        trail: slot.trail.map(Trail::finish),
+                        kept: slot.kept,
                     }
                 }));
             }
@@ -995,7 +1058,7 @@ mod tests {
             assert_eq!(with_chain.hashes(), with_history.hashes());
             assert_eq!(with_chain.positions(), with_history.positions());
             assert!(with_chain.positions().is_some());
-            assert_eq!(with_chain.folded.state, with_history.folded.state);
+            assert_eq!(with_chain.kept.folded.state, with_history.kept.folded.state);
         }
 
         let trail = feed.fold(Keep::Trail, None);
@@ -1003,12 +1066,12 @@ mod tests {
             assert_eq!(with_trail.hashes(), None);
             // Final instances are kept serialized: read back, the same.
             assert_eq!(
-                with_trail.frozen.is_some(),
+                with_trail.kept.frozen.is_some(),
                 with_history.status().is_some_and(StatusName::is_final)
             );
             assert_eq!(
                 with_trail.state().map(Cow::into_owned).ok().as_ref(),
-                Some(&with_history.folded.state)
+                Some(&with_history.kept.folded.state)
             );
             assert_eq!(with_trail.status(), with_history.status());
             assert_eq!(
@@ -1027,11 +1090,11 @@ mod tests {
         let state = feed.fold(Keep::State, None);
         assert!(state.instances.iter().all(|i| i.hashes().is_none()));
         assert!(state.instances.iter().all(|i| i.trail().is_none()));
-        assert!(state.instances.iter().any(|i| i.frozen.is_some()));
+        assert!(state.instances.iter().any(|i| i.kept.frozen.is_some()));
         for (with_state, with_history) in state.instances.iter().zip(&history.instances) {
             assert_eq!(
                 with_state.state().map(Cow::into_owned).ok().as_ref(),
-                Some(&with_history.folded.state)
+                Some(&with_history.kept.folded.state)
             );
         }
         assert_eq!(
@@ -1094,7 +1157,8 @@ mod tests {
                 .instances
                 .iter()
                 .flat_map(|i| {
-                    i.folded
+                    i.kept
+                        .folded
                         .history
                         .iter()
                         .filter(|e| {
@@ -1116,7 +1180,7 @@ mod tests {
                     Some(folded.record()),
                     "buffer of {buffer_keys}"
                 );
-                assert!(instance.folded.state.seen_event_ids.is_empty());
+                assert!(instance.kept.folded.state.seen_event_ids.is_empty());
             }
             if expected.is_empty() {
                 expected = refusals(&result);

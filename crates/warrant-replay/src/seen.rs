@@ -162,7 +162,14 @@ impl UuidKey {
 /// `None` for any other string, uppercase included: the fold compares ids
 /// as strings, so `A…` and `a…` are different ids and must stay apart.
 pub fn canonical_uuid(text: &str) -> Option<u128> {
-    let bytes = text.as_bytes();
+    canonical_uuid_bytes(text.as_bytes())
+}
+
+/// [`canonical_uuid`] of bytes that may not be UTF-8 (a Kafka key): the
+/// same answer for the same bytes, and `None` for any that are not a
+/// canonical UUID's. A canonical UUID is exactly a key
+/// `warrant_authority::instance_key` takes for an instance id.
+pub fn canonical_uuid_bytes(bytes: &[u8]) -> Option<u128> {
     if bytes.len() != 36 {
         return None;
     }
@@ -726,6 +733,29 @@ mod tests {
             elapsed.as_nanos() as f64 / events as f64,
             seen.stats()
         );
+    }
+
+    proptest! {
+        /// The folder looks instances up by these bits: a key must have
+        /// them exactly when the fold takes it for an instance id, or a
+        /// record would be folded under the wrong instance.
+        #[test]
+        fn a_key_has_uuid_bits_exactly_when_it_is_an_instance_id(
+            key in prop_oneof![
+                "[0-9a-fA-F-]{36}",
+                "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+                "[0-9a-f{}:urnid-]{30,46}",
+                ".{0,40}",
+            ],
+        ) {
+            let bits = canonical_uuid_bytes(key.as_bytes());
+            let instance = warrant_authority::instance_key(Some(key.as_bytes()));
+            prop_assert_eq!(bits.is_some(), instance.is_some(), "{:?}", key);
+            if let Some(bits) = bits {
+                prop_assert_eq!(uuid(bits), key);
+            }
+        }
     }
 
     proptest! {
