@@ -66,10 +66,23 @@ fn client_error(kafka: &KafkaArgs, source: KafkaError) -> Error {
     })
 }
 
-/// A consumer that reads records, or (never polled) looks up metadata,
-/// watermarks and offsets by time.
+/// A consumer that reads records: assigned partitions, which librdkafka
+/// only does for a consumer with a `group.id` (no group is ever joined).
 fn consumer(kafka: &KafkaArgs) -> Result<ReplayConsumer, Error> {
     consumer_config(kafka)
+        .create_with_context(QuietContext)
+        .map_err(|source| client_error(kafka, source))
+}
+
+/// A client that is never polled: it looks up metadata, watermarks and
+/// offsets by time. Without a `group.id`: dropping a consumer with one
+/// closes its group session and waits out a whole 100 ms poll for that
+/// (rdkafka's `Drop`), which the three such clients of a replay paid
+/// before the first record was read.
+fn lookup_client(kafka: &KafkaArgs, isolation: &str) -> Result<ReplayConsumer, Error> {
+    consumer_config(kafka)
+        .remove("group.id")
+        .set("isolation.level", isolation)
         .create_with_context(QuietContext)
         .map_err(|source| client_error(kafka, source))
 }
@@ -78,9 +91,31 @@ fn consumer(kafka: &KafkaArgs) -> Result<ReplayConsumer, Error> {
 /// the watermarks observed now (so the replay terminates) and, for times,
 /// `offsets_for_times`.
 pub fn resolve(kafka: &KafkaArgs, spec: &RangeSpec) -> Result<Vec<PartitionRange>, Error> {
+    resolve_with(&lookup_client(kafka, "read_committed")?, kafka, spec)
+}
+
+/// [`resolve`], then the partitions of the range with an open transaction
+/// ([`OpenTransaction`]). Both clients are created first, so they connect
+/// to the broker at the same time: a new client's first lookup waits
+/// ~50 ms for it on a local broker, paid once instead of twice.
+pub fn resolve_and_check_transactions(
+    kafka: &KafkaArgs,
+    spec: &RangeSpec,
+) -> Result<(Vec<PartitionRange>, Vec<OpenTransaction>), Error> {
+    let committed = lookup_client(kafka, "read_committed")?;
+    let uncommitted = lookup_client(kafka, "read_uncommitted")?;
+    let ranges = resolve_with(&committed, kafka, spec)?;
+    let open = open_transactions(&committed, &uncommitted, kafka, &ranges)?;
+    Ok((ranges, open))
+}
+
+fn resolve_with(
+    consumer: &ReplayConsumer,
+    kafka: &KafkaArgs,
+    spec: &RangeSpec,
+) -> Result<Vec<PartitionRange>, Error> {
     let topic = kafka.log_topic.as_str();
-    let consumer = consumer(kafka)?;
-    let all = partitions_of(&consumer, topic)?;
+    let all = partitions_of(consumer, topic)?;
     if let Some(missing) = spec.partitions.iter().find(|p| !all.contains(p)) {
         return Err(Error::NoSuchPartition {
             topic: topic.to_owned(),
@@ -93,10 +128,10 @@ pub fn resolve(kafka: &KafkaArgs, spec: &RangeSpec) -> Result<Vec<PartitionRange
         .collect();
     let mut marks = BTreeMap::new();
     for partition in &partitions {
-        marks.insert(*partition, watermarks(&consumer, topic, *partition)?);
+        marks.insert(*partition, watermarks(consumer, topic, *partition)?);
     }
-    let from = offsets_at(&consumer, topic, &marks, spec.from)?;
-    let mut to = offsets_at(&consumer, topic, &marks, spec.to)?;
+    let from = offsets_at(consumer, topic, &marks, spec.from)?;
+    let mut to = offsets_at(consumer, topic, &marks, spec.to)?;
     if spec.to_offsets.is_some() {
         for partition in &partitions {
             let (low, _) = marks[partition];
@@ -165,20 +200,17 @@ impl std::fmt::Display for OpenTransaction {
 
 /// The partitions of `ranges` with an open transaction, found by asking
 /// for the watermarks as a read_uncommitted consumer too.
-pub fn open_transactions(
+fn open_transactions(
+    committed: &ReplayConsumer,
+    uncommitted: &ReplayConsumer,
     kafka: &KafkaArgs,
     ranges: &[PartitionRange],
 ) -> Result<Vec<OpenTransaction>, Error> {
     let topic = kafka.log_topic.as_str();
-    let committed = consumer(kafka)?;
-    let uncommitted: ReplayConsumer = consumer_config(kafka)
-        .set("isolation.level", "read_uncommitted")
-        .create_with_context(QuietContext)
-        .map_err(|source| client_error(kafka, source))?;
     let mut open = Vec::new();
     for range in ranges {
-        let (_, stable_end) = watermarks(&committed, topic, range.partition)?;
-        let (_, high_watermark) = watermarks(&uncommitted, topic, range.partition)?;
+        let (_, stable_end) = watermarks(committed, topic, range.partition)?;
+        let (_, high_watermark) = watermarks(uncommitted, topic, range.partition)?;
         if stable_end < high_watermark {
             open.push(OpenTransaction {
                 partition: range.partition,

@@ -132,8 +132,8 @@ pub fn replay(options: &ReplayOptions) -> Result<Replay, Error> {
     };
     match &options.source {
         Source::Kafka(kafka) => {
-            let ranges = kafka::resolve(kafka, &options.range)?;
-            let open_transactions = kafka::open_transactions(kafka, &ranges)?;
+            let (ranges, open_transactions) =
+                kafka::resolve_and_check_transactions(kafka, &options.range)?;
             for open in &open_transactions {
                 tracing::warn!(topic = %kafka.log_topic, partition = open.partition, "{open}");
             }
