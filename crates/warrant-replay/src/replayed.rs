@@ -91,22 +91,28 @@ struct Kept {
 
 /// What is kept of every entry besides the history, by [`Keep`]: one
 /// field for whichever it is, so an instance carries the room for one.
+/// Every variant is one pointer: with `--format none` (`Keep::State`) an
+/// instance carries 16 bytes for it, and its box fits mimalloc's 160-byte
+/// class, not the 192-byte one.
 #[derive(Debug, Clone)]
 enum Entries {
     /// [`Keep::State`], and [`Keep::History`] (the history has them all).
     Nothing,
-    /// [`Keep::Trail`] while the range is read. Boxed: a SHA-256 state is
-    /// over 100 bytes.
+    /// [`Keep::Trail`] while the range is read (a SHA-256 state).
     Trail(Box<Trail>),
     /// [`Keep::Trail`] once the range is read: the trail of every entry.
-    TrailOf(Hash32),
-    /// [`Keep::Chain`]: every entry's hash, and its offset (in the
-    /// instance's partition): the hash chain does not commit to positions,
-    /// so `--verify` compares them apart.
-    Chain {
-        hashes: Vec<Hash32>,
-        offsets: Vec<i64>,
-    },
+    TrailOf(Box<Hash32>),
+    /// [`Keep::Chain`], what `--verify` folds again for a few instances.
+    Chain(Box<Chain>),
+}
+
+/// Every entry's hash, and its offset (in the instance's partition): the
+/// hash chain does not commit to positions, so `--verify` compares them
+/// apart.
+#[derive(Debug, Clone, Default)]
+struct Chain {
+    hashes: Vec<Hash32>,
+    offsets: Vec<i64>,
 }
 
 impl Entries {
@@ -114,16 +120,13 @@ impl Entries {
         match keep {
             Keep::State | Keep::History => Entries::Nothing,
             Keep::Trail => Entries::Trail(Box::default()),
-            Keep::Chain => Entries::Chain {
-                hashes: Vec::new(),
-                offsets: Vec::new(),
-            },
+            Keep::Chain => Entries::Chain(Box::default()),
         }
     }
 
     fn finish(self) -> Entries {
         match self {
-            Entries::Trail(trail) => Entries::TrailOf(trail.finish()),
+            Entries::Trail(trail) => Entries::TrailOf(Box::new(trail.finish())),
             other => other,
         }
     }
@@ -183,7 +186,7 @@ impl ReplayedInstance {
             return Some(Cow::Owned(history.iter().map(|e| e.hash).collect()));
         }
         match &self.kept.entries {
-            Entries::Chain { hashes, .. } if !hashes.is_empty() => Some(Cow::Borrowed(hashes)),
+            Entries::Chain(chain) if !chain.hashes.is_empty() => Some(Cow::Borrowed(&chain.hashes)),
             _ => None,
         }
     }
@@ -195,8 +198,9 @@ impl ReplayedInstance {
             return Some(history.iter().map(|e| e.position).collect());
         }
         match &self.kept.entries {
-            Entries::Chain { offsets, .. } if !offsets.is_empty() => Some(
-                offsets
+            Entries::Chain(chain) if !chain.offsets.is_empty() => Some(
+                chain
+                    .offsets
                     .iter()
                     .map(|offset| LogPosition {
                         partition: self.partition,
@@ -212,7 +216,7 @@ impl ReplayedInstance {
     /// only that ([`Keep::Trail`]).
     pub fn trail(&self) -> Option<Hash32> {
         match &self.kept.entries {
-            Entries::TrailOf(trail) => Some(*trail),
+            Entries::TrailOf(trail) => Some(**trail),
             _ => None,
         }
     }
@@ -601,9 +605,9 @@ impl Folder {
         }
         match &mut kept.entries {
             Entries::Trail(trail) => trail.push(&entry.hash, position),
-            Entries::Chain { hashes, offsets } => {
-                hashes.push(entry.hash);
-                offsets.push(record.offset);
+            Entries::Chain(chain) => {
+                chain.hashes.push(entry.hash);
+                chain.offsets.push(record.offset);
             }
             Entries::Nothing | Entries::TrailOf(_) => {}
         }
@@ -1393,6 +1397,12 @@ mod tests {
             .collect();
         assert_eq!(split, vec![(0, vec![2]), (2, vec![0])]);
         assert!(find(&result, &id(2)).other_partitions.is_empty());
+    }
+
+    #[test]
+    fn what_an_instance_keeps_fits_its_allocation_class() {
+        // mimalloc's classes around it are 128, 160 and 192 bytes.
+        assert!(size_of::<Kept>() <= 160, "{}", size_of::<Kept>());
     }
 
     mod order {
