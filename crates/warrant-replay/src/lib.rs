@@ -15,6 +15,7 @@
 // on a hot path; boxing every Kafka error would only add noise.
 #![allow(clippy::result_large_err)]
 
+mod delta;
 mod error;
 pub mod file;
 pub mod gaps;
