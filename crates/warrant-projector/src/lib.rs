@@ -4,8 +4,9 @@
 //! the log, or one shard's share of them (`--partitions`; assigned by hand,
 //! from offsets kept in sled), folds each record
 //! with `warrant_authority::step` — the same code replay runs — and commits
-//! states, history entries, a status index and the consumed offsets in one
-//! atomic sled batch, flushed before anything reports progress. It serves
+//! states, the log records in runs per partition (`runs`), a status index
+//! and the consumed offsets in one atomic sled batch, flushed before
+//! anything reports progress (the layout is in `store`). It serves
 //! execution records, status queues and a checkpoint over HTTP.
 //!
 //! It must never decide anything itself (no rule lives here), never write
@@ -21,6 +22,7 @@ mod ingest;
 pub mod metrics;
 pub mod paused;
 pub mod projection;
+mod runs;
 pub mod store;
 #[cfg(test)]
 mod testutil;
