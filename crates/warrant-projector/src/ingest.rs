@@ -510,15 +510,19 @@ pub(crate) fn write_batch(
 }
 
 /// warrant-kafka's consumer settings (read_committed, no auto commit, no
-/// group rebalancing: partitions are assigned by hand), with larger fetches
-/// for catching up: fewer round trips per million records. Its context logs
+/// group rebalancing: partitions are assigned by hand), with fetches large
+/// enough for catching up and a prefetch queue small enough for memory. Its context logs
 /// the end of a partition (how the fold knows it caught up) at debug.
 fn projector_consumer(config: &Config) -> Result<BaseConsumer<QuietContext>, Error> {
     config
         .kafka
         .consumer_config("warrant-projector")
-        .set("max.partition.fetch.bytes", "8388608")
-        .set("fetch.max.bytes", "67108864")
+        .set("max.partition.fetch.bytes", "2097152")
+        .set("fetch.max.bytes", "16777216")
+        // librdkafka prefetches up to this much per partition: at the
+        // default (64 MiB) a catch-up buffers most of a small log in memory
+        // while the fold is the slower side anyway.
+        .set("queued.max.messages.kbytes", "8192")
         .create_with_context(QuietContext)
         .map_err(|source| {
             Error::Kafka(warrant_kafka::Error::Client {

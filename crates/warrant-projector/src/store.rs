@@ -241,7 +241,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            cache_bytes: 256 * 1024 * 1024,
+            cache_bytes: 128 * 1024 * 1024,
         }
     }
 }
