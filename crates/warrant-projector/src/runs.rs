@@ -157,7 +157,11 @@ impl Positions {
         let mut all = Vec::new();
         let (mut partition, mut offset) = (0i64, 0i64);
         while !rest.is_empty() {
-            partition += read_varint(&mut rest)?;
+            // Checked: corrupt bytes can hold any delta, and an overflow
+            // must be an error, never a panic (debug builds check).
+            partition = partition
+                .checked_add(read_varint(&mut rest)?)
+                .ok_or("a partition out of range")?;
             offset = offset.wrapping_add(read_varint(&mut rest)?);
             all.push(LogPosition {
                 partition: i32::try_from(partition).map_err(|_| "a partition out of range")?,
@@ -232,6 +236,57 @@ mod tests {
         assert!(positions.as_bytes().len() <= 5 + 4 * 3, "{:?}", positions);
         assert!(Positions::decode(&[0x80]).is_err());
         assert!(Positions::decode(&[0x80; 11]).is_err());
+    }
+
+    #[test]
+    fn corrupt_positions_are_an_error_never_a_panic() {
+        // A partition of 1 (or -1), then a delta of i64::MAX (or MIN): the
+        // sum overflows an i64, though every partition before it fit.
+        let varint = |value: i64| {
+            let mut bytes = Vec::new();
+            write_varint(&mut bytes, value);
+            bytes
+        };
+        let (max, min) = (varint(i64::MAX), varint(i64::MIN));
+        for (first, second) in [(&varint(1), &max), (&varint(-1), &min)] {
+            let mut bytes = Vec::new();
+            for delta in [first, second] {
+                bytes.extend_from_slice(delta);
+                bytes.push(0);
+            }
+            let decoded = std::panic::catch_unwind(|| Positions::decode(&bytes));
+            assert!(
+                matches!(decoded, Ok(Err(_))),
+                "{bytes:?} must decode to an error: {decoded:?}"
+            );
+        }
+        // A partition outside i32, in one step.
+        let mut bytes = max.clone();
+        bytes.push(0);
+        assert!(Positions::decode(&bytes).is_err());
+        // Every byte string of up to three bytes decodes or fails, but
+        // never panics; so do the overflowing ones with junk after them.
+        for a in 0..=255u8 {
+            for b in [0u8, 1, 0x7F, 0x80, 0xFE, 0xFF] {
+                for c in [0u8, 0x80, 0xFF] {
+                    let _ = Positions::decode(&[a, b, c]);
+                    let mut long = max.clone();
+                    long.extend_from_slice(&[a, b, c]);
+                    long.extend_from_slice(&max);
+                    long.push(a);
+                    let _ = Positions::decode(&long);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_position_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64)
+        ) {
+            let _ = Positions::decode(&bytes);
+        }
     }
 
     #[test]
