@@ -272,6 +272,9 @@ pub struct Store {
     /// Flushes still to fail as if the disk were full (tests).
     #[cfg(test)]
     failing_flushes: AtomicU64,
+    /// Batch applies still to fail as if the disk were full (tests).
+    #[cfg(test)]
+    failing_applies: AtomicU64,
     /// Run once in the middle of the next checkpoint scan (tests).
     #[cfg(test)]
     during_scan: DuringScan,
@@ -358,6 +361,8 @@ impl Store {
             generation: AtomicU64::new(0),
             #[cfg(test)]
             failing_flushes: AtomicU64::new(0),
+            #[cfg(test)]
+            failing_applies: AtomicU64::new(0),
             #[cfg(test)]
             during_scan: DuringScan::default(),
             _lock: lock,
@@ -763,6 +768,24 @@ impl Store {
         written: &[(String, u64)],
     ) -> Result<(), Error> {
         let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        #[cfg(test)]
+        if self
+            .failing_applies
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(Error::Sled {
+                op: "apply a batch",
+                source: sled::Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+            });
+        }
+        self.db()?
+            .apply_batch(batch)
+            .map_err(Error::sled("apply a batch"))?;
+        // Noted only once applied, still under the gate: a batch that failed
+        // wrote nothing, and a scan that re-read its new instances would find
+        // no state and call the view corrupt. No scan can take the notes
+        // between the apply and this (it takes them under the gate).
         if let Some(noted) = self
             .written_during_scan
             .lock()
@@ -771,9 +794,6 @@ impl Store {
         {
             noted.extend(written.iter().map(|(id, _)| id.clone()));
         }
-        self.db()?
-            .apply_batch(batch)
-            .map_err(Error::sled("apply a batch"))?;
         self.applied.store(seq, Ordering::Release);
         Ok(())
     }
@@ -906,6 +926,12 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn fail_flushes(&self, n: u64) {
         self.failing_flushes.store(n, Ordering::Release);
+    }
+
+    /// Make the next `n` batch applies fail with a full disk (tests).
+    #[cfg(test)]
+    pub(crate) fn fail_applies(&self, n: u64) {
+        self.failing_applies.store(n, Ordering::Release);
     }
 
     pub fn sled_dir(&self) -> &Path {
@@ -2132,5 +2158,322 @@ mod tests {
         assert!(matches!(result, Err(Error::Corrupt { .. })), "{result:?}");
         // Other instances are unaffected.
         assert!(store.record(&instance_id(7)).unwrap().is_some());
+    }
+
+    /// Bytes that are not an envelope, distinct per `seed`, `len` long.
+    fn junk(seed: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|n| (n as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// A hostile producer's log: one instance's events on two partitions,
+    /// interleaved with another instance's, and records under its key that
+    /// are empty, absent, just under, at and over a run, and over sled's
+    /// 16 KiB leaf.
+    fn two_partition_log() -> Vec<Record> {
+        let x = instance_id(1);
+        let y = instance_id(2);
+        let key = |id: &str| Some(id.as_bytes().to_vec());
+        let sizes = [0usize, 4096 - 12, 4096 - 11, 4096, 5000, 17 * 1024, 70_000];
+        let mut log = Vec::new();
+        let ys = history_for(&y, 6);
+        for (n, envelope) in history_for(&x, usize::MAX).iter().enumerate() {
+            let partition = (n % 2) as i32;
+            log.push(record(partition, envelope));
+            if let Some(other) = ys.get(n) {
+                log.push(record(1 - partition, other));
+            }
+            match sizes.get(n) {
+                Some(0) => log.push((partition, key(&x), Some(Vec::new()))),
+                Some(len) => log.push((1 - partition, key(&x), Some(junk(n as u8, *len)))),
+                None => {}
+            }
+            if n % 3 == 0 {
+                log.push((partition, key(&x), None));
+                log.push((1 - partition, None, Some(junk(0xA0, 5000))));
+            }
+        }
+        log
+    }
+
+    fn assert_view_is_ledger(store: &Store, log: &[Record]) {
+        let ledger = ledger_of(log);
+        for (id, folded) in ledger.instances() {
+            assert_eq!(
+                record_json(store, id),
+                serde_json::to_value(folded.record()).unwrap(),
+                "record of {id}"
+            );
+        }
+        let checkpoint = store.checkpoint().unwrap();
+        assert_eq!(checkpoint.digest, ledger.checkpoint_digest());
+        assert_eq!(checkpoint.instances, ledger.len() as u64);
+    }
+
+    #[test]
+    fn one_instance_on_two_partitions_with_empty_and_huge_records_reads_back_as_folded() {
+        let log = two_partition_log();
+        let whole = tempfile::tempdir().unwrap();
+        let (whole_store, _) = open(whole.path());
+        fold_into(&whole_store, &log);
+        assert_view_is_ledger(&whole_store, &log);
+        let x = whole_store.record(&instance_id(1)).unwrap().unwrap();
+        assert!(x.history.len() > 20, "{}", x.history.len());
+
+        // Batches of every size, a cache that keeps no committed state (so
+        // every batch reads the positions back from sled), and a restart in
+        // the middle: the same view.
+        let dir = tempfile::tempdir().unwrap();
+        let middle = log.len() / 2;
+        for part in [&log[..middle], &log[middle..]] {
+            let (store, _) = open(dir.path());
+            let mut projection = Projection::new(store.clone(), 0).unwrap();
+            let mut rest = part;
+            for size in [1usize, 2, 3, 5, 8].into_iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, tail) = rest.split_at(size.min(rest.len()));
+                apply(&mut projection, chunk);
+                projection.commit_now().unwrap();
+                rest = tail;
+            }
+        }
+        let (store, opened) = open(dir.path());
+        assert_eq!(opened, Opened::Resumed);
+        assert_view_is_ledger(&store, &log);
+        assert_eq!(
+            store.checkpoint().unwrap(),
+            whole_store.checkpoint().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_kept_batch_of_huge_records_written_again_after_a_full_disk_is_whole() {
+        let log = two_partition_log();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let mut projection = Projection::new(store.clone(), 0).unwrap();
+        let middle = log.len() / 2;
+        apply(&mut projection, &log[..middle]);
+        projection.commit_now().unwrap();
+        let flushed = store.offsets().unwrap();
+        apply(&mut projection, &log[middle..]);
+        let mut sealed = projection.seal().unwrap().unwrap();
+        let (batch, written) = sealed.take_batch().unwrap();
+        store.apply(batch.clone(), sealed.seq, &written).unwrap();
+        store.fail_flushes(1);
+        assert!(store.flush().unwrap_err().is_storage());
+        store
+            .reopen_with(Some(Kept {
+                batch,
+                seq: sealed.seq,
+                before: Some(&flushed),
+                after: &sealed.offsets,
+            }))
+            .unwrap();
+        assert_view_is_ledger(&store, &log);
+        drop(projection);
+        drop(store);
+        let (store, opened) = open(dir.path());
+        assert_eq!(opened, Opened::Resumed);
+        assert_view_is_ledger(&store, &log);
+    }
+
+    /// The stored value of `id` with its positions replaced by `positions`.
+    fn with_positions(store: &Store, id: &str, positions: &[u8]) {
+        let db = store.db().unwrap();
+        let value = db.get(state_key(id)).unwrap().unwrap();
+        let old_len = u32::from_be_bytes(value[SUMMARY_LEN..HEADER_LEN].try_into().unwrap());
+        let mut new = value[..SUMMARY_LEN].to_vec();
+        new.extend_from_slice(&u32::try_from(positions.len()).unwrap().to_be_bytes());
+        new.extend_from_slice(positions);
+        new.extend_from_slice(&value[HEADER_LEN + old_len as usize..]);
+        db.insert(state_key(id), new).unwrap();
+    }
+
+    #[test]
+    fn corrupt_positions_are_corrupt_never_a_panic_or_another_record() {
+        let log = two_partition_log();
+        let x = instance_id(1);
+        let y = instance_id(2);
+        let position = |partition: i32, offset: i64| LogPosition { partition, offset };
+        let positions_of = |all: &[LogPosition]| {
+            let mut positions = Positions::default();
+            for at in all {
+                positions.push(*at);
+            }
+            positions.as_bytes().to_vec()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        fold_into(&store, &log);
+        let db = store.db().unwrap();
+        let good = stored_in(&db, &x).unwrap().unwrap().entries_at;
+        let ys = stored_in(&db, &y).unwrap().unwrap().entries_at;
+        let n = good.len();
+        // Partition 1, then a partition delta of i64::MAX (zigzag): the sum
+        // overflows an i64.
+        let mut overflow = vec![2, 0];
+        for _ in 1..n {
+            overflow
+                .extend_from_slice(&[0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]);
+            overflow.push(0);
+        }
+        let mut swapped = good.clone();
+        swapped.swap(0, 1);
+        let mut others = good.clone();
+        others[n - 1] = ys[0];
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("overflowing partitions", overflow),
+            ("negative offsets", positions_of(&vec![position(0, -5); n])),
+            (
+                "the smallest offset",
+                positions_of(&vec![position(0, i64::MIN); n]),
+            ),
+            (
+                "the largest offset",
+                positions_of(&vec![position(1, i64::MAX); n]),
+            ),
+            (
+                "a negative partition",
+                positions_of(&vec![position(-1, 0); n]),
+            ),
+            (
+                "a partition never folded",
+                positions_of(&vec![position(7, 0); n]),
+            ),
+            ("two entries swapped", positions_of(&swapped)),
+            ("another instance's record", positions_of(&others)),
+        ];
+        for (what, bytes) in cases {
+            with_positions(&store, &x, &bytes);
+            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                store.record(&x).map(|_| ())
+            }));
+            assert!(
+                matches!(read, Ok(Err(Error::Corrupt { .. }))),
+                "{what}: {read:?}"
+            );
+        }
+        // The right positions again: readable, so nothing else was hurt.
+        with_positions(&store, &x, &positions_of(&good));
+        assert_view_is_ledger(&store, &log);
+    }
+
+    #[test]
+    fn a_batch_that_failed_to_apply_during_a_checkpoint_scan_is_not_corruption() {
+        let log = mixed_log();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let mut projection = Projection::new(store.clone(), 1000).unwrap();
+        let half = log.len() / 2;
+        apply(&mut projection, &log[..half]);
+        projection.commit_now().unwrap();
+        let before = store.checkpoint().unwrap();
+        let rest = log[half..].to_vec();
+        let failing = store.clone();
+        // During the scan a batch with a new instance fails to apply (the
+        // disk is full): it wrote nothing.
+        *store.during_scan.0.lock().unwrap() = Some(Box::new(move || {
+            apply(&mut projection, &rest);
+            let mut sealed = projection.seal().unwrap().unwrap();
+            let (batch, written) = sealed.take_batch().unwrap();
+            assert!(written
+                .iter()
+                .any(|(id, _)| failing.state(id).unwrap().is_none()));
+            failing.fail_applies(1);
+            let applied = failing.apply(batch, sealed.seq, &written);
+            assert!(applied.unwrap_err().is_storage());
+        }));
+        store.applied.fetch_add(1, Ordering::AcqRel);
+        let checkpoint = store.checkpoint();
+        assert!(
+            store.during_scan.0.lock().unwrap().is_none(),
+            "the scan ran its hook"
+        );
+        // The view as it is (the batch is not in it), or unavailable; never
+        // corrupt, which would mark the view and rebuild it on restart.
+        match checkpoint {
+            Ok(checkpoint) => {
+                assert_eq!(
+                    (checkpoint.digest, checkpoint.instances),
+                    (before.digest, before.instances)
+                );
+            }
+            Err(Error::Unavailable) => {}
+            Err(error) => panic!("{error:?}"),
+        }
+    }
+
+    #[test]
+    fn checkpoints_and_records_read_while_batches_commit_are_of_one_batch() {
+        // One partition, many instances, so a scan spans batches.
+        let mut log: Vec<Record> = Vec::new();
+        for step in 0..3 {
+            for n in 0..150 {
+                let id = instance_id(1000 + n);
+                let events = history_for(&id, 3);
+                log.push(record(0, &events[step]));
+            }
+        }
+        log.extend(two_partition_log().into_iter().filter(|(p, _, _)| *p == 0));
+        let digests: BTreeMap<i64, Hash32> = (0..=log.len())
+            .map(|n| (n as i64, ledger_of(&log[..n]).checkpoint_digest()))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let committing = {
+            let store = store.clone();
+            let log = log.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut projection = Projection::new(store, 0).unwrap();
+                for chunk in log.chunks(7) {
+                    apply(&mut projection, chunk);
+                    projection.commit_now().unwrap();
+                }
+                done.store(true, Ordering::Release);
+            })
+        };
+        let reading = {
+            let store = store.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !done.load(Ordering::Acquire) {
+                    for n in [1000, 1077, 1149] {
+                        if let Some((state, history)) = store.history(&instance_id(n)).unwrap() {
+                            assert_eq!(history.len() as u64, state.entries);
+                            reads += 1;
+                        }
+                    }
+                    let _ = store.list(None, Some(&instance_id(1100)), 20).unwrap();
+                    let _ = store
+                        .list(Some(StatusName::AwaitingDecision), None, 20)
+                        .unwrap();
+                }
+                reads
+            })
+        };
+        let mut checked = 0;
+        while !done.load(Ordering::Acquire) {
+            let checkpoint = store.checkpoint().unwrap();
+            let folded = checkpoint.partitions.get(&0).copied().unwrap_or(0);
+            assert_eq!(
+                checkpoint.digest, digests[&folded],
+                "the checkpoint at offset {folded}"
+            );
+            checked += 1;
+        }
+        committing.join().unwrap();
+        reading.join().unwrap();
+        assert!(checked > 0);
+        assert_eq!(
+            store.checkpoint().unwrap().digest,
+            digests[&(log.len() as i64)]
+        );
     }
 }
