@@ -35,6 +35,6 @@ pub use record::*;
 pub use ruleset::{Facts, Resolution, Rule, Ruleset, RulesetError};
 pub use view::{
     checkpoint_digest, instance_for_key, instance_key, quarantine_instance, quarantine_partition,
-    Attestation, DecisionView, EntryView, ExecutionRecord, GroupProgress, InstanceFacts,
-    ProposalView, SignalView, TransitionView, QUARANTINE,
+    Attestation, CheckpointDigest, DecisionView, EntryView, ExecutionRecord, GroupProgress,
+    InstanceFacts, ProposalView, SignalView, TransitionView, QUARANTINE,
 };

@@ -63,13 +63,30 @@ pub fn instance_for_key(key: Option<&[u8]>, partition: i32) -> String {
 /// digests mean equal records everywhere, whatever order they were built in.
 pub fn checkpoint_digest<'a>(heads: impl IntoIterator<Item = (&'a str, &'a Hash32)>) -> Hash32 {
     let sorted: BTreeMap<&str, &Hash32> = heads.into_iter().collect();
-    let mut hasher = Sha256::new();
+    let mut digest = CheckpointDigest::default();
     for (instance_id, head) in sorted {
-        hasher.update(instance_id.as_bytes());
-        hasher.update([0u8]);
-        hasher.update(head.0);
+        digest.push(instance_id, head);
     }
-    Hash32(hasher.finalize().into())
+    digest.finish()
+}
+
+/// [`checkpoint_digest`] for heads that already come in id order, one at a
+/// time, so a caller scanning a sorted store need not hold them all. The
+/// caller owes the order: ids strictly ascending (as `str` orders them,
+/// byte by byte).
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointDigest(Sha256);
+
+impl CheckpointDigest {
+    pub fn push(&mut self, instance_id: &str, head: &Hash32) {
+        self.0.update(instance_id.as_bytes());
+        self.0.update([0u8]);
+        self.0.update(head.0);
+    }
+
+    pub fn finish(self) -> Hash32 {
+        Hash32(self.0.finalize().into())
+    }
 }
 
 /// What intake needs to know about an instance to take an event for it,

@@ -403,7 +403,7 @@ impl Ingest {
 /// What [`write_batch`] needs of the view; the [`Store`], or a test's
 /// stand-in that fails the way a full disk does.
 pub(crate) trait ViewWriter {
-    fn apply(&self, batch: sled::Batch, seq: u64) -> Result<(), Error>;
+    fn apply(&self, batch: sled::Batch, seq: u64, written: &[(String, u64)]) -> Result<(), Error>;
     fn flush(&self) -> Result<usize, Error>;
     /// See [`Store::reopen_with`]: the kept batch is durable on the new
     /// handle before anything else can read it.
@@ -412,8 +412,8 @@ pub(crate) trait ViewWriter {
 }
 
 impl ViewWriter for Store {
-    fn apply(&self, batch: sled::Batch, seq: u64) -> Result<(), Error> {
-        Store::apply(self, batch, seq)
+    fn apply(&self, batch: sled::Batch, seq: u64, written: &[(String, u64)]) -> Result<(), Error> {
+        Store::apply(self, batch, seq, written)
     }
     fn flush(&self) -> Result<usize, Error> {
         Store::flush(self)
@@ -458,13 +458,14 @@ pub(crate) fn write_batch(
     stop: &AtomicBool,
     batch: sled::Batch,
     seq: u64,
+    written: &[(String, u64)],
     offsets: &BTreeMap<i32, i64>,
     waiting: &mut dyn FnMut(),
 ) -> Result<Duration, Error> {
     let before = store.offsets().ok();
     let began = Instant::now();
     let written = store
-        .apply(batch.clone(), seq)
+        .apply(batch.clone(), seq, written)
         .and_then(|()| store.flush().map(drop));
     let mut error = match written {
         Ok(()) => return Ok(began.elapsed()),
@@ -509,15 +510,19 @@ pub(crate) fn write_batch(
 }
 
 /// warrant-kafka's consumer settings (read_committed, no auto commit, no
-/// group rebalancing: partitions are assigned by hand), with larger fetches
-/// for catching up: fewer round trips per million records. Its context logs
+/// group rebalancing: partitions are assigned by hand), with fetches large
+/// enough for catching up and a prefetch queue small enough for memory. Its context logs
 /// the end of a partition (how the fold knows it caught up) at debug.
 fn projector_consumer(config: &Config) -> Result<BaseConsumer<QuietContext>, Error> {
     config
         .kafka
         .consumer_config("warrant-projector")
-        .set("max.partition.fetch.bytes", "8388608")
-        .set("fetch.max.bytes", "67108864")
+        .set("max.partition.fetch.bytes", "2097152")
+        .set("fetch.max.bytes", "16777216")
+        // librdkafka prefetches up to this much per partition: at the
+        // default (64 MiB) a catch-up buffers most of a small log in memory
+        // while the fold is the slower side anyway.
+        .set("queued.max.messages.kbytes", "8192")
         .create_with_context(QuietContext)
         .map_err(|source| {
             Error::Kafka(warrant_kafka::Error::Client {
@@ -614,6 +619,7 @@ fn commit_loop(
                     stop,
                     batch,
                     sealed.seq,
+                    &written,
                     &sealed.offsets,
                     // The lag gauges keep moving while the disk is full:
                     // the log grows, the view does not.
@@ -731,7 +737,12 @@ mod tests {
     }
 
     impl ViewWriter for FullDisk {
-        fn apply(&self, _batch: sled::Batch, seq: u64) -> Result<(), Error> {
+        fn apply(
+            &self,
+            _batch: sled::Batch,
+            seq: u64,
+            _written: &[(String, u64)],
+        ) -> Result<(), Error> {
             self.applied.lock().unwrap().push(seq);
             Ok(())
         }
@@ -749,7 +760,7 @@ mod tests {
             if kept.before.is_some_and(|before| *before != now) && now != *kept.after {
                 return Err(Error::corrupt("offsets"));
             }
-            self.apply(kept.batch, kept.seq)?;
+            self.apply(kept.batch, kept.seq, &[])?;
             self.flush().map(drop)
         }
         fn offsets(&self) -> Result<BTreeMap<i32, i64>, Error> {
@@ -791,6 +802,7 @@ mod tests {
                 stop,
                 sled::Batch::default(),
                 7,
+                &[],
                 &BTreeMap::from([(0, 20)]),
                 &mut || {
                     view.waited.fetch_add(1, Ordering::SeqCst);
@@ -1022,8 +1034,8 @@ mod tests {
         let flushed = store.offsets().unwrap();
         crate::testutil::apply(&mut projection, &log[4..6]);
         let mut second = projection.seal().unwrap().unwrap();
-        let (batch, _) = second.take_batch().unwrap();
-        store.apply(batch.clone(), second.seq).unwrap();
+        let (batch, written) = second.take_batch().unwrap();
+        store.apply(batch.clone(), second.seq, &written).unwrap();
         crate::testutil::apply(&mut projection, &log[6..7]);
         let third = projection.seal().unwrap().unwrap();
         Folded {
@@ -1126,8 +1138,8 @@ mod tests {
         assert_eq!(applied.unwrap(), Some(true));
         // A's event 7 folded onto A's state with the second batch's events:
         // the view ends where the shared ledger does, every history whole.
-        let (batch, _) = third.take_batch().unwrap();
-        store.apply(batch, third.seq).unwrap();
+        let (batch, written) = third.take_batch().unwrap();
+        store.apply(batch, third.seq, &written).unwrap();
         store.flush().unwrap();
         crate::testutil::apply(&mut projection, &log[8..]);
         projection.commit_now().unwrap();

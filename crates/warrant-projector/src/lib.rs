@@ -4,8 +4,9 @@
 //! the log, or one shard's share of them (`--partitions`; assigned by hand,
 //! from offsets kept in sled), folds each record
 //! with `warrant_authority::step` — the same code replay runs — and commits
-//! states, history entries, a status index and the consumed offsets in one
-//! atomic sled batch, flushed before anything reports progress. It serves
+//! states, the log records in runs per partition (`runs`), a status index
+//! and the consumed offsets in one atomic sled batch, flushed before
+//! anything reports progress (the layout is in `store`). It serves
 //! execution records, status queues and a checkpoint over HTTP.
 //!
 //! It must never decide anything itself (no rule lives here), never write
@@ -21,6 +22,7 @@ mod ingest;
 pub mod metrics;
 pub mod paused;
 pub mod projection;
+mod runs;
 pub mod store;
 #[cfg(test)]
 mod testutil;
@@ -92,15 +94,17 @@ pub struct Args {
     /// first (a batch is also committed as soon as the log is drained).
     #[arg(long, env = "WARRANT_PROJECTOR_BATCH_MS", default_value_t = 100)]
     pub batch_ms: u64,
-    /// Instance states kept in memory between batches.
+    /// Instance states kept in memory between batches (a state is about
+    /// 5 KiB in memory; one not cached costs a sled read when its next
+    /// event comes).
     #[arg(
         long,
         env = "WARRANT_PROJECTOR_CACHE_INSTANCES",
-        default_value_t = 50_000
+        default_value_t = 10_000
     )]
     pub cache_instances: usize,
     /// sled's page cache, in MiB.
-    #[arg(long, env = "WARRANT_PROJECTOR_SLED_CACHE_MB", default_value_t = 256)]
+    #[arg(long, env = "WARRANT_PROJECTOR_SLED_CACHE_MB", default_value_t = 128)]
     pub sled_cache_mb: u64,
     /// Exit 0 once the view has caught up with the high watermarks seen at
     /// start (for benchmarks, tests and one-shot rebuilds).
@@ -185,7 +189,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             batch_records: 10_000,
             batch_wait: Duration::from_millis(100),
-            cache_instances: 50_000,
+            cache_instances: 10_000,
             store: StoreOptions::default(),
             exit_at_end: false,
             shutdown_timeout: Duration::from_secs(10),

@@ -15,7 +15,8 @@ use warrant_authority::{
 
 use crate::error::Error;
 use crate::paused::{OldestPaused, PausedQueue};
-use crate::store::{self, StatusCounts, Store};
+use crate::runs::{OpenRuns, Positions};
+use crate::store::{self, StatusCounts, Store, Stored};
 
 /// A fixed (unkeyed) hash: it only saves sled reads, so a collision costs a
 /// read and nothing else.
@@ -35,15 +36,15 @@ pub struct BatchStats {
     pub last_recorded_at: BTreeMap<i32, i64>,
 }
 
-/// A batch ready to commit: state, history, index, counts and offsets in
+/// A batch ready to commit: states, runs, index, counts and offsets in
 /// one `sled::Batch`.
 #[derive(Debug)]
 pub struct Sealed {
-    /// History runs, index removals, counts and offsets.
+    /// Runs, index changes, counts and offsets.
     pub batch: sled::Batch,
-    /// Index keys and the states to store under them, serialised by
-    /// [`Sealed::into_batch`] on the commit thread, off the fold's path.
-    states: Vec<(Vec<u8>, Arc<InstanceState>)>,
+    /// The states to store and the positions of their entries, serialised
+    /// by [`Sealed::take_batch`] on the commit thread, off the fold's path.
+    states: Vec<(Arc<InstanceState>, Positions)>,
     pub seq: u64,
     /// Next offset per partition once this batch is committed.
     pub offsets: BTreeMap<i32, i64>,
@@ -61,8 +62,11 @@ impl Sealed {
     pub fn take_batch(&mut self) -> Result<(sled::Batch, Vec<(String, u64)>), Error> {
         let mut batch = std::mem::take(&mut self.batch);
         let mut written = Vec::with_capacity(self.states.len());
-        for (key, state) in self.states.drain(..) {
-            batch.insert(key, store::encode_index_value(&state)?);
+        for (state, positions) in self.states.drain(..) {
+            batch.insert(
+                store::state_key(&state.instance_id),
+                store::encode_state_value(&state, &positions)?,
+            );
             written.push((state.instance_id.clone(), state.entries));
         }
         Ok((batch, written))
@@ -76,12 +80,11 @@ struct Cached {
     /// Status as committed (or about to be, by an earlier sealed batch);
     /// `None` while the instance has never been written.
     persisted: Option<Option<StatusName>>,
+    /// Where every entry of the instance is, in entry order.
+    positions: Positions,
     /// Last batch that wrote this instance.
     last_batch: u64,
     dirty: bool,
-    /// Entries folded in the open batch, encoded (see `store::push_entry`).
-    run: Vec<u8>,
-    run_first_seq: u64,
 }
 
 /// Folds records into batches. One per consumer; the only writer of the store.
@@ -95,6 +98,10 @@ pub struct Projection {
     /// reads wait while the commit thread applies a batch.
     known: HashSet<u64>,
     touched: Vec<String>,
+    /// The records of the open batch, per partition, and the runs it has
+    /// already filled.
+    runs: OpenRuns,
+    batch: sled::Batch,
     offsets: BTreeMap<i32, i64>,
     offsets_dirty: bool,
     counts: StatusCounts,
@@ -120,6 +127,8 @@ impl Projection {
             cache_limit,
             known,
             touched: Vec::new(),
+            runs: OpenRuns::default(),
+            batch: sled::Batch::default(),
             offsets,
             offsets_dirty: false,
             counts,
@@ -177,40 +186,41 @@ impl Projection {
                 let stored = if self.known.insert(id_hash(instance_id.as_bytes())) {
                     None
                 } else {
-                    self.store.state(&instance_id)?
+                    self.store.stored(&instance_id)?
                 };
-                let (state, persisted) = match stored {
-                    Some(state) => {
+                let (state, positions, persisted) = match stored {
+                    Some(Stored {
+                        state, positions, ..
+                    }) => {
                         let status = state.status();
-                        (state, Some(status))
+                        (state, positions, Some(status))
                     }
-                    None => (InstanceState::new(instance_id.clone()), None),
+                    None => (
+                        InstanceState::new(instance_id.clone()),
+                        Positions::default(),
+                        None,
+                    ),
                 };
                 self.cache.entry(instance_id.clone()).or_insert(Cached {
                     state: Arc::new(state),
                     persisted,
+                    positions,
                     last_batch: 0,
                     dirty: false,
-                    run: Vec::new(),
-                    run_first_seq: 0,
                 })
             }
         };
-        let shared = std::mem::replace(
-            &mut cached.state,
-            Arc::new(InstanceState::new(String::new())),
-        );
         // Cloned only while a batch being committed still holds it.
-        let mut state = Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone());
-        let entry = step(&mut state, event);
-        cached.state = Arc::new(state);
+        let entry = step(Arc::make_mut(&mut cached.state), event);
         cached.last_batch = self.seq;
         if !cached.dirty {
             cached.dirty = true;
-            cached.run_first_seq = entry.seq;
             self.touched.push(instance_id.clone());
         }
-        store::push_entry(&mut cached.run, entry.position, bytes)?;
+        cached.positions.push(entry.position);
+        if let Some((key, run)) = self.runs.push(entry.position, bytes)? {
+            self.batch.insert(key, run);
+        }
         self.offsets.insert(partition, offset + 1);
         self.offsets_dirty = true;
 
@@ -247,20 +257,18 @@ impl Projection {
         if self.touched.is_empty() && !self.offsets_dirty {
             return Ok(None);
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = std::mem::take(&mut self.batch);
+        for (key, run) in self.runs.close_all() {
+            batch.insert(key, run);
+        }
         let mut states = Vec::with_capacity(self.touched.len());
         for instance_id in self.touched.drain(..) {
             let Some(cached) = self.cache.get_mut(&instance_id) else {
                 continue;
             };
             cached.dirty = false;
-            let run = std::mem::take(&mut cached.run);
-            batch.insert(
-                store::history_run_key(&instance_id, cached.run_first_seq),
-                run,
-            );
             let status = cached.state.status();
-            states.push((store::index_key(status, &instance_id), cached.state.clone()));
+            states.push((cached.state.clone(), cached.positions.clone()));
             match cached.persisted {
                 Some(before) if before == status => {}
                 before => {
@@ -268,6 +276,7 @@ impl Projection {
                         self.counts.remove(before);
                         batch.remove(store::index_key(before, &instance_id));
                     }
+                    batch.insert(store::index_key(status, &instance_id), &[][..]);
                     self.counts.add(status);
                     if let Some(instance) = cached.state.instance() {
                         self.paused.moved(
@@ -313,8 +322,8 @@ impl Projection {
         let Some(mut sealed) = self.seal()? else {
             return Ok(None);
         };
-        let (batch, _) = sealed.take_batch()?;
-        self.store.apply(batch, sealed.seq)?;
+        let (batch, written) = sealed.take_batch()?;
+        self.store.apply(batch, sealed.seq, &written)?;
         self.store.flush()?;
         Ok(Some(sealed))
     }

@@ -15,23 +15,25 @@
 //! | `~owned` | the partitions the view folds, of how many: `6:0,1,2` (absent in a view from before shards, which folded them all, and in a fresh one); see [`Owned`] |
 //! | `~corrupt` | present only when a read found bad bytes: rebuild on next start |
 //! | `c` status-code | instances with that status, u64 BE (code 0xFF: no proposal) |
-//! | `h` instance-id 0x00 first-seq-u64-BE | a run: the instance's log records from one batch, see `push_entry` |
-//! | `i` status-code instance-id | entries u64 BE, head hash (32 bytes), then the `InstanceState` (MessagePack); every instance is under exactly one status (0xFF: no proposal) |
+//! | `i` status-code instance-id | nothing: every instance is under exactly one status (0xFF: no proposal) |
 //! | `o` partition-i32-BE | next offset to consume, i64 BE |
+//! | `r` partition-i32-BE first-offset-i64-BE | a run: log records of that partition from one batch (see `runs`) |
+//! | `s` instance-id | entries u64 BE, head hash (32 bytes), status code, the positions of its entries (u32 BE length, then `runs::Positions`), then the `InstanceState` (MessagePack) |
 //!
-//! A history entry is stored as its log record (position and bytes, exactly
-//! as on the log). Reading refolds them with `warrant_authority::fold` — the
-//! code replay runs — and checks the result against the stored head hash, so
-//! a served record is replay's record by construction. The entries an
-//! instance gets in one batch are one value (a run): sled's cost is per key,
-//! so a key per entry would dominate the fold. For the same reason the state
-//! lives in the index value: a batch writes two keys per instance it touched
-//! (plus one removal when the status changed), whatever the number of events.
+//! A history entry is stored as its log record (offset and bytes, exactly
+//! as on the log) in its partition's run, and found again through the
+//! positions in the instance's state value. Reading refolds them with
+//! `warrant_authority::fold` — the code replay runs — and checks the result
+//! against the stored head hash, so a served record is replay's record by
+//! construction. sled's cost is per key and grows where keys scatter: a
+//! batch writes one state per instance it touched (plus two small index
+//! keys when its status changed) and a few dozen runs whose keys only grow,
+//! whatever the number of events.
 //!
 //! States are MessagePack (`rmp_serde`, structs as arrays): a change to the
 //! serde shape of `InstanceState` or anything in it must bump [`FORMAT`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -40,12 +42,13 @@ use std::sync::{Mutex, PoisonError, RwLock};
 
 use serde::Serialize;
 use warrant_authority::{
-    checkpoint_digest, fold, instance_partition, ExecutionRecord, Hash32, HistoryEntry,
+    fold, instance_partition, CheckpointDigest, ExecutionRecord, Hash32, HistoryEntry,
     InstanceState, LogEvent, LogPosition, StatusName,
 };
 
 use crate::error::Error;
 use crate::paused::{PausedQueue, PAUSED};
+use crate::runs::{self, Positions};
 
 /// Bump when anything in the layout or the value encodings changes (or when
 /// the codec could decode stored bytes differently, or the fold would route
@@ -60,16 +63,21 @@ use crate::paused::{PausedQueue, PAUSED};
 /// 4: counted approvals keep the reviewer's roles and the approval group
 /// they count for (envelope v3's approval groups); a stored state of
 /// format 3 has neither, and would count its approvals for no group.
-pub const FORMAT: &str = "warrant-projector/4";
+///
+/// 5: the log records moved from per-instance runs (`h`) to per-partition
+/// runs (`r`), the state from the status index (`i`, now value-less) to its
+/// own table (`s`), which also keeps the positions of the entries.
+pub const FORMAT: &str = "warrant-projector/5";
 
 const META_FORMAT: &[u8] = b"~format";
 const META_TOPIC: &[u8] = b"~topic";
 const META_OWNED: &[u8] = b"~owned";
 const META_CORRUPT: &[u8] = b"~corrupt";
 const COUNT: u8 = b'c';
-const HISTORY: u8 = b'h';
 const INDEX: u8 = b'i';
 const OFFSET: u8 = b'o';
+const RUN: u8 = b'r';
+const STATE: u8 = b's';
 
 /// Status code for an instance that has no proposal (yet).
 pub(crate) const NO_STATUS: u8 = 0xFF;
@@ -233,7 +241,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            cache_bytes: 256 * 1024 * 1024,
+            cache_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -253,9 +261,23 @@ pub struct Store {
     /// Sequence number of the last applied batch.
     applied: AtomicU64,
     checkpoint: Mutex<Option<(u64, Checkpoint)>>,
+    /// One checkpoint scan at a time.
+    checkpointing: Mutex<()>,
+    /// While a checkpoint scans without the gate: every instance a batch
+    /// has written since the scan began (see [`Store::checkpoint`]).
+    written_during_scan: Mutex<Option<HashSet<String>>>,
+    /// Bumped whenever the handle is replaced or the view emptied: a scan
+    /// that ran across one is thrown away.
+    generation: AtomicU64,
     /// Flushes still to fail as if the disk were full (tests).
     #[cfg(test)]
     failing_flushes: AtomicU64,
+    /// Batch applies still to fail as if the disk were full (tests).
+    #[cfg(test)]
+    failing_applies: AtomicU64,
+    /// Run once in the middle of the next checkpoint scan (tests).
+    #[cfg(test)]
+    during_scan: DuringScan,
     /// Keeps a second projector off this directory.
     _lock: File,
 }
@@ -334,8 +356,15 @@ impl Store {
             gate: RwLock::new(()),
             applied: AtomicU64::new(0),
             checkpoint: Mutex::new(None),
+            checkpointing: Mutex::new(()),
+            written_during_scan: Mutex::new(None),
+            generation: AtomicU64::new(0),
             #[cfg(test)]
             failing_flushes: AtomicU64::new(0),
+            #[cfg(test)]
+            failing_applies: AtomicU64::new(0),
+            #[cfg(test)]
+            during_scan: DuringScan::default(),
             _lock: lock,
         };
         Ok((store, opened))
@@ -348,6 +377,7 @@ impl Store {
         tracing::warn!(path = %self.sled_dir.display(), reason, "sled view does not match the log; clearing it and rebuilding from offset 0");
         let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
         let db = self.db()?;
+        self.generation.fetch_add(1, Ordering::AcqRel);
         db.clear().map_err(Error::sled("clear the view"))?;
         write_meta(&db, &self.topic, owned)?;
         db.flush().map_err(Error::sled("flush"))?;
@@ -387,6 +417,7 @@ impl Store {
     pub fn set_owned(&self, owned: &Owned) -> Result<(), Error> {
         let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
         let db = self.db()?;
+        self.generation.fetch_add(1, Ordering::AcqRel);
         db.insert(META_OWNED, owned.encode().as_bytes())
             .map_err(Error::sled("write meta"))?;
         db.flush().map_err(Error::sled("flush"))?;
@@ -434,12 +465,17 @@ impl Store {
     /// every paused state: once, when folding starts.
     pub fn paused_queue(&self) -> Result<PausedQueue, Error> {
         let mut queue = PausedQueue::default();
+        let db = self.db()?;
         for status in PAUSED {
-            for item in self.db()?.scan_prefix([INDEX, status_code(Some(status))]) {
-                let (key, value) = item.map_err(Error::sled("read paused instances"))?;
+            for item in db.scan_prefix([INDEX, status_code(Some(status))]) {
+                let (key, _) = item.map_err(Error::sled("read paused instances"))?;
                 let instance_id = id_from_key(key.get(2..).unwrap_or_default())?;
-                let state = decode_state(&instance_id, &value)?;
-                if let Some(instance) = state.instance() {
+                let Some(stored) = stored_in(&db, &instance_id)? else {
+                    return Err(Error::corrupt(format!(
+                        "{instance_id} is in the index but has no state"
+                    )));
+                };
+                if let Some(instance) = stored.state.instance() {
                     queue.moved(
                         &instance_id,
                         instance.proposal.proposed_at,
@@ -461,12 +497,15 @@ impl Store {
         Ok(())
     }
 
-    /// The stored state of one instance (looked up under every status: the
-    /// state lives in the index, so a batch writes one key per instance).
+    /// The stored state of one instance.
     pub fn state(&self, instance_id: &str) -> Result<Option<InstanceState>, Error> {
-        // No batch may move the instance between two of these reads.
-        let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
-        state_in(&self.db()?, instance_id)
+        Ok(self.stored(instance_id)?.map(|stored| stored.state))
+    }
+
+    /// The stored state of one instance and the positions of its entries:
+    /// what the fold continues from.
+    pub(crate) fn stored(&self, instance_id: &str) -> Result<Option<Stored>, Error> {
+        stored_in(&self.db()?, instance_id)
     }
 
     /// The state and full history of one instance, consistent with each
@@ -486,55 +525,69 @@ impl Store {
         // and runs read on the new one.
         let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
         let db = self.db()?;
-        let Some(stored) = state_in(&db, instance_id)? else {
+        let Some(Stored {
+            state: stored,
+            entries_at,
+            ..
+        }) = stored_in(&db, instance_id)?
+        else {
             return Ok(None);
         };
         let corrupt = |what: String| Error::corrupt(format!("history of {instance_id}: {what}"));
-        let prefix = history_prefix(instance_id);
-        let runs: Vec<sled::IVec> = db
-            .scan_prefix(&prefix)
-            .map(|item| {
-                let (key, value) = item.map_err(Error::sled("read a history"))?;
-                let first = key
-                    .get(prefix.len()..)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| corrupt("a run key".to_owned()))?;
-                Ok((first, value))
-            })
-            .take_while(|run| !matches!(run, Ok((first, _)) if *first > stored.entries))
-            .collect::<Result<Vec<(u64, sled::IVec)>, Error>>()?
-            .into_iter()
-            .map(|(_, value)| value)
-            .collect();
+        // Entries of one instance mostly share runs: each run is read once.
+        let mut runs: Vec<(i32, sled::IVec)> = Vec::new();
+        let mut found: Vec<(LogPosition, usize, (usize, usize))> =
+            Vec::with_capacity(entries_at.len());
+        for (number, position) in entries_at.iter().enumerate() {
+            let in_last = match runs.last() {
+                Some((partition, run)) if *partition == position.partition => {
+                    runs::find_entry(run, position.offset)
+                        .map_err(|what| corrupt(format!("entry {}: {what}", number + 1)))?
+                }
+                _ => None,
+            };
+            let range = match in_last {
+                Some(range) => range,
+                None => {
+                    let (_, run) = db
+                        .range(
+                            run_key(position.partition, 0)
+                                ..=run_key(position.partition, position.offset),
+                        )
+                        .next_back()
+                        .transpose()
+                        .map_err(Error::sled("read a history"))?
+                        .ok_or_else(|| {
+                            corrupt(format!(
+                                "no run holds entry {} (partition {}, offset {})",
+                                number + 1,
+                                position.partition,
+                                position.offset
+                            ))
+                        })?;
+                    let range = runs::find_entry(&run, position.offset)
+                        .map_err(|what| corrupt(format!("entry {}: {what}", number + 1)))?
+                        .ok_or_else(|| {
+                            corrupt(format!(
+                                "no run holds entry {} (partition {}, offset {})",
+                                number + 1,
+                                position.partition,
+                                position.offset
+                            ))
+                        })?;
+                    runs.push((position.partition, run));
+                    range
+                }
+            };
+            found.push((*position, runs.len() - 1, range));
+        }
         drop(db);
         drop(_gate);
-        let mut records = Vec::with_capacity(usize::try_from(stored.entries).unwrap_or(0));
-        'runs: for run in &runs {
-            let mut rest: &[u8] = run;
-            while !rest.is_empty() {
-                if records.len() as u64 == stored.entries {
-                    // Committed after the state was read.
-                    break 'runs;
-                }
-                let (position, bytes, tail) = split_entry(rest)
-                    .map_err(|what| corrupt(format!("entry {}: {what}", records.len() + 1)))?;
-                records.push((position, bytes));
-                rest = tail;
-            }
-        }
-        if records.len() as u64 != stored.entries {
-            return Err(corrupt(format!(
-                "the state counts {} entries but the history holds {}",
-                stored.entries,
-                records.len()
-            )));
-        }
         let (state, history) = fold(
             instance_id,
-            records
-                .into_iter()
-                .map(|(position, bytes)| LogEvent::decode(position, bytes)),
+            found.iter().map(|(position, run, (start, end))| {
+                LogEvent::decode(*position, &runs[*run].1[*start..*end])
+            }),
         );
         if state.head != stored.head {
             return Err(corrupt(format!(
@@ -560,51 +613,41 @@ impl Store {
         limit: usize,
     ) -> Result<Page, Error> {
         let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
-        let codes: Vec<u8> = match status {
-            Some(status) => vec![status_code(Some(status))],
-            None => StatusName::ALL
-                .into_iter()
-                .map(|s| status_code(Some(s)))
-                .chain(std::iter::once(NO_STATUS))
-                .collect(),
-        };
-        // One sorted scan per status, merged by instance id.
         let db = self.db()?;
-        let mut scans: Vec<_> = codes
-            .iter()
-            .map(|code| scan_after(&db, vec![INDEX, *code], after).peekable())
-            .collect();
         let mut instances = Vec::with_capacity(limit.min(1024));
         let mut more = false;
-        loop {
-            let mut smallest: Option<(usize, &[u8])> = None;
-            for (index, scan) in scans.iter_mut().enumerate() {
-                match scan.peek() {
-                    None => {}
-                    Some(Err(_)) => {
-                        smallest = Some((index, &[]));
+        match status {
+            // The state table is in id order already.
+            None => {
+                for item in scan_after(&db, vec![STATE], after) {
+                    if instances.len() == limit {
+                        more = true;
                         break;
                     }
-                    Some(Ok((key, _))) => {
-                        let id = key.get(2..).unwrap_or_default();
-                        if smallest.is_none_or(|(_, best)| id < best) {
-                            smallest = Some((index, id));
-                        }
-                    }
+                    let (key, value) = item.map_err(Error::sled("list instances"))?;
+                    let instance_id = id_from_key(key.get(1..).unwrap_or_default())?;
+                    instances.push(decode_summary(instance_id, &value)?);
                 }
             }
-            let Some((index, _)) = smallest else {
-                break;
-            };
-            if instances.len() == limit {
-                more = true;
-                break;
+            Some(status) => {
+                for item in scan_after(&db, vec![INDEX, status_code(Some(status))], after) {
+                    if instances.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    let (key, _) = item.map_err(Error::sled("list instances"))?;
+                    let instance_id = id_from_key(key.get(2..).unwrap_or_default())?;
+                    let value = db
+                        .get(state_key(&instance_id))
+                        .map_err(Error::sled("list instances"))?
+                        .ok_or_else(|| {
+                            Error::corrupt(format!(
+                                "{instance_id} is in the index but has no state"
+                            ))
+                        })?;
+                    instances.push(decode_summary(instance_id, &value)?);
+                }
             }
-            let Some(item) = scans[index].next() else {
-                break;
-            };
-            let (key, value) = item.map_err(Error::sled("list instances"))?;
-            instances.push(decode_summary(&key, &value)?);
         }
         let next = if more {
             instances.last().map(|i| i.instance_id.clone())
@@ -616,24 +659,64 @@ impl Store {
 
     /// Offsets, instance count and the digest over all heads, as of one
     /// committed batch. Recomputed only after a new batch was committed.
+    ///
+    /// The scan of every state does not hold the gate, so batches keep
+    /// being applied meanwhile (a million instances take seconds to scan).
+    /// [`Store::apply`] notes the instances each batch writes while a scan
+    /// runs; once the scan is done, those few are read again under the
+    /// gate, with the offsets, so the result is exactly the view as of the
+    /// last batch applied, as if the whole scan had held the gate.
     pub fn checkpoint(&self) -> Result<Checkpoint, Error> {
+        let _one = self
+            .checkpointing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let began = {
+            let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+            let applied = self.applied.load(Ordering::Acquire);
+            if let Some((at, checkpoint)) = &*self
+                .checkpoint
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+            {
+                if *at == applied {
+                    return Ok(checkpoint.clone());
+                }
+            }
+            *self
+                .written_during_scan
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(HashSet::new());
+            self.generation.load(Ordering::Acquire)
+        };
+        let scanned = self.scan_heads();
         let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
-        let applied = self.applied.load(Ordering::Acquire);
-        if let Some((at, checkpoint)) = &*self
-            .checkpoint
+        let written = self
+            .written_during_scan
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-        {
-            if *at == applied {
-                return Ok(checkpoint.clone());
+            .take()
+            .unwrap_or_default();
+        let mut heads = scanned?;
+        if self.generation.load(Ordering::Acquire) != began {
+            // The handle was replaced or the view emptied under the scan.
+            return Err(Error::Unavailable);
+        }
+        let db = self.db()?;
+        for instance_id in written {
+            let value = db
+                .get(state_key(&instance_id))
+                .map_err(Error::sled("read a state"))?
+                .ok_or_else(|| Error::corrupt(format!("a batch wrote {instance_id}, not found")))?;
+            let head = decode_summary(instance_id, &value)?;
+            match heads.binary_search_by(|(id, _)| id.as_str().cmp(&head.instance_id)) {
+                Ok(at) => heads[at].1 = head.head_hash,
+                Err(at) => heads.insert(at, (head.instance_id, head.head_hash)),
             }
         }
-        let mut heads = Vec::new();
-        let db = self.db()?;
-        for item in db.scan_prefix([INDEX]) {
-            let (key, value) = item.map_err(Error::sled("read the index"))?;
-            let summary = decode_summary(&key, &value)?;
-            heads.push((summary.instance_id, summary.head_hash));
+        let mut digest = CheckpointDigest::default();
+        for (instance_id, head) in &heads {
+            digest.push(instance_id, head);
         }
         let owned = owned_in(&db)?;
         let checkpoint = Checkpoint {
@@ -642,21 +725,75 @@ impl Store {
             log_partitions: owned.as_ref().map(|o| o.log_partitions),
             owned: owned.map(|o| o.partitions),
             instances: heads.len() as u64,
-            digest: checkpoint_digest(heads.iter().map(|(id, head)| (id.as_str(), head))),
+            digest: digest.finish(),
         };
         *self
             .checkpoint
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some((applied, checkpoint.clone()));
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some((self.applied.load(Ordering::Acquire), checkpoint.clone()));
         Ok(checkpoint)
     }
 
+    /// Every instance's id and head, in id order, read without the gate.
+    fn scan_heads(&self) -> Result<Vec<(String, Hash32)>, Error> {
+        let db = self.db()?;
+        let mut heads = Vec::new();
+        for item in db.scan_prefix([STATE]) {
+            let (key, value) = item.map_err(Error::sled("read the states"))?;
+            let summary = decode_summary(id_from_key(key.get(1..).unwrap_or_default())?, &value)?;
+            heads.push((summary.instance_id, summary.head_hash));
+            #[cfg(test)]
+            if heads.len() == 1 {
+                if let Some(during) = self
+                    .during_scan
+                    .0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+                {
+                    during();
+                }
+            }
+        }
+        Ok(heads)
+    }
+
     /// Apply one sealed batch atomically (not yet durable: see [`Store::flush`]).
-    pub fn apply(&self, batch: sled::Batch, seq: u64) -> Result<(), Error> {
+    /// `written`: the instances whose states it writes.
+    pub fn apply(
+        &self,
+        batch: sled::Batch,
+        seq: u64,
+        written: &[(String, u64)],
+    ) -> Result<(), Error> {
         let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        #[cfg(test)]
+        if self
+            .failing_applies
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(Error::Sled {
+                op: "apply a batch",
+                source: sled::Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+            });
+        }
         self.db()?
             .apply_batch(batch)
             .map_err(Error::sled("apply a batch"))?;
+        // Noted only once applied, still under the gate: a batch that failed
+        // wrote nothing, and a scan that re-read its new instances would find
+        // no state and call the view corrupt. No scan can take the notes
+        // between the apply and this (it takes them under the gate).
+        if let Some(noted) = self
+            .written_during_scan
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            noted.extend(written.iter().map(|(id, _)| id.clone()));
+        }
         self.applied.store(seq, Ordering::Release);
         Ok(())
     }
@@ -700,6 +837,7 @@ impl Store {
         // No read may run across the swap.
         let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
         let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(old) = db.take() {
             // sled flushes (and may panic on a failed fsync) when its last
             // handle drops; nothing it could still write matters: the batch
@@ -790,6 +928,12 @@ impl Store {
         self.failing_flushes.store(n, Ordering::Release);
     }
 
+    /// Make the next `n` batch applies fail with a full disk (tests).
+    #[cfg(test)]
+    pub(crate) fn fail_applies(&self, n: u64) {
+        self.failing_applies.store(n, Ordering::Release);
+    }
+
     pub fn sled_dir(&self) -> &Path {
         &self.sled_dir
     }
@@ -825,21 +969,23 @@ fn owned_in(db: &sled::Db) -> Result<Option<Owned>, Error> {
     }
 }
 
-/// [`Store::state`] on one handle (the caller holds the gate).
-fn state_in(db: &sled::Db, instance_id: &str) -> Result<Option<InstanceState>, Error> {
-    for status in StatusName::ALL
-        .into_iter()
-        .map(Some)
-        .chain(std::iter::once(None))
-    {
-        let found = db
-            .get(index_key(status, instance_id))
-            .map_err(Error::sled("read a state"))?;
-        if let Some(value) = found {
-            return decode_state(instance_id, &value).map(Some);
-        }
+#[cfg(test)]
+#[derive(Default)]
+struct DuringScan(Mutex<Option<Box<dyn FnOnce() + Send>>>);
+
+#[cfg(test)]
+impl std::fmt::Debug for DuringScan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DuringScan")
     }
-    Ok(None)
+}
+
+/// [`Store::stored`] on one handle.
+fn stored_in(db: &sled::Db, instance_id: &str) -> Result<Option<Stored>, Error> {
+    db.get(state_key(instance_id))
+        .map_err(Error::sled("read a state"))?
+        .map(|value| decode_stored(instance_id, &value))
+        .transpose()
 }
 
 /// The batch a failed write leaves in hand, for [`Store::reopen_with`].
@@ -1085,6 +1231,17 @@ fn check_meta(db: &sled::Db, topic: &str, full: bool) -> Result<Meta, Error> {
             "its status counts {counted:?} do not match its index {indexed:?}"
         )));
     }
+    let mut states = 0u64;
+    for item in db.scan_prefix([STATE]) {
+        item.map_err(Error::sled("read the states"))?;
+        states += 1;
+    }
+    let total: u64 = indexed.values().sum();
+    if states != total {
+        return Ok(Meta::Incompatible(format!(
+            "its index holds {total} instances but it has {states} states"
+        )));
+    }
     if !indexed.is_empty() && db.scan_prefix([OFFSET]).next().is_none() {
         return Ok(Meta::Incompatible(
             "it holds instances but no offsets".to_owned(),
@@ -1140,22 +1297,10 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-pub(crate) fn table_key(table: u8, instance_id: &str) -> Vec<u8> {
+pub(crate) fn state_key(instance_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + instance_id.len());
-    key.push(table);
+    key.push(STATE);
     key.extend_from_slice(instance_id.as_bytes());
-    key
-}
-
-fn history_prefix(instance_id: &str) -> Vec<u8> {
-    let mut key = table_key(HISTORY, instance_id);
-    key.push(0);
-    key
-}
-
-pub(crate) fn history_run_key(instance_id: &str, first_seq: u64) -> Vec<u8> {
-    let mut key = history_prefix(instance_id);
-    key.extend_from_slice(&first_seq.to_be_bytes());
     key
 }
 
@@ -1165,6 +1310,15 @@ pub(crate) fn index_key(status: Option<StatusName>, instance_id: &str) -> Vec<u8
     key.push(INDEX);
     key.push(status_code(status));
     key.extend_from_slice(instance_id.as_bytes());
+    key
+}
+
+/// The key of a run of `partition` whose first record is at `first_offset`.
+pub(crate) fn run_key(partition: i32, first_offset: i64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(13);
+    key.push(RUN);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key.extend_from_slice(&first_offset.to_be_bytes());
     key
 }
 
@@ -1178,11 +1332,27 @@ pub(crate) fn count_key(status: Option<StatusName>) -> [u8; 2] {
     [COUNT, status_code(status)]
 }
 
-/// The index value: entries u64 BE, the head hash, then the state.
-pub(crate) fn encode_index_value(state: &InstanceState) -> Result<Vec<u8>, Error> {
-    let mut value = Vec::with_capacity(SUMMARY_LEN + 1024);
+/// Entries, head hash and status code: what a listing or the checkpoint
+/// reads of a state value.
+const SUMMARY_LEN: usize = 8 + 32 + 1;
+/// The summary, then the length of the positions.
+const HEADER_LEN: usize = SUMMARY_LEN + 4;
+
+/// The state value: the summary, the positions of the entries, the state.
+pub(crate) fn encode_state_value(
+    state: &InstanceState,
+    positions: &Positions,
+) -> Result<Vec<u8>, Error> {
+    let encoded = positions.as_bytes();
+    let positions_len = u32::try_from(encoded.len())
+        .map_err(|_| Error::Config("an instance with over 4 GiB of positions".to_owned()))?;
+    // A typical state encodes to over 1 KiB: one allocation, not a regrowth.
+    let mut value = Vec::with_capacity(HEADER_LEN + encoded.len() + 2048);
     value.extend_from_slice(&state.entries.to_be_bytes());
     value.extend_from_slice(&state.head.0);
+    value.push(status_code(state.status()));
+    value.extend_from_slice(&positions_len.to_be_bytes());
+    value.extend_from_slice(encoded);
     rmp_serde::encode::write(&mut value, state).map_err(|source| Error::Encode {
         what: "an instance state",
         source,
@@ -1190,39 +1360,61 @@ pub(crate) fn encode_index_value(state: &InstanceState) -> Result<Vec<u8>, Error
     Ok(value)
 }
 
-const SUMMARY_LEN: usize = 40;
+/// A state value read back: the state and where its entries are.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub state: InstanceState,
+    pub positions: Positions,
+    pub entries_at: Vec<LogPosition>,
+}
 
-fn decode_state(instance_id: &str, value: &[u8]) -> Result<InstanceState, Error> {
-    let state: InstanceState = value
-        .get(SUMMARY_LEN..)
-        .ok_or_else(|| Error::corrupt(format!("state of {instance_id}: too short")))
-        .and_then(|bytes| {
-            rmp_serde::from_slice(bytes)
-                .map_err(|e| Error::corrupt(format!("state of {instance_id}: {e}")))
-        })?;
+fn decode_stored(instance_id: &str, value: &[u8]) -> Result<Stored, Error> {
+    let corrupt = |what: &str| Error::corrupt(format!("state of {instance_id}: {what}"));
+    let header = value
+        .get(..HEADER_LEN)
+        .ok_or_else(|| corrupt("too short"))?;
+    let positions_len = <[u8; 4]>::try_from(&header[SUMMARY_LEN..])
+        .map(u32::from_be_bytes)
+        .map_err(|_| corrupt("positions length"))?;
+    let positions_end = usize::try_from(positions_len)
+        .ok()
+        .and_then(|len| HEADER_LEN.checked_add(len))
+        .filter(|end| *end <= value.len())
+        .ok_or_else(|| corrupt("positions past the end"))?;
+    let (positions, entries_at) =
+        Positions::decode(&value[HEADER_LEN..positions_end]).map_err(|what| corrupt(&what))?;
+    let state: InstanceState =
+        rmp_serde::from_slice(&value[positions_end..]).map_err(|e| corrupt(&e.to_string()))?;
     if state.instance_id != instance_id {
         return Err(Error::corrupt(format!(
             "the state under {instance_id} names {}",
             state.instance_id
         )));
     }
-    Ok(state)
+    let summary = decode_summary(instance_id.to_owned(), value)?;
+    if (summary.entries, summary.head_hash, summary.status)
+        != (state.entries, state.head, state.status())
+        || positions.count() != state.entries
+    {
+        return Err(corrupt("its summary or positions do not match the state"));
+    }
+    Ok(Stored {
+        state,
+        positions,
+        entries_at,
+    })
 }
 
-fn decode_summary(key: &[u8], value: &[u8]) -> Result<InstanceSummary, Error> {
-    let (Some(code), Some(id)) = (key.get(1), key.get(2..)) else {
-        return Err(Error::corrupt("an index key"));
+fn decode_summary(instance_id: String, value: &[u8]) -> Result<InstanceSummary, Error> {
+    let Some(bytes) = value.get(..SUMMARY_LEN) else {
+        return Err(Error::corrupt(format!("summary of {instance_id}")));
     };
-    let instance_id = id_from_key(id)?;
-    let bytes = value
-        .get(..SUMMARY_LEN)
-        .ok_or_else(|| Error::corrupt(format!("summary of {instance_id}")))?;
     let mut entries = [0u8; 8];
     entries.copy_from_slice(&bytes[..8]);
     let mut head = [0u8; 32];
-    head.copy_from_slice(&bytes[8..]);
+    head.copy_from_slice(&bytes[8..40]);
     Ok(InstanceSummary {
-        status: status_from_code(*code)?,
+        status: status_from_code(bytes[40])?,
         entries: u64::from_be_bytes(entries),
         head_hash: Hash32(head),
         instance_id,
@@ -1243,51 +1435,6 @@ fn decode_i64(value: &[u8], what: &str) -> Result<i64, Error> {
     <[u8; 8]>::try_from(value)
         .map(i64::from_be_bytes)
         .map_err(|_| Error::corrupt(what.to_owned()))
-}
-
-const ENTRY_HEADER: usize = 4 + 8;
-
-/// Append one history entry to a run: its length (u32 BE), the record's
-/// partition (i32 BE) and offset (i64 BE), and its bytes exactly as on the
-/// log. That is all an entry needs: its outcome, hash and decoded event are
-/// what `warrant_authority::fold` makes of these bytes (see
-/// [`Store::history`]).
-pub(crate) fn push_entry(
-    run: &mut Vec<u8>,
-    position: LogPosition,
-    bytes: &[u8],
-) -> Result<(), Error> {
-    let len = u32::try_from(ENTRY_HEADER + bytes.len())
-        .map_err(|_| Error::Config("a log record over 4 GiB".to_owned()))?;
-    run.reserve(4 + ENTRY_HEADER + bytes.len());
-    run.extend_from_slice(&len.to_be_bytes());
-    run.extend_from_slice(&position.partition.to_be_bytes());
-    run.extend_from_slice(&position.offset.to_be_bytes());
-    run.extend_from_slice(bytes);
-    Ok(())
-}
-
-/// The first entry of a run (position and bytes) and the rest of the run.
-fn split_entry(run: &[u8]) -> Result<(LogPosition, &[u8], &[u8]), String> {
-    let len = run
-        .get(..4)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(u32::from_be_bytes)
-        .ok_or("truncated length")?;
-    let end = usize::try_from(len)
-        .ok()
-        .filter(|len| *len >= ENTRY_HEADER)
-        .and_then(|len| len.checked_add(4))
-        .filter(|end| *end <= run.len())
-        .ok_or("bad entry length")?;
-    let entry = &run[4..end];
-    let (partition, rest) = entry.split_at(4);
-    let (offset, bytes) = rest.split_at(8);
-    let position = LogPosition {
-        partition: i32::from_be_bytes(partition.try_into().map_err(|_| "partition")?),
-        offset: i64::from_be_bytes(offset.try_into().map_err(|_| "offset")?),
-    };
-    Ok((position, bytes, &run[end..]))
 }
 
 #[cfg(test)]
@@ -1340,6 +1487,67 @@ mod tests {
         assert_eq!(checkpoint.instances, 3);
         assert_eq!(checkpoint.digest, ledger.checkpoint_digest());
         assert_eq!(checkpoint.topic, TOPIC);
+    }
+
+    #[test]
+    fn a_checkpoint_lets_batches_commit_during_its_scan_and_counts_them() {
+        let log = mixed_log();
+        let whole = tempfile::tempdir().unwrap();
+        let (whole_store, _) = open(whole.path());
+        fold_into(&whole_store, &log);
+
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let mut projection = Projection::new(store.clone(), 1000).unwrap();
+        let half = log.len() / 2;
+        apply(&mut projection, &log[..half]);
+        projection.commit_now().unwrap();
+        let rest = log[half..].to_vec();
+        // The rest of the log is committed while the scan is under way: a
+        // scan that held the gate would never let this apply finish.
+        *store.during_scan.0.lock().unwrap() = Some(Box::new(move || {
+            apply(&mut projection, &rest);
+            projection.commit_now().unwrap();
+        }));
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let scanning = store.clone();
+        std::thread::spawn(move || {
+            let _ = sender.send(scanning.checkpoint());
+        });
+        let checkpoint = receiver
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the checkpoint scan blocked the commit")
+            .unwrap();
+        assert!(
+            store.during_scan.0.lock().unwrap().is_none(),
+            "the scan ran its hook"
+        );
+        assert_eq!(checkpoint, whole_store.checkpoint().unwrap());
+        assert_eq!(store.checkpoint().unwrap(), checkpoint);
+    }
+
+    #[test]
+    fn a_checkpoint_across_a_change_of_the_view_is_unavailable_not_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        fold_into(&store, &mixed_log());
+        let expected = store.checkpoint().unwrap();
+        let changing = store.clone();
+        *store.during_scan.0.lock().unwrap() = Some(Box::new(move || {
+            let owned = Owned {
+                log_partitions: 2,
+                partitions: BTreeSet::from([0, 1]),
+            };
+            changing.set_owned(&owned).unwrap();
+        }));
+        // As if a batch had come: the cached checkpoint is not served.
+        store.applied.fetch_add(1, Ordering::AcqRel);
+        assert!(matches!(store.checkpoint(), Err(Error::Unavailable)));
+        let after = store.checkpoint().unwrap();
+        assert_eq!(
+            (after.instances, after.digest),
+            (expected.instances, expected.digest)
+        );
     }
 
     #[test]
@@ -1601,7 +1809,7 @@ mod tests {
         // sled has opened damaged files as a view with keys missing; one
         // missing offsets would fold old events again, one missing index
         // entries would give a wrong checkpoint.
-        for lose in [INDEX, OFFSET] {
+        for lose in [INDEX, OFFSET, STATE] {
             let dir = tempfile::tempdir().unwrap();
             {
                 let (store, _) = open(dir.path());
@@ -1620,7 +1828,9 @@ mod tests {
                 panic!("{opened:?} after losing {}", lose as char);
             };
             assert!(
-                reason.contains("do not match its index") || reason.contains("no offsets"),
+                reason.contains("do not match its index")
+                    || reason.contains("no offsets")
+                    || reason.contains("states"),
                 "{reason}"
             );
             assert!(store.offsets().unwrap().is_empty());
@@ -1656,8 +1866,8 @@ mod tests {
         // refused, and the reopen's write of it refused too.
         apply(&mut projection, &log[4..]);
         let mut sealed = projection.seal().unwrap().unwrap();
-        let (batch, _) = sealed.take_batch().unwrap();
-        store.apply(batch.clone(), sealed.seq).unwrap();
+        let (batch, written) = sealed.take_batch().unwrap();
+        store.apply(batch.clone(), sealed.seq, &written).unwrap();
         store.fail_flushes(2);
         assert!(store.flush().unwrap_err().is_storage());
         let served = store.record(samples::INSTANCE_ID).unwrap().unwrap();
@@ -1862,7 +2072,7 @@ mod tests {
     }
 
     #[test]
-    fn states_of_every_shape_round_trip_through_the_index_value() {
+    fn states_of_every_shape_round_trip_through_the_state_value() {
         let id = instance_id(3);
         let events = history_for(&id, usize::MAX);
         // Indexes into the sample history: quorum, override, expiry,
@@ -1879,73 +2089,46 @@ mod tests {
                 .iter()
                 .map(|n| warrant_schema::encode(&events[*n]).unwrap())
                 .collect();
+            let at: Vec<LogPosition> = (0..records.len())
+                .map(|n| LogPosition {
+                    partition: 2,
+                    offset: 1_000 + 37 * n as i64,
+                })
+                .collect();
             let (state, _) = fold(
                 &id,
-                records.iter().enumerate().map(|(offset, bytes)| {
-                    LogEvent::decode(
-                        LogPosition {
-                            partition: 0,
-                            offset: offset as i64,
-                        },
-                        bytes,
-                    )
-                }),
+                records
+                    .iter()
+                    .zip(&at)
+                    .map(|(bytes, position)| LogEvent::decode(*position, bytes)),
             );
-            let value = encode_index_value(&state).unwrap();
-            assert_eq!(decode_state(&id, &value).unwrap(), state, "{picks:?}");
-            let key = index_key(state.status(), &id);
-            let summary = decode_summary(&key, &value).unwrap();
+            let mut positions = Positions::default();
+            at.iter().for_each(|position| positions.push(*position));
+            let value = encode_state_value(&state, &positions).unwrap();
+            let stored = decode_stored(&id, &value).unwrap();
+            assert_eq!(stored.state, state, "{picks:?}");
+            assert_eq!(stored.entries_at, at);
+            assert_eq!(stored.positions, positions);
+            let summary = decode_summary(id.clone(), &value).unwrap();
             assert_eq!(
                 (summary.entries, summary.head_hash, summary.status),
                 (state.entries, state.head, state.status())
             );
+            // Positions that do not count the entries are not this state's.
+            let mut short = positions.clone();
+            short.push(LogPosition {
+                partition: 2,
+                offset: 9_999,
+            });
+            let value = encode_state_value(&state, &short).unwrap();
+            assert!(decode_stored(&id, &value).is_err());
         }
-        assert!(decode_state(&id, &[0; 39]).is_err());
-        assert!(decode_state(
+        assert!(decode_stored(&id, &[0; 44]).is_err());
+        assert!(decode_stored(
             &instance_id(4),
-            &encode_index_value(&InstanceState::new(id.clone())).unwrap()
+            &encode_state_value(&InstanceState::new(id.clone()), &Positions::default()).unwrap()
         )
         .is_err());
-    }
-
-    #[test]
-    fn runs_round_trip_and_reject_truncation() {
-        let log = mixed_log();
-        let mut run = Vec::new();
-        for (offset, (partition, _, value)) in log.iter().enumerate() {
-            let position = LogPosition {
-                partition: *partition,
-                offset: offset as i64,
-            };
-            push_entry(&mut run, position, value.as_deref().unwrap_or_default()).unwrap();
-        }
-        let mut rest = &run[..];
-        for (offset, (partition, _, value)) in log.iter().enumerate() {
-            let (position, bytes, tail) = split_entry(rest).unwrap();
-            assert_eq!(
-                position,
-                LogPosition {
-                    partition: *partition,
-                    offset: offset as i64
-                }
-            );
-            assert_eq!(bytes, value.as_deref().unwrap_or_default());
-            rest = tail;
-        }
-        assert!(rest.is_empty());
-        assert!(split_entry(&run[..3]).is_err());
-        let mut truncated = &run[..run.len() - 1];
-        let mut failed = false;
-        while !truncated.is_empty() {
-            match split_entry(truncated) {
-                Ok((_, _, tail)) => truncated = tail,
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        assert!(failed, "a truncated run must not split cleanly");
     }
 
     #[test]
@@ -1954,25 +2137,343 @@ mod tests {
         let (store, _) = open(dir.path());
         fold_into(&store, &mixed_log());
         // Swap one stored record's bytes for another valid event's.
-        let prefix = history_prefix(samples::INSTANCE_ID);
-        let (key, value) = store
-            .db()
+        let db = store.db().unwrap();
+        let first = stored_in(&db, samples::INSTANCE_ID)
             .unwrap()
-            .scan_prefix(&prefix)
-            .next()
+            .unwrap()
+            .entries_at[0];
+        let (key, value) = db
+            .range(run_key(first.partition, 0)..=run_key(first.partition, first.offset))
+            .next_back()
             .unwrap()
             .unwrap();
         let mut run = value.to_vec();
-        let (_, bytes, _) = split_entry(&run).unwrap();
+        let (start, end) = runs::find_entry(&run, first.offset).unwrap().unwrap();
         let replacement = history_for(samples::INSTANCE_ID, 2)[1].clone();
         let mut other = warrant_schema::encode(&replacement).unwrap();
-        other.resize(bytes.len(), 0);
-        let start = 4 + ENTRY_HEADER;
-        run[start..start + other.len()].copy_from_slice(&other);
-        store.db().unwrap().insert(key, run).unwrap();
+        other.resize(end - start, 0);
+        run[start..end].copy_from_slice(&other);
+        db.insert(key, run).unwrap();
         let result = store.record(samples::INSTANCE_ID);
         assert!(matches!(result, Err(Error::Corrupt { .. })), "{result:?}");
         // Other instances are unaffected.
         assert!(store.record(&instance_id(7)).unwrap().is_some());
+    }
+
+    /// Bytes that are not an envelope, distinct per `seed`, `len` long.
+    fn junk(seed: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|n| (n as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// A hostile producer's log: one instance's events on two partitions,
+    /// interleaved with another instance's, and records under its key that
+    /// are empty, absent, just under, at and over a run, and over sled's
+    /// 16 KiB leaf.
+    fn two_partition_log() -> Vec<Record> {
+        let x = instance_id(1);
+        let y = instance_id(2);
+        let key = |id: &str| Some(id.as_bytes().to_vec());
+        let sizes = [0usize, 4096 - 12, 4096 - 11, 4096, 5000, 17 * 1024, 70_000];
+        let mut log = Vec::new();
+        let ys = history_for(&y, 6);
+        for (n, envelope) in history_for(&x, usize::MAX).iter().enumerate() {
+            let partition = (n % 2) as i32;
+            log.push(record(partition, envelope));
+            if let Some(other) = ys.get(n) {
+                log.push(record(1 - partition, other));
+            }
+            match sizes.get(n) {
+                Some(0) => log.push((partition, key(&x), Some(Vec::new()))),
+                Some(len) => log.push((1 - partition, key(&x), Some(junk(n as u8, *len)))),
+                None => {}
+            }
+            if n % 3 == 0 {
+                log.push((partition, key(&x), None));
+                log.push((1 - partition, None, Some(junk(0xA0, 5000))));
+            }
+        }
+        log
+    }
+
+    fn assert_view_is_ledger(store: &Store, log: &[Record]) {
+        let ledger = ledger_of(log);
+        for (id, folded) in ledger.instances() {
+            assert_eq!(
+                record_json(store, id),
+                serde_json::to_value(folded.record()).unwrap(),
+                "record of {id}"
+            );
+        }
+        let checkpoint = store.checkpoint().unwrap();
+        assert_eq!(checkpoint.digest, ledger.checkpoint_digest());
+        assert_eq!(checkpoint.instances, ledger.len() as u64);
+    }
+
+    #[test]
+    fn one_instance_on_two_partitions_with_empty_and_huge_records_reads_back_as_folded() {
+        let log = two_partition_log();
+        let whole = tempfile::tempdir().unwrap();
+        let (whole_store, _) = open(whole.path());
+        fold_into(&whole_store, &log);
+        assert_view_is_ledger(&whole_store, &log);
+        let x = whole_store.record(&instance_id(1)).unwrap().unwrap();
+        assert!(x.history.len() > 20, "{}", x.history.len());
+
+        // Batches of every size, a cache that keeps no committed state (so
+        // every batch reads the positions back from sled), and a restart in
+        // the middle: the same view.
+        let dir = tempfile::tempdir().unwrap();
+        let middle = log.len() / 2;
+        for part in [&log[..middle], &log[middle..]] {
+            let (store, _) = open(dir.path());
+            let mut projection = Projection::new(store.clone(), 0).unwrap();
+            let mut rest = part;
+            for size in [1usize, 2, 3, 5, 8].into_iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, tail) = rest.split_at(size.min(rest.len()));
+                apply(&mut projection, chunk);
+                projection.commit_now().unwrap();
+                rest = tail;
+            }
+        }
+        let (store, opened) = open(dir.path());
+        assert_eq!(opened, Opened::Resumed);
+        assert_view_is_ledger(&store, &log);
+        assert_eq!(
+            store.checkpoint().unwrap(),
+            whole_store.checkpoint().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_kept_batch_of_huge_records_written_again_after_a_full_disk_is_whole() {
+        let log = two_partition_log();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let mut projection = Projection::new(store.clone(), 0).unwrap();
+        let middle = log.len() / 2;
+        apply(&mut projection, &log[..middle]);
+        projection.commit_now().unwrap();
+        let flushed = store.offsets().unwrap();
+        apply(&mut projection, &log[middle..]);
+        let mut sealed = projection.seal().unwrap().unwrap();
+        let (batch, written) = sealed.take_batch().unwrap();
+        store.apply(batch.clone(), sealed.seq, &written).unwrap();
+        store.fail_flushes(1);
+        assert!(store.flush().unwrap_err().is_storage());
+        store
+            .reopen_with(Some(Kept {
+                batch,
+                seq: sealed.seq,
+                before: Some(&flushed),
+                after: &sealed.offsets,
+            }))
+            .unwrap();
+        assert_view_is_ledger(&store, &log);
+        drop(projection);
+        drop(store);
+        let (store, opened) = open(dir.path());
+        assert_eq!(opened, Opened::Resumed);
+        assert_view_is_ledger(&store, &log);
+    }
+
+    /// The stored value of `id` with its positions replaced by `positions`.
+    fn with_positions(store: &Store, id: &str, positions: &[u8]) {
+        let db = store.db().unwrap();
+        let value = db.get(state_key(id)).unwrap().unwrap();
+        let old_len = u32::from_be_bytes(value[SUMMARY_LEN..HEADER_LEN].try_into().unwrap());
+        let mut new = value[..SUMMARY_LEN].to_vec();
+        new.extend_from_slice(&u32::try_from(positions.len()).unwrap().to_be_bytes());
+        new.extend_from_slice(positions);
+        new.extend_from_slice(&value[HEADER_LEN + old_len as usize..]);
+        db.insert(state_key(id), new).unwrap();
+    }
+
+    #[test]
+    fn corrupt_positions_are_corrupt_never_a_panic_or_another_record() {
+        let log = two_partition_log();
+        let x = instance_id(1);
+        let y = instance_id(2);
+        let position = |partition: i32, offset: i64| LogPosition { partition, offset };
+        let positions_of = |all: &[LogPosition]| {
+            let mut positions = Positions::default();
+            for at in all {
+                positions.push(*at);
+            }
+            positions.as_bytes().to_vec()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        fold_into(&store, &log);
+        let db = store.db().unwrap();
+        let good = stored_in(&db, &x).unwrap().unwrap().entries_at;
+        let ys = stored_in(&db, &y).unwrap().unwrap().entries_at;
+        let n = good.len();
+        // Partition 1, then a partition delta of i64::MAX (zigzag): the sum
+        // overflows an i64.
+        let mut overflow = vec![2, 0];
+        for _ in 1..n {
+            overflow
+                .extend_from_slice(&[0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]);
+            overflow.push(0);
+        }
+        let mut swapped = good.clone();
+        swapped.swap(0, 1);
+        let mut others = good.clone();
+        others[n - 1] = ys[0];
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("overflowing partitions", overflow),
+            ("negative offsets", positions_of(&vec![position(0, -5); n])),
+            (
+                "the smallest offset",
+                positions_of(&vec![position(0, i64::MIN); n]),
+            ),
+            (
+                "the largest offset",
+                positions_of(&vec![position(1, i64::MAX); n]),
+            ),
+            (
+                "a negative partition",
+                positions_of(&vec![position(-1, 0); n]),
+            ),
+            (
+                "a partition never folded",
+                positions_of(&vec![position(7, 0); n]),
+            ),
+            ("two entries swapped", positions_of(&swapped)),
+            ("another instance's record", positions_of(&others)),
+        ];
+        for (what, bytes) in cases {
+            with_positions(&store, &x, &bytes);
+            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                store.record(&x).map(|_| ())
+            }));
+            assert!(
+                matches!(read, Ok(Err(Error::Corrupt { .. }))),
+                "{what}: {read:?}"
+            );
+        }
+        // The right positions again: readable, so nothing else was hurt.
+        with_positions(&store, &x, &positions_of(&good));
+        assert_view_is_ledger(&store, &log);
+    }
+
+    #[test]
+    fn a_batch_that_failed_to_apply_during_a_checkpoint_scan_is_not_corruption() {
+        let log = mixed_log();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let mut projection = Projection::new(store.clone(), 1000).unwrap();
+        let half = log.len() / 2;
+        apply(&mut projection, &log[..half]);
+        projection.commit_now().unwrap();
+        let before = store.checkpoint().unwrap();
+        let rest = log[half..].to_vec();
+        let failing = store.clone();
+        // During the scan a batch with a new instance fails to apply (the
+        // disk is full): it wrote nothing.
+        *store.during_scan.0.lock().unwrap() = Some(Box::new(move || {
+            apply(&mut projection, &rest);
+            let mut sealed = projection.seal().unwrap().unwrap();
+            let (batch, written) = sealed.take_batch().unwrap();
+            assert!(written
+                .iter()
+                .any(|(id, _)| failing.state(id).unwrap().is_none()));
+            failing.fail_applies(1);
+            let applied = failing.apply(batch, sealed.seq, &written);
+            assert!(applied.unwrap_err().is_storage());
+        }));
+        store.applied.fetch_add(1, Ordering::AcqRel);
+        let checkpoint = store.checkpoint();
+        assert!(
+            store.during_scan.0.lock().unwrap().is_none(),
+            "the scan ran its hook"
+        );
+        // The view as it is (the batch is not in it), or unavailable; never
+        // corrupt, which would mark the view and rebuild it on restart.
+        match checkpoint {
+            Ok(checkpoint) => {
+                assert_eq!(
+                    (checkpoint.digest, checkpoint.instances),
+                    (before.digest, before.instances)
+                );
+            }
+            Err(Error::Unavailable) => {}
+            Err(error) => panic!("{error:?}"),
+        }
+    }
+
+    #[test]
+    fn checkpoints_and_records_read_while_batches_commit_are_of_one_batch() {
+        // One partition, many instances, so a scan spans batches.
+        let mut log: Vec<Record> = Vec::new();
+        for step in 0..3 {
+            for n in 0..150 {
+                let id = instance_id(1000 + n);
+                let events = history_for(&id, 3);
+                log.push(record(0, &events[step]));
+            }
+        }
+        log.extend(two_partition_log().into_iter().filter(|(p, _, _)| *p == 0));
+        let digests: BTreeMap<i64, Hash32> = (0..=log.len())
+            .map(|n| (n as i64, ledger_of(&log[..n]).checkpoint_digest()))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let committing = {
+            let store = store.clone();
+            let log = log.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut projection = Projection::new(store, 0).unwrap();
+                for chunk in log.chunks(7) {
+                    apply(&mut projection, chunk);
+                    projection.commit_now().unwrap();
+                }
+                done.store(true, Ordering::Release);
+            })
+        };
+        let reading = {
+            let store = store.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !done.load(Ordering::Acquire) {
+                    for n in [1000, 1077, 1149] {
+                        if let Some((state, history)) = store.history(&instance_id(n)).unwrap() {
+                            assert_eq!(history.len() as u64, state.entries);
+                            reads += 1;
+                        }
+                    }
+                    let _ = store.list(None, Some(&instance_id(1100)), 20).unwrap();
+                    let _ = store
+                        .list(Some(StatusName::AwaitingDecision), None, 20)
+                        .unwrap();
+                }
+                reads
+            })
+        };
+        let mut checked = 0;
+        while !done.load(Ordering::Acquire) {
+            let checkpoint = store.checkpoint().unwrap();
+            let folded = checkpoint.partitions.get(&0).copied().unwrap_or(0);
+            assert_eq!(
+                checkpoint.digest, digests[&folded],
+                "the checkpoint at offset {folded}"
+            );
+            checked += 1;
+        }
+        committing.join().unwrap();
+        reading.join().unwrap();
+        assert!(checked > 0);
+        assert_eq!(
+            store.checkpoint().unwrap().digest,
+            digests[&(log.len() as i64)]
+        );
     }
 }
