@@ -1,11 +1,13 @@
 //! The consumer side: every partition of the log (or this shard's share of
 //! them, `--partitions`), assigned by hand from the offsets in sled, folded
-//! on one thread and committed on another.
+//! by the polling thread and its lanes ([`crate::lanes`]) and committed on
+//! another thread.
 //!
-//! The fold thread polls, folds and seals batches; the commit thread applies
-//! each batch to sled, flushes it, and only then reports progress and
-//! metrics. A bounded channel between them lets the next batch be folded
-//! while the previous one is written, and nothing else.
+//! The fold thread polls, hands each record to its instance's lane, and
+//! seals batches; the commit thread applies each batch to sled, flushes it,
+//! and only then reports progress and metrics. A bounded channel between
+//! them lets the next batch be folded while the previous one is written,
+//! and nothing else.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +24,7 @@ use warrant_kafka::rdkafka::{Message, Offset, TopicPartitionList};
 use warrant_kafka::{partitions_of, watermarks, QuietContext};
 
 use crate::error::Error;
+use crate::lanes::StorageWait;
 use crate::metrics::Metrics;
 use crate::projection::{Projection, Sealed};
 use crate::store::{Kept, Owned, Store};
@@ -105,7 +108,13 @@ impl Ingest {
         let offsets = self.store.offsets()?;
         self.progress.send_modify(|p| p.offsets = offsets);
 
-        let mut projection = Projection::new(self.store.clone(), self.config.cache_instances)?;
+        let lanes = self.config.fold_threads.max(1);
+        let mut projection = Projection::with_lanes(
+            self.store.clone(),
+            self.config.cache_instances,
+            lanes,
+            Arc::new(self.clone()),
+        )?;
         let mut assignment = TopicPartitionList::with_capacity(marks.len());
         for (partition, (low, _)) in &marks {
             projection.start_partition(*partition, *low);
@@ -272,24 +281,11 @@ impl Ingest {
         let mut waited = false;
         let applied = loop {
             match projection.apply(partition, offset, key, value) {
-                // The commit thread is reopening sled after a storage error
-                // (it says so in /readyz), or the disk is full: read the
-                // state again once it is back (nothing of this record was
-                // folded yet).
+                // Nothing of this record was folded yet.
                 Err(error) if error.is_storage() => {
-                    if matches!(error, Error::Unavailable) {
-                        // The commit thread logs and counts its reopens.
-                        tracing::debug!(error = %error_chain(&error), "cannot read the view; folding waits");
-                    } else {
-                        // The fold's own wait, not the commit thread's:
-                        // counted and named here.
-                        waited = true;
-                        self.metrics.storage_failed();
-                        self.progress
-                            .send_modify(|p| p.storage_error = Some(error_chain(&error)));
-                        tracing::warn!(error = %error_chain(&error), "cannot read the view; folding waits");
-                    }
-                    if !self.pause(STORAGE_READ_RETRY) {
+                    // A reopen's outage is the commit thread's to report.
+                    waited |= !matches!(error, Error::Unavailable);
+                    if !self.wait(&error) {
                         return Ok(None);
                     }
                 }
@@ -297,7 +293,7 @@ impl Ingest {
             }
         };
         if waited {
-            self.progress.send_modify(|p| p.storage_error = None);
+            self.resumed();
         }
         Ok(Some(applied))
     }
@@ -379,7 +375,7 @@ impl Ingest {
                         sealed: Box::new(sealed),
                         caught_up: reached,
                     })?,
-                    None if reached => send(ToCommit::CaughtUp)?,
+                    None if reached && !self.stopped() => send(ToCommit::CaughtUp)?,
                     None => {}
                 }
                 opened = None;
@@ -397,6 +393,30 @@ impl Ingest {
             })?;
         }
         Ok(())
+    }
+}
+
+/// How the fold (on the polling thread or a lane's) waits while the view
+/// cannot be read: the commit thread is reopening sled after a storage
+/// error (it says so in /readyz), or the disk is full.
+impl StorageWait for Ingest {
+    fn wait(&self, error: &Error) -> bool {
+        if matches!(error, Error::Unavailable) {
+            // The commit thread logs and counts its reopens.
+            tracing::debug!(error = %error_chain(error), "cannot read the view; folding waits");
+        } else {
+            // The fold's own wait, not the commit thread's: counted and
+            // named here.
+            self.metrics.storage_failed();
+            self.progress
+                .send_modify(|p| p.storage_error = Some(error_chain(error)));
+            tracing::warn!(error = %error_chain(error), "cannot read the view; folding waits");
+        }
+        self.pause(STORAGE_READ_RETRY)
+    }
+
+    fn resumed(&self) {
+        self.progress.send_modify(|p| p.storage_error = None);
     }
 }
 

@@ -19,6 +19,7 @@
 mod error;
 pub mod http;
 mod ingest;
+mod lanes;
 pub mod metrics;
 pub mod paused;
 pub mod projection;
@@ -103,6 +104,11 @@ pub struct Args {
         default_value_t = 10_000
     )]
     pub cache_instances: usize,
+    /// Threads that decode records and fold instance states, each for its
+    /// own share of the instances (0: one per CPU core). The polling, the
+    /// batch bookkeeping and the sled writes have threads of their own.
+    #[arg(long, env = "WARRANT_PROJECTOR_FOLD_THREADS", default_value_t = 0)]
+    pub fold_threads: usize,
     /// sled's page cache, in MiB.
     #[arg(long, env = "WARRANT_PROJECTOR_SLED_CACHE_MB", default_value_t = 128)]
     pub sled_cache_mb: u64,
@@ -146,6 +152,10 @@ impl Args {
             batch_records: self.batch_records,
             batch_wait: Duration::from_millis(self.batch_ms),
             cache_instances: self.cache_instances,
+            fold_threads: match self.fold_threads {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                threads => threads,
+            },
             store: StoreOptions {
                 cache_bytes: self.sled_cache_mb.saturating_mul(1024 * 1024),
             },
@@ -170,6 +180,8 @@ pub struct Config {
     pub batch_records: usize,
     pub batch_wait: Duration,
     pub cache_instances: usize,
+    /// Lanes the fold runs in (1: on the polling thread).
+    pub fold_threads: usize,
     pub store: StoreOptions,
     pub exit_at_end: bool,
     pub shutdown_timeout: Duration,
@@ -190,6 +202,7 @@ impl Config {
             batch_records: 10_000,
             batch_wait: Duration::from_millis(100),
             cache_instances: 10_000,
+            fold_threads: 2,
             store: StoreOptions::default(),
             exit_at_end: false,
             shutdown_timeout: Duration::from_secs(10),

@@ -1,28 +1,24 @@
 //! The fold stage: log records in, sealed sled batches out.
 //!
 //! Every record goes through `warrant_authority::step` exactly as replay
-//! folds it; nothing here decides anything. Instance states touched by the
-//! current batch (and recently) are cached, so a hot instance is read and
-//! serialised once per batch, not once per event.
+//! folds it; nothing here decides anything. The per-instance work (decode,
+//! step, the cached states) runs in lanes ([`crate::lanes`]), on this
+//! thread or on threads of their own; what depends on the log's order
+//! (offsets, runs, batch boundaries, counts and the index) stays here.
+//! Instance states touched by the current batch (and recently) are cached,
+//! so a hot instance is read and serialised once per batch, not once per
+//! event.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use warrant_authority::{
-    instance_for_key, step, InstanceState, LogEvent, LogPosition, Outcome, RefusalCode, StatusName,
-};
+use warrant_authority::{instance_for_key, InstanceState, LogPosition, RefusalCode};
 
 use crate::error::Error;
+use crate::lanes::{Lanes, LanesSealed, StorageWait};
 use crate::paused::{OldestPaused, PausedQueue};
 use crate::runs::{OpenRuns, Positions};
-use crate::store::{self, StatusCounts, Store, Stored};
-
-/// A fixed (unkeyed) hash: it only saves sled reads, so a collision costs a
-/// read and nothing else.
-fn id_hash(id: &[u8]) -> u64 {
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(id)
-}
+use crate::store::{self, StatusCounts, Store};
 
 /// What one batch did, for metrics and logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,31 +69,11 @@ impl Sealed {
     }
 }
 
-#[derive(Debug)]
-struct Cached {
-    /// Shared with a sealed batch until the commit thread has encoded it.
-    state: Arc<InstanceState>,
-    /// Status as committed (or about to be, by an earlier sealed batch);
-    /// `None` while the instance has never been written.
-    persisted: Option<Option<StatusName>>,
-    /// Where every entry of the instance is, in entry order.
-    positions: Positions,
-    /// Last batch that wrote this instance.
-    last_batch: u64,
-    dirty: bool,
-}
-
 /// Folds records into batches. One per consumer; the only writer of the store.
 #[derive(Debug)]
 pub struct Projection {
     store: Arc<Store>,
-    cache: HashMap<String, Cached>,
-    cache_limit: usize,
-    /// A 64-bit hash of every instance id the store (or a pending batch)
-    /// holds: a miss proves an instance is new without asking sled, whose
-    /// reads wait while the commit thread applies a batch.
-    known: HashSet<u64>,
-    touched: Vec<String>,
+    lanes: Lanes,
     /// The records of the open batch, per partition, and the runs it has
     /// already filled.
     runs: OpenRuns,
@@ -106,34 +82,52 @@ pub struct Projection {
     offsets_dirty: bool,
     counts: StatusCounts,
     paused: PausedQueue,
-    stats: BatchStats,
+    /// Records folded into the open batch.
+    pending: u64,
     seq: u64,
 }
 
 impl Projection {
-    /// Continue from what the store has committed.
+    /// Continue from what the store has committed, folding on the calling
+    /// thread.
     pub fn new(store: Arc<Store>, cache_limit: usize) -> Result<Projection, Error> {
+        Projection::build(store, cache_limit, 1, None)
+    }
+
+    /// Continue from what the store has committed, folding in `lanes`
+    /// threads (one folds on the calling thread). A lane thread waits
+    /// through storage errors that pass with `wait`; any other error it
+    /// meets comes back from [`Projection::seal`].
+    pub(crate) fn with_lanes(
+        store: Arc<Store>,
+        cache_limit: usize,
+        lanes: usize,
+        wait: Arc<dyn StorageWait>,
+    ) -> Result<Projection, Error> {
+        Projection::build(store, cache_limit, lanes, Some(wait))
+    }
+
+    fn build(
+        store: Arc<Store>,
+        cache_limit: usize,
+        lanes: usize,
+        wait: Option<Arc<dyn StorageWait>>,
+    ) -> Result<Projection, Error> {
         let offsets = store.offsets()?;
         let counts = store.status_counts()?;
         let paused = store.paused_queue()?;
-        let mut known = HashSet::new();
-        store.for_each_instance(|id| {
-            known.insert(id_hash(id));
-        })?;
+        let lanes = Lanes::new(&store, cache_limit, lanes, wait)?;
         let seq = store.applied_seq() + 1;
         Ok(Projection {
             store,
-            cache: HashMap::new(),
-            cache_limit,
-            known,
-            touched: Vec::new(),
+            lanes,
             runs: OpenRuns::default(),
             batch: sled::Batch::default(),
             offsets,
             offsets_dirty: false,
             counts,
             paused,
-            stats: BatchStats::default(),
+            pending: 0,
             seq,
         })
     }
@@ -154,7 +148,7 @@ impl Projection {
 
     /// Records folded into the batch being built.
     pub fn pending(&self) -> u64 {
-        self.stats.records
+        self.pending
     }
 
     /// Fold one log record. A record at or before an offset already folded
@@ -177,118 +171,61 @@ impl Projection {
         let instance_id = instance_for_key(key, partition);
         // A record without a value folds as empty bytes: a Malformed refusal.
         let bytes = value.unwrap_or_default();
-        let event = LogEvent::decode(LogPosition { partition, offset }, bytes);
-        let decoded = event.decoded.is_ok();
-
-        let cached = match self.cache.get_mut(&instance_id) {
-            Some(cached) => cached,
-            None => {
-                let stored = if self.known.insert(id_hash(instance_id.as_bytes())) {
-                    None
-                } else {
-                    self.store.stored(&instance_id)?
-                };
-                let (state, positions, persisted) = match stored {
-                    Some(Stored {
-                        state, positions, ..
-                    }) => {
-                        let status = state.status();
-                        (state, positions, Some(status))
-                    }
-                    None => (
-                        InstanceState::new(instance_id.clone()),
-                        Positions::default(),
-                        None,
-                    ),
-                };
-                self.cache.entry(instance_id.clone()).or_insert(Cached {
-                    state: Arc::new(state),
-                    persisted,
-                    positions,
-                    last_batch: 0,
-                    dirty: false,
-                })
-            }
-        };
-        // Cloned only while a batch being committed still holds it.
-        let entry = step(Arc::make_mut(&mut cached.state), event);
-        cached.last_batch = self.seq;
-        if !cached.dirty {
-            cached.dirty = true;
-            self.touched.push(instance_id.clone());
-        }
-        cached.positions.push(entry.position);
-        if let Some((key, run)) = self.runs.push(entry.position, bytes)? {
+        let position = LogPosition { partition, offset };
+        self.lanes.fold(instance_id, position, bytes, self.seq)?;
+        if let Some((key, run)) = self.runs.push(position, bytes)? {
             self.batch.insert(key, run);
         }
         self.offsets.insert(partition, offset + 1);
         self.offsets_dirty = true;
-
-        let stats = &mut self.stats;
-        stats.records += 1;
-        if let Some(at) = entry.recorded_at {
-            stats.last_recorded_at.insert(partition, at);
-        }
-        match &entry.outcome {
-            Outcome::Applied { .. } => {
-                tracing::debug!(partition, offset, instance_id = %instance_id, seq = entry.seq, "event applied");
-            }
-            Outcome::Refused { code, reason } => {
-                *stats.refusals.entry(*code).or_default() += 1;
-                if decoded {
-                    tracing::debug!(partition, offset, instance_id = %instance_id, code = code.as_str(), reason = %reason, "event refused");
-                } else {
-                    stats.malformed += 1;
-                    tracing::warn!(partition, offset, instance_id = %instance_id, reason = %reason, "malformed record refused");
-                }
-            }
-            Outcome::Violation { violation, reason } => {
-                stats.violations += 1;
-                tracing::warn!(partition, offset, instance_id = %instance_id, violation = violation.as_str(), reason = %reason, "violation recorded");
-            }
-        }
+        self.pending += 1;
         Ok(true)
     }
 
     /// Close the batch being built: add the touched states, their summaries
     /// and index entries, the status counts and the offsets. `None` when
     /// there is nothing to write.
+    ///
+    /// With lane threads, this waits until each has folded what it was
+    /// given; an error one met folding is returned here. While stopping, a
+    /// lane that gave up on a record leaves the batch incomplete: `None`,
+    /// and nothing of it is written.
     pub fn seal(&mut self) -> Result<Option<Sealed>, Error> {
-        if self.touched.is_empty() && !self.offsets_dirty {
+        if self.pending == 0 && !self.offsets_dirty {
             return Ok(None);
         }
+        let (touched, stats) = match self.lanes.seal(self.seq)? {
+            LanesSealed::Sealed(touched, stats) => (touched, stats),
+            LanesSealed::Stopped => return Ok(None),
+        };
         let mut batch = std::mem::take(&mut self.batch);
         for (key, run) in self.runs.close_all() {
             batch.insert(key, run);
         }
-        let mut states = Vec::with_capacity(self.touched.len());
-        for instance_id in self.touched.drain(..) {
-            let Some(cached) = self.cache.get_mut(&instance_id) else {
-                continue;
-            };
-            cached.dirty = false;
-            let status = cached.state.status();
-            states.push((cached.state.clone(), cached.positions.clone()));
-            match cached.persisted {
+        let mut states = Vec::with_capacity(touched.len());
+        for touched in touched {
+            let status = touched.state.status();
+            let instance_id = &touched.state.instance_id;
+            match touched.before {
                 Some(before) if before == status => {}
                 before => {
                     if let Some(before) = before {
                         self.counts.remove(before);
-                        batch.remove(store::index_key(before, &instance_id));
+                        batch.remove(store::index_key(before, instance_id));
                     }
-                    batch.insert(store::index_key(status, &instance_id), &[][..]);
+                    batch.insert(store::index_key(status, instance_id), &[][..]);
                     self.counts.add(status);
-                    if let Some(instance) = cached.state.instance() {
+                    if let Some(instance) = touched.state.instance() {
                         self.paused.moved(
-                            &instance_id,
+                            instance_id,
                             instance.proposal.proposed_at,
                             before.flatten(),
                             status,
                         );
                     }
-                    cached.persisted = Some(status);
                 }
             }
+            states.push((touched.state, touched.positions));
         }
         for (status, count) in self.counts.iter() {
             batch.insert(&store::count_key(status)[..], &count.to_be_bytes()[..]);
@@ -297,6 +234,7 @@ impl Projection {
             batch.insert(&store::offset_key(*partition)[..], &next.to_be_bytes()[..]);
         }
         self.offsets_dirty = false;
+        self.pending = 0;
         let sealed = Sealed {
             batch,
             states,
@@ -304,15 +242,9 @@ impl Projection {
             offsets: self.offsets.clone(),
             counts: self.counts,
             oldest_paused: self.paused.oldest(),
-            stats: std::mem::take(&mut self.stats),
+            stats,
         };
         self.seq += 1;
-        if self.cache.len() > self.cache_limit {
-            // Only states the store already holds may go: a state from a
-            // batch still on its way to sled would be read back stale.
-            let applied = self.store.applied_seq();
-            self.cache.retain(|_, cached| cached.last_batch > applied);
-        }
         Ok(Some(sealed))
     }
 

@@ -805,7 +805,7 @@ impl Store {
 
     /// The open sled handle. A clone (sled's handles are shared): holding
     /// one only delays [`Store::reopen`], whose open then retries.
-    fn db(&self) -> Result<sled::Db, Error> {
+    pub(crate) fn db(&self) -> Result<sled::Db, Error> {
         self.db
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -920,6 +920,13 @@ impl Store {
     /// Sequence number of the last applied batch.
     pub fn applied_seq(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
+    }
+
+    /// Close the handle as a reopen does while it swaps (tests): reads are
+    /// [`Error::Unavailable`] from here on.
+    #[cfg(test)]
+    pub(crate) fn close_for_tests(&self) {
+        *self.db.write().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// Make the next `n` flushes fail with a full disk (tests).
