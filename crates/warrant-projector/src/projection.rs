@@ -13,6 +13,7 @@ use warrant_authority::{
     instance_for_key, step, InstanceState, LogEvent, LogPosition, Outcome, RefusalCode, StatusName,
 };
 
+use crate::deadlines::{self, DeadlineChange, Watch};
 use crate::error::Error;
 use crate::paused::{OldestPaused, PausedQueue};
 use crate::runs::{OpenRuns, Positions};
@@ -50,6 +51,9 @@ pub struct Sealed {
     pub offsets: BTreeMap<i32, i64>,
     pub counts: StatusCounts,
     pub oldest_paused: OldestPaused,
+    /// What this batch changes in the deadline index, for the commit
+    /// thread to publish once the batch is durable.
+    pub deadlines: Vec<DeadlineChange>,
     pub stats: BatchStats,
 }
 
@@ -80,6 +84,9 @@ struct Cached {
     /// Status as committed (or about to be, by an earlier sealed batch);
     /// `None` while the instance has never been written.
     persisted: Option<Option<StatusName>>,
+    /// The deadline the index holds for it as committed (or about to be):
+    /// what a change of this batch removes.
+    watched: Option<Watch>,
     /// Where every entry of the instance is, in entry order.
     positions: Positions,
     /// Last batch that wrote this instance.
@@ -115,7 +122,11 @@ impl Projection {
     pub fn new(store: Arc<Store>, cache_limit: usize) -> Result<Projection, Error> {
         let offsets = store.offsets()?;
         let counts = store.status_counts()?;
-        let paused = store.paused_queue()?;
+        // One scan rebuilds both: the paused queue for the metrics, and the
+        // deadline index, published at once (it is the committed view's).
+        let waiting = store.waiting()?;
+        let paused = waiting.paused;
+        store.deadlines().replace(waiting.deadlines);
         let mut known = HashSet::new();
         store.for_each_instance(|id| {
             known.insert(id_hash(id));
@@ -201,9 +212,11 @@ impl Projection {
                         None,
                     ),
                 };
+                let watched = deadlines::watched(&state);
                 self.cache.entry(instance_id.clone()).or_insert(Cached {
                     state: Arc::new(state),
                     persisted,
+                    watched,
                     positions,
                     last_batch: 0,
                     dirty: false,
@@ -262,6 +275,7 @@ impl Projection {
             batch.insert(key, run);
         }
         let mut states = Vec::with_capacity(self.touched.len());
+        let mut deadline_changes = Vec::new();
         for instance_id in self.touched.drain(..) {
             let Some(cached) = self.cache.get_mut(&instance_id) else {
                 continue;
@@ -269,6 +283,17 @@ impl Projection {
             cached.dirty = false;
             let status = cached.state.status();
             states.push((cached.state.clone(), cached.positions.clone()));
+            // Compared on every write, not only when the status changed, so
+            // the index follows the state whatever the fold does with it.
+            let watched = deadlines::watched(&cached.state);
+            if watched != cached.watched {
+                deadline_changes.push(DeadlineChange {
+                    instance_id: instance_id.clone(),
+                    before: cached.watched,
+                    after: watched,
+                });
+                cached.watched = watched;
+            }
             match cached.persisted {
                 Some(before) if before == status => {}
                 before => {
@@ -304,6 +329,7 @@ impl Projection {
             offsets: self.offsets.clone(),
             counts: self.counts,
             oldest_paused: self.paused.oldest(),
+            deadlines: deadline_changes,
             stats: std::mem::take(&mut self.stats),
         };
         self.seq += 1;
@@ -325,6 +351,7 @@ impl Projection {
         let (batch, written) = sealed.take_batch()?;
         self.store.apply(batch, sealed.seq, &written)?;
         self.store.flush()?;
+        self.store.deadlines().apply(&sealed.deadlines);
         Ok(Some(sealed))
     }
 }
