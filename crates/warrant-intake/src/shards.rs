@@ -975,6 +975,88 @@ mod tests {
         assert_eq!(asked(&one).len(), 6);
     }
 
+    #[tokio::test]
+    async fn a_sweep_over_two_shards_expires_the_due_instances_of_both() {
+        use crate::http::tests::{harness, NOW_MS};
+        use crate::sweeper::{Sweeper, PAGE_SIZE};
+
+        let ids_in = |partitions: std::ops::Range<i32>, count: usize| -> Vec<String> {
+            (0u64..)
+                .map(|n| format!("00000000-0000-4000-8000-{n:012x}"))
+                .filter(|id| partitions.contains(&instance_partition(id, 6).unwrap()))
+                .take(count)
+                .collect()
+        };
+        // More due than one page, interleaved by deadline across the shards,
+        // and one deadline in each shard that has not passed.
+        let index_of = |ids: Vec<String>, first: i64| -> Vec<DueDeadline> {
+            let mut lines: Vec<DueDeadline> = ids
+                .iter()
+                .enumerate()
+                .map(|(n, id)| {
+                    due(
+                        NOW_MS - 10_000 + first + 2 * n as i64,
+                        id,
+                        DeadlineKind::Decision,
+                    )
+                })
+                .collect();
+            lines.last_mut().unwrap().deadline = NOW_MS + 60_000;
+            lines[0].kind = DeadlineKind::Grant;
+            lines[0].status = Some(StatusName::Authorized);
+            lines
+        };
+        let a = Arc::new(FakeShard {
+            owned: Mutex::new(vec![0, 1, 2]),
+            due: index_of(ids_in(0..3, PAGE_SIZE), 0),
+            ..FakeShard::default()
+        });
+        let b = Arc::new(FakeShard {
+            owned: Mutex::new(vec![3, 4, 5]),
+            due: index_of(ids_in(3..6, PAGE_SIZE), 1),
+            ..FakeShard::default()
+        });
+        let urls = vec![serve(a.clone()).await, serve(b.clone()).await];
+        let projector = Arc::new(ShardedProjector::new(&urls, Duration::from_secs(5)).unwrap());
+        let h = harness();
+        let mut sweeper = Sweeper::new(
+            h.state.log.clone(),
+            projector,
+            h.state.clock.clone(),
+            h.state.metrics.clone(),
+        );
+        let report = sweeper.sweep().await.expect("sweep");
+        let expected: Vec<(String, DeadlineKind)> = a.due[..PAGE_SIZE - 1]
+            .iter()
+            .chain(&b.due[..PAGE_SIZE - 1])
+            .map(|d| (d.instance_id.clone(), d.kind))
+            .collect();
+        let mut emitted = report.emitted.clone();
+        emitted.sort();
+        let mut sorted = expected.clone();
+        sorted.sort();
+        assert_eq!(emitted, sorted, "every due instance of both shards, once");
+        // In deadline order across the shards.
+        let deadlines: Vec<i64> = report
+            .emitted
+            .iter()
+            .map(|(id, _)| {
+                a.due
+                    .iter()
+                    .chain(&b.due)
+                    .find(|d| &d.instance_id == id)
+                    .unwrap()
+                    .deadline
+            })
+            .collect();
+        assert!(deadlines.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(h.log.len(), expected.len(), "one append each");
+        assert!(
+            asked(&a).is_empty() && asked(&b).is_empty(),
+            "no per-instance reads"
+        );
+    }
+
     #[test]
     fn every_url_must_be_a_distinct_http_url() {
         let urls = |list: &[&str]| list.iter().map(|u| (*u).to_owned()).collect::<Vec<_>>();
