@@ -26,7 +26,7 @@ use warrant_intake::http::{
 use warrant_intake::log::{AppendError, Appended, BoxFuture, LogAppender};
 use warrant_intake::metrics::Metrics;
 use warrant_intake::principals::Principals;
-use warrant_intake::projector::{Page, Projector, ProjectorError};
+use warrant_intake::projector::{DeadlinePage, Page, Projector, ProjectorError};
 use warrant_schema::{samples, Envelope};
 
 const NOW_MS: i64 = samples::PROPOSED_AT + 60_000;
@@ -124,6 +124,21 @@ impl Projector for FoldingProjector {
         Box::pin(async move {
             Ok(Page {
                 instances: Vec::new(),
+                next: None,
+            })
+        })
+    }
+
+    // Only the sweeper asks, and it does not run here.
+    fn due<'a>(
+        &'a self,
+        _due_before: i64,
+        _after: Option<&'a str>,
+        _limit: usize,
+    ) -> BoxFuture<'a, Result<DeadlinePage, ProjectorError>> {
+        Box::pin(async move {
+            Ok(DeadlinePage {
+                deadlines: Vec::new(),
                 next: None,
             })
         })

@@ -12,6 +12,9 @@
 //!   → 200 [`EntryView`] once the entry at that log position is folded and
 //!   committed, or 404 `{"error":{"code":"not_folded"}}` after `wait_ms`;
 //! - `GET {base}/v1/instances?status=S&limit=N&after=ID` → a [`Page`];
+//! - `GET {base}/v1/deadlines?due_before=T&limit=N&after=C` → a
+//!   [`DeadlinePage`]: the paused and authorized instances whose deadline
+//!   is at or before T, in deadline order (the sweeper's one question);
 //! - `GET {base}/v1/shard` → which partitions the projector folds;
 //! - 421 `not_owner` from any per-instance call: the projector is one shard
 //!   of several and the instance's partition is another's (see
@@ -21,6 +24,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use warrant_authority::{EntryView, ExecutionRecord, InstanceFacts, LogPosition, StatusName};
+use warrant_schema::DeadlineKind;
 
 use crate::log::BoxFuture;
 
@@ -83,6 +87,69 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// One line of `GET /v1/deadlines`: an instance waiting on a deadline
+/// that is due.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DueDeadline {
+    pub instance_id: String,
+    /// `DECISION` (a paused instance) or `GRANT` (an authorized one).
+    pub kind: DeadlineKind,
+    /// Unix milliseconds.
+    pub deadline: i64,
+    pub status: Option<StatusName>,
+    /// The instance's history length when read.
+    pub entries: u64,
+}
+
+/// Where a [`DueDeadline`] sorts: deadline, instance id, kind.
+pub type DeadlineKey = (i64, String, DeadlineKind);
+
+fn kind_name(kind: DeadlineKind) -> &'static str {
+    match kind {
+        DeadlineKind::Decision => "DECISION",
+        DeadlineKind::Grant => "GRANT",
+    }
+}
+
+impl DueDeadline {
+    pub fn key(&self) -> DeadlineKey {
+        (self.deadline, self.instance_id.clone(), self.kind)
+    }
+
+    /// The cursor that resumes after this line.
+    pub fn cursor(&self) -> String {
+        cursor_of(&self.key())
+    }
+}
+
+/// The projector's paging cursor of a key: `<deadline>:<instance id>:<KIND>`.
+pub fn cursor_of((deadline, instance_id, kind): &DeadlineKey) -> String {
+    format!("{deadline}:{instance_id}:{}", kind_name(*kind))
+}
+
+/// The key a cursor of the projector's names; `None` if it is not one.
+pub fn parse_cursor(text: &str) -> Option<DeadlineKey> {
+    let (deadline, rest) = text.split_once(':')?;
+    let (instance_id, kind) = rest.rsplit_once(':')?;
+    let kind = match kind {
+        "DECISION" => DeadlineKind::Decision,
+        "GRANT" => DeadlineKind::Grant,
+        _ => return None,
+    };
+    if instance_id.is_empty() {
+        return None;
+    }
+    Some((deadline.parse().ok()?, instance_id.to_owned(), kind))
+}
+
+/// A page of `GET /v1/deadlines`; `next` resumes after the last line the
+/// projector examined, so a page may be short (even empty) with more to come.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadlinePage {
+    pub deadlines: Vec<DueDeadline>,
+    pub next: Option<String>,
+}
+
 /// The questions intake asks the projector.
 pub trait Projector: Send + Sync + 'static {
     /// The execution record of an instance, `None` if the view has none.
@@ -123,6 +190,15 @@ pub trait Projector: Send + Sync + 'static {
         after: Option<&'a str>,
         limit: usize,
     ) -> BoxFuture<'a, Result<Page, ProjectorError>>;
+
+    /// One page of the deadlines due by `due_before` (deadline ≤ it, Unix
+    /// ms), in deadline order, after the cursor.
+    fn due<'a>(
+        &'a self,
+        due_before: i64,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<DeadlinePage, ProjectorError>>;
 }
 
 /// The projector over HTTP.
@@ -316,5 +392,54 @@ impl Projector for HttpProjector {
                 next: None,
             }))
         })
+    }
+
+    fn due<'a>(
+        &'a self,
+        due_before: i64,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<DeadlinePage, ProjectorError>> {
+        Box::pin(async move {
+            let mut query = vec![
+                // The projector takes a non-negative Unix time.
+                ("due_before", due_before.max(0).to_string()),
+                ("limit", limit.to_string()),
+            ];
+            if let Some(after) = after {
+                query.push(("after", after.to_owned()));
+            }
+            let page: Option<DeadlinePage> = self.get("/v1/deadlines", &query, None).await?;
+            // A 404 is a projector without the route (older than intake):
+            // an error, never an empty page that would expire nothing.
+            page.ok_or_else(|| ProjectorError::Status {
+                url: format!("{}/v1/deadlines", self.base),
+                status: 404,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn cursors_are_the_projectors_and_bad_ones_are_none() {
+        let key: DeadlineKey = (
+            1_800_000_000_000,
+            "6f1c2b9e-4d0a-4c7e-9a51-0d2f3b8c7e11".to_owned(),
+            DeadlineKind::Grant,
+        );
+        assert_eq!(
+            cursor_of(&key),
+            "1800000000000:6f1c2b9e-4d0a-4c7e-9a51-0d2f3b8c7e11:GRANT"
+        );
+        assert_eq!(parse_cursor(&cursor_of(&key)), Some(key));
+        for bad in ["", "1:x", "one:x:GRANT", "1::GRANT", "1:x:Grant"] {
+            assert_eq!(parse_cursor(bad), None, "{bad}");
+        }
     }
 }

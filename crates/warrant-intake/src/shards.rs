@@ -7,7 +7,8 @@
 //! intake knows it (a claim's entry), else the partition the producer's
 //! partitioner gives its id (`warrant_authority::instance_partition`, the
 //! same murmur2 intake's producer uses). Listings ask every shard and merge
-//! the pages by instance id, so a cursor means what it means on one.
+//! the pages by instance id (the due deadlines by deadline), so a cursor
+//! means what it means on one.
 //!
 //! Which shard owns what is asked of the shards themselves (`GET /v1/shard`)
 //! rather than configured twice: on first use, again after a shard answers
@@ -18,6 +19,7 @@
 //! fails with [`ProjectorError::Sharding`] (intake answers 503), never a
 //! guess or a partial page.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,10 @@ use warrant_authority::{
 };
 
 use crate::log::BoxFuture;
-use crate::projector::{HttpProjector, Page, Projector, ProjectorError, ShardInfo};
+use crate::projector::{
+    cursor_of, parse_cursor, DeadlinePage, HttpProjector, Page, Projector, ProjectorError,
+    ShardInfo,
+};
 
 /// How long a failed discovery is remembered before the shards are asked
 /// again: a shard that does not answer must not cost every request a
@@ -337,6 +342,41 @@ pub fn merge_pages(pages: Vec<Page>, limit: usize) -> Page {
     Page { instances, next }
 }
 
+/// Merge one page of due deadlines per shard, each in deadline order after
+/// the same cursor. A shard's `next` says it has examined everything up to
+/// it (its page may be short: the projector leaves out instances that moved
+/// on), so the union is complete only up to the smallest `next` of the
+/// shards that have more: the merged page keeps what sorts up to it, at
+/// most `limit`, and resumes after the last line kept or at that bound.
+pub fn merge_deadline_pages(
+    pages: Vec<DeadlinePage>,
+    limit: usize,
+) -> Result<DeadlinePage, ProjectorError> {
+    let mut bound = None;
+    for next in pages.iter().filter_map(|page| page.next.as_deref()) {
+        let key = parse_cursor(next).ok_or_else(|| {
+            ProjectorError::Sharding(format!("a shard answered the cursor {next:?}"))
+        })?;
+        if bound.as_ref().is_none_or(|bound| key < *bound) {
+            bound = Some(key);
+        }
+    }
+    let mut deadlines: Vec<_> = pages.into_iter().flat_map(|page| page.deadlines).collect();
+    deadlines.sort_by_key(|due| due.key());
+    deadlines.dedup_by_key(|due| due.key());
+    if let Some(bound) = &bound {
+        deadlines.retain(|due| due.key() <= *bound);
+    }
+    let cut = deadlines.len() > limit;
+    deadlines.truncate(limit);
+    let next = if cut {
+        deadlines.last().map(|due| due.cursor())
+    } else {
+        bound.as_ref().map(cursor_of)
+    };
+    Ok(DeadlinePage { deadlines, next })
+}
+
 impl Projector for ShardedProjector {
     fn record<'a>(
         &'a self,
@@ -387,51 +427,88 @@ impl Projector for ShardedProjector {
         after: Option<&'a str>,
         limit: usize,
     ) -> BoxFuture<'a, Result<Page, ProjectorError>> {
-        Box::pin(async move {
-            // Every partition, or none: a listing missing a partition's
-            // instances would look complete (the sweeper would never expire
-            // them, reviewers would never see them). No listing call says
-            // 421, so ownership is asked again after every listing: the
-            // pages are only whole if the shards still cover every
-            // partition, as they did when the listing began (a shard
-            // restarted with fewer partitions answers a smaller page).
-            let mut routes = self.routes().await?;
-            for _ in 0..2 {
-                let page = self.list_every_shard(status, after, limit).await?;
-                let now = self.rediscover().await?;
-                if now == routes {
-                    return Ok(page);
-                }
-                // Some pages may predate the change: list again.
-                routes = now;
-            }
-            Err(ProjectorError::Sharding(
-                "the shards' partitions changed during two listings in a row".to_owned(),
-            ))
-        })
+        Box::pin(self.whole(move || {
+            Box::pin(async move {
+                let pages = self
+                    .ask_every_shard(|shard| {
+                        let after = after.map(str::to_owned);
+                        async move { shard.list(status, after.as_deref(), limit).await }
+                    })
+                    .await?;
+                Ok(merge_pages(pages, limit))
+            })
+        }))
+    }
+
+    fn due<'a>(
+        &'a self,
+        due_before: i64,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<DeadlinePage, ProjectorError>> {
+        // A sweep without a shard's deadlines would never expire its
+        // instances, without a word: the same whole-or-nothing as listings.
+        Box::pin(self.whole(move || {
+            Box::pin(async move {
+                let pages = self
+                    .ask_every_shard(|shard| {
+                        let after = after.map(str::to_owned);
+                        async move { shard.due(due_before, after.as_deref(), limit).await }
+                    })
+                    .await?;
+                merge_deadline_pages(pages, limit)
+            })
+        }))
     }
 }
 
 impl ShardedProjector {
-    /// One page from every shard, merged.
-    async fn list_every_shard(
+    /// A listing from every shard, or none: a listing missing a partition's
+    /// instances would look complete (the sweeper would never expire them,
+    /// reviewers would never see them). No listing call says 421, so
+    /// ownership is asked again after every listing: the pages are only
+    /// whole if the shards still cover every partition, as they did when
+    /// the listing began (a shard restarted with fewer partitions answers a
+    /// smaller page).
+    async fn whole<'a, T>(
+        &'a self,
+        listing: impl Fn() -> BoxFuture<'a, Result<T, ProjectorError>>,
+    ) -> Result<T, ProjectorError> {
+        let mut routes = self.routes().await?;
+        for _ in 0..2 {
+            let page = listing().await?;
+            let now = self.rediscover().await?;
+            if now == routes {
+                return Ok(page);
+            }
+            // Some pages may predate the change: list again.
+            routes = now;
+        }
+        Err(ProjectorError::Sharding(
+            "the shards' partitions changed during two listings in a row".to_owned(),
+        ))
+    }
+
+    /// Ask every shard at once; each answer, in no particular order.
+    async fn ask_every_shard<T, F>(
         &self,
-        status: StatusName,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Page, ProjectorError> {
+        ask: impl Fn(HttpProjector) -> F,
+    ) -> Result<Vec<T>, ProjectorError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, ProjectorError>> + Send + 'static,
+    {
         let mut asked = tokio::task::JoinSet::new();
         for shard in &self.shards {
-            let (shard, after) = (shard.clone(), after.map(str::to_owned));
-            asked.spawn(async move { shard.list(status, after.as_deref(), limit).await });
+            asked.spawn(ask(shard.clone()));
         }
-        let mut pages = Vec::with_capacity(self.shards.len());
+        let mut answers = Vec::with_capacity(self.shards.len());
         while let Some(joined) = asked.join_next().await {
-            let page =
+            let answer =
                 joined.map_err(|_| ProjectorError::Sharding("a listing task failed".to_owned()))?;
-            pages.push(page?);
+            answers.push(answer?);
         }
-        Ok(merge_pages(pages, limit))
+        Ok(answers)
     }
 }
 
@@ -439,8 +516,10 @@ impl ShardedProjector {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use warrant_schema::DeadlineKind;
+
     use super::*;
-    use crate::projector::InstanceSummary;
+    use crate::projector::{DueDeadline, InstanceSummary};
 
     fn info(owned: &[i32], of: i32) -> ShardInfo {
         ShardInfo {
@@ -554,13 +633,110 @@ mod tests {
         assert_eq!((merged.instances.len(), merged.next), (0, None));
     }
 
+    fn due(deadline: i64, id: &str, kind: DeadlineKind) -> DueDeadline {
+        DueDeadline {
+            instance_id: id.to_owned(),
+            kind,
+            deadline,
+            status: Some(match kind {
+                DeadlineKind::Decision => StatusName::AwaitingDecision,
+                DeadlineKind::Grant => StatusName::Authorized,
+            }),
+            entries: 1,
+        }
+    }
+
+    fn due_page(lines: &[(i64, &str)], next: Option<(i64, &str)>) -> DeadlinePage {
+        DeadlinePage {
+            deadlines: lines
+                .iter()
+                .map(|(at, id)| due(*at, id, DeadlineKind::Decision))
+                .collect(),
+            next: next.map(|(at, id)| cursor_of(&(at, id.to_owned(), DeadlineKind::Decision))),
+        }
+    }
+
+    fn due_ids(page: &DeadlinePage) -> Vec<&str> {
+        page.deadlines
+            .iter()
+            .map(|d| d.instance_id.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn due_pages_merge_by_deadline_up_to_the_first_shard_bound() {
+        // a examined up to (20, a2) and has more; b is done.
+        let merged = merge_deadline_pages(
+            vec![
+                due_page(&[(10, "a1"), (20, "a2")], Some((20, "a2"))),
+                due_page(&[(15, "b1"), (30, "b2")], None),
+            ],
+            10,
+        )
+        .unwrap();
+        assert_eq!(
+            due_ids(&merged),
+            ["a1", "b1", "a2"],
+            "b2 waits for a's next page"
+        );
+        assert_eq!(
+            merged.next,
+            Some(cursor_of(&(20, "a2".to_owned(), DeadlineKind::Decision)))
+        );
+        // A shard whose page was all left out still bounds the merge.
+        let merged = merge_deadline_pages(
+            vec![
+                due_page(&[], Some((12, "a9"))),
+                due_page(&[(11, "b1"), (13, "b2")], None),
+            ],
+            10,
+        )
+        .unwrap();
+        assert_eq!(due_ids(&merged), ["b1"]);
+        assert_eq!(
+            merged.next,
+            Some(cursor_of(&(12, "a9".to_owned(), DeadlineKind::Decision)))
+        );
+        // Cut at the limit: resume after the last line shown.
+        let merged = merge_deadline_pages(
+            vec![
+                due_page(&[(1, "a1"), (3, "a3")], None),
+                due_page(&[(2, "b2"), (4, "b4")], None),
+            ],
+            3,
+        )
+        .unwrap();
+        assert_eq!(due_ids(&merged), ["a1", "b2", "a3"]);
+        assert_eq!(
+            merged.next,
+            Some(cursor_of(&(3, "a3".to_owned(), DeadlineKind::Decision)))
+        );
+        // Every shard done: no next.
+        let merged =
+            merge_deadline_pages(vec![due_page(&[(1, "a1")], None), due_page(&[], None)], 3)
+                .unwrap();
+        assert_eq!(
+            (due_ids(&merged), merged.next.as_deref()),
+            (vec!["a1"], None)
+        );
+        // A cursor that is not one is refused, not guessed past.
+        let mut bad = due_page(&[], None);
+        bad.next = Some("later".to_owned());
+        assert!(matches!(
+            merge_deadline_pages(vec![bad], 3),
+            Err(ProjectorError::Sharding(_))
+        ));
+    }
+
     /// A projector shard over HTTP that knows no instance: it answers 404
     /// for its own partitions, 421 for the others, and notes who asked.
+    /// Its deadline index is `due`.
     #[derive(Default)]
     struct FakeShard {
         owned: Mutex<Vec<i32>>,
         asked: Mutex<Vec<String>>,
         listed: Vec<&'static str>,
+        due: Vec<DueDeadline>,
     }
 
     async fn serve(shard: Arc<FakeShard>) -> String {
@@ -596,9 +772,36 @@ mod tests {
         async fn list(State(shard): Shared) -> Json<serde_json::Value> {
             Json(serde_json::to_value(page(&shard.listed, None)).unwrap())
         }
+        /// As the projector pages its index.
+        async fn deadlines(
+            State(shard): Shared,
+            Query(query): Query<std::collections::HashMap<String, String>>,
+        ) -> Json<serde_json::Value> {
+            let due_before: i64 = query["due_before"].parse().unwrap();
+            let limit: usize = query["limit"].parse().unwrap();
+            let after = query.get("after").map(|a| parse_cursor(a).unwrap());
+            let mut lines: Vec<DueDeadline> = shard
+                .due
+                .iter()
+                .filter(|d| d.deadline <= due_before)
+                .filter(|d| after.as_ref().is_none_or(|after| d.key() > *after))
+                .cloned()
+                .collect();
+            lines.sort_by_key(DueDeadline::key);
+            let next = (lines.len() > limit).then(|| lines[limit - 1].cursor());
+            lines.truncate(limit);
+            Json(
+                serde_json::to_value(DeadlinePage {
+                    deadlines: lines,
+                    next,
+                })
+                .unwrap(),
+            )
+        }
         let app = axum::Router::new()
             .route("/v1/shard", get(info))
             .route("/v1/instances", get(list))
+            .route("/v1/deadlines", get(deadlines))
             .route("/v1/instances/{id}", get(record))
             .route("/v1/instances/{id}/entries", get(entry))
             .with_state(shard);
@@ -770,6 +973,88 @@ mod tests {
             assert!(projector.record(&id_in(partition)).await.unwrap().is_none());
         }
         assert_eq!(asked(&one).len(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_over_two_shards_expires_the_due_instances_of_both() {
+        use crate::http::tests::{harness, NOW_MS};
+        use crate::sweeper::{Sweeper, PAGE_SIZE};
+
+        let ids_in = |partitions: std::ops::Range<i32>, count: usize| -> Vec<String> {
+            (0u64..)
+                .map(|n| format!("00000000-0000-4000-8000-{n:012x}"))
+                .filter(|id| partitions.contains(&instance_partition(id, 6).unwrap()))
+                .take(count)
+                .collect()
+        };
+        // More due than one page, interleaved by deadline across the shards,
+        // and one deadline in each shard that has not passed.
+        let index_of = |ids: Vec<String>, first: i64| -> Vec<DueDeadline> {
+            let mut lines: Vec<DueDeadline> = ids
+                .iter()
+                .enumerate()
+                .map(|(n, id)| {
+                    due(
+                        NOW_MS - 10_000 + first + 2 * n as i64,
+                        id,
+                        DeadlineKind::Decision,
+                    )
+                })
+                .collect();
+            lines.last_mut().unwrap().deadline = NOW_MS + 60_000;
+            lines[0].kind = DeadlineKind::Grant;
+            lines[0].status = Some(StatusName::Authorized);
+            lines
+        };
+        let a = Arc::new(FakeShard {
+            owned: Mutex::new(vec![0, 1, 2]),
+            due: index_of(ids_in(0..3, PAGE_SIZE), 0),
+            ..FakeShard::default()
+        });
+        let b = Arc::new(FakeShard {
+            owned: Mutex::new(vec![3, 4, 5]),
+            due: index_of(ids_in(3..6, PAGE_SIZE), 1),
+            ..FakeShard::default()
+        });
+        let urls = vec![serve(a.clone()).await, serve(b.clone()).await];
+        let projector = Arc::new(ShardedProjector::new(&urls, Duration::from_secs(5)).unwrap());
+        let h = harness();
+        let mut sweeper = Sweeper::new(
+            h.state.log.clone(),
+            projector,
+            h.state.clock.clone(),
+            h.state.metrics.clone(),
+        );
+        let report = sweeper.sweep().await.expect("sweep");
+        let expected: Vec<(String, DeadlineKind)> = a.due[..PAGE_SIZE - 1]
+            .iter()
+            .chain(&b.due[..PAGE_SIZE - 1])
+            .map(|d| (d.instance_id.clone(), d.kind))
+            .collect();
+        let mut emitted = report.emitted.clone();
+        emitted.sort();
+        let mut sorted = expected.clone();
+        sorted.sort();
+        assert_eq!(emitted, sorted, "every due instance of both shards, once");
+        // In deadline order across the shards.
+        let deadlines: Vec<i64> = report
+            .emitted
+            .iter()
+            .map(|(id, _)| {
+                a.due
+                    .iter()
+                    .chain(&b.due)
+                    .find(|d| &d.instance_id == id)
+                    .unwrap()
+                    .deadline
+            })
+            .collect();
+        assert!(deadlines.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(h.log.len(), expected.len(), "one append each");
+        assert!(
+            asked(&a).is_empty() && asked(&b).is_empty(),
+            "no per-instance reads"
+        );
     }
 
     #[test]

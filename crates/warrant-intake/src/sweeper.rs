@@ -1,15 +1,18 @@
 //! The deadline sweeper (docs/contract.md §3 `DeadlineReached`).
 //!
-//! It derives what is due from the projector's state — paused instances
-//! against their decision deadline, authorized ones against their grant's
-//! `not_after` — and appends `DeadlineReached` once a deadline has passed
-//! by intake's clock. The fold re-checks against the event's `recorded_at`
-//! and refuses an early one, so the sweeper decides nothing. Event ids are
-//! derived from the instance, the deadline and the history length it saw,
-//! so a restarted or second sweeper appends a recorded duplicate, never a
-//! second transition.
+//! It asks the projector what is due (`GET /v1/deadlines`: paused instances
+//! by their decision deadline, authorized ones by their grant's
+//! `not_after`, from the projector's deadline index) and appends
+//! `DeadlineReached` once a deadline has passed by intake's clock. The
+//! fold re-checks against the event's `recorded_at` and refuses an early
+//! one, so the sweeper decides nothing. Event ids are derived from the
+//! instance, the deadline and the history length it saw, so a restarted or
+//! second sweeper appends a recorded duplicate, never a second transition.
+//!
+//! A sweep costs one request per page of due instances (per shard), however
+//! many instances are paused: nothing that is not due is read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,18 +28,10 @@ use crate::projector::{Projector, ProjectorError};
 
 /// `submitted_by` of every sweeper event.
 pub const SUBMITTED_BY: &str = "warrant:sweeper";
-/// Instances asked of the projector per page.
+/// Due deadlines asked of the projector per page.
 pub const PAGE_SIZE: usize = 200;
 /// Event ids remembered as already appended (cleared when exceeded).
 const REMEMBERED: usize = 100_000;
-
-/// Which statuses each deadline applies to.
-const SWEPT: [(StatusName, DeadlineKind); 4] = [
-    (StatusName::AwaitingSignals, DeadlineKind::Decision),
-    (StatusName::AwaitingDecision, DeadlineKind::Decision),
-    (StatusName::Blocked, DeadlineKind::Decision),
-    (StatusName::Authorized, DeadlineKind::Grant),
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
@@ -53,6 +48,7 @@ pub enum SweepError {
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {
+    /// Due deadlines the projector returned.
     pub examined: usize,
     pub emitted: Vec<(String, DeadlineKind)>,
 }
@@ -64,24 +60,14 @@ pub struct Sweeper {
     projector: Arc<dyn Projector>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-    /// Deadline per (instance, kind): fixed once proposed / authorized.
-    deadlines: HashMap<(String, u8), i64>,
     emitted: HashSet<String>,
 }
 
 impl std::fmt::Debug for Sweeper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sweeper")
-            .field("deadlines", &self.deadlines.len())
             .field("emitted", &self.emitted.len())
             .finish_non_exhaustive()
-    }
-}
-
-fn kind_key(kind: DeadlineKind) -> u8 {
-    match kind {
-        DeadlineKind::Decision => 0,
-        DeadlineKind::Grant => 1,
     }
 }
 
@@ -89,6 +75,18 @@ fn kind_name(kind: DeadlineKind) -> &'static str {
     match kind {
         DeadlineKind::Decision => "DECISION",
         DeadlineKind::Grant => "GRANT",
+    }
+}
+
+/// Whether a deadline of `kind` still applies to an instance in `status`
+/// (the projector leaves out those that moved on; a cheap second look).
+fn applies(kind: DeadlineKind, status: Option<StatusName>) -> bool {
+    match kind {
+        DeadlineKind::Decision => matches!(
+            status,
+            Some(StatusName::AwaitingSignals | StatusName::AwaitingDecision | StatusName::Blocked)
+        ),
+        DeadlineKind::Grant => status == Some(StatusName::Authorized),
     }
 }
 
@@ -104,7 +102,6 @@ impl Sweeper {
             projector,
             clock,
             metrics,
-            deadlines: HashMap::new(),
             emitted: HashSet::new(),
         }
     }
@@ -137,82 +134,48 @@ impl Sweeper {
         tracing::info!("sweeper stopped");
     }
 
-    /// One pass over every paused and authorized instance.
+    /// One pass over every deadline that is due now.
     pub async fn sweep(&mut self) -> Result<SweepReport, SweepError> {
         let mut report = SweepReport::default();
-        let mut seen: HashSet<(String, u8)> = HashSet::new();
-        for (status, kind) in SWEPT {
-            let mut after: Option<String> = None;
-            loop {
-                let page = self
-                    .projector
-                    .list(status, after.as_deref(), PAGE_SIZE)
+        // The fold applies a deadline only once `recorded_at > deadline`:
+        // due now means a deadline before now.
+        let due_before = self.clock.now_millis().saturating_sub(1);
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .projector
+                .due(due_before, after.as_deref(), PAGE_SIZE)
+                .await?;
+            for due in &page.deadlines {
+                if !applies(due.kind, due.status) {
+                    continue;
+                }
+                report.examined += 1;
+                let now = self.clock.now_millis();
+                if now <= due.deadline {
+                    continue;
+                }
+                let event_id =
+                    ids::deadline_event_id(&due.instance_id, due.kind, due.deadline, due.entries);
+                if self.emitted.contains(&event_id) {
+                    continue;
+                }
+                self.emit(&due.instance_id, due.kind, event_id.clone(), now)
                     .await?;
-                for summary in &page.instances {
-                    if summary.status != Some(status) {
-                        continue;
-                    }
-                    report.examined += 1;
-                    let key = (summary.instance_id.clone(), kind_key(kind));
-                    seen.insert(key.clone());
-                    let Some(deadline) = self.deadline(&summary.instance_id, kind).await? else {
-                        continue;
-                    };
-                    self.deadlines.insert(key, deadline);
-                    let now = self.clock.now_millis();
-                    // The fold applies a deadline only once `recorded_at > deadline`.
-                    if now <= deadline {
-                        continue;
-                    }
-                    let event_id = ids::deadline_event_id(
-                        &summary.instance_id,
-                        kind,
-                        deadline,
-                        summary.entries,
-                    );
-                    if self.emitted.contains(&event_id) {
-                        continue;
-                    }
-                    self.emit(&summary.instance_id, kind, event_id.clone(), now)
-                        .await?;
-                    if self.emitted.len() >= REMEMBERED {
-                        self.emitted.clear();
-                    }
-                    self.emitted.insert(event_id);
-                    report.emitted.push((summary.instance_id.clone(), kind));
+                if self.emitted.len() >= REMEMBERED {
+                    self.emitted.clear();
                 }
-                match page.next {
-                    Some(next) if Some(&next) != after.as_ref() && !page.instances.is_empty() => {
-                        after = Some(next);
-                    }
-                    Some(_) | None => break,
-                }
+                self.emitted.insert(event_id);
+                report.emitted.push((due.instance_id.clone(), due.kind));
+            }
+            match page.next {
+                // A page may be short, even empty, with more to come; a
+                // cursor that does not move would loop forever.
+                Some(next) if Some(&next) != after.as_ref() => after = Some(next),
+                Some(_) | None => break,
             }
         }
-        self.deadlines.retain(|key, _| seen.contains(key));
         Ok(report)
-    }
-
-    /// The deadline of `kind` for an instance, from the cache or the
-    /// projector's facts; `None` if the record no longer has one.
-    async fn deadline(
-        &self,
-        instance_id: &str,
-        kind: DeadlineKind,
-    ) -> Result<Option<i64>, SweepError> {
-        if let Some(deadline) = self
-            .deadlines
-            .get(&(instance_id.to_owned(), kind_key(kind)))
-        {
-            return Ok(Some(*deadline));
-        }
-        let Some(facts) = self.projector.facts(instance_id).await? else {
-            return Ok(None);
-        };
-        Ok(match kind {
-            DeadlineKind::Decision => facts.decision_deadline,
-            DeadlineKind::Grant => facts.grant_not_after,
-        })
     }
 
     async fn emit(
@@ -253,10 +216,12 @@ impl Sweeper {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use warrant_authority::RefusalCode;
 
     use super::*;
-    use crate::http::tests::{harness, Harness, INSTANCE, NOW_MS};
+    use crate::http::tests::{harness, instance, Harness, INSTANCE, NOW_MS};
 
     fn sweeper(h: &Harness) -> Sweeper {
         Sweeper::new(
@@ -277,13 +242,14 @@ mod tests {
         // prod-restarts gives reviewers one hour.
         h.clock.set(NOW_MS + HOUR);
         let report = sweeper.sweep().await.expect("sweep");
-        assert_eq!(report.examined, 1);
-        assert!(
-            report.emitted.is_empty(),
+        assert_eq!(
+            (report.examined, report.emitted.len()),
+            (0, 0),
             "not yet due at the deadline itself"
         );
         h.clock.set(NOW_MS + HOUR + 1);
         let report = sweeper.sweep().await.expect("sweep");
+        assert_eq!(report.examined, 1);
         assert_eq!(
             report.emitted,
             vec![(INSTANCE.to_owned(), DeadlineKind::Decision)]
@@ -304,6 +270,29 @@ mod tests {
         // Nothing left to do.
         let report = sweeper.sweep().await.expect("sweep");
         assert_eq!((report.examined, report.emitted.len()), (0, 0));
+        // Learnt from the due listing alone: no instance's facts were read.
+        assert_eq!(h.projector.facts_asked.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn an_instance_not_due_yet_is_neither_returned_nor_emitted() {
+        let h = harness();
+        h.propose_restart(&instance(1)).await;
+        h.clock.set(NOW_MS + 10 * 60_000);
+        h.propose_restart(&instance(2)).await;
+        let mut sweeper = sweeper(&h);
+        // 1's hour has passed, 2's has not.
+        h.clock.set(NOW_MS + HOUR + 1);
+        let report = sweeper.sweep().await.expect("sweep");
+        assert_eq!(report.examined, 1, "only the due instance is returned");
+        assert_eq!(report.emitted, vec![(instance(1), DeadlineKind::Decision)]);
+        assert_eq!(h.status_of(&instance(2)), Some(StatusName::AwaitingSignals));
+        let page = h
+            .projector
+            .due(NOW_MS + HOUR, None, PAGE_SIZE)
+            .await
+            .expect("due");
+        assert!(page.deadlines.is_empty(), "{page:?}");
     }
 
     #[tokio::test]
@@ -328,7 +317,8 @@ mod tests {
         h.authorized(INSTANCE).await;
         let mut sweeper = sweeper(&h);
         h.clock.set(NOW_MS + 900_000);
-        assert!(sweeper.sweep().await.expect("sweep").emitted.is_empty());
+        let report = sweeper.sweep().await.expect("sweep");
+        assert_eq!((report.examined, report.emitted.len()), (0, 0));
         h.clock.set(NOW_MS + 900_001);
         let report = sweeper.sweep().await.expect("sweep");
         assert_eq!(
@@ -336,22 +326,36 @@ mod tests {
             vec![(INSTANCE.to_owned(), DeadlineKind::Grant)]
         );
         assert_eq!(h.status_of(INSTANCE), Some(StatusName::Expired));
+        let last = h
+            .log
+            .ledger()
+            .get(INSTANCE)
+            .and_then(|f| f.history.last().cloned())
+            .and_then(|entry| entry.event)
+            .expect("the sweeper's event");
+        assert_eq!(
+            last.body,
+            EventBody::DeadlineReached(DeadlineReached {
+                deadline: DeadlineKind::Grant
+            })
+        );
     }
 
     #[tokio::test]
-    async fn many_instances_are_paged_and_a_down_projector_fails_the_sweep() {
+    async fn many_due_instances_are_paged_and_a_down_projector_fails_the_sweep() {
         let h = harness();
         for n in 0..(PAGE_SIZE + 3) as u8 {
-            h.propose_restart(&crate::http::tests::instance(n)).await;
+            h.propose_restart(&instance(n)).await;
         }
-        // More than one page of paused instances.
+        // More than one page of due instances.
         let mut sweeper = sweeper(&h);
         h.clock.set(NOW_MS + 2 * HOUR);
         let report = sweeper.sweep().await.expect("sweep");
         assert_eq!(report.emitted.len(), PAGE_SIZE + 3);
-        h.projector
-            .down
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(h.projector.due_asked.load(Ordering::SeqCst), 2);
+        assert!((0..(PAGE_SIZE + 3) as u8)
+            .all(|n| h.status_of(&instance(n)) == Some(StatusName::Expired)));
+        h.projector.down.store(true, Ordering::SeqCst);
         assert!(matches!(
             sweeper.sweep().await,
             Err(SweepError::Projector(_))

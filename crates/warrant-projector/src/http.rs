@@ -14,11 +14,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use warrant_authority::{ranges, EntryView, InstanceFacts, LogPosition, StatusName};
 use warrant_runtime::{not_a_count, saturating_count, ApiError};
 
+use crate::deadlines::{self, Due};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::store::{Owned, Store};
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/instances/{id}", get(get_instance))
         .route("/v1/instances/{id}/entries", get(get_entry))
         .route("/v1/instances/{id}/facts", get(get_facts))
+        .route("/v1/deadlines", get(list_deadlines))
         .route("/v1/checkpoint", get(get_checkpoint))
         .route("/v1/shard", get(get_shard))
         .route("/healthz", get(healthz))
@@ -383,8 +385,18 @@ async fn list_instances(
             )
         })?),
     };
-    let limit = match query.limit.as_deref() {
-        None => DEFAULT_LIMIT,
+    let limit = limit_of(query.limit.as_deref())?;
+    let page = read(&state.store, move |store| {
+        store.list(status, query.after.as_deref(), limit)
+    })
+    .await?;
+    Ok(Json(page).into_response())
+}
+
+/// `limit` of a listing: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] if absent.
+fn limit_of(text: Option<&str>) -> Result<usize, ApiError> {
+    match text {
+        None => Ok(DEFAULT_LIMIT),
         Some(text) => text
             .parse::<usize>()
             .ok()
@@ -394,13 +406,94 @@ async fn list_instances(
                     "invalid_limit",
                     format!("limit must be an integer from 1 to {MAX_LIMIT}, not {text:?}"),
                 )
-            })?,
+            }),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadlinesQuery {
+    due_before: String,
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+/// One line of `GET /v1/deadlines`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct DueView {
+    instance_id: String,
+    kind: &'static str,
+    deadline: i64,
+    status: Option<StatusName>,
+    entries: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct DeadlinesPage {
+    deadlines: Vec<DueView>,
+    next: Option<String>,
+}
+
+/// `GET /v1/deadlines?due_before=T&limit=N&after=C`: the paused instances
+/// whose decision deadline, and the authorized ones whose grant's
+/// `not_after`, is at or before `T` (Unix ms), in deadline order, from the
+/// deadline index (no scan of the view). Only the due ones are read, from
+/// the header of their state value, for their status and entry count (the
+/// sweeper's event ids are derived from it); one whose state has moved on
+/// since the last durable batch is left out. `next` resumes after the last
+/// one examined, so a page may hold fewer than `limit` with more to come.
+async fn list_deadlines(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<DeadlinesQuery>,
+) -> Result<Response, ApiError> {
+    let due_before =
+        i64::try_from(saturating_count("due_before", &query.due_before)?).unwrap_or(i64::MAX);
+    let limit = limit_of(query.limit.as_deref())?;
+    let after = match query.after.as_deref() {
+        None => None,
+        Some(text) => Some(Due::parse_cursor(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("after must be a cursor this endpoint returned as next, not {text:?}"),
+            )
+        })?),
     };
-    let page = read(&state.store, move |store| {
-        store.list(status, query.after.as_deref(), limit)
+    let Some((due, more)) = state
+        .store
+        .deadlines()
+        .due(due_before, after.as_ref(), limit)
+    else {
+        return Err(ApiError::unavailable(
+            "deadlines_pending",
+            "the deadline index is rebuilt from the view when folding starts; retry",
+        ));
+    };
+    let next = if more {
+        due.last().map(Due::cursor)
+    } else {
+        None
+    };
+    let deadlines = read(&state.store, move |store| {
+        let mut views = Vec::with_capacity(due.len());
+        for entry in due {
+            let Some(summary) = store.summary(&entry.instance_id)? else {
+                continue;
+            };
+            if !deadlines::applies_to(entry.kind, summary.status) {
+                continue;
+            }
+            views.push(DueView {
+                instance_id: entry.instance_id,
+                kind: deadlines::kind_name(entry.kind),
+                deadline: entry.deadline,
+                status: summary.status,
+                entries: summary.entries,
+            });
+        }
+        Ok(views)
     })
     .await?;
-    Ok(Json(page).into_response())
+    Ok(Json(DeadlinesPage { deadlines, next }).into_response())
 }
 
 async fn get_checkpoint(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -832,6 +925,143 @@ mod tests {
             .iter()
             .any(|i| i["instance_id"] == "quarantine-0" && i["status"].is_null()));
         assert_eq!(body["next"], Value::Null);
+    }
+
+    fn ids_of(body: &Value) -> Vec<String> {
+        body["deadlines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["instance_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn due_deadlines_page_in_deadline_order() {
+        let fx = fixture();
+        // Every paused instance of the fixture was proposed at the same time.
+        let deadline = samples::PROPOSED_AT + 3_600_000;
+        let uri = |due: i64, rest: &str| format!("/v1/deadlines?due_before={due}{rest}");
+        let (status, body) = get_json(&fx.app, &uri(deadline - 1, "")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, serde_json::json!({"deadlines": [], "next": null}));
+
+        let (status, body) = get_json(&fx.app, &uri(deadline, "&limit=2")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(ids_of(&body), [instance_id(7), instance_id(11)]);
+        assert_eq!(
+            body["deadlines"][1],
+            serde_json::json!({
+                "instance_id": instance_id(11),
+                "kind": "DECISION",
+                "deadline": deadline,
+                "status": "AWAITING_DECISION",
+                "entries": 3,
+            })
+        );
+        let next = body["next"].as_str().unwrap().to_owned();
+        let (_, body) = get_json(&fx.app, &uri(deadline, &format!("&limit=2&after={next}"))).await;
+        assert_eq!(ids_of(&body), [instance_id(12), instance_id(13)]);
+        let next = body["next"].as_str().unwrap().to_owned();
+        let (_, body) = get_json(&fx.app, &uri(deadline, &format!("&limit=2&after={next}"))).await;
+        assert_eq!(ids_of(&body), [instance_id(14)]);
+        assert_eq!(body["deadlines"][0]["status"], "AWAITING_SIGNALS");
+        assert_eq!(body["deadlines"][0]["entries"], 1);
+        assert_eq!(body["next"], Value::Null);
+        // The completed sample instance is never due.
+        let (_, body) = get_json(&fx.app, &uri(i64::MAX, "")).await;
+        assert_eq!(ids_of(&body).len(), 5);
+        assert!(!ids_of(&body).contains(&samples::INSTANCE_ID.to_owned()));
+    }
+
+    #[tokio::test]
+    async fn an_entry_whose_state_moved_on_is_left_out_and_paging_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let mut log = mixed_log();
+        log.extend(
+            history_for(&instance_id(11), 3)
+                .iter()
+                .map(|e| record(1, e)),
+        );
+        fold_into(&store, &log);
+        // An entry the view's state no longer has (the completed sample
+        // instance), as between a batch's apply and its publication.
+        store.deadlines().apply(&[crate::deadlines::DeadlineChange {
+            instance_id: samples::INSTANCE_ID.to_owned(),
+            before: None,
+            after: Some((0, warrant_schema::DeadlineKind::Decision)),
+        }]);
+        let app = router(AppState {
+            store,
+            metrics: Arc::new(Metrics::new()),
+            committed: watch::channel(Progress::default()).1,
+            waiters: Arc::new(RecordWaiters::new(DEFAULT_MAX_WAITERS)),
+        });
+        let (status, body) = get_json(&app, "/v1/deadlines?due_before=0&limit=1").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ids_of(&body), Vec::<String>::new());
+        assert_eq!(body["next"], Value::Null, "nothing else is due by 0");
+        let (_, body) = get_json(
+            &app,
+            &format!("/v1/deadlines?due_before={}&limit=1", i64::MAX),
+        )
+        .await;
+        assert_eq!(ids_of(&body), Vec::<String>::new());
+        let next = body["next"].as_str().expect("more to come").to_owned();
+        let uri = format!("/v1/deadlines?due_before={}&limit=5&after={next}", i64::MAX);
+        let (_, body) = get_json(&app, &uri).await;
+        assert_eq!(ids_of(&body), [instance_id(7), instance_id(11)]);
+    }
+
+    #[tokio::test]
+    async fn bad_deadline_parameters_are_json_400s_and_an_unbuilt_index_a_503() {
+        let fx = fixture();
+        for (uri, code) in [
+            ("/v1/deadlines", "invalid_query"),
+            ("/v1/deadlines?due_before=", "invalid_query"),
+            ("/v1/deadlines?due_before=-1", "invalid_query"),
+            ("/v1/deadlines?due_before=soon", "invalid_query"),
+            ("/v1/deadlines?due_before=1&limit=0", "invalid_limit"),
+            ("/v1/deadlines?due_before=1&limit=1001", "invalid_limit"),
+            ("/v1/deadlines?due_before=1&after=nope", "invalid_query"),
+            (
+                "/v1/deadlines?due_before=1&after=1:id:LATER",
+                "invalid_query",
+            ),
+            ("/v1/deadlines?due_before=1&status=BLOCKED", "invalid_query"),
+            ("/v1/deadlines?due_before=1&due_before=2", "invalid_query"),
+        ] {
+            let (status, body) = get_json(&fx.app, uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+            assert_error(&body, code);
+        }
+        // Digits beyond 64 bits: everything is due.
+        let (status, body) =
+            get_json(&fx.app, "/v1/deadlines?due_before=99999999999999999999999").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ids_of(&body).len(), 5);
+
+        // A view the fold has not started on has no index yet.
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let app = router(AppState {
+            store,
+            metrics: Arc::new(Metrics::new()),
+            committed: watch::channel(Progress::default()).1,
+            waiters: Arc::new(RecordWaiters::new(DEFAULT_MAX_WAITERS)),
+        });
+        let request = HttpRequest::builder()
+            .uri("/v1/deadlines?due_before=1")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let body: Value =
+            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
+        assert_error(&body, "deadlines_pending");
     }
 
     #[tokio::test]

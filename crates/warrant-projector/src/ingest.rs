@@ -657,6 +657,9 @@ fn commit_loop(
                     },
                 )?;
                 waiters.committed(written.iter().map(|(id, entries)| (id.as_str(), *entries)));
+                // In batch order, and only once durable: the sweeper never
+                // sees a deadline of a state that could still be lost.
+                store.deadlines().apply(&sealed.deadlines);
                 let seconds = took.as_secs_f64();
                 // Durable from here on: report it.
                 metrics.committed(&sealed.stats, &sealed.counts, seconds);

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use warrant_authority::{step, InstanceState, LogEvent, LogPosition, Outcome, StatusName};
 
+use crate::deadlines::{self, DeadlineChange, Watch};
 use crate::error::Error;
 use crate::projection::BatchStats;
 use crate::runs::Positions;
@@ -47,6 +48,9 @@ struct Cached {
     /// Status as committed (or about to be, by an earlier sealed batch);
     /// `None` while the instance has never been written.
     persisted: Option<Option<StatusName>>,
+    /// The deadline the index holds for it as committed (or about to be):
+    /// what a change of this batch removes.
+    watched: Option<Watch>,
     /// Where every entry of the instance is, in entry order.
     positions: Positions,
     /// Last batch that folded a record of this instance.
@@ -61,6 +65,8 @@ pub(crate) struct Touched {
     pub positions: Positions,
     /// Status as committed before this batch; `None` if never written.
     pub before: Option<Option<StatusName>>,
+    /// What the batch changes in the deadline index for it, if anything.
+    pub deadline: Option<DeadlineChange>,
 }
 
 /// One lane's instances: their cached states and what the open batch did
@@ -125,9 +131,11 @@ impl Lane {
                         None,
                     ),
                 };
+                let watched = deadlines::watched(&state);
                 self.cache.entry(instance_id.to_owned()).or_insert(Cached {
                     state: Arc::new(state),
                     persisted,
+                    watched,
                     positions,
                     last_batch: 0,
                     dirty: false,
@@ -186,10 +194,20 @@ impl Lane {
                 continue;
             };
             cached.dirty = false;
+            // Compared on every write, not only when the status changed, so
+            // the index follows the state whatever the fold does with it.
+            let watched = deadlines::watched(&cached.state);
+            let deadline = (watched != cached.watched).then(|| DeadlineChange {
+                instance_id: instance_id.clone(),
+                before: cached.watched,
+                after: watched,
+            });
+            cached.watched = watched;
             touched.push(Touched {
                 state: cached.state.clone(),
                 positions: cached.positions.clone(),
                 before: cached.persisted,
+                deadline,
             });
             cached.persisted = Some(cached.state.status());
         }

@@ -7,7 +7,8 @@
 //! states, the log records in runs per partition (`runs`), a status index
 //! and the consumed offsets in one atomic sled batch, flushed before
 //! anything reports progress (the layout is in `store`). It serves
-//! execution records, status queues and a checkpoint over HTTP.
+//! execution records, status queues, due deadlines (`deadlines`, kept in
+//! memory) and a checkpoint over HTTP.
 //!
 //! It must never decide anything itself (no rule lives here), never write
 //! to Kafka, and never treat sled as the truth: an unusable view is wiped
@@ -16,6 +17,7 @@
 //! Entry points: [`Projector::start`] (a running projector you can stop and
 //! wait for) and [`run`] (start, then stop when a future resolves).
 
+pub mod deadlines;
 mod error;
 pub mod http;
 mod ingest;

@@ -163,7 +163,7 @@ mod view_tests {
         );
 
         // A projector started on this view knows the same queue.
-        let reopened = store.paused_queue().unwrap();
+        let reopened = store.waiting().unwrap().paused;
         assert_eq!(reopened.oldest(), sealed.oldest_paused);
     }
 }

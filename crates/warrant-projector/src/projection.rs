@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use warrant_authority::{instance_for_key, InstanceState, LogPosition, RefusalCode};
 
+use crate::deadlines::DeadlineChange;
 use crate::error::Error;
 use crate::lanes::{Lanes, LanesSealed, StorageWait};
 use crate::paused::{OldestPaused, PausedQueue};
@@ -46,6 +47,9 @@ pub struct Sealed {
     pub offsets: BTreeMap<i32, i64>,
     pub counts: StatusCounts,
     pub oldest_paused: OldestPaused,
+    /// What this batch changes in the deadline index, for the commit
+    /// thread to publish once the batch is durable.
+    pub deadlines: Vec<DeadlineChange>,
     pub stats: BatchStats,
 }
 
@@ -115,7 +119,11 @@ impl Projection {
     ) -> Result<Projection, Error> {
         let offsets = store.offsets()?;
         let counts = store.status_counts()?;
-        let paused = store.paused_queue()?;
+        // One scan rebuilds both: the paused queue for the metrics, and the
+        // deadline index, published at once (it is the committed view's).
+        let waiting = store.waiting()?;
+        let paused = waiting.paused;
+        store.deadlines().replace(waiting.deadlines);
         let lanes = Lanes::new(&store, cache_limit, lanes, wait)?;
         let seq = store.applied_seq() + 1;
         Ok(Projection {
@@ -203,7 +211,9 @@ impl Projection {
             batch.insert(key, run);
         }
         let mut states = Vec::with_capacity(touched.len());
+        let mut deadline_changes = Vec::new();
         for touched in touched {
+            deadline_changes.extend(touched.deadline);
             let status = touched.state.status();
             let instance_id = &touched.state.instance_id;
             match touched.before {
@@ -242,6 +252,7 @@ impl Projection {
             offsets: self.offsets.clone(),
             counts: self.counts,
             oldest_paused: self.paused.oldest(),
+            deadlines: deadline_changes,
             stats,
         };
         self.seq += 1;
@@ -257,6 +268,7 @@ impl Projection {
         let (batch, written) = sealed.take_batch()?;
         self.store.apply(batch, sealed.seq, &written)?;
         self.store.flush()?;
+        self.store.deadlines().apply(&sealed.deadlines);
         Ok(Some(sealed))
     }
 }

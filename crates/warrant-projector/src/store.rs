@@ -46,6 +46,7 @@ use warrant_authority::{
     InstanceState, LogEvent, LogPosition, StatusName,
 };
 
+use crate::deadlines::{self, DeadlineIndex, Deadlines};
 use crate::error::Error;
 use crate::paused::{PausedQueue, PAUSED};
 use crate::runs::{self, Positions};
@@ -278,8 +279,20 @@ pub struct Store {
     /// Run once in the middle of the next checkpoint scan (tests).
     #[cfg(test)]
     during_scan: DuringScan,
+    /// The deadline index as of the last durable batch (see
+    /// [`crate::deadlines`]): kept here, beside the view it indexes, so
+    /// HTTP reads it where it reads the view.
+    deadlines: Deadlines,
     /// Keeps a second projector off this directory.
     _lock: File,
+}
+
+/// What the paused and authorized instances of the view are waiting for:
+/// the paused queue (for the oldest-wait metric) and the deadline index.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub paused: PausedQueue,
+    pub deadlines: DeadlineIndex,
 }
 
 impl Store {
@@ -365,6 +378,7 @@ impl Store {
             failing_applies: AtomicU64::new(0),
             #[cfg(test)]
             during_scan: DuringScan::default(),
+            deadlines: Deadlines::default(),
             _lock: lock,
         };
         Ok((store, opened))
@@ -385,6 +399,8 @@ impl Store {
             .checkpoint
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = None;
+        // Nothing is waiting on a deadline in an empty view.
+        self.deadlines.replace(DeadlineIndex::default());
         Ok(())
     }
 
@@ -461,12 +477,13 @@ impl Store {
         Ok(counts)
     }
 
-    /// The paused instances of the view, by when they were proposed. Reads
-    /// every paused state: once, when folding starts.
-    pub fn paused_queue(&self) -> Result<PausedQueue, Error> {
-        let mut queue = PausedQueue::default();
+    /// The paused instances of the view, by when they were proposed, and
+    /// the deadline of every paused and authorized one. Reads every paused
+    /// and authorized state: once, when folding starts.
+    pub fn waiting(&self) -> Result<Waiting, Error> {
+        let mut waiting = Waiting::default();
         let db = self.db()?;
-        for status in PAUSED {
+        for status in PAUSED.into_iter().chain([StatusName::Authorized]) {
             for item in db.scan_prefix([INDEX, status_code(Some(status))]) {
                 let (key, _) = item.map_err(Error::sled("read paused instances"))?;
                 let instance_id = id_from_key(key.get(2..).unwrap_or_default())?;
@@ -476,16 +493,34 @@ impl Store {
                     )));
                 };
                 if let Some(instance) = stored.state.instance() {
-                    queue.moved(
+                    waiting.paused.moved(
                         &instance_id,
                         instance.proposal.proposed_at,
                         None,
                         Some(status),
                     );
                 }
+                waiting
+                    .deadlines
+                    .moved(&instance_id, None, deadlines::watched(&stored.state));
             }
         }
-        Ok(queue)
+        Ok(waiting)
+    }
+
+    /// The deadline index as of the last durable batch.
+    pub fn deadlines(&self) -> &Deadlines {
+        &self.deadlines
+    }
+
+    /// The summary of one instance (status, entries, head) from the header
+    /// of its state value, without decoding the state.
+    pub fn summary(&self, instance_id: &str) -> Result<Option<InstanceSummary>, Error> {
+        self.db()?
+            .get(state_key(instance_id))
+            .map_err(Error::sled("read a summary"))?
+            .map(|value| decode_summary(instance_id.to_owned(), &value))
+            .transpose()
     }
 
     /// Call `each` with the id of every instance in the view (any order).

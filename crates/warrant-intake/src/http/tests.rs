@@ -22,7 +22,9 @@ use super::*;
 use crate::config::{LoadedRuleset, Shared};
 use crate::log::{AppendError, Appended, BoxFuture, LogAppender};
 use crate::principals::Principals;
-use crate::projector::{InstanceSummary, Page, Projector, ProjectorError};
+use crate::projector::{
+    parse_cursor, DeadlinePage, DueDeadline, InstanceSummary, Page, Projector, ProjectorError,
+};
 use crate::signature;
 
 pub(crate) const SERVICE: &str = "example-service-remediator-token-0001";
@@ -118,6 +120,8 @@ pub(crate) struct FoldingProjector {
     visible: Mutex<Option<usize>>,
     /// How many times intake asked for an instance's facts.
     pub(crate) facts_asked: AtomicUsize,
+    /// How many pages of due deadlines were asked for.
+    pub(crate) due_asked: AtomicUsize,
 }
 
 fn unreachable_projector() -> ProjectorError {
@@ -251,6 +255,55 @@ impl Projector for FoldingProjector {
             Ok(Page { instances, next })
         })
     }
+
+    /// What the projector's deadline index holds, derived from the folded
+    /// states' facts the way the projector derives it.
+    fn due<'a>(
+        &'a self,
+        due_before: i64,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<DeadlinePage, ProjectorError>> {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(unreachable_projector());
+            }
+            self.due_asked.fetch_add(1, Ordering::SeqCst);
+            let after = after.map(|text| parse_cursor(text).expect("a cursor we gave"));
+            let mut deadlines: Vec<DueDeadline> = self
+                .ledger()
+                .instances()
+                .filter_map(|(id, folded)| {
+                    let facts = InstanceFacts::of(&folded.state);
+                    let (deadline, kind) = match facts.status? {
+                        StatusName::AwaitingSignals
+                        | StatusName::AwaitingDecision
+                        | StatusName::Blocked => (
+                            facts.decision_deadline?,
+                            warrant_schema::DeadlineKind::Decision,
+                        ),
+                        StatusName::Authorized => {
+                            (facts.grant_not_after?, warrant_schema::DeadlineKind::Grant)
+                        }
+                        _ => return None,
+                    };
+                    Some(DueDeadline {
+                        instance_id: id.clone(),
+                        kind,
+                        deadline,
+                        status: facts.status,
+                        entries: facts.entries,
+                    })
+                })
+                .filter(|due| due.deadline <= due_before)
+                .filter(|due| after.as_ref().is_none_or(|after| due.key() > *after))
+                .collect();
+            deadlines.sort_by_key(DueDeadline::key);
+            let next = (deadlines.len() > limit).then(|| deadlines[limit - 1].cursor());
+            deadlines.truncate(limit);
+            Ok(DeadlinePage { deadlines, next })
+        })
+    }
 }
 
 pub(crate) struct Harness {
@@ -288,6 +341,7 @@ pub(crate) fn harness_with(options: HttpOptions) -> Harness {
         lagging: AtomicBool::new(false),
         visible: Mutex::new(None),
         facts_asked: AtomicUsize::new(0),
+        due_asked: AtomicUsize::new(0),
     });
     let clock = Arc::new(ManualClock::at(NOW_MS));
     let state = AppState {
