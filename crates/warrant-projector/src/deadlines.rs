@@ -479,7 +479,7 @@ mod view_tests {
         apply(&mut projection, &first(1, 1));
         let mut sealed = projection.seal().unwrap().expect("a batch");
         assert_eq!(sealed.deadlines.len(), 1);
-        let (batch, written) = sealed.take_batch().unwrap();
+        let (batch, written) = sealed.take_batch();
         store.apply(batch, sealed.seq, &written).unwrap();
         // Folded and applied, but not flushed and not published yet.
         assert_eq!(store.deadlines().snapshot(), Some(DeadlineIndex::default()));

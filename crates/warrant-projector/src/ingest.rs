@@ -631,7 +631,7 @@ fn commit_loop(
                 mut sealed,
                 caught_up,
             }) => {
-                let (batch, written) = sealed.take_batch()?;
+                let (batch, written) = sealed.take_batch();
                 let took = write_batch(
                     store.as_ref(),
                     metrics,
@@ -1057,7 +1057,7 @@ mod tests {
         let flushed = store.offsets().unwrap();
         crate::testutil::apply(&mut projection, &log[4..6]);
         let mut second = projection.seal().unwrap().unwrap();
-        let (batch, written) = second.take_batch().unwrap();
+        let (batch, written) = second.take_batch();
         store.apply(batch.clone(), second.seq, &written).unwrap();
         crate::testutil::apply(&mut projection, &log[6..7]);
         let third = projection.seal().unwrap().unwrap();
@@ -1161,7 +1161,7 @@ mod tests {
         assert_eq!(applied.unwrap(), Some(true));
         // A's event 7 folded onto A's state with the second batch's events:
         // the view ends where the shared ledger does, every history whole.
-        let (batch, written) = third.take_batch().unwrap();
+        let (batch, written) = third.take_batch();
         store.apply(batch, third.seq, &written).unwrap();
         store.flush().unwrap();
         crate::testutil::apply(&mut projection, &log[8..]);

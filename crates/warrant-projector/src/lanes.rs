@@ -22,7 +22,7 @@ use crate::deadlines::{self, DeadlineChange, Watch};
 use crate::error::Error;
 use crate::projection::BatchStats;
 use crate::runs::Positions;
-use crate::store::{Store, Stored};
+use crate::store::{encode_state_value, Store, Stored};
 
 /// A fixed (unkeyed) hash: it only saves sled reads and spreads instances
 /// over lanes, so a collision costs a read and nothing else.
@@ -43,8 +43,7 @@ const QUEUED_CHUNKS: usize = 16;
 
 #[derive(Debug)]
 struct Cached {
-    /// Shared with a sealed batch until the commit thread has encoded it.
-    state: Arc<InstanceState>,
+    state: InstanceState,
     /// Status as committed (or about to be, by an earlier sealed batch);
     /// `None` while the instance has never been written.
     persisted: Option<Option<StatusName>>,
@@ -58,11 +57,23 @@ struct Cached {
     dirty: bool,
 }
 
+/// A state as stored: `store::encode_state_value` of it.
+#[derive(Debug)]
+pub(crate) struct EncodedState {
+    pub instance_id: String,
+    /// Its history length, for the record waiters.
+    pub entries: u64,
+    pub value: Vec<u8>,
+}
+
 /// An instance the batch wrote, as its lane leaves it at the seal.
 #[derive(Debug)]
 pub(crate) struct Touched {
-    pub state: Arc<InstanceState>,
-    pub positions: Positions,
+    pub encoded: EncodedState,
+    /// Its status once the batch is written.
+    pub after: Option<StatusName>,
+    /// When it was proposed, if it was.
+    pub proposed_at: Option<i64>,
     /// Status as committed before this batch; `None` if never written.
     pub before: Option<Option<StatusName>>,
     /// What the batch changes in the deadline index for it, if anything.
@@ -133,7 +144,7 @@ impl Lane {
                 };
                 let watched = deadlines::watched(&state);
                 self.cache.entry(instance_id.to_owned()).or_insert(Cached {
-                    state: Arc::new(state),
+                    state,
                     persisted,
                     watched,
                     positions,
@@ -142,8 +153,7 @@ impl Lane {
                 })
             }
         };
-        // Cloned only while a batch being committed still holds it.
-        let entry = step(Arc::make_mut(&mut cached.state), event);
+        let entry = step(&mut cached.state, event);
         cached.last_batch = seq;
         if !cached.dirty {
             cached.dirty = true;
@@ -187,7 +197,7 @@ impl Lane {
     /// The instances the open batch wrote, and its statistics; the lane
     /// then takes their new statuses as persisted, and lets go of states
     /// beyond its cache limit that the store already holds.
-    fn seal(&mut self) -> (Vec<Touched>, BatchStats) {
+    fn seal(&mut self) -> Result<(Vec<Touched>, BatchStats), Error> {
         let mut touched = Vec::with_capacity(self.touched.len());
         for instance_id in self.touched.drain(..) {
             let Some(cached) = self.cache.get_mut(&instance_id) else {
@@ -204,8 +214,16 @@ impl Lane {
             });
             cached.watched = watched;
             touched.push(Touched {
-                state: cached.state.clone(),
-                positions: cached.positions.clone(),
+                encoded: EncodedState {
+                    instance_id: instance_id.clone(),
+                    entries: cached.state.entries,
+                    value: encode_state_value(&cached.state, &cached.positions)?,
+                },
+                after: cached.state.status(),
+                proposed_at: cached
+                    .state
+                    .instance()
+                    .map(|instance| instance.proposal.proposed_at),
                 before: cached.persisted,
                 deadline,
             });
@@ -217,7 +235,7 @@ impl Lane {
             let applied = self.store.applied_seq();
             self.cache.retain(|_, cached| cached.last_batch > applied);
         }
-        (touched, std::mem::take(&mut self.stats))
+        Ok((touched, std::mem::take(&mut self.stats)))
     }
 }
 
@@ -369,7 +387,7 @@ impl Lanes {
     pub fn seal(&mut self, seq: u64) -> Result<LanesSealed, Error> {
         let threads = match self {
             Lanes::Inline(lane) => {
-                let (touched, stats) = lane.seal();
+                let (touched, stats) = lane.seal()?;
                 return Ok(LanesSealed::Sealed(touched, stats));
             }
             Lanes::Threads(threads) => threads,
@@ -443,10 +461,13 @@ fn lane_thread(mut lane: Lane, receiver: &Receiver<ToLane>, wait: &dyn StorageWa
                         broken = Some(LaneReply::Stopped);
                         failed
                     }
-                    None => {
-                        let (touched, stats) = lane.seal();
-                        LaneReply::Sealed(touched, stats)
-                    }
+                    None => match lane.seal() {
+                        Ok((touched, stats)) => LaneReply::Sealed(touched, stats),
+                        Err(error) => {
+                            broken = Some(LaneReply::Stopped);
+                            LaneReply::Failed(error)
+                        }
+                    },
                 };
                 // The polling side gone means the projector is ending.
                 let _ = reply.send(answer);

@@ -12,13 +12,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use warrant_authority::{instance_for_key, InstanceState, LogPosition, RefusalCode};
+use warrant_authority::{instance_for_key, LogPosition, RefusalCode};
 
 use crate::deadlines::DeadlineChange;
 use crate::error::Error;
-use crate::lanes::{Lanes, LanesSealed, StorageWait};
+use crate::lanes::{EncodedState, Lanes, LanesSealed, StorageWait};
 use crate::paused::{OldestPaused, PausedQueue};
-use crate::runs::{OpenRuns, Positions};
+use crate::runs::OpenRuns;
 use crate::store::{self, StatusCounts, Store};
 
 /// What one batch did, for metrics and logs.
@@ -39,9 +39,10 @@ pub struct BatchStats {
 pub struct Sealed {
     /// Runs, index changes, counts and offsets.
     pub batch: sled::Batch,
-    /// The states to store and the positions of their entries, serialised
-    /// by [`Sealed::take_batch`] on the commit thread, off the fold's path.
-    states: Vec<(Arc<InstanceState>, Positions)>,
+    /// The states to store, serialised by their lanes (in parallel, and
+    /// so that no state is shared with the commit thread while the next
+    /// batch folds it).
+    states: Vec<EncodedState>,
     pub seq: u64,
     /// Next offset per partition once this batch is committed.
     pub offsets: BTreeMap<i32, i64>,
@@ -54,22 +55,18 @@ pub struct Sealed {
 }
 
 impl Sealed {
-    /// The complete sled batch: serialises the states into it (and lets go
-    /// of them, so the fold can take them back without a copy).
+    /// The complete sled batch, with the states in it.
     ///
     /// Also returns each written instance with its new entry count, for the
     /// record waiters to be woken once the batch is durable.
-    pub fn take_batch(&mut self) -> Result<(sled::Batch, Vec<(String, u64)>), Error> {
+    pub fn take_batch(&mut self) -> (sled::Batch, Vec<(String, u64)>) {
         let mut batch = std::mem::take(&mut self.batch);
         let mut written = Vec::with_capacity(self.states.len());
-        for (state, positions) in self.states.drain(..) {
-            batch.insert(
-                store::state_key(&state.instance_id),
-                store::encode_state_value(&state, &positions)?,
-            );
-            written.push((state.instance_id.clone(), state.entries));
+        for state in self.states.drain(..) {
+            batch.insert(store::state_key(&state.instance_id), state.value);
+            written.push((state.instance_id, state.entries));
         }
-        Ok((batch, written))
+        (batch, written)
     }
 }
 
@@ -214,8 +211,8 @@ impl Projection {
         let mut deadline_changes = Vec::new();
         for touched in touched {
             deadline_changes.extend(touched.deadline);
-            let status = touched.state.status();
-            let instance_id = &touched.state.instance_id;
+            let status = touched.after;
+            let instance_id = &touched.encoded.instance_id;
             match touched.before {
                 Some(before) if before == status => {}
                 before => {
@@ -225,17 +222,13 @@ impl Projection {
                     }
                     batch.insert(store::index_key(status, instance_id), &[][..]);
                     self.counts.add(status);
-                    if let Some(instance) = touched.state.instance() {
-                        self.paused.moved(
-                            instance_id,
-                            instance.proposal.proposed_at,
-                            before.flatten(),
-                            status,
-                        );
+                    if let Some(proposed_at) = touched.proposed_at {
+                        self.paused
+                            .moved(instance_id, proposed_at, before.flatten(), status);
                     }
                 }
             }
-            states.push((touched.state, touched.positions));
+            states.push(touched.encoded);
         }
         for (status, count) in self.counts.iter() {
             batch.insert(&store::count_key(status)[..], &count.to_be_bytes()[..]);
@@ -265,7 +258,7 @@ impl Projection {
         let Some(mut sealed) = self.seal()? else {
             return Ok(None);
         };
-        let (batch, written) = sealed.take_batch()?;
+        let (batch, written) = sealed.take_batch();
         self.store.apply(batch, sealed.seq, &written)?;
         self.store.flush()?;
         self.store.deadlines().apply(&sealed.deadlines);

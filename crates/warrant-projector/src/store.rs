@@ -1908,7 +1908,7 @@ mod tests {
         // refused, and the reopen's write of it refused too.
         apply(&mut projection, &log[4..]);
         let mut sealed = projection.seal().unwrap().unwrap();
-        let (batch, written) = sealed.take_batch().unwrap();
+        let (batch, written) = sealed.take_batch();
         store.apply(batch.clone(), sealed.seq, &written).unwrap();
         store.fail_flushes(2);
         assert!(store.flush().unwrap_err().is_storage());
@@ -2303,7 +2303,7 @@ mod tests {
         let flushed = store.offsets().unwrap();
         apply(&mut projection, &log[middle..]);
         let mut sealed = projection.seal().unwrap().unwrap();
-        let (batch, written) = sealed.take_batch().unwrap();
+        let (batch, written) = sealed.take_batch();
         store.apply(batch.clone(), sealed.seq, &written).unwrap();
         store.fail_flushes(1);
         assert!(store.flush().unwrap_err().is_storage());
@@ -2421,7 +2421,7 @@ mod tests {
         *store.during_scan.0.lock().unwrap() = Some(Box::new(move || {
             apply(&mut projection, &rest);
             let mut sealed = projection.seal().unwrap().unwrap();
-            let (batch, written) = sealed.take_batch().unwrap();
+            let (batch, written) = sealed.take_batch();
             assert!(written
                 .iter()
                 .any(|(id, _)| failing.state(id).unwrap().is_none()));
