@@ -13,8 +13,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use warrant_authority::{step, InstanceState, LogEvent, LogPosition, Outcome, StatusName};
 
@@ -273,6 +275,27 @@ enum LaneReply {
 struct LaneThread {
     sender: SyncSender<ToLane>,
     pending: Vec<Routed>,
+    /// Set when the lanes are dropped, for every lane thread at once.
+    closing: Arc<AtomicBool>,
+    /// Taken when the lanes are dropped, to wait for the thread to end.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for LaneThread {
+    fn drop(&mut self) {
+        // A lane thread holds the store, and so sled's lock on the data
+        // directory, until it ends: a projector started again in the same
+        // process must find it released, not "held by another projector".
+        // What is still queued is skipped and a wait given up: nobody will
+        // commit it.
+        self.closing.store(true, Ordering::Release);
+        let (closed, _) = mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.sender, closed));
+        if let Some(thread) = self.thread.take() {
+            // One that panicked has nothing left to release.
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Where the fold's per-instance work runs.
@@ -331,13 +354,14 @@ impl Lanes {
             }
         };
         let mut threads = Vec::with_capacity(count);
+        let closing = Arc::new(AtomicBool::new(false));
         for (index, known) in known.into_iter().enumerate() {
             let lane = Lane::new(store.clone(), per_lane, known);
             let (sender, receiver) = mpsc::sync_channel(QUEUED_CHUNKS);
-            let wait = wait.clone();
-            std::thread::Builder::new()
+            let (wait, closed) = (wait.clone(), closing.clone());
+            let thread = std::thread::Builder::new()
                 .name(format!("warrant-fold-{index}"))
-                .spawn(move || lane_thread(lane, &receiver, wait.as_ref()))
+                .spawn(move || lane_thread(lane, &receiver, wait.as_ref(), &closed))
                 .map_err(|source| Error::Spawn {
                     name: "fold lane",
                     source,
@@ -345,6 +369,8 @@ impl Lanes {
             threads.push(LaneThreadHandle(LaneThread {
                 sender,
                 pending: Vec::with_capacity(CHUNK),
+                closing: closing.clone(),
+                thread: Some(thread),
             }));
         }
         Ok(Lanes::Threads(threads.into_boxed_slice()))
@@ -438,18 +464,26 @@ impl LaneThread {
 
 /// A lane thread: fold what comes, answer seals, end when the polling
 /// side lets go of the channel.
-fn lane_thread(mut lane: Lane, receiver: &Receiver<ToLane>, wait: &dyn StorageWait) {
+fn lane_thread(
+    mut lane: Lane,
+    receiver: &Receiver<ToLane>,
+    wait: &dyn StorageWait,
+    closing: &AtomicBool,
+) {
     // Once a record could not be folded, nothing after it may be: the
     // batch is incomplete, and so is every later one.
     let mut broken: Option<LaneReply> = None;
     while let Ok(message) = receiver.recv() {
+        if closing.load(Ordering::Acquire) {
+            broken = Some(LaneReply::Stopped);
+        }
         match message {
             ToLane::Records { seq, records } => {
                 if broken.is_some() {
                     continue;
                 }
                 for record in records {
-                    if let Err(reply) = fold_waiting(&mut lane, &record, seq, wait) {
+                    if let Err(reply) = fold_waiting(&mut lane, &record, seq, wait, closing) {
                         broken = Some(reply);
                         break;
                     }
@@ -482,6 +516,7 @@ fn fold_waiting(
     record: &Routed,
     seq: u64,
     wait: &dyn StorageWait,
+    closing: &AtomicBool,
 ) -> Result<(), LaneReply> {
     let mut waited = false;
     loop {
@@ -501,7 +536,7 @@ fn fold_waiting(
             Err(error) if error.is_storage() => {
                 // A reopen's outage is the commit thread's to report.
                 waited |= !matches!(error, Error::Unavailable);
-                if !wait.wait(&error) {
+                if closing.load(Ordering::Acquire) || !wait.wait(&error) {
                     return Err(LaneReply::Stopped);
                 }
             }
@@ -532,7 +567,7 @@ impl BatchStats {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use proptest::prelude::*;
 
@@ -648,6 +683,213 @@ mod tests {
             prop_assert_eq!(checkpoint.digest, ledger.checkpoint_digest());
             prop_assert_eq!(checkpoint.instances, ledger.len() as u64);
         }
+    }
+
+    /// The deadline index the ledger's states call for.
+    fn index_of(ledger: &warrant_authority::Ledger) -> crate::deadlines::DeadlineIndex {
+        let mut index = crate::deadlines::DeadlineIndex::default();
+        for (id, folded) in ledger.instances() {
+            index.moved(id, None, deadlines::watched(&folded.state));
+        }
+        index
+    }
+
+    /// Fold `log` as the projector does: a commit thread writes each sealed
+    /// batch while the next one is folded, and the projector restarts (the
+    /// open batch lost, the view opened again from disk) once it has been
+    /// given each record count in `restarts`.
+    fn fold_pipelined(
+        log: &[Record],
+        lanes: usize,
+        batch: usize,
+        cache: usize,
+        restarts: &[usize],
+    ) -> (tempfile::TempDir, Arc<Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut given = 0;
+        let mut pass = 0;
+        loop {
+            let (store, _) = open(dir.path());
+            let mut projection =
+                Projection::with_lanes(store.clone(), cache, lanes, Arc::new(Counting::default()))
+                    .unwrap();
+            // The index is rebuilt from what the view holds.
+            assert_eq!(
+                store.deadlines().snapshot(),
+                Some(store.waiting().unwrap().deadlines)
+            );
+            let (sender, receiver) = mpsc::sync_channel::<crate::projection::Sealed>(1);
+            let committer = {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for mut sealed in receiver {
+                        let (batch, written) = sealed.take_batch();
+                        store.apply(batch, sealed.seq, &written).unwrap();
+                        store.flush().unwrap();
+                        store.deadlines().apply(&sealed.deadlines);
+                    }
+                })
+            };
+            let stop_at = restarts.get(pass).copied().unwrap_or(usize::MAX);
+            let mut in_batch = 0;
+            // Every record again, in log order: those already folded are
+            // skipped by offset, as a consumer resuming from the view does.
+            let mut offsets = std::collections::BTreeMap::new();
+            let mut restarted = false;
+            for (partition, key, value) in log {
+                let offset = offsets.entry(*partition).or_insert(0i64);
+                let folded = projection
+                    .apply(*partition, *offset, key.as_deref(), value.as_deref())
+                    .unwrap();
+                *offset += 1;
+                if !folded {
+                    continue;
+                }
+                given += 1;
+                in_batch += 1;
+                if given >= stop_at {
+                    restarted = true;
+                    break;
+                }
+                if in_batch >= batch {
+                    in_batch = 0;
+                    if let Some(sealed) = projection.seal().unwrap() {
+                        sender.send(sealed).unwrap();
+                    }
+                }
+            }
+            if !restarted {
+                if let Some(sealed) = projection.seal().unwrap() {
+                    sender.send(sealed).unwrap();
+                }
+            }
+            drop(sender);
+            committer.join().unwrap();
+            if !restarted {
+                return (dir, store);
+            }
+            // The records folded since the last seal are lost with the
+            // process; the next one resumes from the view's offsets.
+            given = store.offsets().unwrap().values().map(|n| *n as usize).sum();
+            pass += 1;
+            drop(projection);
+            drop(store);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+        /// Records, digest and the published deadline index are the
+        /// ledger's, with the commit a batch behind the fold and restarts
+        /// in the middle of batches, for any lanes, batch and cache.
+        #[test]
+        fn a_pipelined_and_restarted_fold_is_the_ledger_and_so_is_its_index(
+            lanes in 1usize..5,
+            batch in 1usize..60,
+            cache in 0usize..4,
+            instances in 1u32..20,
+            restarts in proptest::collection::vec(1usize..400, 0..3),
+        ) {
+            let log = busy_log(instances);
+            let ledger = ledger_of(&log);
+            let mut restarts = restarts;
+            restarts.sort_unstable();
+            let (_dir, store) = fold_pipelined(&log, lanes, batch, cache, &restarts);
+            let checkpoint = store.checkpoint().unwrap();
+            prop_assert_eq!(checkpoint.digest, ledger.checkpoint_digest());
+            prop_assert_eq!(checkpoint.instances, ledger.len() as u64);
+            for (id, folded) in ledger.instances() {
+                prop_assert_eq!(
+                    serde_json::to_value(store.record(id).unwrap().unwrap()).unwrap(),
+                    serde_json::to_value(folded.record()).unwrap()
+                );
+            }
+            let expected = index_of(&ledger);
+            prop_assert_eq!(store.deadlines().snapshot(), Some(expected.clone()));
+            prop_assert_eq!(store.waiting().unwrap().deadlines, expected);
+        }
+    }
+
+    #[test]
+    fn dropped_lanes_let_go_of_the_store_even_while_waiting_for_the_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let log = busy_log(30);
+        let mut projection =
+            Projection::with_lanes(store.clone(), 0, 3, Arc::new(Counting::default())).unwrap();
+        // Plenty queued on the lane threads, none of it sealed.
+        crate::testutil::apply(&mut projection, &log);
+        drop(projection);
+        assert_eq!(Arc::strong_count(&store), 1, "a lane thread still holds it");
+
+        // A lane waiting for a closed view that never comes back (nothing
+        // stops it) must not hold up the drop either.
+        let id = instance_id(1);
+        let history = history_for(&id, 2);
+        crate::testutil::fold_into(&store, &[record(0, &history[0])]);
+        let mut projection =
+            Projection::with_lanes(store.clone(), 0, 2, Arc::new(Counting::default())).unwrap();
+        store.close_for_tests();
+        assert!(projection
+            .apply(
+                0,
+                1,
+                Some(id.as_bytes()),
+                Some(&warrant_schema::encode(&history[1]).unwrap())
+            )
+            .unwrap());
+        // Flushed to the lane, which starts waiting.
+        let Lanes::Threads(threads) = &mut projection.lanes_for_tests() else {
+            panic!("threads");
+        };
+        for LaneThreadHandle(thread) in threads.iter_mut() {
+            thread.send_pending(1).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let began = std::time::Instant::now();
+        drop(projection);
+        assert!(began.elapsed() < std::time::Duration::from_secs(2));
+        assert_eq!(Arc::strong_count(&store), 1);
+    }
+
+    /// A lane thread that dies (here: a panic while it waits for the view)
+    /// fails the seal; it never leaves the polling thread waiting.
+    #[test]
+    fn a_lane_thread_that_dies_fails_the_seal_instead_of_hanging_it() {
+        struct Panicking;
+        impl StorageWait for Panicking {
+            fn wait(&self, _: &Error) -> bool {
+                panic!("a lane thread dies");
+            }
+            fn resumed(&self) {}
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let id = instance_id(1);
+        let history = history_for(&id, 3);
+        crate::testutil::fold_into(&store, &[record(0, &history[0])]);
+        let mut projection =
+            Projection::with_lanes(store.clone(), 0, 2, Arc::new(Panicking)).unwrap();
+        store.close_for_tests();
+        assert!(projection
+            .apply(
+                0,
+                1,
+                Some(id.as_bytes()),
+                Some(&warrant_schema::encode(&history[1]).unwrap())
+            )
+            .unwrap());
+        let error = projection.seal().unwrap_err();
+        assert!(matches!(error, Error::ThreadDied { .. }), "{error:?}");
+        // And after it, folding or sealing again fails the same way.
+        let again = projection.apply(
+            0,
+            2,
+            Some(id.as_bytes()),
+            Some(&warrant_schema::encode(&history[2]).unwrap()),
+        );
+        assert!(again.is_ok() || matches!(again, Err(Error::ThreadDied { .. })));
+        assert!(matches!(projection.seal(), Err(Error::ThreadDied { .. })));
     }
 
     #[test]

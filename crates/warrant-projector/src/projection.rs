@@ -137,6 +137,11 @@ impl Projection {
         })
     }
 
+    #[cfg(test)]
+    pub(crate) fn lanes_for_tests(&mut self) -> &mut Lanes {
+        &mut self.lanes
+    }
+
     /// Next offset to fold per partition (committed or pending).
     pub fn offsets(&self) -> &BTreeMap<i32, i64> {
         &self.offsets
