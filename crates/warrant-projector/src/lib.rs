@@ -107,8 +107,9 @@ pub struct Args {
     )]
     pub cache_instances: usize,
     /// Threads that decode records and fold instance states, each for its
-    /// own share of the instances (0: one per CPU core). The polling, the
-    /// batch bookkeeping and the sled writes have threads of their own.
+    /// own share of the instances (0: one per CPU core; at most 256). The
+    /// polling, the batch bookkeeping and the sled writes have threads of
+    /// their own.
     #[arg(long, env = "WARRANT_PROJECTOR_FOLD_THREADS", default_value_t = 0)]
     pub fold_threads: usize,
     /// sled's page cache, in MiB.
@@ -171,6 +172,12 @@ impl Args {
     }
 }
 
+/// Most fold lanes: each is a thread with its own queue and cache, and
+/// lanes beyond the cores only cost memory. A typo such as
+/// `--fold-threads 100000000` is refused at start rather than failing (or
+/// panicking on the allocation) once the fold begins.
+pub const MAX_FOLD_THREADS: usize = 256;
+
 /// Everything the projector needs, validated once by [`Config::validate`].
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -223,6 +230,12 @@ impl Config {
         }
         if self.batch_wait.is_zero() {
             return fail("batch milliseconds must be at least 1");
+        }
+        if self.fold_threads > MAX_FOLD_THREADS {
+            return Err(Error::Config(format!(
+                "fold threads must be at most {MAX_FOLD_THREADS}, not {}",
+                self.fold_threads
+            )));
         }
         if self.store.cache_bytes < 1024 * 1024 {
             return fail("the sled cache must be at least 1 MiB");
@@ -470,4 +483,40 @@ pub(crate) fn unix_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn args(extra: &[&str]) -> Result<Config, Error> {
+        let mut argv = vec!["warrant-projector"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().args.config()
+    }
+
+    #[test]
+    fn fold_threads_are_one_per_core_by_default_and_bounded() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(args(&[]).unwrap().fold_threads, cores);
+        assert_eq!(args(&["--fold-threads", "1"]).unwrap().fold_threads, 1);
+        assert_eq!(args(&["--fold-threads", "256"]).unwrap().fold_threads, 256);
+        for huge in ["257", "100000000", &usize::MAX.to_string()] {
+            let refused = args(&["--fold-threads", huge]);
+            assert!(
+                matches!(refused, Err(Error::Config(_))),
+                "{huge}: {refused:?}"
+            );
+        }
+    }
 }
