@@ -519,7 +519,7 @@ mod tests {
     use warrant_schema::DeadlineKind;
 
     use super::*;
-    use crate::projector::{DueDeadline, InstanceSummary};
+    use crate::projector::{DeadlineKey, DueDeadline, InstanceSummary};
 
     fn info(owned: &[i32], of: i32) -> ShardInfo {
         ShardInfo {
@@ -726,6 +726,107 @@ mod tests {
             merge_deadline_pages(vec![bad], 3),
             Err(ProjectorError::Sharding(_))
         ));
+    }
+
+    /// One shard's index as `GET /v1/deadlines` pages it: up to `limit`
+    /// due entries after the cursor are examined, those whose instance
+    /// moved on (`false`) are left out, and `next` is the last examined
+    /// while more are due.
+    fn shard_page(
+        index: &std::collections::BTreeMap<DeadlineKey, bool>,
+        due_before: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> DeadlinePage {
+        let after = after.map(|a| parse_cursor(a).unwrap());
+        let mut due = index
+            .iter()
+            .filter(|(key, _)| after.as_ref().is_none_or(|after| *key > after))
+            .take_while(|(key, _)| key.0 <= due_before);
+        let examined: Vec<_> = due.by_ref().take(limit).collect();
+        let more = due.next().is_some();
+        DeadlinePage {
+            next: examined
+                .last()
+                .filter(|_| more)
+                .map(|(key, _)| cursor_of(key)),
+            deadlines: examined
+                .into_iter()
+                .filter(|(_, applies)| **applies)
+                .map(|((deadline, id, kind), _)| DueDeadline {
+                    instance_id: id.clone(),
+                    kind: *kind,
+                    deadline: *deadline,
+                    status: Some(StatusName::AwaitingDecision),
+                    entries: 1,
+                })
+                .collect(),
+        }
+    }
+
+    proptest::proptest! {
+        /// Paging the merge of every shard's pages the way the sweeper does
+        /// serves every due entry that applies exactly once, in order, and
+        /// ends: whatever the limit, ties of deadline across shards, pages
+        /// short or empty from left-out entries, and one instance in two
+        /// shards (a hostile producer's copy in another partition).
+        #[test]
+        fn paging_merged_shards_serves_each_due_entry_once(
+            shards in proptest::collection::vec(
+                proptest::collection::btree_map(
+                    (0i64..6, proptest::sample::select(vec!["a", "b", "c", "d", "e", "f", "g"]),
+                        proptest::bool::ANY),
+                    proptest::bool::weighted(0.7),
+                    0..25,
+                ),
+                1..4,
+            ),
+            limit in 1usize..6,
+            due_before in 0i64..7,
+        ) {
+            let shards: Vec<std::collections::BTreeMap<DeadlineKey, bool>> = shards
+                .into_iter()
+                .map(|index| {
+                    index
+                        .into_iter()
+                        .map(|((at, id, grant), applies)| {
+                            let kind = if grant { DeadlineKind::Grant } else { DeadlineKind::Decision };
+                            ((at, id.to_owned(), kind), applies)
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut expected: Vec<DeadlineKey> = shards
+                .iter()
+                .flat_map(|index| index.iter())
+                .filter(|(key, applies)| **applies && key.0 <= due_before)
+                .map(|(key, _)| key.clone())
+                .collect();
+            expected.sort();
+            expected.dedup();
+            let mut served = Vec::new();
+            let mut after: Option<String> = None;
+            let mut pages = 0;
+            loop {
+                pages += 1;
+                proptest::prop_assert!(pages < 500, "paging does not end");
+                let page = merge_deadline_pages(
+                    shards
+                        .iter()
+                        .map(|index| shard_page(index, due_before, after.as_deref(), limit))
+                        .collect(),
+                    limit,
+                )
+                .unwrap();
+                proptest::prop_assert!(page.deadlines.len() <= limit);
+                served.extend(page.deadlines.iter().map(DueDeadline::key));
+                match page.next {
+                    Some(next) if Some(&next) != after.as_ref() => after = Some(next),
+                    Some(_) | None => break,
+                }
+            }
+            proptest::prop_assert_eq!(served, expected);
+        }
     }
 
     /// A projector shard over HTTP that knows no instance: it answers 404

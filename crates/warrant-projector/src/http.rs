@@ -1064,6 +1064,77 @@ mod tests {
         assert_error(&body, "deadlines_pending");
     }
 
+    /// What a hostile client may send: every answer is ours, JSON and 4xx
+    /// or a page, never a 5xx; and paging one line at a time through equal
+    /// deadlines serves each due instance once and ends.
+    #[tokio::test]
+    async fn hostile_deadline_queries_get_json_4xx_and_paging_by_one_is_exact() {
+        let fx = fixture();
+        for uri in [
+            "/v1/deadlines?due_before=1&after=",
+            "/v1/deadlines?due_before=1&after=%FF%FE",
+            "/v1/deadlines?due_before=1&after=99999999999999999999:x:GRANT",
+            "/v1/deadlines?due_before=1&after=1:x:GRANT%00",
+            "/v1/deadlines?due_before=1&after=1%3Ax",
+            "/v1/deadlines?due_before=1e3",
+            "/v1/deadlines?due_before=%20",
+            "/v1/deadlines?due_before=-0",
+            "/v1/deadlines?due_before=1&limit=-1",
+            "/v1/deadlines?due_before=1&limit=99999999999999999999999",
+            "/v1/deadlines?due_before=1&after=1:x:GRANT&after=2:x:GRANT",
+            "/v1/deadlines?due_before=1&limit=1&limit=2",
+        ] {
+            let (status, body) = get_json(&fx.app, uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+            assert!(body["error"]["code"].is_string(), "{uri}: {body}");
+        }
+        // Cursors the endpoint never wrote but could have: any deadline in
+        // 64 bits, any instance id, either kind; a page, not an error.
+        let long = "x".repeat(8000);
+        for after in [
+            format!("{}:a:DECISION", i64::MIN),
+            format!("{}:a:GRANT", i64::MAX),
+            "0:quarantine-0:GRANT".to_owned(),
+            "0:%3A%3A%3A:DECISION".to_owned(),
+            format!("0:{long}:DECISION"),
+        ] {
+            let uri = format!("/v1/deadlines?due_before={}&after={after}", i64::MAX);
+            let (status, body) = get_json(&fx.app, &uri).await;
+            assert_eq!(status, StatusCode::OK, "{after}: {body}");
+        }
+        // A cursor past everything due: an empty last page.
+        let (_, body) = get_json(
+            &fx.app,
+            &format!("/v1/deadlines?due_before=0&after={}:z:GRANT", i64::MAX),
+        )
+        .await;
+        assert_eq!(body, serde_json::json!({"deadlines": [], "next": null}));
+
+        // Five paused instances share one deadline: one line per page.
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..20 {
+            let uri = match &after {
+                None => format!("/v1/deadlines?due_before={}&limit=1", i64::MAX),
+                Some(next) => format!(
+                    "/v1/deadlines?due_before={}&limit=1&after={}",
+                    i64::MAX,
+                    next.replace(':', "%3A")
+                ),
+            };
+            let (status, body) = get_json(&fx.app, &uri).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            seen.extend(ids_of(&body));
+            match body["next"].as_str() {
+                Some(next) => after = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        let (_, all) = get_json(&fx.app, &format!("/v1/deadlines?due_before={}", i64::MAX)).await;
+        assert_eq!(seen, ids_of(&all));
+        assert_eq!(seen.len(), 5);
+    }
+
     #[tokio::test]
     async fn the_checkpoint_names_offsets_count_and_digest() {
         let fx = fixture();
