@@ -333,7 +333,8 @@ impl Lanes {
         count: usize,
         wait: Option<Arc<dyn StorageWait>>,
     ) -> Result<Lanes, Error> {
-        let count = count.max(1);
+        // Lane threads need a way to wait; without one, one lane inline.
+        let count = if wait.is_some() { count.max(1) } else { 1 };
         let mut known: Vec<HashSet<u64>> = (0..count).map(|_| HashSet::new()).collect();
         store.for_each_instance(|id| {
             let hash = id_hash(id);
