@@ -543,6 +543,11 @@ fn projector_consumer(config: &Config) -> Result<BaseConsumer<QuietContext>, Err
         // default (64 MiB) a catch-up buffers most of a small log in memory
         // while the fold is the slower side anyway.
         .set("queued.max.messages.kbytes", "8192")
+        // Once that queue is full librdkafka postpones the partition's next
+        // fetch by this long (default 1 s): with the small queue above, that
+        // pause, not the fold, set the pace of a catch-up (kcat with the
+        // same two settings read the log six times slower).
+        .set("fetch.queue.backoff.ms", "5")
         .create_with_context(QuietContext)
         .map_err(|source| {
             Error::Kafka(warrant_kafka::Error::Client {
