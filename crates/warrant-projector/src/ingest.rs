@@ -537,12 +537,14 @@ fn projector_consumer(config: &Config) -> Result<BaseConsumer<QuietContext>, Err
     config
         .kafka
         .consumer_config("warrant-projector")
-        .set("max.partition.fetch.bytes", "2097152")
+        .set("max.partition.fetch.bytes", "1048576")
         .set("fetch.max.bytes", "16777216")
         // librdkafka prefetches up to this much per partition: at the
         // default (64 MiB) a catch-up buffers most of a small log in memory
-        // while the fold is the slower side anyway.
-        .set("queued.max.messages.kbytes", "8192")
+        // while the fold is the slower side anyway. Per partition, so it
+        // adds up: 12 partitions at 8 MiB were a fifth of the projector's
+        // memory.
+        .set("queued.max.messages.kbytes", "2048")
         // Once that queue is full librdkafka postpones the partition's next
         // fetch by this long (default 1 s): with the small queue above, that
         // pause, not the fold, set the pace of a catch-up (kcat with the
